@@ -1,0 +1,126 @@
+//! The encoding of ABI v1: serde + bincode 2.0.1 with the standard
+//! configuration (little-endian, variable-length integers).
+//!
+//! This is the only module that names bincode, so the encoding can change
+//! with the ABI version without touching anything else.
+
+use core::fmt;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest message [`decode`] accepts. It is a guard against a hostile
+/// length prefix, not part of the wire format: the limit does not change the
+/// bytes.
+pub const DECODE_LIMIT: usize = 64 * 1024 * 1024;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn limited() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// A value could not be encoded (a serde error, e.g. a map with a key type
+/// bincode cannot write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeError(String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot encode: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Bytes could not be decoded as the expected type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot decode: {}", self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Encode `value` into a new buffer.
+///
+/// # Errors
+///
+/// [`EncodeError`] if serde reports an error.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+/// Encode `value`, appending to `buf` — lets a caller reuse one buffer across
+/// many messages.
+///
+/// # Errors
+///
+/// [`EncodeError`] if serde reports an error.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    bincode::serde::encode_into_std_write(value, buf, config()).map_err(|e| EncodeError(e.to_string()))
+}
+
+/// Decode a `T` that must fill `bytes` exactly.
+///
+/// # Errors
+///
+/// [`DecodeError`] on malformed input, trailing bytes, or a message longer
+/// than [`DECODE_LIMIT`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, limited()).map_err(|e| DecodeError(e.to_string()))?;
+    if read != bytes.len() {
+        return Err(DecodeError(format!("{} trailing bytes after the message", bytes.len() - read)));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Emit, EventId, Outcome};
+
+    #[test]
+    fn payload_is_encoded_as_one_byte_string() {
+        let emit = Emit {
+            topic: "a.b.c".into(),
+            key: None,
+            schema_version: 1,
+            content_type: String::new(),
+            headers: vec![],
+            idempotency_key: None,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![200; 300],
+        };
+        let bytes = encode(&emit).unwrap();
+        // topic(1+5) key(1) schema(1) content_type(1) headers(1) idem(1)
+        // corr(1) caus(1) payload len (3: 251, u16) + 300 raw bytes.
+        assert_eq!(bytes.len(), 6 + 7 + 3 + 300);
+        assert_eq!(&bytes[13..16], &[251, 0x2c, 0x01]);
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&Outcome::Retry("x".into())).unwrap();
+        bytes.push(0);
+        assert!(decode::<Outcome>(&bytes).is_err());
+    }
+
+    #[test]
+    fn event_id_is_sixteen_raw_bytes() {
+        let bytes = encode(&EventId::from_u128(u128::MAX)).unwrap();
+        assert_eq!(bytes, vec![0xff; 16]);
+    }
+}

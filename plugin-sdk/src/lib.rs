@@ -1,0 +1,38 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod context;
+mod emit;
+mod error;
+mod event;
+pub mod log;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use context::{Config, Context};
+pub use emit::Emit;
+pub use error::HandlerError;
+pub use event::EventExt;
+/// The wire types and encoding shared with the host, re-exported.
+pub use weir_abi as abi;
+pub use weir_abi::{Event, EventId, Header, LogLevel, PluginDescription};
+/// Marks the one handler function of a plugin and generates its Wasm exports.
+///
+/// The function must have the signature
+/// `fn(&Event, &mut Context) -> Result<Vec<Emit>, HandlerError>`. Optional
+/// arguments describe the plugin: `name`, `version`, `description` (strings,
+/// defaulting to the crate's package name, version and description),
+/// `topics = ["orders.order.*"]` and `schema_versions = [1, 2]`.
+pub use weir_sdk_macros::handler;
+/// Marks the plugin's optional init hook: `fn(&Config) -> Result<(), String>`,
+/// called once per instance with the plugin configuration from the runtime's
+/// config file, before any event.
+pub use weir_sdk_macros::init;
+
+/// Everything a handler usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{Config, Context, Emit, Event, EventExt, EventId, HandlerError, Header, handler, init};
+    pub use crate::{debug, error, info, trace, warn};
+}

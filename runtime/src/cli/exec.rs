@@ -1,0 +1,179 @@
+//! `weir exec`: run a plugin over JSON-lines events.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::{Value, json};
+use weir_abi::DeliveryRef;
+use weir_runtime::envelope::JsonEvent;
+use weir_runtime::{IdGenerator, InstanceMode, Limits};
+
+use super::CacheArgs;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Each input line is one event in the JSON form of docs/events.md; only `topic` is required:
+  {\"topic\":\"orders.order.created\",\"key\":\"o-1\",\"payload\":{\"order_id\":\"o-1\"}}
+Each output line is one outcome:
+  {\"line\":1,\"event_id\":\"…\",\"topic\":\"…\",\"outcome\":\"ok\",\"emits\":[…],\"duration_us\":9}
+  {\"line\":2,\"event_id\":\"…\",\"topic\":\"…\",\"outcome\":\"failed\",\"code\":\"handler_reject\",\"reason\":\"…\"}
+  {\"line\":3,\"outcome\":\"invalid_input\",\"code\":\"invalid_json\",\"reason\":\"…\"}
+Exit status: 0 when every line was a valid event (whatever the handler answered), 1 when a line
+was invalid or the plugin could not be loaded, 2 on a usage error.")]
+pub(crate) struct ExecArgs {
+    /// The plugin module (.wasm).
+    #[arg(long, short = 'p', value_name = "FILE")]
+    plugin: PathBuf,
+    /// JSON-lines events to handle; `-` reads standard input.
+    #[arg(long, short = 'i', value_name = "FILE", default_value = "-")]
+    input: String,
+    /// Plugin configuration as a JSON object, passed to the plugin's init hook.
+    #[arg(long, value_name = "JSON", conflicts_with = "config_file")]
+    config: Option<String>,
+    /// Read the plugin configuration from a JSON file.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    /// Subscription name handed to the plugin [default: exec/<plugin name>].
+    #[arg(long, value_name = "NAME")]
+    subscription: Option<String>,
+    /// Attempt number handed to the plugin.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    attempt: u32,
+    /// Wall-clock deadline per event, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    deadline_ms: u64,
+    /// Fuel budget per event (deterministic CPU limit); off by default.
+    #[arg(long, value_name = "UNITS")]
+    fuel: Option<u64>,
+    /// Linear memory cap, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    memory_mib: usize,
+    /// Cap on one outcome's encoded size, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = weir_runtime::DEFAULT_MAX_OUTPUT_BYTES)]
+    max_output_bytes: usize,
+    /// Cap on events emitted per invocation.
+    #[arg(long, value_name = "N", default_value_t = weir_runtime::DEFAULT_MAX_EMITS)]
+    max_emits: usize,
+    /// A fresh instance for every event (pooling allocator) instead of one
+    /// reused instance.
+    #[arg(long)]
+    fresh_instance: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
+    let config = match (&args.config, &args.config_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let config = match config {
+        Some(text) => {
+            let value: Value = serde_json::from_str(&text).context("--config is not valid JSON")?;
+            serde_json::to_vec(&value)?
+        }
+        None => Vec::new(),
+    };
+    let memory_bytes = args.memory_mib.checked_mul(1 << 20).context("--memory-mib is too large")?;
+    let limits = Limits::builder()
+        .deadline(Duration::from_millis(args.deadline_ms))
+        .fuel(args.fuel)
+        .memory_bytes(memory_bytes)
+        .max_output_bytes(args.max_output_bytes)
+        .max_emits(args.max_emits)
+        .build();
+    let engine = super::engine(&args.cache, |c| {
+        c.consume_fuel = args.fuel.is_some();
+        c.pooling = args.fresh_instance;
+        c.pool_max_memory_bytes = memory_bytes;
+    })?;
+    let plugin =
+        engine.load_file(&args.plugin).with_context(|| format!("plugin {} was refused", args.plugin.display()))?;
+    let mode = if args.fresh_instance { InstanceMode::FreshPerEvent } else { InstanceMode::Reuse };
+    let mut handler = plugin
+        .handler(limits, config, mode)
+        .with_context(|| format!("plugin {} could not start", args.plugin.display()))?;
+    let subscription = args.subscription.clone().unwrap_or_else(|| format!("exec/{}", plugin.info().name()));
+
+    let reader: Box<dyn BufRead> = if args.input == "-" {
+        if io::stdin().is_terminal() {
+            eprintln!("reading events from standard input, one JSON object per line; end with Ctrl-D");
+        }
+        Box::new(BufReader::new(io::stdin()))
+    } else {
+        let file = File::open(&args.input).with_context(|| format!("cannot open input file {}", args.input))?;
+        Box::new(BufReader::new(file))
+    };
+
+    let ids = IdGenerator::new();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let (mut ok, mut failed, mut invalid) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("cannot read line {number} of {}", args.input))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = match JsonEvent::from_json_line(&line).and_then(|e| e.into_event(&ids, "weir:exec")) {
+            Ok(event) => event,
+            Err(e) => {
+                invalid += 1;
+                eprintln!("error: {}:{number}: {e}", args.input);
+                let record =
+                    json!({ "line": number, "outcome": "invalid_input", "code": e.code(), "reason": e.to_string() });
+                writeln!(out, "{record}")?;
+                continue;
+            }
+        };
+        let t = Instant::now();
+        let invocation =
+            handler.invoke(DeliveryRef { event: &event, subscription: &subscription, attempt: args.attempt });
+        let duration_us = t.elapsed().as_micros() as u64;
+        let mut record = json!({ "line": number, "event_id": event.id.to_string(), "topic": event.topic });
+        match &invocation.result {
+            Ok(emits) => {
+                ok += 1;
+                record["outcome"] = json!("ok");
+                record["emits"] = emits
+                    .iter()
+                    .map(|e| serde_json::to_value(JsonEvent::from_emit(e)))
+                    .collect::<Result<Value, _>>()?;
+            }
+            Err(e) => {
+                failed += 1;
+                record["outcome"] = json!("failed");
+                record["code"] = json!(e.code());
+                record["reason"] = json!(e.message());
+            }
+        }
+        record["duration_us"] = json!(duration_us);
+        if let Some(fuel) = invocation.fuel_used {
+            record["fuel_used"] = json!(fuel);
+        }
+        if !invocation.logs.is_empty() {
+            record["logs"] =
+                invocation.logs.iter().map(|l| json!({ "level": l.level.as_str(), "message": l.message })).collect();
+        }
+        if invocation.logs_dropped > 0 {
+            record["logs_dropped"] = json!(invocation.logs_dropped);
+        }
+        writeln!(out, "{record}")?;
+    }
+    out.flush()?;
+    eprintln!(
+        "{} events in {:.3}s: {ok} ok, {failed} failed, {invalid} invalid line(s)",
+        ok + failed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if invalid > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,114 @@
+//! `weir inspect`: what a module is and whether the runtime accepts it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use weir_runtime::{ExportInfo, ImportInfo, LoadError, inspect_imports_exports};
+
+use super::CacheArgs;
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The module (.wasm).
+    #[arg(value_name = "FILE")]
+    module: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.module).with_context(|| format!("cannot read {}", args.module.display()))?;
+    let engine = super::engine(&args.cache, |_| {})?;
+    let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let mut report = json!({
+        "file": args.module.display().to_string(),
+        "size": bytes.len(),
+        "sha256": sha256,
+    });
+    let accepted = match engine.load(&bytes) {
+        Ok(plugin) => {
+            let info = plugin.info();
+            report["abi_version"] = json!(info.abi_version);
+            report["imports"] = imports_json(&info.imports);
+            report["exports"] = exports_json(&info.exports);
+            report["init"] = json!(info.has_init);
+            if let Some(d) = &info.description {
+                report["plugin"] = json!({
+                    "name": d.name, "version": d.version, "description": d.description,
+                    "topics": d.topics, "schema_versions": d.schema_versions,
+                });
+            }
+            report["accepted"] = json!(true);
+            true
+        }
+        Err(error) => {
+            if let LoadError::AbiMismatch { found, .. } = &error {
+                report["abi_version"] = json!(found);
+            }
+            if let Ok((imports, exports)) = inspect_imports_exports(&engine, &bytes) {
+                report["imports"] = imports_json(&imports);
+                report["exports"] = exports_json(&exports);
+            }
+            report["accepted"] = json!(false);
+            report["code"] = json!(error.code());
+            report["reason"] = json!(error.to_string());
+            false
+        }
+    };
+    if args.json {
+        println!("{report}");
+    } else {
+        print_text(&report);
+    }
+    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn imports_json(imports: &[ImportInfo]) -> Value {
+    imports.iter().map(|i| json!({ "module": i.module, "name": i.name, "type": i.ty })).collect()
+}
+
+fn exports_json(exports: &[ExportInfo]) -> Value {
+    exports.iter().map(|e| json!({ "name": e.name, "type": e.ty })).collect()
+}
+
+fn print_text(report: &Value) {
+    let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!("file:         {}", s(&report["file"]));
+    println!("size:         {} bytes", report["size"]);
+    println!("sha256:       {}", s(&report["sha256"]));
+    if !report["abi_version"].is_null() {
+        println!("abi version:  {}", report["abi_version"]);
+    }
+    if let Some(p) = report.get("plugin") {
+        println!("plugin:       {} {} — {}", s(&p["name"]), s(&p["version"]), s(&p["description"]));
+        if let Some(topics) = p["topics"].as_array().filter(|t| !t.is_empty()) {
+            println!("topics:       {}", topics.iter().map(s).collect::<Vec<_>>().join(", "));
+        }
+    }
+    if let Some(init) = report.get("init") {
+        println!("init hook:    {}", if init.as_bool() == Some(true) { "yes" } else { "no" });
+    }
+    for (title, key) in [("imports", "imports"), ("exports", "exports")] {
+        if let Some(list) = report[key].as_array() {
+            println!("{title}:{}", if list.is_empty() { "      (none)" } else { "" });
+            for item in list {
+                match item.get("module") {
+                    Some(m) => println!("  {}::{}  {}", s(m), s(&item["name"]), s(&item["type"])),
+                    None => println!("  {}  {}", s(&item["name"]), s(&item["type"])),
+                }
+            }
+        }
+    }
+    if report["accepted"].as_bool() == Some(true) {
+        println!("accepted:     yes");
+    } else {
+        println!("accepted:     no [{}] {}", s(&report["code"]), s(&report["reason"]));
+    }
+}

@@ -1,0 +1,154 @@
+//! Per-handler sandbox limits.
+
+use std::time::Duration;
+
+/// Default wall-clock deadline per invocation.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+/// Default cap on a plugin's linear memory.
+pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
+/// Default cap on the encoded outcome of one invocation.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 4 << 20;
+/// Default cap on the number of events one invocation may emit.
+pub const DEFAULT_MAX_EMITS: usize = 1_000;
+/// Default cap on log bytes one invocation may write; more is dropped and
+/// counted.
+pub const DEFAULT_MAX_LOG_BYTES: usize = 64 << 10;
+
+/// The limits a handler runs under. Build with [`Limits::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use weir_runtime::Limits;
+/// let limits = Limits::builder().deadline(Duration::from_millis(200)).memory_bytes(16 << 20).build();
+/// assert_eq!(limits.memory_bytes(), 16 << 20);
+/// assert_eq!(limits.fuel(), None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    deadline: Duration,
+    fuel: Option<u64>,
+    memory_bytes: usize,
+    max_output_bytes: usize,
+    max_emits: usize,
+    max_log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: DEFAULT_DEADLINE,
+            fuel: None,
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_emits: DEFAULT_MAX_EMITS,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// A builder starting from the defaults.
+    #[must_use]
+    pub fn builder() -> LimitsBuilder {
+        LimitsBuilder(Self::default())
+    }
+
+    /// Wall-clock deadline per invocation.
+    #[must_use]
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Fuel budget per invocation, if metered.
+    #[must_use]
+    pub fn fuel(&self) -> Option<u64> {
+        self.fuel
+    }
+
+    /// Linear memory cap in bytes.
+    #[must_use]
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
+    }
+
+    /// Cap on the encoded outcome.
+    #[must_use]
+    pub fn max_output_bytes(&self) -> usize {
+        self.max_output_bytes
+    }
+
+    /// Cap on emitted events per invocation.
+    #[must_use]
+    pub fn max_emits(&self) -> usize {
+        self.max_emits
+    }
+
+    /// Cap on log bytes per invocation.
+    #[must_use]
+    pub fn max_log_bytes(&self) -> usize {
+        self.max_log_bytes
+    }
+}
+
+/// Builder for [`Limits`]; every setter documents its default.
+#[derive(Debug, Clone)]
+pub struct LimitsBuilder(Limits);
+
+impl LimitsBuilder {
+    /// Wall-clock deadline per invocation, enforced by epoch interruption.
+    /// By default 1 s ([`DEFAULT_DEADLINE`]). The guest is stopped no earlier
+    /// than the deadline and at most one epoch tick after it.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.0.deadline = deadline;
+        self
+    }
+
+    /// Fuel budget per invocation (roughly one unit per Wasm instruction),
+    /// for a deterministic CPU bound. By default none; requires an engine
+    /// with fuel metering.
+    #[must_use]
+    pub fn fuel(mut self, fuel: Option<u64>) -> Self {
+        self.0.fuel = fuel;
+        self
+    }
+
+    /// Cap on linear memory. By default 64 MiB ([`DEFAULT_MEMORY_BYTES`]).
+    #[must_use]
+    pub fn memory_bytes(mut self, bytes: usize) -> Self {
+        self.0.memory_bytes = bytes;
+        self
+    }
+
+    /// Cap on the encoded outcome. By default 4 MiB
+    /// ([`DEFAULT_MAX_OUTPUT_BYTES`]).
+    #[must_use]
+    pub fn max_output_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_output_bytes = bytes;
+        self
+    }
+
+    /// Cap on emitted events per invocation. By default 1,000
+    /// ([`DEFAULT_MAX_EMITS`]).
+    #[must_use]
+    pub fn max_emits(mut self, emits: usize) -> Self {
+        self.0.max_emits = emits;
+        self
+    }
+
+    /// Cap on log bytes per invocation. By default 64 KiB
+    /// ([`DEFAULT_MAX_LOG_BYTES`]).
+    #[must_use]
+    pub fn max_log_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_log_bytes = bytes;
+        self
+    }
+
+    /// The limits.
+    #[must_use]
+    pub fn build(self) -> Limits {
+        self.0
+    }
+}

@@ -1,0 +1,311 @@
+//! Loading a module into a [`Plugin`]: compile (through the artifact cache),
+//! then check imports, exports and the ABI version before anything runs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
+use weir_abi::{ABI_VERSION, HOST_MODULE, PluginDescription, exports, imports};
+
+use super::Engine;
+use super::handler::{self, Handler, HostState, InstanceMode};
+use super::limits::Limits;
+use crate::error::{InvokeError, LoadError};
+
+/// One import of a module, as `weir inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportInfo {
+    /// Import module.
+    pub module: String,
+    /// Import name.
+    pub name: String,
+    /// Its type, e.g. `func(i32, i32, i32)`.
+    pub ty: String,
+}
+
+/// One export of a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportInfo {
+    /// Export name.
+    pub name: String,
+    /// Its type, e.g. `func(i32) -> i32` or `memory`.
+    pub ty: String,
+}
+
+/// What the host learned about a plugin while loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Hex sha256 of the module bytes: the plugin's version identity.
+    pub sha256: String,
+    /// Size of the module in bytes.
+    pub size: usize,
+    /// The ABI version the module speaks.
+    pub abi_version: u32,
+    /// What `weir_describe` said, when exported.
+    pub description: Option<PluginDescription>,
+    /// Whether the module exports `weir_init`.
+    pub has_init: bool,
+    /// Imports.
+    pub imports: Vec<ImportInfo>,
+    /// Exports.
+    pub exports: Vec<ExportInfo>,
+    /// Whether the compiled code came from the artifact cache.
+    pub from_cache: bool,
+    /// Time spent compiling or loading the artifact.
+    pub compile_time: Duration,
+}
+
+impl PluginInfo {
+    /// The plugin's name from its description, or `sha256[..12]`.
+    #[must_use]
+    pub fn name(&self) -> String {
+        match &self.description {
+            Some(d) if !d.name.is_empty() => d.name.clone(),
+            _ => self.sha256.chars().take(12).collect(),
+        }
+    }
+}
+
+/// A compiled, validated plugin module. Cheap to clone. Instantiate it into
+/// [`Handler`]s with [`Plugin::handler`].
+#[derive(Clone)]
+pub struct Plugin {
+    pub(super) inner: Arc<PluginInner>,
+}
+
+pub(super) struct PluginInner {
+    pub(super) engine: Engine,
+    pub(super) pre: InstancePre<HostState>,
+    pub(super) info: PluginInfo,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("info", &self.inner.info).finish_non_exhaustive()
+    }
+}
+
+const REQUIRED: [(&str, &str); 4] = [
+    (exports::ABI_VERSION, "func() -> i32"),
+    (exports::ALLOC, "func(i32) -> i32"),
+    (exports::DEALLOC, "func(i32, i32)"),
+    (exports::HANDLE, "func(i32, i32) -> i64"),
+];
+const OPTIONAL: [(&str, &str); 2] = [(exports::INIT, "func(i32, i32) -> i64"), (exports::DESCRIBE, "func() -> i64")];
+const LOG_TYPE: &str = "func(i32, i32, i32)";
+
+impl Engine {
+    /// Read, compile and validate the module at `path`.
+    ///
+    /// # Errors
+    ///
+    /// See [`Engine::load`]; also [`LoadError::Io`].
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        self.load(&bytes)
+    }
+
+    /// Compile (or fetch from the artifact cache) and validate a module:
+    /// only host imports, the required exports with their types, ABI version
+    /// 1, and a decodable description. Nothing from the module runs before
+    /// the imports are checked.
+    ///
+    /// # Errors
+    ///
+    /// A [`LoadError`] whose [`code`](LoadError::code) names the problem.
+    pub fn load(&self, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        check_magic(bytes)?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let started = Instant::now();
+        let (module, from_cache) = self.compile(bytes, &sha256)?;
+        let compile_time = started.elapsed();
+        let (import_list, export_list) = describe_module(&module);
+
+        let forbidden: Vec<String> = import_list
+            .iter()
+            .filter(|i| !(i.module == HOST_MODULE && i.name == imports::LOG && i.ty == LOG_TYPE))
+            .map(|i| format!("{}::{} ({})", i.module, i.name, i.ty))
+            .collect();
+        if !forbidden.is_empty() {
+            return Err(LoadError::ForbiddenImport { imports: forbidden });
+        }
+        check_export(&export_list, "memory", "memory")?;
+        // The version export is checked first: a module of another ABI may
+        // have other exports, and "wrong version" is the useful message.
+        check_export(&export_list, REQUIRED[0].0, REQUIRED[0].1)?;
+
+        let mut linker: Linker<HostState> = Linker::new(self.wasmtime());
+        handler::define_host_functions(&mut linker)
+            .map_err(|e| LoadError::InvalidModule { reason: format!("cannot link host functions: {e:#}") })?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| LoadError::InvalidModule { reason: format!("{e:#}") })?;
+
+        let has_init = export_list.iter().any(|e| e.name == exports::INIT);
+        let mut info = PluginInfo {
+            sha256,
+            size: bytes.len(),
+            abi_version: 0,
+            description: None,
+            has_init,
+            imports: import_list,
+            exports: export_list,
+            from_cache,
+            compile_time,
+        };
+
+        // Probe instance with default limits: ask the version, then the rest.
+        let mut probe =
+            handler::Probe::new(self, &pre).map_err(|source| LoadError::Sandbox { stage: "instantiate", source })?;
+        let version = probe.abi_version().map_err(|source| LoadError::Sandbox { stage: "weir_abi_version", source })?;
+        if u32::try_from(version).ok() != Some(ABI_VERSION) {
+            return Err(LoadError::AbiMismatch { found: version, expected: ABI_VERSION });
+        }
+        info.abi_version = ABI_VERSION;
+        for (name, ty) in &REQUIRED[1..] {
+            check_export(&info.exports, name, ty)?;
+        }
+        for (name, ty) in OPTIONAL {
+            if info.exports.iter().any(|e| e.name == name) {
+                check_export(&info.exports, name, ty)?;
+            }
+        }
+        if info.exports.iter().any(|e| e.name == exports::DESCRIBE) {
+            info.description =
+                Some(probe.describe().map_err(|source| LoadError::Sandbox { stage: "weir_describe", source })?);
+        }
+        Ok(Plugin { inner: Arc::new(PluginInner { engine: self.clone(), pre, info }) })
+    }
+
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Module, bool), LoadError> {
+        if let Some(module) = self.cache().and_then(|c| c.get(self.wasmtime(), sha256)) {
+            return Ok((module, true));
+        }
+        let module =
+            Module::new(self.wasmtime(), bytes).map_err(|e| LoadError::InvalidModule { reason: format!("{e:#}") })?;
+        if let Some(cache) = self.cache() {
+            cache.put(&module, sha256);
+        }
+        Ok((module, false))
+    }
+}
+
+impl Plugin {
+    /// What loading found out.
+    #[must_use]
+    pub fn info(&self) -> &PluginInfo {
+        &self.inner.info
+    }
+
+    /// Instantiate into a [`Handler`] with these limits and this
+    /// configuration (JSON by convention; empty for none). With
+    /// [`InstanceMode::Reuse`] an instance is created and initialised now, so
+    /// a bad configuration fails here rather than on the first event.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::InitFailed`] if the plugin refuses its configuration,
+    /// [`LoadError::FuelNotEnabled`] if `limits` has a fuel budget the engine
+    /// cannot meter, [`LoadError::Sandbox`] if instantiation or init fails in
+    /// the sandbox.
+    pub fn handler(&self, limits: Limits, config: Vec<u8>, mode: InstanceMode) -> Result<Handler, LoadError> {
+        if limits.fuel().is_some() && !self.inner.engine.config().consume_fuel {
+            return Err(LoadError::FuelNotEnabled);
+        }
+        Handler::new(self.clone(), limits, config, mode)
+    }
+}
+
+fn check_magic(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm { reason: "the file does not start with the Wasm magic bytes `\\0asm`".into() });
+    }
+    if bytes[4..8] != [1, 0, 0, 0] {
+        return Err(LoadError::NotWasm {
+            reason: "not a core module (version field is not 1): components and other layers are not plugins".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_export(exports: &[ExportInfo], name: &'static str, expected: &'static str) -> Result<(), LoadError> {
+    match exports.iter().find(|e| e.name == name) {
+        None => Err(LoadError::BadExport { name, expected, problem: "is missing".into() }),
+        Some(e) if e.ty != expected => {
+            Err(LoadError::BadExport { name, expected, problem: format!("has type `{}`", e.ty) })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Imports and exports of a compiled module, with readable types.
+fn describe_module(module: &Module) -> (Vec<ImportInfo>, Vec<ExportInfo>) {
+    let imports = module
+        .imports()
+        .map(|i| ImportInfo { module: i.module().to_owned(), name: i.name().to_owned(), ty: type_name(&i.ty()) })
+        .collect();
+    let exports = module.exports().map(|e| ExportInfo { name: e.name().to_owned(), ty: type_name(&e.ty()) }).collect();
+    (imports, exports)
+}
+
+/// Imports and exports of raw module bytes, for `weir inspect` on a module
+/// that failed validation (it must still compile).
+///
+/// # Errors
+///
+/// [`LoadError::NotWasm`] or [`LoadError::InvalidModule`].
+pub fn inspect_imports_exports(engine: &Engine, bytes: &[u8]) -> Result<(Vec<ImportInfo>, Vec<ExportInfo>), LoadError> {
+    check_magic(bytes)?;
+    let sha256 = hex(&Sha256::digest(bytes));
+    let (module, _) = engine.compile(bytes, &sha256)?;
+    Ok(describe_module(&module))
+}
+
+fn type_name(ty: &ExternType) -> String {
+    match ty {
+        ExternType::Func(f) => {
+            let params: Vec<String> = f.params().map(|p| val_name(&p)).collect();
+            let results: Vec<String> = f.results().map(|r| val_name(&r)).collect();
+            match results.len() {
+                0 => format!("func({})", params.join(", ")),
+                1 => format!("func({}) -> {}", params.join(", "), results[0]),
+                _ => format!("func({}) -> ({})", params.join(", "), results.join(", ")),
+            }
+        }
+        ExternType::Memory(m) => {
+            if m.is_64() {
+                "memory64".into()
+            } else {
+                "memory".into()
+            }
+        }
+        ExternType::Table(_) => "table".into(),
+        ExternType::Global(_) => "global".into(),
+        _ => "other".into(),
+    }
+}
+
+fn val_name(v: &ValType) -> String {
+    match v {
+        ValType::I32 => "i32".into(),
+        ValType::I64 => "i64".into(),
+        ValType::F32 => "f32".into(),
+        ValType::F64 => "f64".into(),
+        ValType::V128 => "v128".into(),
+        ValType::Ref(_) => "ref".into(),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Shorthand used by the handler for load-stage failures.
+pub(super) fn sandbox(stage: &'static str) -> impl FnOnce(InvokeError) -> LoadError {
+    move |source| LoadError::Sandbox { stage, source }
+}
