@@ -236,10 +236,10 @@ fn render_payload(content_type: &str, bytes: &[u8]) -> (Option<Value>, Option<St
     if bytes.is_empty() {
         return (None, None);
     }
-    if content_type.contains("json") {
-        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-            return (Some(value), None);
-        }
+    if content_type.contains("json")
+        && let Ok(value) = serde_json::from_slice::<Value>(bytes)
+    {
+        return (Some(value), None);
     }
     (None, Some(BASE64.encode(bytes)))
 }

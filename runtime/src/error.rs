@@ -132,14 +132,6 @@ pub enum InvokeError {
         /// What was wrong.
         reason: String,
     },
-    /// The module speaks another ABI version.
-    #[error("ABI version mismatch: module speaks {found}, runtime speaks {expected}")]
-    AbiMismatch {
-        /// What the module said.
-        found: i32,
-        /// What the host speaks.
-        expected: u32,
-    },
     /// The handler asked for a retry.
     #[error("handler asked to retry: {reason}")]
     HandlerRetry {
@@ -162,8 +154,9 @@ pub enum InvokeError {
 
 impl InvokeError {
     /// A stable machine code: `trap`, `timeout`, `out_of_fuel`,
-    /// `memory_limit`, `bad_output`, `abi_mismatch`, `handler_retry`,
-    /// `handler_reject` or `init_failed`.
+    /// `memory_limit`, `bad_output`, `handler_retry`, `handler_reject` or
+    /// `init_failed`. (`abi_mismatch` is refused at load:
+    /// [`LoadError::code`].)
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
@@ -172,7 +165,6 @@ impl InvokeError {
             Self::OutOfFuel { .. } => "out_of_fuel",
             Self::MemoryLimit { .. } => "memory_limit",
             Self::BadOutput { .. } => "bad_output",
-            Self::AbiMismatch { .. } => "abi_mismatch",
             Self::HandlerRetry { .. } => "handler_retry",
             Self::HandlerReject { .. } => "handler_reject",
             Self::InitFailed { .. } => "init_failed",

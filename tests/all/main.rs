@@ -1,1 +1,9 @@
+//! Weir's integration tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod abi_encoding;
+mod cli;
+mod example_plugins;
+mod limits;
+mod loading;
+mod raw_abi;

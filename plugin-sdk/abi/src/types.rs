@@ -48,8 +48,10 @@ pub struct Event {
     pub correlation_id: Option<EventId>,
     /// The id of the event whose handling emitted this one.
     pub causation_id: Option<EventId>,
-    /// The payload, opaque to the host. Encoded as one length-prefixed byte
-    /// string, not byte by byte.
+    /// The payload, opaque to the host. Encoded through `serde_bytes` as one
+    /// length-prefixed byte string: the bytes on the wire are the same as a
+    /// plain `Vec<u8>`'s, but encoding and decoding copy them in one go
+    /// instead of visiting them one by one (measurably cheaper).
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }

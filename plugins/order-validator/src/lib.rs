@@ -92,7 +92,7 @@ pub fn handle(event: &Event, _ctx: &mut Context) -> Result<Vec<Emit>, HandlerErr
     if order.items.is_empty() {
         return Err(HandlerError::reject(format!("order {} has no items", order.order_id)));
     }
-    if !settings.currencies.iter().any(|c| *c == order.currency) {
+    if !settings.currencies.contains(&order.currency) {
         return Err(HandlerError::reject(format!(
             "order {}: currency {:?} is not accepted (accepted: {})",
             order.order_id,

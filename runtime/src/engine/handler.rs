@@ -66,6 +66,13 @@ impl ResourceLimiter for HostState {
         Ok(true)
     }
 
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // With the pooling allocator a slot's size can refuse growth before
+        // `memory_growing` does: that is the memory limit too.
+        self.memory_limit_hit = true;
+        Ok(())
+    }
+
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         // Tables hold function references; no honest plugin needs more.
         Ok(desired <= 100_000)
@@ -177,6 +184,7 @@ impl Guest {
         state.memory_limit_hit = false;
         state.fault = None;
         state.log_budget = self.limits.max_log_bytes();
+        state.logs.clear();
         state.logs_dropped = 0;
         self.store.set_epoch_deadline(self.deadline_ticks);
         if self.metering {

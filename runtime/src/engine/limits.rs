@@ -99,7 +99,9 @@ pub struct LimitsBuilder(Limits);
 impl LimitsBuilder {
     /// Wall-clock deadline per invocation, enforced by epoch interruption.
     /// By default 1 s ([`DEFAULT_DEADLINE`]). The guest is stopped no earlier
-    /// than the deadline and at most one epoch tick after it.
+    /// than the deadline and at most two epoch ticks after it (the deadline is
+    /// rounded up to whole ticks, plus one because the first tick may come at
+    /// once): 1000–1020 ms with the defaults.
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.0.deadline = deadline;

@@ -159,7 +159,8 @@ impl Engine {
     }
 
     /// Ticks of the epoch clock that cover `deadline`: never early, at most
-    /// one tick late.
+    /// two ticks late (rounded up to whole ticks, plus one for the partial
+    /// tick already under way).
     pub(crate) fn deadline_ticks(&self, deadline: Duration) -> u64 {
         let tick = self.inner.config.epoch_tick.as_nanos().max(1);
         let ticks = deadline.as_nanos().div_ceil(tick);

@@ -1,4 +1,5 @@
-//! Adversarial: panics on key `evil` (a trap in Wasm), handles others.
+//! Adversarial: panics on key `evil` (a trap in Wasm), recurses without
+//! bound on key `deep` (stack overflow), handles others.
 
 use weir_sdk::prelude::*;
 
@@ -8,7 +9,16 @@ pub fn handle(event: &Event, _ctx: &mut Context) -> Result<Vec<Emit>, HandlerErr
     if event.key.as_deref() == Some("evil") {
         panic!("evil event {}", event.id);
     }
+    if event.key.as_deref() == Some("deep") {
+        return Ok(vec![event.emit("adversarial.panicker.depth").header("depth", depth(0).to_string())]);
+    }
     Ok(vec![event.emit("adversarial.panicker.survived")])
+}
+
+/// Recurse forever; `black_box` keeps the frames from being optimised away.
+#[allow(unconditional_recursion)]
+fn depth(n: u64) -> u64 {
+    std::hint::black_box(depth(std::hint::black_box(n + 1))) + 1
 }
 
 #[cfg(test)]

@@ -1,0 +1,155 @@
+//! `weir exec` and `weir inspect` as real processes on real files, good and
+//! bad input alike: a clear error and exit code, never a panic.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use weir_tests::{plugins, weir};
+
+fn stdout_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn stderr(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains("panicked"), "weir panicked: {text}");
+    text
+}
+
+fn samples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/orders.jsonl")
+}
+
+#[test]
+fn exec_runs_the_sample_file() {
+    let cache = tempfile::tempdir().unwrap();
+    let out =
+        weir(&["exec", "--plugin", plugins::ORDER_VALIDATOR, "--input", samples().to_str().unwrap()], cache.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["outcome"], "ok");
+    assert_eq!(lines[0]["emits"][0]["topic"], "orders.order.validated");
+    assert_eq!(lines[0]["emits"][0]["payload"]["total_cents"], 4_695);
+    assert_eq!(lines[2]["code"], "handler_reject");
+    assert!(stderr(&out).contains("2 ok, 3 failed, 0 invalid"));
+}
+
+#[test]
+fn exec_reads_stdin_and_applies_config_and_limits() {
+    use std::io::Write;
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(weir_tests::weir_bin())
+        .args(["exec", "--plugin", plugins::LOOPER, "--deadline-ms", "100"])
+        .env("WEIR_CACHE_DIR", cache.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"topic\":\"a.b.c\",\"key\":\"evil\"}\n\n{\"topic\":\"a.b.c\",\"key\":\"fine\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(lines.len(), 2, "the blank line is skipped");
+    assert_eq!(lines[0]["code"], "timeout");
+    assert_eq!(lines[1]["outcome"], "ok");
+    assert_eq!(lines[1]["line"], 3);
+}
+
+#[test]
+fn exec_reports_malformed_lines_and_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, "{\"topic\":\"a.b.c\"}\n{not json\n{\"topic\":\"Bad Topic\"}\n{\"topic\":\"a.b.c\"}\n")
+        .unwrap();
+    let out = weir(&["exec", "--plugin", plugins::PANICKER, "--input", input.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("events.jsonl:2: invalid event JSON"), "{err}");
+    assert!(err.contains("<domain>.<entity>.<event>"), "{err}");
+    let lines = stdout_lines(&out);
+    let outcomes: Vec<&str> = lines.iter().map(|l| l["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["ok", "invalid_input", "invalid_input", "ok"]);
+    assert_eq!(lines[1]["code"], "invalid_json");
+    assert_eq!(lines[2]["code"], "invalid_topic");
+}
+
+#[test]
+fn exec_refuses_missing_files_and_non_wasm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir(&["exec", "--plugin", "/no/such/plugin.wasm", "--input", "-"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read /no/such/plugin.wasm"));
+
+    let out = weir(&["exec", "--plugin", plugins::PANICKER, "--input", "/no/such/events.jsonl"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot open input file /no/such/events.jsonl"));
+
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "just some text").unwrap();
+    let out = weir(&["exec", "--plugin", text.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a WebAssembly module"));
+
+    let out = weir(&["exec", "--plugin", plugins::ORDER_VALIDATOR, "--config", "{oops"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--config is not valid JSON"));
+
+    let out = weir(&["exec", "--plugin", plugins::ORDER_VALIDATOR, "--config", r#"{"currencies":[]}"#], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("at least one currency"));
+
+    let out = weir(&["exec", "--plugin", plugins::WASI_IMPORT], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("wasi_snapshot_preview1::fd_write"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir(&["exec"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--plugin"));
+    let out = weir(&["no-such-command"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_accepts_a_good_plugin_and_explains_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir(&["inspect", plugins::ORDER_VALIDATOR], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["abi version:  1", "order-validator", "weir::log", "weir_handle", "accepted:     yes"] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+
+    let out = weir(&["inspect", "--json", plugins::WASI_IMPORT], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["accepted"], false);
+    assert_eq!(report["code"], "forbidden_import");
+    assert!(report["imports"].as_array().unwrap().iter().any(|i| i["module"] == "wasi_snapshot_preview1"));
+
+    let out = weir(&["inspect", "--json", plugins::WRONG_ABI], dir.path());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["abi_version"], 2);
+    assert_eq!(report["code"], "abi_mismatch");
+
+    let out = weir(&["inspect", "/no/such.wasm"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read /no/such.wasm"));
+
+    let text = dir.path().join("x.wasm");
+    std::fs::write(&text, [0u8; 3]).unwrap();
+    let out = weir(&["inspect", text.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[not_wasm]"));
+}
