@@ -1,0 +1,4 @@
+#[weir_sdk::handler]
+struct NotAFunction;
+
+fn main() {}

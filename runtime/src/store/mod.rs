@@ -1,0 +1,769 @@
+//! The store: one redb file holding the log, subscription cursors and parked
+//! (retrying) events, idempotency records, the dead-letter queue and the
+//! ingest de-duplication index. The only module that names `redb`.
+//!
+//! # Durability
+//!
+//! All writes go through one writer thread. It takes every command waiting in
+//! its queue (publishes and invocation results alike), applies them in one
+//! write transaction and commits with immediate durability (fsync): group
+//! commit. A caller's reply is sent only after the commit that holds its
+//! command returned, so an acknowledged publish survives `kill -9`. After a
+//! failed commit the writer refuses every further write until the store is
+//! reopened.
+
+mod types;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weir_abi::{Event, EventId};
+
+pub use types::{
+    DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, Published, ResultItem, SubscriptionStats,
+};
+
+/// seq → encoded [`Event`].
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// subscription → next sequence number to read.
+const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
+/// (subscription, seq) → encoded [`ParkedEntry`].
+const PARKED: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("parked");
+/// (subscription, seq) → encoded [`DlqEntry`].
+const DLQ: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dlq");
+/// (subscription, idempotency key) → encoded [`IdempotencyRecord`].
+const IDEMPOTENCY: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("idempotency");
+/// (expires at ms, subscription, key) → (): the garbage-collection index.
+const IDEMPOTENCY_EXPIRY: TableDefinition<'_, (u64, &str, &str), ()> = TableDefinition::new("idempotency_expiry");
+/// producer idempotency key → (event id, seq, expires at ms).
+const INGEST: TableDefinition<'_, &str, ([u8; 16], u64, u64)> = TableDefinition::new("ingest_dedup");
+/// (expires at ms, key) → ().
+const INGEST_EXPIRY: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("ingest_expiry");
+/// (subscription, counter) → value.
+const STATS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("stats");
+
+/// Default idempotency and ingest de-duplication window.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Most commands in one group commit.
+const MAX_GROUP: usize = 4096;
+/// Most expired records deleted per garbage-collection pass.
+const GC_BATCH: usize = 10_000;
+
+/// Why a store operation failed. Codes are stable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (or this one) has the data directory open.
+    #[error("the store {path} is already open in another process (is another `weir run` using this data directory?)")]
+    AlreadyOpen {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a redb database, or is damaged beyond repair.
+    #[error("the store {path} is corrupt or not a Weir store: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// redb's message.
+        reason: String,
+    },
+    /// An I/O or storage-engine error.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A commit failed earlier; no more writes until reopened.
+    #[error("the store refused the write: an earlier commit failed ({0}); restart to recover")]
+    Poisoned(String),
+    /// The writer has shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// A stored record could not be decoded.
+    #[error("stored record is undecodable: {0}")]
+    Decode(String),
+}
+
+impl StoreError {
+    /// Stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AlreadyOpen { .. } => "store_locked",
+            Self::Corrupt { .. } => "store_corrupt",
+            Self::Storage(_) => "storage",
+            Self::Poisoned(_) => "store_poisoned",
+            Self::Closed => "store_closed",
+            Self::Decode(_) => "store_decode",
+        }
+    }
+}
+
+fn storage(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Storage(e.into().to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A reply callback: called once, from the writer thread, after the commit.
+pub type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+enum Command {
+    Publish { events: Vec<Event>, reply: Reply<Vec<Published>> },
+    Results { subscription: Arc<str>, items: Vec<ResultItem>, cursor: Option<u64>, reply: Reply<()> },
+    Redrive { subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool> },
+    Purge { filter: DlqFilter, reply: Reply<usize> },
+    Sync { reply: Reply<()> },
+}
+
+/// Options of [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How long idempotency records and ingest de-duplication keys are kept.
+    /// By default 24 h ([`DEFAULT_RETENTION`]).
+    pub retention: Duration,
+    /// How often expired records are collected. By default every minute.
+    pub gc_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { retention: DEFAULT_RETENTION, gc_interval: Duration::from_secs(60) }
+    }
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    /// Next sequence number to assign = number of the first event not yet in the log.
+    head: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+    /// Woken after every commit that appended to the log.
+    watchers: Mutex<Vec<Sender<()>>>,
+    commits: AtomicU64,
+    committed_commands: AtomicU64,
+}
+
+/// Handle to the store. Cheap to clone; the writer stops when
+/// [`Store::close`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: Sender<Command>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.shared.path).field("head", &self.head()).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store file at `path` and start its writer.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyOpen`] when another process holds it,
+    /// [`StoreError::Corrupt`] when the file is not a usable redb database,
+    /// [`StoreError::Storage`] for I/O errors.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::AlreadyOpen { path: path.to_owned() });
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
+                return Err(StoreError::Storage(format!("{}: {e}", path.display())));
+            }
+            Err(e) => return Err(StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() }),
+        };
+        Self::with_database(db, path, options)
+    }
+
+    /// Open a store on a custom redb storage backend (crash tests).
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`].
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        label: &Path,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| StoreError::Corrupt { path: label.to_owned(), reason: e.to_string() })?;
+        Self::with_database(db, label, options)
+    }
+
+    fn with_database(db: Database, path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        // Create every table up front so readers never meet a missing one.
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(LOG).map_err(storage)?;
+            txn.open_table(CURSORS).map_err(storage)?;
+            txn.open_table(PARKED).map_err(storage)?;
+            txn.open_table(DLQ).map_err(storage)?;
+            txn.open_table(IDEMPOTENCY).map_err(storage)?;
+            txn.open_table(IDEMPOTENCY_EXPIRY).map_err(storage)?;
+            txn.open_table(INGEST).map_err(storage)?;
+            txn.open_table(INGEST_EXPIRY).map_err(storage)?;
+            txn.open_table(STATS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let head = {
+            let read = db.begin_read().map_err(storage)?;
+            let log = read.open_table(LOG).map_err(storage)?;
+            log.last().map_err(storage)?.map_or(0, |(k, _)| k.value() + 1)
+        };
+        let shared = Arc::new(Shared {
+            db,
+            path: path.to_owned(),
+            head: AtomicU64::new(head),
+            poisoned: Mutex::new(None),
+            watchers: Mutex::new(Vec::new()),
+            commits: AtomicU64::new(0),
+            committed_commands: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("weir-writer".into())
+            .spawn(move || writer_loop(&writer_shared, &rx, &options))
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { shared, tx, writer: Arc::new(Mutex::new(Some(writer))), closed: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// The next sequence number the log will assign (= number of events ever
+    /// appended).
+    #[must_use]
+    pub fn head(&self) -> u64 {
+        self.shared.head.load(Ordering::Acquire)
+    }
+
+    /// Group-commit statistics: (commits, commands committed).
+    #[must_use]
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (self.shared.commits.load(Ordering::Relaxed), self.shared.committed_commands.load(Ordering::Relaxed))
+    }
+
+    /// Get a channel that receives `()` after each commit that appended
+    /// events (coalesce by draining).
+    #[must_use]
+    pub fn watch(&self) -> Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner).push(tx);
+        rx
+    }
+
+    fn send(&self, command: Command) {
+        if let Err(mpsc::SendError(command)) = self.tx.send(command) {
+            // The writer is gone: answer the caller instead of dropping it.
+            fail(command, StoreError::Closed);
+        }
+    }
+
+    /// Append events (durably) and call `reply` after the commit.
+    ///
+    /// # Idempotency
+    ///
+    /// An event whose idempotency key differs from its id's text and was
+    /// already published within the retention window is not stored again:
+    /// its answer carries the original id and `duplicate: true`.
+    pub fn publish(&self, events: Vec<Event>, reply: Reply<Vec<Published>>) {
+        self.send(Command::Publish { events, reply });
+    }
+
+    /// [`Store::publish`], waiting for the commit.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error.
+    pub fn publish_blocking(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.publish(events, Box::new(move |r| drop(tx.send(r))));
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commit a subscription's outcomes and (optionally) its new cursor in
+    /// one transaction.
+    pub fn submit(&self, subscription: Arc<str>, items: Vec<ResultItem>, cursor: Option<u64>, reply: Reply<()>) {
+        self.send(Command::Results { subscription, items, cursor, reply });
+    }
+
+    /// Move a DLQ entry back to the subscription's parked events, in one
+    /// transaction. Answers `false` when there is no such entry (already
+    /// redriven or purged).
+    pub fn redrive(&self, subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool>) {
+        self.send(Command::Redrive { subscription, seq, parked, reply });
+    }
+
+    /// Delete the DLQ entries `filter` selects; answers how many.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error.
+    pub fn purge_blocking(&self, filter: DlqFilter) -> Result<usize, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Purge { filter, reply: Box::new(move |r| drop(tx.send(r))) });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Wait until every command sent before this call has committed.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Sync { reply: Box::new(move |r| drop(tx.send(r))) });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Up to `limit` events from sequence number `from` on.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let log = read.open_table(LOG).map_err(storage)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in log.range(from..).map_err(storage)?.take(limit) {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((k.value(), weir_abi::encoding::decode::<Event>(v.value()).map_err(|e| StoreError::Decode(e.to_string()))?));
+        }
+        Ok(out)
+    }
+
+    /// One event by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        Ok(self.read_log(seq, 1)?.into_iter().find(|(s, _)| *s == seq).map(|(_, e)| e))
+    }
+
+    /// The committed cursor of a subscription (0 if it never committed one).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn cursor(&self, subscription: &str) -> Result<u64, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(CURSORS).map_err(storage)?;
+        Ok(table.get(subscription).map_err(storage)?.map_or(0, |v| v.value()))
+    }
+
+    /// All parked events of a subscription, by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn parked(&self, subscription: &str) -> Result<Vec<ParkedEntry>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(PARKED).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.range((subscription, 0)..=(subscription, u64::MAX)).map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Look up idempotency records: for each key, the record if one exists
+    /// and has not expired.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn idempotency(&self, subscription: &str, keys: &[&str]) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(IDEMPOTENCY).map_err(storage)?;
+        let now = now_ms();
+        keys.iter()
+            .map(|key| match table.get((subscription, *key)).map_err(storage)? {
+                Some(v) => {
+                    let record: IdempotencyRecord = decode(v.value())?;
+                    Ok((record.expires_at_ms > now).then_some(record))
+                }
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// DLQ entries passing `filter`, by subscription and sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(DLQ).map_err(storage)?;
+        let mut out = Vec::new();
+        let range = match &filter.subscription {
+            Some(s) => table.range((s.as_str(), 0)..=(s.as_str(), u64::MAX)).map_err(storage)?,
+            None => table.range::<(&str, u64)>(..).map_err(storage)?,
+        };
+        for entry in range {
+            let (_, v) = entry.map_err(storage)?;
+            let entry: DlqEntry = decode(v.value())?;
+            if filter.matches(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-subscription counters.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn stats(&self, subscription: &str) -> Result<SubscriptionStats, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(STATS).map_err(storage)?;
+        let get = |name: &str| -> Result<u64, StoreError> {
+            Ok(table.get((subscription, name)).map_err(storage)?.map_or(0, |v| v.value()))
+        };
+        Ok(SubscriptionStats {
+            handled: get("handled")?,
+            duplicates: get("duplicates")?,
+            retries: get("retries")?,
+            dead_lettered: get("dead_lettered")?,
+            emitted: get("emitted")?,
+        })
+    }
+
+    /// Stop the writer after it committed everything already sent.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.sync();
+        let (tx, _) = mpsc::channel();
+        // Replacing our sender does not stop the writer while clones exist;
+        // the writer exits when every sender is gone. Join only if we can.
+        drop(tx);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The last handle joins the writer so the file is closed on return.
+        if Arc::strong_count(&self.writer) == 1 {
+            let (dead, _) = mpsc::channel();
+            let tx = std::mem::replace(&mut self.tx, dead);
+            drop(tx);
+            if let Some(handle) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+fn fail(command: Command, error: StoreError) {
+    match command {
+        Command::Publish { reply, .. } => reply(Err(error)),
+        Command::Results { reply, .. } => reply(Err(error)),
+        Command::Redrive { reply, .. } => reply(Err(error)),
+        Command::Purge { reply, .. } => reply(Err(error)),
+        Command::Sync { reply } => reply(Err(error)),
+    }
+}
+
+enum Answer {
+    Published(Reply<Vec<Published>>, Vec<Published>),
+    Unit(Reply<()>),
+    Bool(Reply<bool>, bool),
+    Count(Reply<usize>, usize),
+}
+
+impl Answer {
+    fn ok(self) {
+        match self {
+            Self::Published(r, v) => r(Ok(v)),
+            Self::Unit(r) => r(Ok(())),
+            Self::Bool(r, v) => r(Ok(v)),
+            Self::Count(r, v) => r(Ok(v)),
+        }
+    }
+
+    fn err(self, e: StoreError) {
+        match self {
+            Self::Published(r, _) => r(Err(e)),
+            Self::Unit(r) => r(Err(e)),
+            Self::Bool(r, _) => r(Err(e)),
+            Self::Count(r, _) => r(Err(e)),
+        }
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: &Receiver<Command>, options: &StoreOptions) {
+    let mut next_gc = now_ms() + options.gc_interval.as_millis() as u64;
+    loop {
+        let first = match rx.recv_timeout(options.gc_interval) {
+            Ok(command) => Some(command),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch: Vec<Command> = first.into_iter().collect();
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let poisoned = shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(reason) = poisoned {
+            for command in batch {
+                fail(command, StoreError::Poisoned(reason.clone()));
+            }
+            continue;
+        }
+        let gc_due = now_ms() >= next_gc;
+        if batch.is_empty() && !gc_due {
+            continue;
+        }
+        let count = batch.len() as u64;
+        match commit_group(shared, batch, options, gc_due) {
+            Ok((answers, appended)) => {
+                if gc_due {
+                    next_gc = now_ms() + options.gc_interval.as_millis() as u64;
+                }
+                shared.commits.fetch_add(1, Ordering::Relaxed);
+                shared.committed_commands.fetch_add(count, Ordering::Relaxed);
+                for answer in answers {
+                    answer.ok();
+                }
+                if appended {
+                    let mut watchers = shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+                    watchers.retain(|w| w.send(()).is_ok());
+                }
+            }
+            Err((answers, error)) => {
+                tracing::error!(error = %error, "commit failed; the store refuses further writes until restarted");
+                *shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+                for answer in answers {
+                    answer.err(error.clone());
+                }
+            }
+        }
+    }
+}
+
+type GroupResult = Result<(Vec<Answer>, bool), (Vec<Answer>, StoreError)>;
+
+fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc: bool) -> GroupResult {
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut head = shared.head.load(Ordering::Acquire);
+    let start_head = head;
+    let result = (|| -> Result<(), StoreError> {
+        let mut txn = shared.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::Immediate).map_err(storage)?;
+        let mut pending = Vec::new();
+        for command in batch {
+            pending.push(command);
+        }
+        let mut w = Writes::open(&txn)?;
+        let mut stats: HashMap<(Arc<str>, &'static str), u64> = HashMap::new();
+        let now = now_ms();
+        let expires = now + options.retention.as_millis() as u64;
+        for command in pending {
+            match command {
+                Command::Publish { events, reply } => {
+                    let mut out = Vec::with_capacity(events.len());
+                    for event in events {
+                        out.push(w.append(&event, &mut head, now, expires)?);
+                    }
+                    answers.push(Answer::Published(reply, out));
+                }
+                Command::Results { subscription, items, cursor, reply } => {
+                    let sub: &str = &subscription;
+                    for item in items {
+                        match item {
+                            ResultItem::Handled { seq, key, record, emits } => {
+                                w.idempotency.insert((sub, key.as_str()), encode(&record)?.as_slice()).map_err(storage)?;
+                                w.idempotency_expiry.insert((record.expires_at_ms, sub, key.as_str()), ()).map_err(storage)?;
+                                *stats.entry((Arc::clone(&subscription), "emitted")).or_default() += emits.len() as u64;
+                                for event in emits {
+                                    w.append(&event, &mut head, now, expires)?;
+                                }
+                                w.parked.remove((sub, seq)).map_err(storage)?;
+                                *stats.entry((Arc::clone(&subscription), "handled")).or_default() += 1;
+                            }
+                            ResultItem::Duplicate { seq } => {
+                                w.parked.remove((sub, seq)).map_err(storage)?;
+                                *stats.entry((Arc::clone(&subscription), "duplicates")).or_default() += 1;
+                            }
+                            ResultItem::Park(entry) => {
+                                if entry.attempts > 0 {
+                                    *stats.entry((Arc::clone(&subscription), "retries")).or_default() += 1;
+                                }
+                                w.parked.insert((sub, entry.seq), encode(&entry)?.as_slice()).map_err(storage)?;
+                            }
+                            ResultItem::DeadLetter(entry) => {
+                                w.parked.remove((sub, entry.seq)).map_err(storage)?;
+                                w.dlq.insert((sub, entry.seq), encode(&*entry)?.as_slice()).map_err(storage)?;
+                                *stats.entry((Arc::clone(&subscription), "dead_lettered")).or_default() += 1;
+                            }
+                        }
+                    }
+                    if let Some(cursor) = cursor {
+                        w.cursors.insert(sub, cursor).map_err(storage)?;
+                    }
+                    answers.push(Answer::Unit(reply));
+                }
+                Command::Redrive { subscription, seq, parked, reply } => {
+                    let existed = w.dlq.remove((subscription.as_str(), seq)).map_err(storage)?.is_some();
+                    if existed {
+                        w.parked.insert((subscription.as_str(), seq), encode(&parked)?.as_slice()).map_err(storage)?;
+                    }
+                    answers.push(Answer::Bool(reply, existed));
+                }
+                Command::Purge { filter, reply } => {
+                    let mut doomed = Vec::new();
+                    for entry in w.dlq.iter().map_err(storage)? {
+                        let (k, v) = entry.map_err(storage)?;
+                        let entry: DlqEntry = decode(v.value())?;
+                        if filter.matches(&entry) {
+                            doomed.push((k.value().0.to_owned(), k.value().1));
+                        }
+                    }
+                    for (sub, seq) in &doomed {
+                        w.dlq.remove((sub.as_str(), *seq)).map_err(storage)?;
+                    }
+                    answers.push(Answer::Count(reply, doomed.len()));
+                }
+                Command::Sync { reply } => answers.push(Answer::Unit(reply)),
+            }
+        }
+        for ((sub, name), add) in stats {
+            let current = w.stats.get((&*sub, name)).map_err(storage)?.map_or(0, |v| v.value());
+            w.stats.insert((&*sub, name), current + add).map_err(storage)?;
+        }
+        if gc {
+            w.collect_garbage(now)?;
+        }
+        drop(w);
+        txn.commit().map_err(storage)
+    })();
+    match result {
+        Ok(()) => {
+            shared.head.store(head, Ordering::Release);
+            Ok((answers, head != start_head))
+        }
+        Err(e) => Err((answers, e)),
+    }
+}
+
+/// The tables of one write transaction.
+struct Writes<'t> {
+    log: redb::Table<'t, u64, &'static [u8]>,
+    cursors: redb::Table<'t, &'static str, u64>,
+    parked: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    dlq: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    idempotency: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    idempotency_expiry: redb::Table<'t, (u64, &'static str, &'static str), ()>,
+    ingest: redb::Table<'t, &'static str, ([u8; 16], u64, u64)>,
+    ingest_expiry: redb::Table<'t, (u64, &'static str), ()>,
+    stats: redb::Table<'t, (&'static str, &'static str), u64>,
+}
+
+impl<'t> Writes<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            log: txn.open_table(LOG).map_err(storage)?,
+            cursors: txn.open_table(CURSORS).map_err(storage)?,
+            parked: txn.open_table(PARKED).map_err(storage)?,
+            dlq: txn.open_table(DLQ).map_err(storage)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(storage)?,
+            idempotency_expiry: txn.open_table(IDEMPOTENCY_EXPIRY).map_err(storage)?,
+            ingest: txn.open_table(INGEST).map_err(storage)?,
+            ingest_expiry: txn.open_table(INGEST_EXPIRY).map_err(storage)?,
+            stats: txn.open_table(STATS).map_err(storage)?,
+        })
+    }
+
+    /// Append one event unless its producer key is a known duplicate.
+    fn append(&mut self, event: &Event, head: &mut u64, now: u64, expires: u64) -> Result<Published, StoreError> {
+        // A key equal to the id is fresh by construction: no index needed.
+        let keyed = event.idempotency_key != event.id.to_string();
+        if keyed {
+            if let Some(v) = self.ingest.get(event.idempotency_key.as_str()).map_err(storage)? {
+                let (id, seq, expires_at) = v.value();
+                if expires_at > now {
+                    return Ok(Published { id: EventId(id), seq, duplicate: true });
+                }
+            }
+        }
+        let seq = *head;
+        let bytes = weir_abi::encoding::encode(event).map_err(|e| StoreError::Decode(e.to_string()))?;
+        self.log.insert(seq, bytes.as_slice()).map_err(storage)?;
+        if keyed {
+            self.ingest.insert(event.idempotency_key.as_str(), (event.id.0, seq, expires)).map_err(storage)?;
+            self.ingest_expiry.insert((expires, event.idempotency_key.as_str()), ()).map_err(storage)?;
+        }
+        *head += 1;
+        Ok(Published { id: event.id, seq, duplicate: false })
+    }
+
+    fn collect_garbage(&mut self, now: u64) -> Result<(), StoreError> {
+        let mut expired: Vec<(u64, String, String)> = Vec::new();
+        for entry in self.idempotency_expiry.range((0, "", "")..(now, "", "")).map_err(storage)?.take(GC_BATCH) {
+            let (k, _) = entry.map_err(storage)?;
+            let (at, sub, key) = k.value();
+            expired.push((at, sub.to_owned(), key.to_owned()));
+        }
+        for (at, sub, key) in &expired {
+            self.idempotency_expiry.remove((*at, sub.as_str(), key.as_str())).map_err(storage)?;
+            // Only if the record is the expired one (it may have been renewed).
+            let stale = match self.idempotency.get((sub.as_str(), key.as_str())).map_err(storage)? {
+                Some(v) => decode::<IdempotencyRecord>(v.value())?.expires_at_ms <= now,
+                None => false,
+            };
+            if stale {
+                self.idempotency.remove((sub.as_str(), key.as_str())).map_err(storage)?;
+            }
+        }
+        let mut expired_keys: Vec<(u64, String)> = Vec::new();
+        for entry in self.ingest_expiry.range((0, "")..(now, "")).map_err(storage)?.take(GC_BATCH) {
+            let (k, _) = entry.map_err(storage)?;
+            let (at, key) = k.value();
+            expired_keys.push((at, key.to_owned()));
+        }
+        for (at, key) in &expired_keys {
+            self.ingest_expiry.remove((*at, key.as_str())).map_err(storage)?;
+            let stale = self.ingest.get(key.as_str()).map_err(storage)?.is_some_and(|v| v.value().2 <= now);
+            if stale {
+                self.ingest.remove(key.as_str()).map_err(storage)?;
+            }
+        }
+        if !expired.is_empty() || !expired_keys.is_empty() {
+            tracing::debug!(idempotency = expired.len(), ingest = expired_keys.len(), "collected expired records");
+        }
+        Ok(())
+    }
+}
