@@ -25,6 +25,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("wrong-abi", "WRONG_ABI"),
     ("wasi-import", "WASI_IMPORT"),
     ("flaky", "FLAKY"),
+    ("duplicator", "DUPLICATOR"),
 ];
 
 fn main() {
@@ -80,6 +81,11 @@ fn main() {
         )
         .expect("writing to a String");
     }
+    out.push_str("/// Every plugin, by constant name.\npub const ALL: &[(&str, &str)] = &[\n");
+    for (_, constant) in PLUGINS {
+        writeln!(out, "    ({constant:?}, {constant}),").expect("writing to a String");
+    }
+    out.push_str("];\n");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out_dir.join("plugins.rs"), out).expect("cannot write plugins.rs");
 }

@@ -31,10 +31,14 @@
 //! # }
 //! ```
 
+pub mod config;
 mod engine;
 pub mod envelope;
 mod error;
 mod ids;
+mod runtime;
+pub mod store;
+mod subscription;
 pub mod topic;
 
 pub use engine::{
@@ -45,3 +49,5 @@ pub use engine::{
 };
 pub use error::{EngineError, InvokeError, LoadError};
 pub use ids::IdGenerator;
+pub use runtime::{RedriveReport, Runtime, RuntimeError, SubscriptionStatus};
+pub use subscription::{SubscriptionCounters, VERSION_HEADER};

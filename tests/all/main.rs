@@ -3,6 +3,7 @@
 
 mod abi_encoding;
 mod cli;
+mod delivery;
 mod example_plugins;
 mod limits;
 mod loading;

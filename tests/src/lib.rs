@@ -34,6 +34,20 @@ pub fn weir(args: &[&str], cache_dir: &std::path::Path) -> Output {
     Command::new(weir_bin()).args(args).env("WEIR_CACHE_DIR", cache_dir).output().expect("run weir")
 }
 
+/// A runtime configuration from TOML text in which `{NAME}` stands for the
+/// path of plugin `NAME` (e.g. `{ORDER_VALIDATOR}`), with its data directory
+/// in `dir`.
+pub fn config(dir: &std::path::Path, toml: &str) -> weir_runtime::config::Config {
+    let mut text = format!("data_dir = {:?}\n", dir.join("data").display().to_string());
+    text.push_str(toml);
+    for (name, path) in plugins::ALL {
+        text = text.replace(&format!("{{{name}}}"), path);
+    }
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, &text).unwrap();
+    weir_runtime::config::Config::load(&file).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
 /// A default engine (no artifact cache).
 pub fn engine() -> Engine {
     Engine::new(EngineConfig::default()).unwrap()

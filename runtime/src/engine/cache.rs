@@ -38,11 +38,21 @@ impl ArtifactCache {
         if !path.is_file() {
             return None;
         }
+        // Read into memory rather than `deserialize_file`: that one maps the
+        // file, and anyone truncating it meanwhile (another process
+        // rewriting the cache, a full disk) would kill us with SIGBUS.
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read compiled artifact");
+                return None;
+            }
+        };
         // SAFETY: the file was written by `put` below from `Module::serialize`
         // of this engine configuration (the fingerprint is in the name), in a
         // directory the operator owns (see the module docs). wasmtime checks
         // the header and the compatibility hash again and errors on mismatch.
-        match unsafe { Module::deserialize_file(engine, &path) } {
+        match unsafe { Module::deserialize(engine, &bytes) } {
             Ok(module) => Some(module),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled artifact");

@@ -21,6 +21,7 @@ pub use limits::{
     DEFAULT_DEADLINE, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, Limits,
     LimitsBuilder,
 };
+pub(crate) use plugin::hex;
 pub use plugin::{ExportInfo, ImportInfo, Plugin, PluginInfo, inspect_imports_exports};
 
 use crate::error::EngineError;

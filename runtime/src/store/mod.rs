@@ -27,9 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_abi::{Event, EventId};
 
-pub use types::{
-    DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, Published, ResultItem, SubscriptionStats,
-};
+pub use types::{DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, Published, ResultItem, SubscriptionStats};
 
 /// seq → encoded [`Event`].
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
@@ -157,8 +155,9 @@ struct Shared {
     /// Next sequence number to assign = number of the first event not yet in the log.
     head: AtomicU64,
     poisoned: Mutex<Option<String>>,
-    /// Woken after every commit that appended to the log.
-    watchers: Mutex<Vec<Sender<()>>>,
+    /// Called after every commit that appended to the log; a watcher that
+    /// returns `false` is dropped.
+    watchers: Mutex<Vec<Box<dyn Fn() -> bool + Send>>>,
     commits: AtomicU64,
     committed_commands: AtomicU64,
 }
@@ -268,13 +267,10 @@ impl Store {
         (self.shared.commits.load(Ordering::Relaxed), self.shared.committed_commands.load(Ordering::Relaxed))
     }
 
-    /// Get a channel that receives `()` after each commit that appended
-    /// events (coalesce by draining).
-    #[must_use]
-    pub fn watch(&self) -> Receiver<()> {
-        let (tx, rx) = mpsc::channel();
-        self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner).push(tx);
-        rx
+    /// Call `wake` after each commit that appended events to the log, until
+    /// it returns `false`.
+    pub fn watch(&self, wake: Box<dyn Fn() -> bool + Send>) {
+        self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner).push(wake);
     }
 
     fn send(&self, command: Command) {
@@ -352,7 +348,10 @@ impl Store {
         let mut out = Vec::with_capacity(limit.min(1024));
         for entry in log.range(from..).map_err(storage)?.take(limit) {
             let (k, v) = entry.map_err(storage)?;
-            out.push((k.value(), weir_abi::encoding::decode::<Event>(v.value()).map_err(|e| StoreError::Decode(e.to_string()))?));
+            out.push((
+                k.value(),
+                weir_abi::encoding::decode::<Event>(v.value()).map_err(|e| StoreError::Decode(e.to_string()))?,
+            ));
         }
         Ok(out)
     }
@@ -457,16 +456,17 @@ impl Store {
         })
     }
 
-    /// Stop the writer after it committed everything already sent.
-    pub fn close(&self) {
+    /// Wait until everything sent so far is committed. The writer itself
+    /// stops when the last handle is dropped, which also closes the file.
+    ///
+    /// # Errors
+    ///
+    /// The last commit's error.
+    pub fn close(&self) -> Result<(), StoreError> {
         if self.closed.swap(true, Ordering::AcqRel) {
-            return;
+            return Ok(());
         }
-        let _ = self.sync();
-        let (tx, _) = mpsc::channel();
-        // Replacing our sender does not stop the writer while clones exist;
-        // the writer exits when every sender is gone. Join only if we can.
-        drop(tx);
+        self.sync()
     }
 }
 
@@ -474,7 +474,7 @@ impl Drop for Store {
     fn drop(&mut self) {
         // The last handle joins the writer so the file is closed on return.
         if Arc::strong_count(&self.writer) == 1 {
-            let (dead, _) = mpsc::channel();
+            let (dead, _) = mpsc::channel::<Command>();
             let tx = std::mem::replace(&mut self.tx, dead);
             drop(tx);
             if let Some(handle) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -560,7 +560,7 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Command>, options: &StoreOptions) 
                 }
                 if appended {
                     let mut watchers = shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-                    watchers.retain(|w| w.send(()).is_ok());
+                    watchers.retain(|wake| wake());
                 }
             }
             Err((answers, error)) => {
@@ -596,7 +596,7 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                 Command::Publish { events, reply } => {
                     let mut out = Vec::with_capacity(events.len());
                     for event in events {
-                        out.push(w.append(&event, &mut head, now, expires)?);
+                        out.push(w.append(&event, &mut head, now, expires, true)?);
                     }
                     answers.push(Answer::Published(reply, out));
                 }
@@ -605,11 +605,20 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                     for item in items {
                         match item {
                             ResultItem::Handled { seq, key, record, emits } => {
-                                w.idempotency.insert((sub, key.as_str()), encode(&record)?.as_slice()).map_err(storage)?;
-                                w.idempotency_expiry.insert((record.expires_at_ms, sub, key.as_str()), ()).map_err(storage)?;
+                                w.idempotency
+                                    .insert((sub, key.as_str()), encode(&record)?.as_slice())
+                                    .map_err(storage)?;
+                                w.idempotency_expiry
+                                    .insert((record.expires_at_ms, sub, key.as_str()), ())
+                                    .map_err(storage)?;
                                 *stats.entry((Arc::clone(&subscription), "emitted")).or_default() += emits.len() as u64;
+                                // Emitted events skip the ingest index: their
+                                // transaction also records the input as handled, so
+                                // a redo cannot emit them twice, and duplicates a
+                                // plugin emits itself are caught by the idempotency
+                                // check of each subscription downstream.
                                 for event in emits {
-                                    w.append(&event, &mut head, now, expires)?;
+                                    w.append(&event, &mut head, now, expires, false)?;
                                 }
                                 w.parked.remove((sub, seq)).map_err(storage)?;
                                 *stats.entry((Arc::clone(&subscription), "handled")).or_default() += 1;
@@ -707,16 +716,22 @@ impl<'t> Writes<'t> {
         })
     }
 
-    /// Append one event unless its producer key is a known duplicate.
-    fn append(&mut self, event: &Event, head: &mut u64, now: u64, expires: u64) -> Result<Published, StoreError> {
+    /// Append one event; with `dedup`, not if its producer key is a known
+    /// duplicate.
+    fn append(
+        &mut self,
+        event: &Event,
+        head: &mut u64,
+        now: u64,
+        expires: u64,
+        dedup: bool,
+    ) -> Result<Published, StoreError> {
         // A key equal to the id is fresh by construction: no index needed.
-        let keyed = event.idempotency_key != event.id.to_string();
-        if keyed {
-            if let Some(v) = self.ingest.get(event.idempotency_key.as_str()).map_err(storage)? {
-                let (id, seq, expires_at) = v.value();
-                if expires_at > now {
-                    return Ok(Published { id: EventId(id), seq, duplicate: true });
-                }
+        let keyed = dedup && event.idempotency_key != event.id.to_string();
+        if keyed && let Some(v) = self.ingest.get(event.idempotency_key.as_str()).map_err(storage)? {
+            let (id, seq, expires_at) = v.value();
+            if expires_at > now {
+                return Ok(Published { id: EventId(id), seq, duplicate: true });
             }
         }
         let seq = *head;

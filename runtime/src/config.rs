@@ -1,0 +1,459 @@
+//! `weir.toml`: the runtime's configuration, loaded, defaulted and validated
+//! into typed settings. Every default is stated in docs/configuration.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::{InstanceMode, Limits};
+use crate::topic::Pattern;
+
+/// Default HTTP listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default largest payload accepted at ingest.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// A configuration problem: the file, the key and the reason.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {}{reason}", .file.display(), if .key.is_empty() { String::new() } else { format!("{}: ", .key) })]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The key path, e.g. `pipelines[0].handlers[1].plugin`; empty when the
+    /// file as a whole is at fault.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        "config"
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    idempotency: RawIdempotency,
+    #[serde(default)]
+    ingest: RawIngest,
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    admin_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    max_payload_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    artifact_cache: Option<bool>,
+    fuel: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: String,
+    topics: Vec<String>,
+    #[serde(default)]
+    handlers: Vec<RawHandler>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandler {
+    name: String,
+    plugin: PathBuf,
+    config: Option<toml::Table>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    retry: RawRetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    deadline: Option<String>,
+    fuel: Option<u64>,
+    memory_mib: Option<usize>,
+    max_output_bytes: Option<usize>,
+    max_emits: Option<usize>,
+    instance: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<String>,
+    multiplier: Option<f64>,
+    max_backoff: Option<String>,
+    jitter: Option<f64>,
+}
+
+/// When and how often a failing event is retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. Default 5.
+    pub max_attempts: u32,
+    /// Wait before the second attempt. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// Factor between consecutive waits. Default 2.
+    pub multiplier: f64,
+    /// Longest wait. Default 30 s.
+    pub max_backoff: Duration,
+    /// Random spread, as a fraction of the wait (0.2 = ±20%). Default 0.2.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_backoff: Duration::from_secs(30),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based), before
+    /// jitter: `initial × multiplier^(attempt-1)`, capped.
+    #[must_use]
+    pub fn base_backoff(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
+        Duration::from_secs_f64(secs.max(0.0))
+    }
+
+    /// [`base_backoff`](Self::base_backoff) with jitter applied.
+    #[must_use]
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.base_backoff(attempt).as_secs_f64();
+        let spread = 1.0 + self.jitter * (2.0 * rand::random::<f64>() - 1.0);
+        Duration::from_secs_f64((base * spread).max(0.0))
+    }
+}
+
+/// One handler of a pipeline: one subscription.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// Handler name, unique within its pipeline.
+    pub name: String,
+    /// The plugin module (absolute, resolved against the config file).
+    pub plugin: PathBuf,
+    /// The plugin configuration as JSON (empty when none).
+    pub config: Vec<u8>,
+    /// Sandbox limits.
+    pub limits: Limits,
+    /// Instance reuse.
+    pub mode: InstanceMode,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// A pipeline: topic patterns and the handlers that each receive every
+/// matching event (fan-out).
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Pipeline name.
+    pub name: String,
+    /// Topic patterns.
+    pub topics: Vec<Pattern>,
+    /// Its handlers.
+    pub handlers: Vec<HandlerConfig>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (for messages).
+    pub source: PathBuf,
+    /// Data directory: the store and the artifact cache.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Bearer token for admin endpoints, from the file or `WEIR_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+    /// Idempotency and ingest de-duplication window.
+    pub retention: Duration,
+    /// Largest payload accepted at ingest.
+    pub max_payload_bytes: usize,
+    /// Cache compiled artifacts in the data directory.
+    pub artifact_cache: bool,
+    /// Meter fuel (needed for fuel limits).
+    pub fuel: bool,
+    /// The pipelines.
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+impl Config {
+    /// Read and validate `path`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the file, the key and the reason.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validate configuration text; relative paths resolve against the
+    /// directory of `path`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the file, the key and the reason.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError { file: path.to_owned(), key: key.to_owned(), reason };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err("", e.to_string().trim_end().to_owned()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+
+        let listen_text = raw.http.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| err("http.listen", format!("{listen_text:?} is not an address:port ({e})")))?;
+        let admin_token =
+            raw.http.admin_token.or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty());
+        let retention = match raw.idempotency.retention {
+            Some(text) => duration(&text).map_err(|e| err("idempotency.retention", e))?,
+            None => crate::store::DEFAULT_RETENTION,
+        };
+        let max_payload_bytes = raw.ingest.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES);
+        if max_payload_bytes == 0 {
+            return Err(err("ingest.max_payload_bytes", "must be at least 1".into()));
+        }
+
+        let mut pipelines = Vec::with_capacity(raw.pipelines.len());
+        for (p, rp) in raw.pipelines.into_iter().enumerate() {
+            let key = format!("pipelines[{p}]");
+            check_name(&rp.name).map_err(|e| err(&format!("{key}.name"), e))?;
+            if pipelines.iter().any(|x: &PipelineConfig| x.name == rp.name) {
+                return Err(err(&format!("{key}.name"), format!("pipeline {:?} is defined twice", rp.name)));
+            }
+            if rp.topics.is_empty() {
+                return Err(err(&format!("{key}.topics"), "give at least one topic pattern".into()));
+            }
+            let topics = rp
+                .topics
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Pattern::parse(t).map_err(|e| err(&format!("{key}.topics[{i}]"), e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut handlers: Vec<HandlerConfig> = Vec::with_capacity(rp.handlers.len());
+            for (h, rh) in rp.handlers.into_iter().enumerate() {
+                let key = format!("{key}.handlers[{h}]");
+                check_name(&rh.name).map_err(|e| err(&format!("{key}.name"), e))?;
+                if handlers.iter().any(|x| x.name == rh.name) {
+                    return Err(err(
+                        &format!("{key}.name"),
+                        format!("handler {:?} is defined twice in this pipeline", rh.name),
+                    ));
+                }
+                let plugin = resolve(&rh.plugin);
+                if !plugin.is_file() {
+                    return Err(err(&format!("{key}.plugin"), format!("no such file: {}", plugin.display())));
+                }
+                let config = match rh.config {
+                    Some(table) => {
+                        serde_json::to_vec(&table).map_err(|e| err(&format!("{key}.config"), e.to_string()))?
+                    }
+                    None => Vec::new(),
+                };
+                let (limits, mode) = limits(&rh.limits, raw.engine.fuel.unwrap_or(false))
+                    .map_err(|(field, reason)| err(&format!("{key}.limits.{field}"), reason))?;
+                let retry = retry(&rh.retry).map_err(|(field, reason)| err(&format!("{key}.retry.{field}"), reason))?;
+                handlers.push(HandlerConfig { name: rh.name, plugin, config, limits, mode, retry });
+            }
+            if handlers.is_empty() {
+                return Err(err(&format!("{key}.handlers"), "a pipeline needs at least one handler".into()));
+            }
+            pipelines.push(PipelineConfig { name: rp.name, topics, handlers });
+        }
+
+        Ok(Self {
+            source: path.to_owned(),
+            data_dir: resolve(&raw.data_dir.unwrap_or_else(|| PathBuf::from("weir-data"))),
+            listen,
+            admin_token,
+            retention,
+            max_payload_bytes,
+            artifact_cache: raw.engine.artifact_cache.unwrap_or(true),
+            fuel: raw.engine.fuel.unwrap_or(false),
+            pipelines,
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'));
+    if ok { Ok(()) } else { Err(format!("{name:?} must be 1-64 characters of a-z, 0-9, '_' or '-'")) }
+}
+
+/// Parse `100ms`, `1s`, `24h`, `1h 30m`.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"100ms\", \"30s\" or \"24h\" ({e})"))
+}
+
+fn limits(raw: &RawLimits, fuel_enabled: bool) -> Result<(Limits, InstanceMode), (&'static str, String)> {
+    let mut b = Limits::builder();
+    if let Some(d) = &raw.deadline {
+        let d = duration(d).map_err(|e| ("deadline", e))?;
+        if d.is_zero() {
+            return Err(("deadline", "must be more than 0".into()));
+        }
+        b = b.deadline(d);
+    }
+    if let Some(f) = raw.fuel {
+        if !fuel_enabled {
+            return Err(("fuel", "set `engine.fuel = true` to meter fuel".into()));
+        }
+        b = b.fuel(Some(f));
+    }
+    if let Some(m) = raw.memory_mib {
+        if m == 0 || m > 4096 {
+            return Err(("memory_mib", format!("{m} is outside 1..=4096")));
+        }
+        b = b.memory_bytes(m << 20);
+    }
+    if let Some(o) = raw.max_output_bytes {
+        b = b.max_output_bytes(o);
+    }
+    if let Some(e) = raw.max_emits {
+        b = b.max_emits(e);
+    }
+    let mode = match raw.instance.as_deref() {
+        None | Some("reuse") => InstanceMode::Reuse,
+        Some("fresh") => InstanceMode::FreshPerEvent,
+        Some(other) => return Err(("instance", format!("{other:?} is not \"reuse\" or \"fresh\""))),
+    };
+    Ok((b.build(), mode))
+}
+
+fn retry(raw: &RawRetry) -> Result<RetryPolicy, (&'static str, String)> {
+    let mut policy = RetryPolicy::default();
+    if let Some(n) = raw.max_attempts {
+        if n == 0 {
+            return Err(("max_attempts", "must be at least 1 (the first attempt counts)".into()));
+        }
+        policy.max_attempts = n;
+    }
+    if let Some(d) = &raw.initial_backoff {
+        policy.initial_backoff = duration(d).map_err(|e| ("initial_backoff", e))?;
+    }
+    if let Some(m) = raw.multiplier {
+        if !(1.0..=100.0).contains(&m) {
+            return Err(("multiplier", format!("{m} is outside 1.0..=100.0")));
+        }
+        policy.multiplier = m;
+    }
+    if let Some(d) = &raw.max_backoff {
+        policy.max_backoff = duration(d).map_err(|e| ("max_backoff", e))?;
+    }
+    if let Some(j) = raw.jitter {
+        if !(0.0..=1.0).contains(&j) {
+            return Err(("jitter", format!("{j} is outside 0.0..=1.0")));
+        }
+        policy.jitter = j;
+    }
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir();
+        let plugin = dir.join("weir-config-test.wasm");
+        std::fs::write(&plugin, b"\0asm\x01\0\0\0").unwrap();
+        Config::parse(&text.replace("PLUGIN", &plugin.display().to_string()), &dir.join("weir.toml"))
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let c = parse("[[pipelines]]\nname = \"orders\"\ntopics = [\"orders.>\"]\n[[pipelines.handlers]]\nname = \"v\"\nplugin = \"PLUGIN\"\n").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.retention, Duration::from_secs(86_400));
+        assert_eq!(c.max_payload_bytes, 1 << 20);
+        assert_eq!(c.pipelines[0].handlers[0].retry, RetryPolicy::default());
+        assert!(c.data_dir.ends_with("weir-data"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[idempotency]\nretention = \"forever\"", "idempotency.retention"),
+            ("[[pipelines]]\nname = \"Orders\"\ntopics = [\"a.b.c\"]", "pipelines[0].name"),
+            ("[[pipelines]]\nname = \"o\"\ntopics = [\"a.b\"]", "pipelines[0].topics[0]"),
+            (
+                "[[pipelines]]\nname = \"o\"\ntopics = [\"a.b.c\"]\n[[pipelines.handlers]]\nname = \"v\"\nplugin = \"/no/such.wasm\"",
+                "pipelines[0].handlers[0].plugin",
+            ),
+            (
+                "[[pipelines]]\nname = \"o\"\ntopics = [\"a.b.c\"]\n[[pipelines.handlers]]\nname = \"v\"\nplugin = \"PLUGIN\"\nretry = { jitter = 3.0 }",
+                "pipelines[0].handlers[0].retry.jitter",
+            ),
+            ("[[pipelines]]\nname = \"o\"\ntopics = [\"a.b.c\"]", "pipelines[0].handlers"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains("weir.toml"));
+        }
+        let e = parse("bogus = 1").unwrap_err();
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let p = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        assert_eq!(p.base_backoff(1), Duration::from_millis(100));
+        assert_eq!(p.base_backoff(3), Duration::from_millis(400));
+        assert_eq!(p.base_backoff(40), Duration::from_secs(30));
+        let j = RetryPolicy::default();
+        for _ in 0..100 {
+            let b = j.backoff(2).as_secs_f64();
+            assert!((0.16..=0.24).contains(&b), "{b}");
+        }
+    }
+}

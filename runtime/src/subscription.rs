@@ -1,0 +1,500 @@
+//! One subscription (a handler in a pipeline): its worker thread, which
+//! reads the log from its cursor, checks idempotency, invokes the handler,
+//! and hands every outcome to the store's writer.
+//!
+//! # Ordering
+//!
+//! Events are read in log order. Events with the same key are handled in log
+//! order: while an event waits for a retry, later events with its key are
+//! parked behind it, and events with other keys (or no key) go on. An event
+//! without a key orders with nothing. A redriven event joins the back of its
+//! key's queue.
+//!
+//! # Idempotency
+//!
+//! Before an invocation the event's idempotency key is looked up — in the
+//! store, and among this worker's outcomes not yet committed. A recorded key
+//! is not handed to the handler again; the event counts as a duplicate.
+//! After `Ok`, the idempotency record, the emitted events, and the cursor
+//! move commit in one transaction.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use weir_abi::{DeliveryRef, Emit, Event, Header};
+
+use crate::config::RetryPolicy;
+use crate::engine::{Handler, Plugin};
+use crate::envelope::now_nanos;
+use crate::error::InvokeError;
+use crate::ids::IdGenerator;
+use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, Store, StoreError, now_ms};
+use crate::topic::{self, Pattern};
+
+/// Events read from the log per batch.
+const BATCH: usize = 512;
+/// Longest sleep when idle (a safety net; wakes normally come from commits).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Header carrying the plugin version (sha256 prefix) on emitted events.
+pub const VERSION_HEADER: &str = "weir-plugin-version";
+
+/// Live counters of a subscription, for status and tests.
+#[derive(Debug, Default)]
+pub struct SubscriptionCounters {
+    /// Handler invocations.
+    pub invocations: AtomicU64,
+    /// Events handled.
+    pub handled: AtomicU64,
+    /// Duplicates skipped.
+    pub duplicates: AtomicU64,
+    /// Attempts that ended in a retry.
+    pub retries: AtomicU64,
+    /// Events dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Committed cursor.
+    pub cursor: AtomicU64,
+    /// Parked events (retrying or waiting behind their key).
+    pub parked: AtomicU64,
+    /// Last failure, as `code: message`.
+    pub last_failure: Mutex<Option<String>>,
+}
+
+pub(crate) enum Control {
+    Wake,
+    Redrive { seqs: Vec<u64>, reply: Sender<Result<usize, StoreError>> },
+    Stop,
+}
+
+pub(crate) struct Spec {
+    pub(crate) name: Arc<str>,
+    pub(crate) plugin_name: String,
+    pub(crate) patterns: Vec<Pattern>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) retention: Duration,
+    pub(crate) max_payload_bytes: usize,
+}
+
+/// The batch handed to the writer and not yet acknowledged: its commit
+/// answer and the idempotency keys it records.
+type Outstanding = (Receiver<Result<(), StoreError>>, HashSet<String>);
+
+pub(crate) struct Worker {
+    spec: Spec,
+    store: Store,
+    handler: Handler,
+    version: String,
+    version_short: String,
+    ids: Arc<IdGenerator>,
+    counters: Arc<SubscriptionCounters>,
+    rx: Receiver<Control>,
+    cursor: u64,
+    parked: BTreeMap<u64, ParkedEntry>,
+    keys: HashMap<String, VecDeque<u64>>,
+    items: Vec<ResultItem>,
+    batch_keys: HashSet<String>,
+    outstanding: Option<Outstanding>,
+    committed_cursor: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        spec: Spec,
+        store: Store,
+        handler: Handler,
+        ids: Arc<IdGenerator>,
+        counters: Arc<SubscriptionCounters>,
+        rx: Receiver<Control>,
+    ) -> Result<Self, StoreError> {
+        let cursor = store.cursor(&spec.name)?;
+        let mut parked = BTreeMap::new();
+        let mut keys: HashMap<String, VecDeque<u64>> = HashMap::new();
+        for entry in store.parked(&spec.name)? {
+            if let Some(key) = &entry.key {
+                keys.entry(key.clone()).or_default().push_back(entry.seq);
+            }
+            parked.insert(entry.seq, entry);
+        }
+        let version = plugin_version(handler.plugin());
+        counters.cursor.store(cursor, Ordering::Relaxed);
+        counters.parked.store(parked.len() as u64, Ordering::Relaxed);
+        Ok(Self {
+            version_short: version.chars().take(16).collect(),
+            version,
+            spec,
+            store,
+            handler,
+            ids,
+            counters,
+            rx,
+            cursor,
+            parked,
+            keys,
+            items: Vec::new(),
+            batch_keys: HashSet::new(),
+            outstanding: None,
+            committed_cursor: cursor,
+        })
+    }
+
+    /// Run until told to stop; commit everything before returning.
+    pub(crate) fn run(mut self) -> Result<(), StoreError> {
+        loop {
+            let mut stop = false;
+            while let Ok(control) = self.rx.try_recv() {
+                match control {
+                    Control::Wake => {}
+                    Control::Stop => stop = true,
+                    Control::Redrive { seqs, reply } => {
+                        let result = self.redrive(&seqs);
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            if stop {
+                return self.finish();
+            }
+            let mut progressed = self.run_due_parked()?;
+            let events = self.store.read_log(self.cursor, BATCH)?;
+            progressed |= !events.is_empty();
+            for (seq, event) in events {
+                self.cursor = seq + 1;
+                if self.spec.patterns.iter().any(|p| p.matches(&event.topic)) {
+                    self.process_new(seq, event)?;
+                }
+                // Stop promptly: the rest is re-read after restart.
+                if matches!(self.rx.try_recv(), Ok(Control::Stop)) {
+                    return self.finish();
+                }
+            }
+            self.flush()?;
+            if !progressed {
+                let wait = self.next_due_in().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
+                match self.rx.recv_timeout(wait) {
+                    Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
+                    Ok(Control::Redrive { seqs, reply }) => {
+                        let result = self.redrive(&seqs);
+                        let _ = reply.send(result);
+                    }
+                    Ok(Control::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        self.wait_outstanding()
+    }
+
+    fn next_due_in(&self) -> Option<Duration> {
+        let now = now_ms();
+        self.heads()
+            .map(|seq| self.parked[&seq].next_attempt_at_ms.saturating_sub(now))
+            .min()
+            .map(Duration::from_millis)
+    }
+
+    /// Parked events that may run now: each key's head, and keyless ones.
+    fn heads(&self) -> impl Iterator<Item = u64> + '_ {
+        self.parked
+            .values()
+            .filter(|e| match &e.key {
+                Some(k) => self.keys.get(k).and_then(|q| q.front()) == Some(&e.seq),
+                None => true,
+            })
+            .map(|e| e.seq)
+    }
+
+    fn run_due_parked(&mut self) -> Result<bool, StoreError> {
+        let mut progressed = false;
+        loop {
+            let now = now_ms();
+            let due: Vec<u64> =
+                self.heads().filter(|seq| self.parked[seq].next_attempt_at_ms <= now).take(BATCH).collect();
+            if due.is_empty() {
+                return Ok(progressed);
+            }
+            progressed = true;
+            for seq in due {
+                let Some(event) = self.store.event(seq)? else {
+                    // The log never loses events; a missing one means the
+                    // parked entry is stale: drop it rather than spin.
+                    tracing::error!(subscription = %self.spec.name, seq, "parked event missing from the log");
+                    self.unpark(seq);
+                    continue;
+                };
+                self.attempt(seq, &event)?;
+            }
+            self.flush()?;
+        }
+    }
+
+    fn process_new(&mut self, seq: u64, event: Event) -> Result<(), StoreError> {
+        if let Some(key) = &event.key
+            && let Some(queue) = self.keys.get_mut(key)
+        {
+            // An earlier event with this key is still pending: wait behind it.
+            queue.push_back(seq);
+            let entry = ParkedEntry {
+                seq,
+                key: Some(key.clone()),
+                attempts: 0,
+                next_attempt_at_ms: 0,
+                first_failure_ms: None,
+                last_failure_ms: None,
+                last_code: None,
+                last_message: None,
+            };
+            self.parked.insert(seq, entry.clone());
+            self.items.push(ResultItem::Park(entry));
+            self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.attempt(seq, &event)
+    }
+
+    fn is_duplicate(&mut self, key: &str) -> Result<bool, StoreError> {
+        if self.batch_keys.contains(key) || self.outstanding.as_ref().is_some_and(|(_, keys)| keys.contains(key)) {
+            return Ok(true);
+        }
+        Ok(self.store.idempotency(&self.spec.name, &[key])?.first().is_some_and(Option::is_some))
+    }
+
+    /// Remove `seq` from the parked set and its key queue.
+    fn unpark(&mut self, seq: u64) {
+        if let Some(entry) = self.parked.remove(&seq)
+            && let Some(key) = entry.key
+            && let Some(queue) = self.keys.get_mut(&key)
+        {
+            queue.retain(|s| *s != seq);
+            if queue.is_empty() {
+                self.keys.remove(&key);
+            } else if let Some(next) = queue.front().and_then(|s| self.parked.get_mut(s)) {
+                // The next event of the key may run now.
+                next.next_attempt_at_ms = next.next_attempt_at_ms.min(now_ms());
+            }
+        }
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+    }
+
+    fn attempt(&mut self, seq: u64, event: &Event) -> Result<(), StoreError> {
+        if self.is_duplicate(&event.idempotency_key)? {
+            self.unpark(seq);
+            self.items.push(ResultItem::Duplicate { seq });
+            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let prior = self.parked.get(&seq).cloned();
+        let attempt = prior.as_ref().map_or(0, |p| p.attempts) + 1;
+        self.counters.invocations.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let invocation = self.handler.invoke(DeliveryRef { event, subscription: &self.spec.name, attempt });
+        for line in &invocation.logs {
+            tracing::info!(
+                target: "weir::plugin",
+                subscription = %self.spec.name, plugin = %self.spec.plugin_name, event_id = %event.id,
+                level = line.level.as_str(), "{}", line.message
+            );
+        }
+        let result = invocation.result.and_then(|emits| self.check_emits(emits));
+        tracing::trace!(subscription = %self.spec.name, seq, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "invoked");
+        match result {
+            Ok(emits) => {
+                let events: Vec<Event> =
+                    emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i)).collect();
+                let now = now_ms();
+                let record = IdempotencyRecord {
+                    event_id: event.id,
+                    seq,
+                    handled_at_ms: now,
+                    expires_at_ms: now + self.spec.retention.as_millis() as u64,
+                    outcome_digest: digest(&events),
+                    emitted: events.len() as u32,
+                    plugin_version: self.version.clone(),
+                };
+                self.unpark(seq);
+                self.batch_keys.insert(event.idempotency_key.clone());
+                self.items.push(ResultItem::Handled { seq, key: event.idempotency_key.clone(), record, emits: events });
+                self.counters.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => self.failed(seq, event, prior, attempt, &error),
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, seq: u64, event: &Event, prior: Option<ParkedEntry>, attempt: u32, error: &InvokeError) {
+        let now = now_ms();
+        let message = error.message();
+        *self.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(format!("{}: {message}", error.code()));
+        let first_failure = prior.as_ref().and_then(|p| p.first_failure_ms).unwrap_or(now);
+        let permanent = matches!(error, InvokeError::HandlerReject { .. });
+        if permanent || attempt >= self.spec.retry.max_attempts {
+            tracing::warn!(subscription = %self.spec.name, seq, code = error.code(), attempt, "dead-lettered: {message}");
+            self.unpark(seq);
+            self.items.push(ResultItem::DeadLetter(Box::new(DlqEntry {
+                subscription: self.spec.name.to_string(),
+                seq,
+                event: event.clone(),
+                plugin: self.spec.plugin_name.clone(),
+                plugin_version: self.version.clone(),
+                code: error.code().to_owned(),
+                message,
+                attempts: attempt,
+                first_failure_ms: first_failure,
+                last_failure_ms: now,
+            })));
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let wait = self.spec.retry.backoff(attempt);
+        tracing::debug!(subscription = %self.spec.name, seq, code = error.code(), attempt, ?wait, "retrying: {message}");
+        let entry = ParkedEntry {
+            seq,
+            key: event.key.clone(),
+            attempts: attempt,
+            next_attempt_at_ms: now + wait.as_millis() as u64,
+            first_failure_ms: Some(first_failure),
+            last_failure_ms: Some(now),
+            last_code: Some(error.code().to_owned()),
+            last_message: Some(message),
+        };
+        if prior.is_none()
+            && let Some(key) = &event.key
+        {
+            self.keys.entry(key.clone()).or_default().push_front(seq);
+        }
+        self.parked.insert(seq, entry.clone());
+        self.items.push(ResultItem::Park(entry));
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Emitted events must be valid events: a bad topic or an oversized
+    /// payload fails the invocation as `bad_output`.
+    fn check_emits(&self, emits: Vec<Emit>) -> Result<Vec<Emit>, InvokeError> {
+        for (i, emit) in emits.iter().enumerate() {
+            topic::validate(&emit.topic).map_err(|e| InvokeError::BadOutput { reason: format!("emit #{i}: {e}") })?;
+            if emit.payload.len() > self.spec.max_payload_bytes {
+                return Err(InvokeError::BadOutput {
+                    reason: format!(
+                        "emit #{i}: payload of {} bytes exceeds the maximum of {}",
+                        emit.payload.len(),
+                        self.spec.max_payload_bytes
+                    ),
+                });
+            }
+        }
+        Ok(emits)
+    }
+
+    fn to_event(&self, emit: Emit, input: &Event, index: usize) -> Event {
+        let id = self.ids.next_id();
+        let mut headers = emit.headers;
+        headers.push(Header::new(VERSION_HEADER, self.version_short.clone()));
+        Event {
+            id,
+            topic: emit.topic,
+            source: format!("weir://{}", self.spec.name),
+            key: emit.key,
+            schema_version: emit.schema_version,
+            time: now_nanos(),
+            content_type: emit.content_type,
+            headers,
+            // Deterministic: handling the same input again (after its record
+            // expired, or by a redrive) emits the same keys, so downstream
+            // subscriptions see duplicates, not new events.
+            idempotency_key: emit
+                .idempotency_key
+                .unwrap_or_else(|| format!("{}/{}#{index}", input.idempotency_key, self.spec.name)),
+            correlation_id: emit.correlation_id.or(input.correlation_id).or(Some(input.id)),
+            causation_id: emit.causation_id.or(Some(input.id)),
+            payload: emit.payload,
+        }
+    }
+
+    fn wait_outstanding(&mut self) -> Result<(), StoreError> {
+        if let Some((rx, _)) = self.outstanding.take() {
+            rx.recv().map_err(|_| StoreError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// Hand the batch to the writer. At most one batch is in flight: the
+    /// previous one must have committed before the next is sent, so the
+    /// in-memory duplicate check only needs the two.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.items.is_empty() && self.cursor == self.committed_cursor {
+            return Ok(());
+        }
+        self.wait_outstanding()?;
+        let items = std::mem::take(&mut self.items);
+        let keys = std::mem::take(&mut self.batch_keys);
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::clone(&self.counters);
+        let cursor = self.cursor;
+        self.store.submit(
+            Arc::clone(&self.spec.name),
+            items,
+            Some(cursor),
+            Box::new(move |r| {
+                if r.is_ok() {
+                    counters.cursor.store(cursor, Ordering::Relaxed);
+                }
+                let _ = tx.send(r);
+            }),
+        );
+        self.committed_cursor = cursor;
+        self.outstanding = Some((rx, keys));
+        Ok(())
+    }
+
+    fn redrive(&mut self, seqs: &[u64]) -> Result<usize, StoreError> {
+        // Commit what is pending first, so a DLQ entry written by this
+        // worker is visible to the redrive.
+        self.flush()?;
+        self.wait_outstanding()?;
+        let mut moved = 0;
+        for &seq in seqs {
+            let Some(event) = self.store.event(seq)? else { continue };
+            let entry = ParkedEntry {
+                seq,
+                key: event.key.clone(),
+                attempts: 0,
+                next_attempt_at_ms: 0,
+                first_failure_ms: None,
+                last_failure_ms: None,
+                last_code: None,
+                last_message: None,
+            };
+            let (tx, rx) = mpsc::channel();
+            self.store.redrive(self.spec.name.to_string(), seq, entry.clone(), Box::new(move |r| drop(tx.send(r))));
+            if rx.recv().map_err(|_| StoreError::Closed)?? {
+                if let Some(key) = &entry.key {
+                    self.keys.entry(key.clone()).or_default().push_back(seq);
+                }
+                self.parked.insert(seq, entry);
+                moved += 1;
+            }
+        }
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+        Ok(moved)
+    }
+}
+
+fn digest(events: &[Event]) -> String {
+    let mut hasher = Sha256::new();
+    for e in events {
+        hasher.update(weir_abi::encoding::encode(e).unwrap_or_default());
+    }
+    crate::engine::hex(&hasher.finalize()[..16])
+}
+
+pub(crate) fn plugin_version(plugin: &Plugin) -> String {
+    plugin.info().sha256.clone()
+}

@@ -1,0 +1,245 @@
+//! Delivery through the durable runtime, in process: fan-out, chained
+//! pipelines, host-enforced idempotency, retries, the DLQ and redrive.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weir_abi::Event;
+use weir_runtime::Runtime;
+use weir_runtime::store::DlqFilter;
+use weir_tests::{config, event};
+
+const IDLE: Duration = Duration::from_secs(30);
+
+fn order(id: &str, currency: &str) -> Event {
+    event(
+        &json!({ "topic": "orders.order.created", "key": id,
+                 "payload": { "order_id": id, "customer": "c", "currency": currency,
+                              "items": [{ "sku": "a", "qty": 2, "price_cents": 700 }] } })
+        .to_string(),
+    )
+}
+
+/// Every event in the log.
+fn log(rt: &Runtime) -> Vec<Event> {
+    rt.store().read_log(0, usize::MAX).unwrap().into_iter().map(|(_, e)| e).collect()
+}
+
+fn by_topic<'a>(events: &'a [Event], topic: &str) -> Vec<&'a Event> {
+    events.iter().filter(|e| e.topic == topic).collect()
+}
+
+const FAN_OUT: &str = r#"
+[[pipelines]]
+name = "orders"
+topics = ["orders.order.created"]
+[[pipelines.handlers]]
+name = "validator"
+plugin = "{ORDER_VALIDATOR}"
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+
+[[pipelines]]
+name = "enrich"
+topics = ["orders.order.validated"]
+[[pipelines.handlers]]
+name = "enricher"
+plugin = "{ENRICHER}"
+"#;
+
+#[test]
+fn fan_out_reaches_every_subscription_once_and_chains_carry_causation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&config(dir.path(), FAN_OUT)).unwrap();
+    let orders: Vec<Event> = (0..200).map(|i| order(&format!("o-{i}"), "EUR")).collect();
+    let published = rt.publish_blocking(orders.clone()).unwrap();
+    assert!(published.iter().all(|p| !p.duplicate));
+    assert!(rt.wait_idle(IDLE));
+
+    let all = log(&rt);
+    let audits = by_topic(&all, "audit.event.recorded");
+    let validated = by_topic(&all, "orders.order.validated");
+    let enriched = by_topic(&all, "orders.order.enriched");
+    assert_eq!(audits.len(), 200);
+    assert_eq!(validated.len(), 200);
+    assert_eq!(enriched.len(), 200);
+
+    // Exactly once per input, per subscription.
+    let mut audited: HashMap<String, usize> = HashMap::new();
+    for a in &audits {
+        let record: Value = serde_json::from_slice(&a.payload).unwrap();
+        *audited.entry(record["event_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    for o in &orders {
+        assert_eq!(audited.get(&o.id.to_string()), Some(&1));
+    }
+    // The chain: created → validated → enriched, one correlation id.
+    for e in &enriched {
+        let parent = validated.iter().find(|v| Some(v.id) == e.causation_id).expect("enriched caused by validated");
+        let root = orders.iter().find(|o| Some(o.id) == parent.causation_id).expect("validated caused by created");
+        assert_eq!(e.correlation_id, Some(root.id));
+        assert_eq!(e.source, "weir://enrich/enricher");
+        assert!(e.header(weir_runtime::VERSION_HEADER).is_some());
+    }
+    let status = rt.status().unwrap();
+    assert!(status.iter().all(|s| s.lag == 0 && s.parked == 0 && s.dlq == 0), "{status:?}");
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn a_recorded_idempotency_key_is_not_handed_to_the_handler_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[pipelines]]
+name = "copy"
+topics = ["orders.order.created"]
+[[pipelines.handlers]]
+name = "duplicator"
+plugin = "{DUPLICATOR}"
+
+[[pipelines]]
+name = "sink"
+topics = ["dup.event.copied"]
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+"#;
+    let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
+    rt.publish_blocking((0..50).map(|i| order(&format!("o-{i}"), "EUR")).collect()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    // 100 copies in the log, two per key…
+    assert_eq!(by_topic(&log(&rt), "dup.event.copied").len(), 100);
+    // …but the audit handler ran 50 times, and skipped 50 duplicates.
+    let counters = rt.counters("sink/audit").unwrap();
+    assert_eq!(counters.invocations.load(std::sync::atomic::Ordering::Relaxed), 50);
+    assert_eq!(by_topic(&log(&rt), "audit.event.recorded").len(), 50);
+    let status = rt.status().unwrap();
+    let sink = status.iter().find(|s| s.name == "sink/audit").unwrap();
+    assert_eq!(sink.stats.duplicates, 50);
+    assert_eq!(sink.stats.handled, 50);
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn a_republished_producer_key_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&config(dir.path(), FAN_OUT)).unwrap();
+    let mut first = order("o-1", "EUR");
+    first.idempotency_key = "producer-key-1".into();
+    let mut again = order("o-1", "EUR");
+    again.idempotency_key = "producer-key-1".into();
+    let a = rt.publish_blocking(vec![first.clone()]).unwrap();
+    let b = rt.publish_blocking(vec![again]).unwrap();
+    assert!(!a[0].duplicate);
+    assert!(b[0].duplicate);
+    assert_eq!(b[0].id, first.id, "the original id comes back");
+    assert!(rt.wait_idle(IDLE));
+    assert_eq!(by_topic(&log(&rt), "orders.order.created").len(), 1);
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn retry_then_success_and_exhausted_retries_dead_letter_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[pipelines]]
+name = "flaky"
+topics = ["jobs.job.started"]
+[[pipelines.handlers]]
+name = "worker"
+plugin = "{FLAKY}"
+config = { succeed_on_attempt = 3 }
+retry = { max_attempts = 4, initial_backoff = "10ms", max_backoff = "40ms" }
+"#;
+    let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
+    let ok = event(r#"{"topic":"jobs.job.started","key":"fine"}"#);
+    let stuck = event(r#"{"topic":"jobs.job.started","key":"always-retry"}"#);
+    rt.publish_blocking(vec![ok.clone(), stuck.clone()]).unwrap();
+    assert!(rt.wait_idle(IDLE));
+
+    let handled = by_topic(&log(&rt), "flaky.event.handled").into_iter().cloned().collect::<Vec<_>>();
+    assert_eq!(handled.len(), 1);
+    let payload: Value = serde_json::from_slice(&handled[0].payload).unwrap();
+    assert_eq!(payload["attempt"], 3, "handled on the third attempt");
+
+    let dlq = rt.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(dlq.len(), 1);
+    let entry = &dlq[0];
+    assert_eq!(entry.event, stuck);
+    assert_eq!(entry.subscription, "flaky/worker");
+    assert_eq!(entry.code, "handler_retry");
+    assert_eq!(entry.attempts, 4);
+    assert_eq!(entry.plugin, "flaky");
+    assert_eq!(entry.plugin_version.len(), 64);
+    assert!(entry.message.contains("dependency unavailable (attempt 4)"));
+    assert!(entry.first_failure_ms < entry.last_failure_ms);
+    let stats = &rt.status().unwrap()[0].stats;
+    assert_eq!(stats.retries, 2 + 3);
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn a_reject_dead_letters_at_once_and_a_fixed_handler_handles_the_redrive_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&config(dir.path(), FAN_OUT)).unwrap();
+    rt.publish_blocking(vec![order("o-1", "EUR"), order("o-2", "DOGE"), order("o-3", "DOGE")]).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let dlq = rt.dlq(&DlqFilter { code: Some("handler_reject".into()), ..DlqFilter::default() }).unwrap();
+    assert_eq!(dlq.len(), 2);
+    assert!(dlq.iter().all(|e| e.attempts == 1 && e.subscription == "orders/validator"));
+    assert!(dlq[0].message.contains("DOGE"));
+    rt.shutdown().unwrap();
+
+    // The fix: accept DOGE. Restart with it and redrive everything.
+    let fixed = FAN_OUT.replace(
+        "plugin = \"{ORDER_VALIDATOR}\"",
+        "plugin = \"{ORDER_VALIDATOR}\"\nconfig = { currencies = [\"EUR\", \"DOGE\"] }",
+    );
+    let rt = Runtime::start(&config(dir.path(), &fixed)).unwrap();
+    let report = rt.redrive(&DlqFilter::default()).unwrap();
+    assert_eq!(report.redriven, 2);
+    // A second redrive finds nothing: redrive is idempotent.
+    assert_eq!(rt.redrive(&DlqFilter::default()).unwrap().redriven, 0);
+    assert!(rt.wait_idle(IDLE));
+    assert!(rt.dlq(&DlqFilter::default()).unwrap().is_empty());
+    let all = log(&rt);
+    let validated = by_topic(&all, "orders.order.validated");
+    assert_eq!(validated.len(), 3, "each order validated exactly once");
+    assert_eq!(by_topic(&all, "orders.order.enriched").len(), 3);
+    assert_eq!(by_topic(&all, "audit.event.recorded").len(), 3, "the audit subscription was not disturbed");
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn a_retrying_event_holds_back_its_key_but_not_other_keys_or_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[pipelines]]
+name = "jobs"
+topics = ["jobs.job.started"]
+[[pipelines.handlers]]
+name = "flaky"
+plugin = "{FLAKY}"
+config = { succeed_on_attempt = 3 }
+retry = { max_attempts = 5, initial_backoff = "150ms", multiplier = 1.0, jitter = 0.0 }
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+"#;
+    let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
+    // Key "k" retries twice (≥ 300 ms) before its first event is handled;
+    // its second event must come after it.
+    let k1 = event(r#"{"topic":"jobs.job.started","key":"k","payload":1}"#);
+    let k2 = event(r#"{"topic":"jobs.job.started","key":"k","payload":2}"#);
+    rt.publish_blocking(vec![k1.clone(), k2.clone()]).unwrap();
+    // The other subscription is not held up by the retries.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rt.counters("jobs/audit").unwrap().handled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert!(rt.wait_idle(IDLE));
+    let handled: Vec<Event> = by_topic(&log(&rt), "flaky.event.handled").into_iter().cloned().collect();
+    let order: Vec<_> = handled.iter().map(|e| e.causation_id.unwrap()).collect();
+    assert_eq!(order, vec![k1.id, k2.id], "per-key order kept");
+    rt.shutdown().unwrap();
+}
