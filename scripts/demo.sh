@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: build the example plugins to Wasm and run the order validator
-# over the sample orders with `weir exec`, on the embedded default (no
-# external services). Safe to run from a fresh clone.
+# The main job: build the example plugins to Wasm and the `weir` binary, then
+# run `weir demo`: a fan-out pipeline on the embedded store (no external
+# services) over sample orders, a poison one among them, and a report of what
+# each subscription did and what sits in the dead-letter queue, and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,12 +11,6 @@ echo "==> building the example plugins (wasm32-unknown-unknown)" >&2
 cargo build --quiet --profile plugin --target wasm32-unknown-unknown \
   -p order-validator -p enricher -p filter -p audit-logger
 echo "==> building weir" >&2
-cargo build --quiet -p weir-runtime --bin weir
+cargo build --quiet --release -p weir-runtime --bin weir
 
-weir=target/debug/weir
-wasm=target/wasm32-unknown-unknown/plugin
-echo "==> weir inspect $wasm/order_validator.wasm" >&2
-"$weir" inspect "$wasm/order_validator.wasm"
-echo >&2
-echo "==> weir exec --plugin $wasm/order_validator.wasm --input samples/orders.jsonl" >&2
-"$weir" exec --plugin "$wasm/order_validator.wasm" --input samples/orders.jsonl
+exec target/release/weir demo --plugins target/wasm32-unknown-unknown/plugin "$@"

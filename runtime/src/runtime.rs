@@ -137,6 +137,20 @@ impl Runtime {
     ///
     /// A [`RuntimeError`] naming what failed; nothing keeps running.
     pub fn start(config: &Config) -> Result<Self, RuntimeError> {
+        Self::start_inner(config, None)
+    }
+
+    /// [`Runtime::start`] on an already open store (crash tests open one on
+    /// a simulated disk).
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::start`].
+    pub fn start_with_store(config: &Config, store: Store) -> Result<Self, RuntimeError> {
+        Self::start_inner(config, Some(store))
+    }
+
+    fn start_inner(config: &Config, store: Option<Store>) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| RuntimeError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let engine = Engine::new(EngineConfig {
@@ -166,10 +180,13 @@ impl Runtime {
                 prepared.push((name, pipeline.topics.clone(), handler.retry.clone(), plugin, instance));
             }
         }
-        let store = Store::open(
-            &config.data_dir.join("weir.redb"),
-            StoreOptions { retention: config.retention, ..StoreOptions::default() },
-        )?;
+        let store = match store {
+            Some(store) => store,
+            None => Store::open(
+                &config.data_dir.join("weir.redb"),
+                StoreOptions { retention: config.retention, ..StoreOptions::default() },
+            )?,
+        };
         let ids = Arc::new(IdGenerator::new());
         let mut subs = Vec::new();
         for (name, patterns, retry, plugin, instance) in prepared {

@@ -28,12 +28,12 @@ fn exec_runs_the_sample_file() {
         weir(&["exec", "--plugin", plugins::ORDER_VALIDATOR, "--input", samples().to_str().unwrap()], cache.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = stdout_lines(&out);
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 6);
     assert_eq!(lines[0]["outcome"], "ok");
     assert_eq!(lines[0]["emits"][0]["topic"], "orders.order.validated");
     assert_eq!(lines[0]["emits"][0]["payload"]["total_cents"], 4_695);
     assert_eq!(lines[2]["code"], "handler_reject");
-    assert!(stderr(&out).contains("2 ok, 3 failed, 0 invalid"));
+    assert!(stderr(&out).contains("3 ok, 3 failed, 0 invalid"));
 }
 
 #[test]

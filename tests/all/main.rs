@@ -8,3 +8,4 @@ mod example_plugins;
 mod limits;
 mod loading;
 mod raw_abi;
+mod server;

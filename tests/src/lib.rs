@@ -1,6 +1,6 @@
 //! Shared helpers of Weir's integration tests: the plugins compiled to Wasm
 //! by the build script, the real `weir` binary, and small event builders.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, missing_debug_implementations)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -83,5 +83,157 @@ pub fn code(invocation: &Invocation) -> &'static str {
     match &invocation.result {
         Ok(_) => "ok",
         Err(e) => e.code(),
+    }
+}
+
+/// A real `weir run` process on a free loopback port.
+pub struct Server {
+    child: Option<std::process::Child>,
+    /// Base URL.
+    pub url: String,
+    /// The config file.
+    pub config: PathBuf,
+    agent: ureq::Agent,
+    stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Write a config (see [`config`] for `{NAME}` plugin placeholders) with
+    /// the data directory in `dir` and a free port, and start `weir run`.
+    pub fn start(dir: &std::path::Path, toml: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut text =
+            format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n", dir.join("data").display().to_string());
+        text.push_str(toml);
+        for (name, path) in plugins::ALL {
+            text = text.replace(&format!("{{{name}}}"), path);
+        }
+        let config = dir.join("weir.toml");
+        std::fs::write(&config, &text).unwrap();
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(60)))
+                .build(),
+        );
+        let mut server = Self {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            config,
+            agent,
+            stderr_path: dir.join("weir-run.stderr"),
+        };
+        server.restart();
+        server
+    }
+
+    /// Start (again) on the same config and port, and wait until healthy.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).unwrap();
+        let child = Command::new(weir_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stderr(stderr)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("weir run exited with {status}: {}", self.stderr());
+            }
+            if self.agent.get(format!("{}/health", self.url)).call().is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("weir run did not become healthy: {}", self.stderr());
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    fn answer(
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let mut response = result.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
+    }
+
+    /// POST; `Err` when the server cannot be reached.
+    pub fn try_post(&self, path: &str, content_type: &str, body: &[u8]) -> Result<(u16, serde_json::Value), String> {
+        Self::answer(self.agent.post(format!("{}{path}", self.url)).header("content-type", content_type).send(body))
+    }
+
+    /// POST with extra headers.
+    pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, serde_json::Value) {
+        let mut request = self.agent.post(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(request.send(body)).unwrap()
+    }
+
+    /// POST JSON.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.try_post(path, "application/json", body.to_string().as_bytes()).unwrap()
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        Self::answer(self.agent.get(format!("{}{path}", self.url)).call()).unwrap()
+    }
+
+    /// Wait until every subscription has caught up with nothing parked.
+    pub fn wait_idle(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut streak = 0;
+        while std::time::Instant::now() < deadline {
+            let (_, status) = self.get("/v1/status");
+            let idle = status["subscriptions"]
+                .as_array()
+                .is_some_and(|subs| subs.iter().all(|s| s["lag"] == 0 && s["parked"] == 0));
+            streak = if idle { streak + 1 } else { 0 };
+            if streak >= 3 {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -1,8 +1,14 @@
 //! Command-line parsing and dispatch. Exit codes: 0 success, 1 failure
 //! (stated on stderr), 2 usage error.
 
+mod client;
+mod demo;
+mod dlq;
 mod exec;
 mod inspect;
+mod publish;
+mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +42,18 @@ enum Command {
     /// Show a module's ABI version, imports, exports and size, and whether
     /// the runtime would accept it (exit 0) or not (exit 1, with the reason).
     Inspect(inspect::InspectArgs),
+    /// Run the runtime: the pipelines of a config file and the HTTP API.
+    /// Stops cleanly on SIGTERM or Ctrl-C.
+    Run(run::RunArgs),
+    /// Publish events to a running server (arguments, or a JSON-lines file).
+    Publish(publish::PublishArgs),
+    /// Inspect, redrive and purge the dead-letter queue of a running server.
+    Dlq(dlq::DlqArgs),
+    /// Show each subscription's lag, parked events, counters and DLQ size.
+    Status(status::StatusArgs),
+    /// The demo: a fan-out pipeline over sample orders on the embedded
+    /// store, and what each subscription and the DLQ hold afterwards.
+    Demo(demo::DemoArgs),
 }
 
 /// Where compiled artifacts are cached.
@@ -82,21 +100,28 @@ fn engine(cache: &CacheArgs, configure: impl FnOnce(&mut EngineConfig)) -> anyho
     }
 }
 
-fn init_tracing(filter: Option<&str>) {
+fn init_tracing(filter: Option<&str>, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
-        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new("warn")),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new(default)),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log.as_deref());
+    // The demo prints its own report; host warnings would only interleave.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "error" } else { "warn" };
+    init_tracing(cli.log.as_deref(), default_filter);
     let result = match cli.command {
         Command::Exec(args) => exec::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Publish(args) => publish::run(&args),
+        Command::Dlq(args) => dlq::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(code) => code,

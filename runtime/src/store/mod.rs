@@ -192,7 +192,16 @@ impl Store {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::AlreadyOpen { path: path.to_owned() });
             }
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) => {
+            // Permission and path problems are the environment's; any other
+            // I/O error at open is redb failing to read the file as a store.
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
                 return Err(StoreError::Storage(format!("{}: {e}", path.display())));
             }
             Err(e) => return Err(StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() }),

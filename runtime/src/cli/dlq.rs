@@ -1,0 +1,154 @@
+//! `weir dlq`: inspect, redrive and purge dead letters on a running server.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::client::{Client, ServerArgs};
+
+#[derive(Debug, Args)]
+pub(crate) struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct Filter {
+    /// Only this subscription (`<pipeline>/<handler>`).
+    #[arg(long, short = 's')]
+    subscription: Option<String>,
+    /// Only this failure code (`handler_reject`, `timeout`, …).
+    #[arg(long)]
+    code: Option<String>,
+    /// Only this sequence number.
+    #[arg(long)]
+    seq: Option<u64>,
+}
+
+impl Filter {
+    fn body(&self, all: bool) -> Value {
+        json!({ "subscription": self.subscription, "code": self.code, "seq": self.seq, "all": all })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscription.is_none() && self.code.is_none() && self.seq.is_none()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered events.
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one entry with its whole event and error.
+    Show {
+        /// `<pipeline>/<handler>`.
+        subscription: String,
+        /// Sequence number of the event.
+        seq: u64,
+    },
+    /// Send entries back through their subscription's current handler.
+    Redrive {
+        #[command(flatten)]
+        filter: Filter,
+        /// Redrive every entry (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete entries for good (explicit only).
+    Purge {
+        #[command(flatten)]
+        filter: Filter,
+        /// Purge every entry (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Confirm: purged events are gone from the DLQ (they stay in the log).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server);
+    match &args.command {
+        DlqCommand::List { filter, json } => {
+            let mut query = Vec::new();
+            if let Some(s) = &filter.subscription {
+                query.push(format!("subscription={}", encode(s)));
+            }
+            if let Some(c) = &filter.code {
+                query.push(format!("code={}", encode(c)));
+            }
+            if let Some(s) = filter.seq {
+                query.push(format!("seq={s}"));
+            }
+            let answer = client.get(&format!("/v1/dlq?{}", query.join("&")))?;
+            let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+            if *json {
+                println!("{}", Value::Array(entries));
+            } else if entries.is_empty() {
+                println!("the dead-letter queue is empty");
+            } else {
+                println!(
+                    "{:<28} {:>8} {:<16} {:>8}  {:<24}  MESSAGE",
+                    "SUBSCRIPTION", "SEQ", "CODE", "ATTEMPTS", "LAST FAILURE"
+                );
+                for e in &entries {
+                    println!(
+                        "{:<28} {:>8} {:<16} {:>8}  {:<24}  {}",
+                        e["subscription"].as_str().unwrap_or(""),
+                        e["seq"],
+                        e["code"].as_str().unwrap_or(""),
+                        e["attempts"],
+                        e["last_failure"].as_str().unwrap_or(""),
+                        e["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        DlqCommand::Show { subscription, seq } => {
+            let Some((pipeline, handler)) = subscription.split_once('/') else {
+                bail!("{subscription:?} is not <pipeline>/<handler>");
+            };
+            let answer = client.get(&format!("/v1/dlq/{}/{}/{seq}", encode(pipeline), encode(handler)))?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        }
+        DlqCommand::Redrive { filter, all } => {
+            if filter.is_empty() && !all {
+                bail!("give --subscription, --code and/or --seq, or --all to redrive every entry");
+            }
+            let answer = client.post("/v1/dlq/redrive", &filter.body(*all))?;
+            println!("redriven: {}, already gone: {}", answer["redriven"], answer["missing"]);
+        }
+        DlqCommand::Purge { filter, all, yes } => {
+            if filter.is_empty() && !all {
+                bail!("give --subscription, --code and/or --seq, or --all to purge every entry");
+            }
+            if !yes {
+                bail!("purging deletes DLQ entries for good; add --yes to confirm");
+            }
+            let answer = client.post("/v1/dlq/purge", &filter.body(*all))?;
+            println!("purged: {}", answer["purged"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encode a query or path component.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,285 @@
+//! The HTTP API (axum): ingest, health, status and the DLQ. Runs on the
+//! async runtime; publishing hands events to the store's writer and awaits
+//! the commit, so no Wasm and no fsync ever runs on an I/O thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::ingest::{Ingest, IngestError};
+use crate::runtime::Runtime;
+use crate::store::{DlqFilter, StoreError};
+
+/// Largest request body: a batch of events.
+const MAX_BODY: usize = 64 << 20;
+
+#[derive(Clone)]
+struct AppState {
+    runtime: Arc<Runtime>,
+}
+
+/// Build the router for `runtime`.
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/events", post(publish))
+        .route("/v1/status", get(status))
+        .route("/v1/dlq", get(dlq_list))
+        .route("/v1/dlq/{pipeline}/{handler}/{seq}", get(dlq_show))
+        .route("/v1/dlq/redrive", post(dlq_redrive))
+        .route("/v1/dlq/purge", post(dlq_purge))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { runtime })
+}
+
+/// Whether `addr` only accepts local connections.
+#[must_use]
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
+}
+
+fn store_error(e: &StoreError) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+}
+
+/// Constant-time comparison, so response timing does not reveal how much of
+/// a guessed token was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// Admin endpoints need `Authorization: Bearer <token>` when a token is set.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &state.runtime.config().admin_token else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <admin token>`",
+        )))
+    }
+}
+
+async fn health() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let rt = &state.runtime;
+    let ingest = Ingest { ids: rt.ids(), source: "weir:http", max_payload_bytes: rt.config().max_payload_bytes };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let parsed = if headers.contains_key("ce-specversion") {
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_ascii_lowercase(), v.to_owned())))
+            .collect();
+        ingest.cloudevent_binary(&pairs, body.to_vec())
+    } else {
+        match content_type.as_str() {
+            "application/cloudevents+json" => ingest.cloudevent(&body),
+            "application/cloudevents-batch+json" => ingest.cloudevent_batch(&body),
+            "application/json" | "" => ingest.json(&body),
+            other => {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "content type {other:?}: send application/json, application/cloudevents+json, application/cloudevents-batch+json, or a binary-mode CloudEvent (ce-* headers)"
+                    ),
+                );
+            }
+        }
+    };
+    let events = match parsed {
+        Ok(events) => events,
+        Err(e) => {
+            let status = if matches!(e, IngestError::TooLarge { .. }) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let mut body = json!({ "error": { "code": e.code(), "message": e.to_string() } });
+            if let Some(index) = e.index() {
+                body["error"]["index"] = json!(index);
+            }
+            return (status, axum::Json(body)).into_response();
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rt.publish(events, Box::new(move |r| drop(tx.send(r))));
+    match rx.await {
+        Ok(Ok(published)) => axum::Json(json!({ "events": published.iter().map(|p| json!({
+            "id": p.id.to_string(), "seq": p.seq, "duplicate": p.duplicate,
+        })).collect::<Vec<_>>() }))
+        .into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(_) => store_error(&StoreError::Closed),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.status().map(|s| (s, rt.store().head()))).await {
+        Ok(Ok((subscriptions, head))) => {
+            axum::Json(json!({ "head": head, "subscriptions": subscriptions })).into_response()
+        }
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// DLQ filter from a query string or a JSON body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterParams {
+    subscription: Option<String>,
+    code: Option<String>,
+    seq: Option<u64>,
+    /// Required (true) to act on every entry without any other filter.
+    #[serde(default)]
+    all: bool,
+}
+
+impl FilterParams {
+    fn filter(&self) -> DlqFilter {
+        DlqFilter { subscription: self.subscription.clone(), code: self.code.clone(), seq: self.seq }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscription.is_none() && self.code.is_none() && self.seq.is_none()
+    }
+}
+
+fn summary(entry: &crate::store::DlqEntry) -> Value {
+    json!({
+        "subscription": entry.subscription, "seq": entry.seq, "event_id": entry.event.id.to_string(),
+        "topic": entry.event.topic, "key": entry.event.key, "code": entry.code, "message": entry.message,
+        "attempts": entry.attempts, "plugin": entry.plugin, "plugin_version": entry.plugin_version,
+        "first_failure": crate::envelope::format_time(entry.first_failure_ms as i64 * 1_000_000),
+        "last_failure": crate::envelope::format_time(entry.last_failure_ms as i64 * 1_000_000),
+    })
+}
+
+async fn dlq_list(State(state): State<AppState>, Query(params): Query<FilterParams>) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.dlq(&params.filter())).await {
+        Ok(Ok(entries)) => {
+            axum::Json(json!({ "entries": entries.iter().map(summary).collect::<Vec<_>>() })).into_response()
+        }
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn dlq_show(
+    State(state): State<AppState>,
+    Path((pipeline, handler, seq)): Path<(String, String, u64)>,
+) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    let filter = DlqFilter { subscription: Some(format!("{pipeline}/{handler}")), code: None, seq: Some(seq) };
+    match tokio::task::spawn_blocking(move || rt.dlq(&filter)).await {
+        Ok(Ok(entries)) => match entries.first() {
+            Some(entry) => {
+                let mut body = summary(entry);
+                body["event"] =
+                    serde_json::to_value(crate::envelope::JsonEvent::from_event(&entry.event)).unwrap_or(Value::Null);
+                axum::Json(body).into_response()
+            }
+            None => error(StatusCode::NOT_FOUND, "not_found", format!("no DLQ entry {pipeline}/{handler} #{seq}")),
+        },
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+fn filter_body(body: &Bytes) -> Result<FilterParams, Box<Response>> {
+    let params: FilterParams = if body.is_empty() {
+        FilterParams::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())))?
+    };
+    if params.is_empty() && !params.all {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "filter_required",
+            "give `subscription`, `code` and/or `seq`, or `\"all\": true` to act on every entry",
+        )));
+    }
+    Ok(params)
+}
+
+async fn dlq_redrive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let params = match filter_body(&body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.redrive(&params.filter())).await {
+        Ok(Ok(report)) => axum::Json(json!(report)).into_response(),
+        Ok(Err(e @ crate::runtime::RuntimeError::UnknownSubscription(_))) => {
+            error(StatusCode::NOT_FOUND, e.code(), e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn dlq_purge(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let params = match filter_body(&body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.purge(params.filter())).await {
+        Ok(Ok(purged)) => axum::Json(json!({ "purged": purged })).into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+    }
+}
