@@ -3,6 +3,7 @@
 
 mod abi_encoding;
 mod cli;
+mod crash;
 mod delivery;
 mod example_plugins;
 mod limits;
