@@ -52,4 +52,4 @@ pub use engine::{
 pub use error::{EngineError, InvokeError, LoadError};
 pub use ids::IdGenerator;
 pub use runtime::{RedriveReport, Runtime, RuntimeError, SubscriptionStatus};
-pub use subscription::{SubscriptionCounters, VERSION_HEADER};
+pub use subscription::{Invoke, SubscriptionCounters, VERSION_HEADER};

@@ -1,6 +1,6 @@
 //! The running system: store, engine, one worker thread per subscription.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, PoisonError};
@@ -15,7 +15,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, LoadError};
 use crate::ids::IdGenerator;
 use crate::store::{DlqEntry, DlqFilter, Published, Store, StoreError, StoreOptions, SubscriptionStats};
-use crate::subscription::{self, Control, Spec, SubscriptionCounters, Worker};
+use crate::subscription::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 
 /// Why the runtime could not start or an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,7 @@ impl Runtime {
     ///
     /// A [`RuntimeError`] naming what failed; nothing keeps running.
     pub fn start(config: &Config) -> Result<Self, RuntimeError> {
-        Self::start_inner(config, None)
+        Self::start_inner(config, None, HashMap::new())
     }
 
     /// [`Runtime::start`] on an already open store (crash tests open one on
@@ -147,10 +147,29 @@ impl Runtime {
     ///
     /// As [`Runtime::start`].
     pub fn start_with_store(config: &Config, store: Store) -> Result<Self, RuntimeError> {
-        Self::start_inner(config, Some(store))
+        Self::start_inner(config, Some(store), HashMap::new())
     }
 
-    fn start_inner(config: &Config, store: Option<Store>) -> Result<Self, RuntimeError> {
+    /// [`Runtime::start`] with some subscriptions served by native code
+    /// instead of their Wasm plugin (keyed by `<pipeline>/<handler>`): the
+    /// benchmarks' baseline for the cost of Wasm.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::start`].
+    pub fn start_with_native(
+        config: &Config,
+        store: Option<Store>,
+        native: HashMap<String, Box<dyn Invoke>>,
+    ) -> Result<Self, RuntimeError> {
+        Self::start_inner(config, store, native)
+    }
+
+    fn start_inner(
+        config: &Config,
+        store: Option<Store>,
+        mut native: HashMap<String, Box<dyn Invoke>>,
+    ) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| RuntimeError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let engine = Engine::new(EngineConfig {
@@ -169,6 +188,10 @@ impl Runtime {
         for pipeline in &config.pipelines {
             for handler in &pipeline.handlers {
                 let name = format!("{}/{}", pipeline.name, handler.name);
+                if let Some(invoker) = native.remove(&name) {
+                    prepared.push((name, pipeline.topics.clone(), handler.retry.clone(), invoker));
+                    continue;
+                }
                 let fail = |source| RuntimeError::Plugin {
                     subscription: name.clone(),
                     plugin: handler.plugin.display().to_string(),
@@ -177,23 +200,33 @@ impl Runtime {
                 let plugin = engine.load_file(&handler.plugin).map_err(fail)?;
                 let instance =
                     plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?;
-                prepared.push((name, pipeline.topics.clone(), handler.retry.clone(), plugin, instance));
+                prepared.push((
+                    name,
+                    pipeline.topics.clone(),
+                    handler.retry.clone(),
+                    Box::new(instance) as Box<dyn Invoke>,
+                ));
             }
         }
         let store = match store {
             Some(store) => store,
             None => Store::open(
                 &config.data_dir.join("weir.redb"),
-                StoreOptions { retention: config.retention, ..StoreOptions::default() },
+                StoreOptions {
+                    retention: config.retention,
+                    // Collect at least twice per retention window.
+                    gc_interval: (config.retention / 2).clamp(Duration::from_millis(10), Duration::from_secs(60)),
+                },
             )?,
         };
         let ids = Arc::new(IdGenerator::new());
         let mut subs = Vec::new();
-        for (name, patterns, retry, plugin, instance) in prepared {
+        for (name, patterns, retry, invoker) in prepared {
             let name: Arc<str> = Arc::from(name);
             let (tx, rx) = mpsc::channel();
             let counters = Arc::new(SubscriptionCounters::default());
-            let plugin_name = plugin.info().name();
+            let plugin_name = invoker.name();
+            let plugin_version = invoker.version();
             let spec = Spec {
                 name: Arc::clone(&name),
                 plugin_name: plugin_name.clone(),
@@ -202,7 +235,7 @@ impl Runtime {
                 retention: config.retention,
                 max_payload_bytes: config.max_payload_bytes,
             };
-            let worker = Worker::new(spec, store.clone(), instance, Arc::clone(&ids), Arc::clone(&counters), rx)?;
+            let worker = Worker::new(spec, store.clone(), invoker, Arc::clone(&ids), Arc::clone(&counters), rx)?;
             let wake = tx.clone();
             store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
             let join = std::thread::Builder::new()
@@ -215,14 +248,7 @@ impl Runtime {
                     result
                 })
                 .map_err(|e| RuntimeError::Worker(e.to_string()))?;
-            subs.push(Sub {
-                name,
-                plugin: plugin_name,
-                plugin_version: subscription::plugin_version(&plugin),
-                control: tx,
-                counters,
-                join: Some(join),
-            });
+            subs.push(Sub { name, plugin: plugin_name, plugin_version, control: tx, counters, join: Some(join) });
         }
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
         Ok(Self { store, ids, subs, config: config.clone() })

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use weir_abi::{DeliveryRef, Emit, Event, Header};
 
 use crate::config::RetryPolicy;
-use crate::engine::{Handler, Plugin};
+use crate::engine::{Handler, Invocation};
 use crate::envelope::now_nanos;
 use crate::error::InvokeError;
 use crate::ids::IdGenerator;
@@ -86,7 +86,7 @@ type Outstanding = (Receiver<Result<(), StoreError>>, HashSet<String>);
 pub(crate) struct Worker {
     spec: Spec,
     store: Store,
-    handler: Handler,
+    handler: Box<dyn Invoke>,
     version: String,
     version_short: String,
     ids: Arc<IdGenerator>,
@@ -97,6 +97,8 @@ pub(crate) struct Worker {
     keys: HashMap<String, VecDeque<u64>>,
     items: Vec<ResultItem>,
     batch_keys: HashSet<String>,
+    /// Keys of the events just read that already have a record.
+    prefetched: HashSet<String>,
     outstanding: Option<Outstanding>,
     committed_cursor: u64,
 }
@@ -105,7 +107,7 @@ impl Worker {
     pub(crate) fn new(
         spec: Spec,
         store: Store,
-        handler: Handler,
+        handler: Box<dyn Invoke>,
         ids: Arc<IdGenerator>,
         counters: Arc<SubscriptionCounters>,
         rx: Receiver<Control>,
@@ -119,7 +121,7 @@ impl Worker {
             }
             parked.insert(entry.seq, entry);
         }
-        let version = plugin_version(handler.plugin());
+        let version = handler.version();
         counters.cursor.store(cursor, Ordering::Relaxed);
         counters.parked.store(parked.len() as u64, Ordering::Relaxed);
         Ok(Self {
@@ -136,6 +138,7 @@ impl Worker {
             keys,
             items: Vec::new(),
             batch_keys: HashSet::new(),
+            prefetched: HashSet::new(),
             outstanding: None,
             committed_cursor: cursor,
         })
@@ -161,16 +164,26 @@ impl Worker {
             let mut progressed = self.run_due_parked()?;
             let events = self.store.read_log(self.cursor, BATCH)?;
             progressed |= !events.is_empty();
-            for (seq, event) in events {
+            let read_end = events.last().map(|(seq, _)| seq + 1);
+            let wanted: Vec<(u64, Event)> =
+                events.into_iter().filter(|(_, e)| self.spec.patterns.iter().any(|p| p.matches(&e.topic))).collect();
+            // One read transaction for the whole batch's idempotency keys.
+            let keys: Vec<&str> = wanted.iter().map(|(_, e)| e.idempotency_key.as_str()).collect();
+            let recorded = self.store.idempotency(&self.spec.name, &keys)?;
+            self.prefetched =
+                keys.iter().zip(recorded).filter(|(_, r)| r.is_some()).map(|(k, _)| (*k).to_owned()).collect();
+            for (seq, event) in wanted {
                 self.cursor = seq + 1;
-                if self.spec.patterns.iter().any(|p| p.matches(&event.topic)) {
-                    self.process_new(seq, event)?;
-                }
+                self.process_new(seq, event)?;
                 // Stop promptly: the rest is re-read after restart.
                 if matches!(self.rx.try_recv(), Ok(Control::Stop)) {
                     return self.finish();
                 }
             }
+            if let Some(end) = read_end {
+                self.cursor = self.cursor.max(end);
+            }
+            self.prefetched.clear();
             self.flush()?;
             if !progressed {
                 let wait = self.next_due_in().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
@@ -228,7 +241,7 @@ impl Worker {
                     self.unpark(seq);
                     continue;
                 };
-                self.attempt(seq, &event)?;
+                self.attempt(seq, &event, false)?;
             }
             self.flush()?;
         }
@@ -255,12 +268,15 @@ impl Worker {
             self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
             return Ok(());
         }
-        self.attempt(seq, &event)
+        self.attempt(seq, &event, true)
     }
 
-    fn is_duplicate(&mut self, key: &str) -> Result<bool, StoreError> {
+    fn is_duplicate(&mut self, key: &str, prefetched: bool) -> Result<bool, StoreError> {
         if self.batch_keys.contains(key) || self.outstanding.as_ref().is_some_and(|(_, keys)| keys.contains(key)) {
             return Ok(true);
+        }
+        if prefetched {
+            return Ok(self.prefetched.contains(key));
         }
         Ok(self.store.idempotency(&self.spec.name, &[key])?.first().is_some_and(Option::is_some))
     }
@@ -282,8 +298,8 @@ impl Worker {
         self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
     }
 
-    fn attempt(&mut self, seq: u64, event: &Event) -> Result<(), StoreError> {
-        if self.is_duplicate(&event.idempotency_key)? {
+    fn attempt(&mut self, seq: u64, event: &Event, prefetched: bool) -> Result<(), StoreError> {
+        if self.is_duplicate(&event.idempotency_key, prefetched)? {
             self.unpark(seq);
             self.items.push(ResultItem::Duplicate { seq });
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -495,6 +511,28 @@ fn digest(events: &[Event]) -> String {
     crate::engine::hex(&hasher.finalize()[..16])
 }
 
-pub(crate) fn plugin_version(plugin: &Plugin) -> String {
-    plugin.info().sha256.clone()
+/// What a subscription invokes: a Wasm [`Handler`], or native code standing
+/// in for one (the benchmarks' no-Wasm baseline).
+pub trait Invoke: Send {
+    /// Handle one delivery.
+    fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Invocation;
+    /// The plugin's name, for logs and DLQ entries.
+    fn name(&self) -> String;
+    /// The version identity recorded with every outcome (sha256 of the
+    /// module for Wasm).
+    fn version(&self) -> String;
+}
+
+impl Invoke for Handler {
+    fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Invocation {
+        Handler::invoke(self, delivery)
+    }
+
+    fn name(&self) -> String {
+        self.plugin().info().name()
+    }
+
+    fn version(&self) -> String {
+        self.plugin().info().sha256.clone()
+    }
 }

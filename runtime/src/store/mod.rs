@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_abi::{Event, EventId};
@@ -39,12 +41,14 @@ const PARKED: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("pa
 const DLQ: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dlq");
 /// (subscription, idempotency key) → encoded [`IdempotencyRecord`].
 const IDEMPOTENCY: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("idempotency");
-/// (expires at ms, subscription, key) → (): the garbage-collection index.
-const IDEMPOTENCY_EXPIRY: TableDefinition<'_, (u64, &str, &str), ()> = TableDefinition::new("idempotency_expiry");
+/// (expires at ms, subscription, batch) → encoded `Vec<String>` of the keys
+/// one commit recorded: the garbage-collection index. One entry per batch
+/// rather than per key keeps the per-event write cost to one insert.
+const IDEMPOTENCY_EXPIRY: TableDefinition<'_, (u64, &str, u64), &[u8]> = TableDefinition::new("idempotency_expiry");
 /// producer idempotency key → (event id, seq, expires at ms).
 const INGEST: TableDefinition<'_, &str, ([u8; 16], u64, u64)> = TableDefinition::new("ingest_dedup");
-/// (expires at ms, key) → ().
-const INGEST_EXPIRY: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("ingest_expiry");
+/// (expires at ms, batch) → encoded `Vec<String>` of producer keys.
+const INGEST_EXPIRY: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("ingest_expiry");
 /// (subscription, counter) → value.
 const STATS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("stats");
 
@@ -52,8 +56,8 @@ const STATS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("stat
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Most commands in one group commit.
 const MAX_GROUP: usize = 4096;
-/// Most expired records deleted per garbage-collection pass.
-const GC_BATCH: usize = 10_000;
+/// Most expiry batches collected per garbage-collection pass.
+const GC_BATCHES: usize = 64;
 
 /// Why a store operation failed. Codes are stable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -160,6 +164,9 @@ struct Shared {
     watchers: Mutex<Vec<Box<dyn Fn() -> bool + Send>>>,
     commits: AtomicU64,
     committed_commands: AtomicU64,
+    /// Names expiry batches; starts at the open time in nanoseconds so names
+    /// never repeat across restarts.
+    batches: AtomicU64,
 }
 
 /// Handle to the store. Cheap to clone; the writer stops when
@@ -253,6 +260,7 @@ impl Store {
             watchers: Mutex::new(Vec::new()),
             commits: AtomicU64::new(0),
             committed_commands: AtomicU64::new(0),
+            batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
@@ -445,6 +453,23 @@ impl Store {
         Ok(out)
     }
 
+    /// Entries per table, for diagnostics: `log`, `parked`, `dlq`,
+    /// `idempotency`, `ingest_dedup`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn table_sizes(&self) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        Ok(vec![
+            ("log", read.open_table(LOG).map_err(storage)?.len().map_err(storage)?),
+            ("parked", read.open_table(PARKED).map_err(storage)?.len().map_err(storage)?),
+            ("dlq", read.open_table(DLQ).map_err(storage)?.len().map_err(storage)?),
+            ("idempotency", read.open_table(IDEMPOTENCY).map_err(storage)?.len().map_err(storage)?),
+            ("ingest_dedup", read.open_table(INGEST).map_err(storage)?.len().map_err(storage)?),
+        ])
+    }
+
     /// Per-subscription counters.
     ///
     /// # Errors
@@ -611,15 +636,16 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                 }
                 Command::Results { subscription, items, cursor, reply } => {
                     let sub: &str = &subscription;
+                    let mut recorded: Vec<String> = Vec::new();
+                    let mut latest_expiry = 0;
                     for item in items {
                         match item {
                             ResultItem::Handled { seq, key, record, emits } => {
                                 w.idempotency
                                     .insert((sub, key.as_str()), encode(&record)?.as_slice())
                                     .map_err(storage)?;
-                                w.idempotency_expiry
-                                    .insert((record.expires_at_ms, sub, key.as_str()), ())
-                                    .map_err(storage)?;
+                                latest_expiry = latest_expiry.max(record.expires_at_ms);
+                                recorded.push(key);
                                 *stats.entry((Arc::clone(&subscription), "emitted")).or_default() += emits.len() as u64;
                                 // Emitted events skip the ingest index: their
                                 // transaction also records the input as handled, so
@@ -648,6 +674,14 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                                 *stats.entry((Arc::clone(&subscription), "dead_lettered")).or_default() += 1;
                             }
                         }
+                    }
+                    if !recorded.is_empty() {
+                        // Indexed under the latest expiry of the batch, so every
+                        // record in it has expired when the collector gets there.
+                        let batch = shared.batches.fetch_add(1, Ordering::Relaxed);
+                        w.idempotency_expiry
+                            .insert((latest_expiry, sub, batch), encode(&recorded)?.as_slice())
+                            .map_err(storage)?;
                     }
                     if let Some(cursor) = cursor {
                         w.cursors.insert(sub, cursor).map_err(storage)?;
@@ -682,6 +716,11 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
             let current = w.stats.get((&*sub, name)).map_err(storage)?.map_or(0, |v| v.value());
             w.stats.insert((&*sub, name), current + add).map_err(storage)?;
         }
+        if !w.ingested.is_empty() {
+            let keys = std::mem::take(&mut w.ingested);
+            let batch = shared.batches.fetch_add(1, Ordering::Relaxed);
+            w.ingest_expiry.insert((expires, batch), encode(&keys)?.as_slice()).map_err(storage)?;
+        }
         if gc {
             w.collect_garbage(now)?;
         }
@@ -704,10 +743,12 @@ struct Writes<'t> {
     parked: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     dlq: redb::Table<'t, (&'static str, u64), &'static [u8]>,
     idempotency: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
-    idempotency_expiry: redb::Table<'t, (u64, &'static str, &'static str), ()>,
+    idempotency_expiry: redb::Table<'t, (u64, &'static str, u64), &'static [u8]>,
     ingest: redb::Table<'t, &'static str, ([u8; 16], u64, u64)>,
-    ingest_expiry: redb::Table<'t, (u64, &'static str), ()>,
+    ingest_expiry: redb::Table<'t, (u64, u64), &'static [u8]>,
     stats: redb::Table<'t, (&'static str, &'static str), u64>,
+    /// Producer keys indexed by this transaction, for the expiry index.
+    ingested: Vec<String>,
 }
 
 impl<'t> Writes<'t> {
@@ -722,6 +763,7 @@ impl<'t> Writes<'t> {
             ingest: txn.open_table(INGEST).map_err(storage)?,
             ingest_expiry: txn.open_table(INGEST_EXPIRY).map_err(storage)?,
             stats: txn.open_table(STATS).map_err(storage)?,
+            ingested: Vec::new(),
         })
     }
 
@@ -748,45 +790,54 @@ impl<'t> Writes<'t> {
         self.log.insert(seq, bytes.as_slice()).map_err(storage)?;
         if keyed {
             self.ingest.insert(event.idempotency_key.as_str(), (event.id.0, seq, expires)).map_err(storage)?;
-            self.ingest_expiry.insert((expires, event.idempotency_key.as_str()), ()).map_err(storage)?;
+            self.ingested.push(event.idempotency_key.clone());
         }
         *head += 1;
         Ok(Published { id: event.id, seq, duplicate: false })
     }
 
     fn collect_garbage(&mut self, now: u64) -> Result<(), StoreError> {
-        let mut expired: Vec<(u64, String, String)> = Vec::new();
-        for entry in self.idempotency_expiry.range((0, "", "")..(now, "", "")).map_err(storage)?.take(GC_BATCH) {
-            let (k, _) = entry.map_err(storage)?;
-            let (at, sub, key) = k.value();
-            expired.push((at, sub.to_owned(), key.to_owned()));
+        let mut batches: Vec<(u64, String, u64, Vec<String>)> = Vec::new();
+        for entry in self.idempotency_expiry.range((0, "", 0)..(now, "", 0)).map_err(storage)?.take(GC_BATCHES) {
+            let (k, v) = entry.map_err(storage)?;
+            let (at, sub, batch) = k.value();
+            batches.push((at, sub.to_owned(), batch, decode(v.value())?));
         }
-        for (at, sub, key) in &expired {
-            self.idempotency_expiry.remove((*at, sub.as_str(), key.as_str())).map_err(storage)?;
-            // Only if the record is the expired one (it may have been renewed).
-            let stale = match self.idempotency.get((sub.as_str(), key.as_str())).map_err(storage)? {
-                Some(v) => decode::<IdempotencyRecord>(v.value())?.expires_at_ms <= now,
-                None => false,
-            };
-            if stale {
-                self.idempotency.remove((sub.as_str(), key.as_str())).map_err(storage)?;
+        let mut collected = 0usize;
+        for (at, sub, batch, keys) in &batches {
+            self.idempotency_expiry.remove((*at, sub.as_str(), *batch)).map_err(storage)?;
+            for key in keys {
+                // Only if the record is still the expired one: a later
+                // handling of the same key renewed it.
+                let stale = match self.idempotency.get((sub.as_str(), key.as_str())).map_err(storage)? {
+                    Some(v) => decode::<IdempotencyRecord>(v.value())?.expires_at_ms <= now,
+                    None => false,
+                };
+                if stale {
+                    self.idempotency.remove((sub.as_str(), key.as_str())).map_err(storage)?;
+                    collected += 1;
+                }
             }
         }
-        let mut expired_keys: Vec<(u64, String)> = Vec::new();
-        for entry in self.ingest_expiry.range((0, "")..(now, "")).map_err(storage)?.take(GC_BATCH) {
-            let (k, _) = entry.map_err(storage)?;
-            let (at, key) = k.value();
-            expired_keys.push((at, key.to_owned()));
+        let mut ingest_batches: Vec<(u64, u64, Vec<String>)> = Vec::new();
+        for entry in self.ingest_expiry.range((0, 0)..(now, 0)).map_err(storage)?.take(GC_BATCHES) {
+            let (k, v) = entry.map_err(storage)?;
+            let (at, batch) = k.value();
+            ingest_batches.push((at, batch, decode(v.value())?));
         }
-        for (at, key) in &expired_keys {
-            self.ingest_expiry.remove((*at, key.as_str())).map_err(storage)?;
-            let stale = self.ingest.get(key.as_str()).map_err(storage)?.is_some_and(|v| v.value().2 <= now);
-            if stale {
-                self.ingest.remove(key.as_str()).map_err(storage)?;
+        let mut collected_keys = 0usize;
+        for (at, batch, keys) in &ingest_batches {
+            self.ingest_expiry.remove((*at, *batch)).map_err(storage)?;
+            for key in keys {
+                let stale = self.ingest.get(key.as_str()).map_err(storage)?.is_some_and(|v| v.value().2 <= now);
+                if stale {
+                    self.ingest.remove(key.as_str()).map_err(storage)?;
+                    collected_keys += 1;
+                }
             }
         }
-        if !expired.is_empty() || !expired_keys.is_empty() {
-            tracing::debug!(idempotency = expired.len(), ingest = expired_keys.len(), "collected expired records");
+        if collected > 0 || collected_keys > 0 {
+            tracing::debug!(idempotency = collected, ingest = collected_keys, "collected expired records");
         }
         Ok(())
     }

@@ -1,0 +1,261 @@
+//! End-to-end durable throughput and latency of a 2-way fan-out with
+//! idempotency on, Wasm handlers against the same handler code compiled
+//! natively into the host. Prints a markdown table for docs/benchmarks.md.
+//!
+//! Run: `cargo bench -p weir-tests --bench pipeline` (options after `--`:
+//! `--events N` (default 200000), `--rate N` and `--seconds N` for the latency
+//! run (default 10000/s for 10 s), `--quick` for a smoke run).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weir_abi::{DeliveryRef, Event};
+use weir_runtime::config::Config;
+use weir_runtime::{IdGenerator, Invocation, Invoke, InvokeError, Runtime};
+use weir_sdk::{Context, HandlerError};
+use weir_tests::plugins;
+
+/// The filter plugin's handler, called directly: same code, no Wasm, no
+/// encoding.
+struct Native;
+
+impl Invoke for Native {
+    fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Invocation {
+        let mut ctx = Context::new(delivery.subscription, delivery.attempt);
+        let result = match filter::handle(delivery.event, &mut ctx) {
+            Ok(emits) => Ok(emits.into_iter().map(weir_sdk::Emit::into_abi).collect()),
+            Err(HandlerError::Retry(reason)) => Err(InvokeError::HandlerRetry { reason }),
+            Err(HandlerError::Reject(reason)) => Err(InvokeError::HandlerReject { reason }),
+        };
+        Invocation { result, logs: Vec::new(), logs_dropped: 0, fuel_used: None }
+    }
+
+    fn name(&self) -> String {
+        "filter (native)".into()
+    }
+
+    fn version(&self) -> String {
+        "native".into()
+    }
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let text = format!(
+        r#"data_dir = {data:?}
+[[pipelines]]
+name = "bench"
+topics = ["orders.order.created"]
+[[pipelines.handlers]]
+name = "a"
+plugin = {filter:?}
+[[pipelines.handlers]]
+name = "b"
+plugin = {filter:?}
+"#,
+        data = dir.join("data").display().to_string(),
+        filter = plugins::FILTER,
+    );
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+/// A ~300-byte order; one in ten is large enough to pass the filter.
+fn events(ids: &IdGenerator, from: usize, n: usize) -> Vec<Event> {
+    (from..from + n)
+        .map(|i| {
+            let payload = json!({
+                "order_id": format!("o-{i:08}"), "customer": format!("c-{:05}", i % 10_000), "currency": "EUR",
+                "total_cents": if i % 10 == 0 { 25_000 } else { 1_500 }, "items": 3,
+                "note": "ordered through the web shop, deliver to the back door please",
+            });
+            Event {
+                id: ids.next_id(),
+                topic: "orders.order.created".into(),
+                source: "weir:bench".into(),
+                key: Some(format!("o-{}", i % 1_000)),
+                schema_version: 1,
+                time: weir_runtime::envelope::now_nanos(),
+                content_type: "application/json".into(),
+                headers: Vec::new(),
+                idempotency_key: format!("order-{i}"),
+                correlation_id: None,
+                causation_id: None,
+                payload: serde_json::to_vec(&payload).unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn start(dir: &std::path::Path, native: bool) -> Runtime {
+    let config = config(dir);
+    let mut map: HashMap<String, Box<dyn Invoke>> = HashMap::new();
+    if native {
+        map.insert("bench/a".into(), Box::new(Native));
+        map.insert("bench/b".into(), Box::new(Native));
+    }
+    Runtime::start_with_native(&config, None, map).unwrap()
+}
+
+fn min_cursor(rt: &Runtime) -> u64 {
+    ["bench/a", "bench/b"].iter().map(|s| rt.counters(s).unwrap().cursor.load(Ordering::Relaxed)).min().unwrap()
+}
+
+struct Throughput {
+    publish_secs: f64,
+    total_secs: f64,
+    commits: u64,
+    commands: u64,
+}
+
+fn throughput(native: bool, n: usize) -> Throughput {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(start(dir.path(), native));
+    let ids = IdGenerator::new();
+    let batches: Vec<Vec<Event>> = (0..n).step_by(500).map(|i| events(&ids, i, 500.min(n - i))).collect();
+    // Many producers at once, as over HTTP: up to 16 batches in flight.
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    for batch in batches {
+        while in_flight.load(Ordering::Acquire) >= 16 {
+            std::thread::yield_now();
+        }
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let (in_flight, acked) = (Arc::clone(&in_flight), Arc::clone(&acked));
+        let len = batch.len() as u64;
+        rt.publish(
+            batch,
+            Box::new(move |r| {
+                r.unwrap();
+                acked.fetch_add(len, Ordering::AcqRel);
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+            }),
+        );
+    }
+    while acked.load(Ordering::Acquire) < n as u64 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    // Handled = both subscriptions committed past every event (their own
+    // emits included).
+    loop {
+        let head = rt.store().head();
+        if min_cursor(&rt) >= head && rt.is_idle() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    let (commits, commands) = rt.store().commit_stats();
+    Arc::try_unwrap(rt).unwrap().shutdown().unwrap();
+    Throughput { publish_secs, total_secs, commits, commands }
+}
+
+/// Publish `rate` events/s for `seconds`, in ticks of 1 ms, and measure for
+/// each event the time from the publish call to both subscriptions having
+/// committed its outcome.
+fn latency(native: bool, rate: usize, seconds: u64) -> (Duration, Duration, Duration, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(start(dir.path(), native));
+    let ids = IdGenerator::new();
+    let per_tick = (rate / 1_000).max(1);
+    let starts: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let total = (rate as u64 * seconds) as usize;
+    let monitor = {
+        let (rt, starts) = (Arc::clone(&rt), Arc::clone(&starts));
+        std::thread::spawn(move || {
+            let mut samples = Vec::with_capacity(total);
+            let mut next = 0usize;
+            while samples.len() < total {
+                let cursor = min_cursor(&rt);
+                let now = Instant::now();
+                let starts = starts.lock().unwrap();
+                while next < starts.len() && starts[next].0 < cursor {
+                    samples.push(now - starts[next].1);
+                    next += 1;
+                }
+                drop(starts);
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            samples
+        })
+    };
+    let began = Instant::now();
+    let mut sent = 0usize;
+    let mut tick = 0u64;
+    while sent < total {
+        let due = began + Duration::from_millis(tick);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let batch = events(&ids, sent, per_tick.min(total - sent));
+        let len = batch.len();
+        let at = Instant::now();
+        let starts = Arc::clone(&starts);
+        rt.publish(
+            batch,
+            Box::new(move |r| {
+                let published = r.unwrap();
+                let mut starts = starts.lock().unwrap();
+                for p in published {
+                    starts.push((p.seq, at));
+                }
+                starts.sort_by_key(|s| s.0);
+            }),
+        );
+        sent += len;
+        tick += 1;
+    }
+    let mut samples = monitor.join().unwrap();
+    Arc::try_unwrap(rt).unwrap().shutdown().unwrap();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    (pct(0.50), pct(0.99), pct(0.999), samples.len())
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = arg("--events", if quick { 5_000 } else { 200_000 });
+    let rate = arg("--rate", 10_000);
+    let seconds = arg("--seconds", if quick { 1 } else { 10 }) as u64;
+    println!("2-way fan-out, filter handler, {n} events of ~300 bytes, published in process (durable, group commit)\n");
+    println!(
+        "| handlers | publish (durable) | end to end | events/s end to end | group commits | commands per commit |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for native in [false, true] {
+        let t = throughput(native, n);
+        println!(
+            "| {} | {:.2} s | {:.2} s | **{:.0}** | {} | {:.1} |",
+            if native { "native (same code, no Wasm)" } else { "Wasm" },
+            t.publish_secs,
+            t.total_secs,
+            n as f64 / t.total_secs,
+            t.commits,
+            t.commands as f64 / t.commits.max(1) as f64
+        );
+    }
+    println!("\npublish→handled latency at {rate} events/s for {seconds} s (handled = both subscriptions committed)\n");
+    println!("| handlers | p50 | p99 | p99.9 | samples |");
+    println!("|---|---:|---:|---:|---:|");
+    for native in [false, true] {
+        let (p50, p99, p999, count) = latency(native, rate, seconds);
+        println!(
+            "| {} | {:.2} ms | {:.2} ms | {:.2} ms | {count} |",
+            if native { "native" } else { "Wasm" },
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            p999.as_secs_f64() * 1e3
+        );
+    }
+}
