@@ -37,6 +37,9 @@ use crate::topic::{self, Pattern};
 
 /// Events read from the log per batch.
 const BATCH: usize = 512;
+/// Outcome batches a worker may have handed to the writer and not seen
+/// committed yet.
+const MAX_IN_FLIGHT: usize = 2;
 /// Longest sleep when idle (a safety net; wakes normally come from commits).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -99,7 +102,9 @@ pub(crate) struct Worker {
     batch_keys: HashSet<String>,
     /// Keys of the events just read that already have a record.
     prefetched: HashSet<String>,
-    outstanding: Option<Outstanding>,
+    /// Batches handed to the writer, oldest first, at most
+    /// [`MAX_IN_FLIGHT`].
+    outstanding: VecDeque<Outstanding>,
     committed_cursor: u64,
 }
 
@@ -139,7 +144,7 @@ impl Worker {
             items: Vec::new(),
             batch_keys: HashSet::new(),
             prefetched: HashSet::new(),
-            outstanding: None,
+            outstanding: VecDeque::new(),
             committed_cursor: cursor,
         })
     }
@@ -272,7 +277,7 @@ impl Worker {
     }
 
     fn is_duplicate(&mut self, key: &str, prefetched: bool) -> Result<bool, StoreError> {
-        if self.batch_keys.contains(key) || self.outstanding.as_ref().is_some_and(|(_, keys)| keys.contains(key)) {
+        if self.batch_keys.contains(key) || self.outstanding.iter().any(|(_, keys)| keys.contains(key)) {
             return Ok(true);
         }
         if prefetched {
@@ -434,21 +439,29 @@ impl Worker {
         }
     }
 
-    fn wait_outstanding(&mut self) -> Result<(), StoreError> {
-        if let Some((rx, _)) = self.outstanding.take() {
-            rx.recv().map_err(|_| StoreError::Closed)??;
+    /// Wait until no more than `keep` batches are in flight.
+    fn wait_in_flight(&mut self, keep: usize) -> Result<(), StoreError> {
+        while self.outstanding.len() > keep {
+            if let Some((rx, _)) = self.outstanding.pop_front() {
+                rx.recv().map_err(|_| StoreError::Closed)??;
+            }
         }
         Ok(())
     }
 
-    /// Hand the batch to the writer. At most one batch is in flight: the
-    /// previous one must have committed before the next is sent, so the
-    /// in-memory duplicate check only needs the two.
+    fn wait_outstanding(&mut self) -> Result<(), StoreError> {
+        self.wait_in_flight(0)
+    }
+
+    /// Hand the batch to the writer. A few batches may be in flight, so the
+    /// worker runs the next batch while the writer commits the last; the
+    /// in-memory duplicate check covers all of them. The writer commits
+    /// them in order.
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.items.is_empty() && self.cursor == self.committed_cursor {
             return Ok(());
         }
-        self.wait_outstanding()?;
+        self.wait_in_flight(MAX_IN_FLIGHT - 1)?;
         let items = std::mem::take(&mut self.items);
         let keys = std::mem::take(&mut self.batch_keys);
         let (tx, rx) = mpsc::channel();
@@ -466,7 +479,7 @@ impl Worker {
             }),
         );
         self.committed_cursor = cursor;
-        self.outstanding = Some((rx, keys));
+        self.outstanding.push_back((rx, keys));
         Ok(())
     }
 
@@ -504,6 +517,10 @@ impl Worker {
 }
 
 fn digest(events: &[Event]) -> String {
+    if events.is_empty() {
+        // The common case of a handler that emits nothing: no hashing.
+        return String::new();
+    }
     let mut hasher = Sha256::new();
     for e in events {
         hasher.update(weir_abi::encoding::encode(e).unwrap_or_default());

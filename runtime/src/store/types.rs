@@ -26,7 +26,8 @@ pub struct IdempotencyRecord {
     pub handled_at_ms: u64,
     /// When the record may be forgotten.
     pub expires_at_ms: u64,
-    /// First 16 bytes of the sha256 of the encoded emits, hex.
+    /// First 16 bytes of the sha256 of the encoded emits, hex; empty when
+    /// nothing was emitted.
     pub outcome_digest: String,
     /// Number of events emitted.
     pub emitted: u32,
