@@ -157,12 +157,13 @@ impl RetryPolicy {
         Duration::from_secs_f64(secs.max(0.0))
     }
 
-    /// [`base_backoff`](Self::base_backoff) with jitter applied.
+    /// [`base_backoff`](Self::base_backoff) with jitter applied, never over
+    /// `max_backoff`.
     #[must_use]
     pub fn backoff(&self, attempt: u32) -> Duration {
         let base = self.base_backoff(attempt).as_secs_f64();
         let spread = 1.0 + self.jitter * (2.0 * rand::random::<f64>() - 1.0);
-        Duration::from_secs_f64((base * spread).max(0.0))
+        Duration::from_secs_f64((base * spread).clamp(0.0, self.max_backoff.as_secs_f64()))
     }
 }
 
@@ -355,6 +356,9 @@ fn limits(raw: &RawLimits, fuel_enabled: bool) -> Result<(Limits, InstanceMode),
         b = b.memory_bytes(m << 20);
     }
     if let Some(o) = raw.max_output_bytes {
+        if o == 0 {
+            return Err(("max_output_bytes", "must be at least 1".into()));
+        }
         b = b.max_output_bytes(o);
     }
     if let Some(e) = raw.max_emits {
@@ -393,6 +397,12 @@ fn retry(raw: &RawRetry) -> Result<RetryPolicy, (&'static str, String)> {
             return Err(("jitter", format!("{j} is outside 0.0..=1.0")));
         }
         policy.jitter = j;
+    }
+    if policy.max_backoff < policy.initial_backoff {
+        return Err((
+            "max_backoff",
+            format!("{:?} is shorter than initial_backoff {:?}", policy.max_backoff, policy.initial_backoff),
+        ));
     }
     Ok(policy)
 }

@@ -28,7 +28,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// A plugin was refused.
-    #[error("handler {subscription}: plugin {plugin}: {source}")]
+    #[error("handler {subscription}: plugin {plugin} refused")]
     Plugin {
         /// The subscription.
         subscription: String,
@@ -180,6 +180,14 @@ impl Runtime {
                 .iter()
                 .flat_map(|p| &p.handlers)
                 .any(|h| h.mode == crate::InstanceMode::FreshPerEvent),
+            // A pooled slot must hold the largest memory any handler may use.
+            pool_max_memory_bytes: config
+                .pipelines
+                .iter()
+                .flat_map(|p| &p.handlers)
+                .map(|h| h.limits.memory_bytes())
+                .max()
+                .unwrap_or(crate::DEFAULT_MEMORY_BYTES),
             ..EngineConfig::default()
         })?;
         // Load every plugin before opening the store: a bad plugin must not

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use weir_abi::{DeliveryRef, Emit, Event, Header};
+use weir_abi::{DeliveryRef, Emit, Event, Header, LogLevel};
 
 use crate::config::RetryPolicy;
 use crate::engine::{Handler, Invocation};
@@ -106,6 +106,8 @@ pub(crate) struct Worker {
     /// [`MAX_IN_FLIGHT`].
     outstanding: VecDeque<Outstanding>,
     committed_cursor: u64,
+    stop: bool,
+    redrives: Vec<(Vec<u64>, Sender<Result<usize, StoreError>>)>,
 }
 
 impl Worker {
@@ -146,25 +148,33 @@ impl Worker {
             prefetched: HashSet::new(),
             outstanding: VecDeque::new(),
             committed_cursor: cursor,
+            stop: false,
+            redrives: Vec::new(),
         })
     }
 
     /// Run until told to stop; commit everything before returning.
+    /// Take waiting control messages without blocking: redrives are queued
+    /// for the top of the loop, and the answer is whether to stop.
+    fn poll_control(&mut self) -> bool {
+        while let Ok(control) = self.rx.try_recv() {
+            match control {
+                Control::Wake => {}
+                Control::Stop => self.stop = true,
+                Control::Redrive { seqs, reply } => self.redrives.push((seqs, reply)),
+            }
+        }
+        self.stop
+    }
+
     pub(crate) fn run(mut self) -> Result<(), StoreError> {
         loop {
-            let mut stop = false;
-            while let Ok(control) = self.rx.try_recv() {
-                match control {
-                    Control::Wake => {}
-                    Control::Stop => stop = true,
-                    Control::Redrive { seqs, reply } => {
-                        let result = self.redrive(&seqs);
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-            if stop {
+            if self.poll_control() {
                 return self.finish();
+            }
+            for (seqs, reply) in std::mem::take(&mut self.redrives) {
+                let result = self.redrive(&seqs);
+                let _ = reply.send(result);
             }
             let mut progressed = self.run_due_parked()?;
             let events = self.store.read_log(self.cursor, BATCH)?;
@@ -181,7 +191,7 @@ impl Worker {
                 self.cursor = seq + 1;
                 self.process_new(seq, event)?;
                 // Stop promptly: the rest is re-read after restart.
-                if matches!(self.rx.try_recv(), Ok(Control::Stop)) {
+                if self.poll_control() {
                     return self.finish();
                 }
             }
@@ -194,10 +204,7 @@ impl Worker {
                 let wait = self.next_due_in().unwrap_or(IDLE_WAIT).min(IDLE_WAIT);
                 match self.rx.recv_timeout(wait) {
                     Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
-                    Ok(Control::Redrive { seqs, reply }) => {
-                        let result = self.redrive(&seqs);
-                        let _ = reply.send(result);
-                    }
+                    Ok(Control::Redrive { seqs, reply }) => self.redrives.push((seqs, reply)),
                     Ok(Control::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 }
             }
@@ -231,6 +238,9 @@ impl Worker {
     fn run_due_parked(&mut self) -> Result<bool, StoreError> {
         let mut progressed = false;
         loop {
+            if self.stop {
+                return Ok(progressed);
+            }
             let now = now_ms();
             let due: Vec<u64> =
                 self.heads().filter(|seq| self.parked[seq].next_attempt_at_ms <= now).take(BATCH).collect();
@@ -239,6 +249,9 @@ impl Worker {
             }
             progressed = true;
             for seq in due {
+                if self.poll_control() {
+                    return Ok(progressed);
+                }
                 let Some(event) = self.store.event(seq)? else {
                     // The log never loses events; a missing one means the
                     // parked entry is stale: drop it rather than spin.
@@ -316,11 +329,15 @@ impl Worker {
         let started = Instant::now();
         let invocation = self.handler.invoke(DeliveryRef { event, subscription: &self.spec.name, attempt });
         for line in &invocation.logs {
-            tracing::info!(
-                target: "weir::plugin",
-                subscription = %self.spec.name, plugin = %self.spec.plugin_name, event_id = %event.id,
-                level = line.level.as_str(), "{}", line.message
-            );
+            let (sub, plugin, id, msg) = (&*self.spec.name, &self.spec.plugin_name, event.id, &line.message);
+            // tracing needs the level at compile time: one arm per level.
+            match line.level {
+                LogLevel::Error => tracing::error!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
+                LogLevel::Warn => tracing::warn!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
+                LogLevel::Info => tracing::info!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
+                LogLevel::Debug => tracing::debug!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
+                LogLevel::Trace => tracing::trace!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
+            }
         }
         let result = invocation.result.and_then(|emits| self.check_emits(emits));
         tracing::trace!(subscription = %self.spec.name, seq, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "invoked");

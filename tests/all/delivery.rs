@@ -274,3 +274,35 @@ fn keys_expire_after_the_retention_window_and_are_collected() {
     assert!(sizes["log"] >= 6, "the log itself is kept: {sizes:?}");
     rt.shutdown().unwrap();
 }
+
+#[test]
+fn sandbox_failures_retry_then_dead_letter_while_other_keys_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[pipelines]]
+name = "risky"
+topics = ["jobs.job.started"]
+[[pipelines.handlers]]
+name = "panicker"
+plugin = "{PANICKER}"
+retry = { max_attempts = 3, initial_backoff = "10ms" }
+[[pipelines.handlers]]
+name = "looper"
+plugin = "{LOOPER}"
+limits = { deadline = "50ms" }
+retry = { max_attempts = 2, initial_backoff = "10ms" }
+"#;
+    let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
+    let events: Vec<Event> =
+        ["evil", "fine", "other"].iter().map(|k| event(&format!(r#"{{"topic":"jobs.job.started","key":"{k}"}}"#))).collect();
+    rt.publish_blocking(events).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let dlq = rt.dlq(&DlqFilter::default()).unwrap();
+    let codes: Vec<(&str, &str, u32)> = dlq.iter().map(|e| (e.subscription.as_str(), e.code.as_str(), e.attempts)).collect();
+    assert_eq!(codes, vec![("risky/looper", "timeout", 2), ("risky/panicker", "trap", 3)]);
+    assert!(dlq[1].message.contains("evil event"), "{}", dlq[1].message);
+    // The other keys were handled by both subscriptions.
+    let status = rt.status().unwrap();
+    assert!(status.iter().all(|s| s.stats.handled == 2), "{status:?}");
+    rt.shutdown().unwrap();
+}

@@ -10,10 +10,11 @@ use serde_json::Value;
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
     /// URL of the running `weir run` [env: WEIR_SERVER; default: http://127.0.0.1:7070].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     server: Option<String>,
-    /// Admin token for redrive and purge [env: WEIR_ADMIN_TOKEN].
-    #[arg(long, value_name = "TOKEN")]
+    /// Admin token, for the endpoints that need one (DLQ redrive and purge)
+    /// [env: WEIR_ADMIN_TOKEN].
+    #[arg(long, value_name = "TOKEN", global = true)]
     token: Option<String>,
 }
 

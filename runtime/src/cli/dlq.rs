@@ -106,9 +106,9 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
                     println!(
                         "{:<28} {:>8} {:<16} {:>8}  {:<24}  {}",
                         e["subscription"].as_str().unwrap_or(""),
-                        e["seq"],
+                        e["seq"].as_u64().unwrap_or(0),
                         e["code"].as_str().unwrap_or(""),
-                        e["attempts"],
+                        e["attempts"].as_u64().unwrap_or(0),
                         e["last_failure"].as_str().unwrap_or(""),
                         e["message"].as_str().unwrap_or("")
                     );

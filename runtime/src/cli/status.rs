@@ -27,14 +27,15 @@ pub(crate) fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         "SUBSCRIPTION", "LAG", "PARKED", "HANDLED", "DUPS", "DLQ", "PLUGIN"
     );
     for s in answer["subscriptions"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         println!(
             "{:<28} {:>8} {:>8} {:>9} {:>8} {:>6} {} {}",
             s["name"].as_str().unwrap_or(""),
-            s["lag"],
-            s["parked"],
-            s["stats"]["handled"],
-            s["stats"]["duplicates"],
-            s["dlq"],
+            n(&s["lag"]),
+            n(&s["parked"]),
+            n(&s["stats"]["handled"]),
+            n(&s["stats"]["duplicates"]),
+            n(&s["dlq"]),
             s["plugin"].as_str().unwrap_or(""),
             s["plugin_version"].as_str().unwrap_or("").chars().take(12).collect::<String>()
         );

@@ -51,6 +51,10 @@ const INGEST: TableDefinition<'_, &str, ([u8; 16], u64, u64)> = TableDefinition:
 const INGEST_EXPIRY: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("ingest_expiry");
 /// (subscription, counter) → value.
 const STATS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("stats");
+/// name → value: `format` holds [`FORMAT_VERSION`].
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// The store layout this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
 
 /// Default idempotency and ingest de-duplication window.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -233,18 +237,39 @@ impl Store {
     }
 
     fn with_database(db: Database, path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        // Create every table up front so readers never meet a missing one.
+        // Create every table up front so readers never meet a missing one,
+        // and refuse a store of another layout with a clear message.
+        let incompatible = |e: redb::TableError| StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("written by another Weir version (store format {FORMAT_VERSION} expected): {e}"),
+        };
         let txn = db.begin_write().map_err(storage)?;
         {
-            txn.open_table(LOG).map_err(storage)?;
-            txn.open_table(CURSORS).map_err(storage)?;
-            txn.open_table(PARKED).map_err(storage)?;
-            txn.open_table(DLQ).map_err(storage)?;
-            txn.open_table(IDEMPOTENCY).map_err(storage)?;
-            txn.open_table(IDEMPOTENCY_EXPIRY).map_err(storage)?;
-            txn.open_table(INGEST).map_err(storage)?;
-            txn.open_table(INGEST_EXPIRY).map_err(storage)?;
-            txn.open_table(STATS).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(incompatible)?;
+            let found = meta.get("format").map_err(storage)?.map(|v| v.value());
+            match found {
+                Some(v) if v != FORMAT_VERSION => {
+                    return Err(StoreError::Corrupt {
+                        path: path.to_owned(),
+                        reason: format!("store format {v}, this Weir reads format {FORMAT_VERSION}"),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("format", FORMAT_VERSION).map_err(storage)?;
+                }
+            }
+        }
+        {
+            txn.open_table(LOG).map_err(incompatible)?;
+            txn.open_table(CURSORS).map_err(incompatible)?;
+            txn.open_table(PARKED).map_err(incompatible)?;
+            txn.open_table(DLQ).map_err(incompatible)?;
+            txn.open_table(IDEMPOTENCY).map_err(incompatible)?;
+            txn.open_table(IDEMPOTENCY_EXPIRY).map_err(incompatible)?;
+            txn.open_table(INGEST).map_err(incompatible)?;
+            txn.open_table(INGEST_EXPIRY).map_err(incompatible)?;
+            txn.open_table(STATS).map_err(incompatible)?;
         }
         txn.commit().map_err(storage)?;
         let head = {
@@ -301,9 +326,9 @@ impl Store {
     ///
     /// # Idempotency
     ///
-    /// An event whose idempotency key differs from its id's text and was
-    /// already published within the retention window is not stored again:
-    /// its answer carries the original id and `duplicate: true`.
+    /// An event whose idempotency key was already published within the
+    /// retention window is not stored again: its answer carries the original
+    /// id and `duplicate: true`.
     pub fn publish(&self, events: Vec<Event>, reply: Reply<Vec<Published>>) {
         self.send(Command::Publish { events, reply });
     }
@@ -777,8 +802,9 @@ impl<'t> Writes<'t> {
         expires: u64,
         dedup: bool,
     ) -> Result<Published, StoreError> {
-        // A key equal to the id is fresh by construction: no index needed.
-        let keyed = dedup && event.idempotency_key != event.id.to_string();
+        // Every published key is indexed, even one that defaults to the id:
+        // a producer may publish a known id again (a replay, a retry).
+        let keyed = dedup;
         if keyed && let Some(v) = self.ingest.get(event.idempotency_key.as_str()).map_err(storage)? {
             let (id, seq, expires_at) = v.value();
             if expires_at > now {
