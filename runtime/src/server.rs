@@ -236,11 +236,14 @@ fn filter_body(body: &Bytes) -> Result<FilterParams, Box<Response>> {
     Ok(params)
 }
 
+/// The common start of the admin DLQ operations: the token, then the filter.
+fn admin_filter(state: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<FilterParams, Box<Response>> {
+    authorize(state, headers)?;
+    filter_body(body)
+}
+
 async fn dlq_redrive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    let params = match filter_body(&body) {
+    let params = match admin_filter(&state, &headers, &body) {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -256,10 +259,7 @@ async fn dlq_redrive(State(state): State<AppState>, headers: HeaderMap, body: By
 }
 
 async fn dlq_purge(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return *r;
-    }
-    let params = match filter_body(&body) {
+    let params = match admin_filter(&state, &headers, &body) {
         Ok(p) => p,
         Err(r) => return *r,
     };

@@ -86,6 +86,8 @@ pub(crate) struct Spec {
 /// answer and the idempotency keys it records.
 type Outstanding = (Receiver<Result<(), StoreError>>, HashSet<String>);
 
+type Redrive = (Vec<u64>, Sender<Result<usize, StoreError>>);
+
 pub(crate) struct Worker {
     spec: Spec,
     store: Store,
@@ -107,7 +109,8 @@ pub(crate) struct Worker {
     outstanding: VecDeque<Outstanding>,
     committed_cursor: u64,
     stop: bool,
-    redrives: Vec<(Vec<u64>, Sender<Result<usize, StoreError>>)>,
+    /// Redrive requests taken while busy: the seqs and where to answer.
+    redrives: Vec<Redrive>,
 }
 
 impl Worker {
@@ -271,16 +274,7 @@ impl Worker {
         {
             // An earlier event with this key is still pending: wait behind it.
             queue.push_back(seq);
-            let entry = ParkedEntry {
-                seq,
-                key: Some(key.clone()),
-                attempts: 0,
-                next_attempt_at_ms: 0,
-                first_failure_ms: None,
-                last_failure_ms: None,
-                last_code: None,
-                last_message: None,
-            };
+            let entry = ParkedEntry::waiting(seq, Some(key.clone()));
             self.parked.insert(seq, entry.clone());
             self.items.push(ResultItem::Park(entry));
             self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
@@ -332,11 +326,21 @@ impl Worker {
             let (sub, plugin, id, msg) = (&*self.spec.name, &self.spec.plugin_name, event.id, &line.message);
             // tracing needs the level at compile time: one arm per level.
             match line.level {
-                LogLevel::Error => tracing::error!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
-                LogLevel::Warn => tracing::warn!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
-                LogLevel::Info => tracing::info!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
-                LogLevel::Debug => tracing::debug!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
-                LogLevel::Trace => tracing::trace!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}"),
+                LogLevel::Error => {
+                    tracing::error!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
+                }
+                LogLevel::Warn => {
+                    tracing::warn!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
+                }
+                LogLevel::Info => {
+                    tracing::info!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
+                }
+                LogLevel::Debug => {
+                    tracing::debug!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
+                }
+                LogLevel::Trace => {
+                    tracing::trace!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
+                }
             }
         }
         let result = invocation.result.and_then(|emits| self.check_emits(emits));
@@ -508,16 +512,7 @@ impl Worker {
         let mut moved = 0;
         for &seq in seqs {
             let Some(event) = self.store.event(seq)? else { continue };
-            let entry = ParkedEntry {
-                seq,
-                key: event.key.clone(),
-                attempts: 0,
-                next_attempt_at_ms: 0,
-                first_failure_ms: None,
-                last_failure_ms: None,
-                last_code: None,
-                last_message: None,
-            };
+            let entry = ParkedEntry::waiting(seq, event.key.clone());
             let (tx, rx) = mpsc::channel();
             self.store.redrive(self.spec.name.to_string(), seq, entry.clone(), Box::new(move |r| drop(tx.send(r))));
             if rx.recv().map_err(|_| StoreError::Closed)?? {

@@ -293,12 +293,15 @@ limits = { deadline = "50ms" }
 retry = { max_attempts = 2, initial_backoff = "10ms" }
 "#;
     let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
-    let events: Vec<Event> =
-        ["evil", "fine", "other"].iter().map(|k| event(&format!(r#"{{"topic":"jobs.job.started","key":"{k}"}}"#))).collect();
+    let events: Vec<Event> = ["evil", "fine", "other"]
+        .iter()
+        .map(|k| event(&format!(r#"{{"topic":"jobs.job.started","key":"{k}"}}"#)))
+        .collect();
     rt.publish_blocking(events).unwrap();
     assert!(rt.wait_idle(IDLE));
     let dlq = rt.dlq(&DlqFilter::default()).unwrap();
-    let codes: Vec<(&str, &str, u32)> = dlq.iter().map(|e| (e.subscription.as_str(), e.code.as_str(), e.attempts)).collect();
+    let codes: Vec<(&str, &str, u32)> =
+        dlq.iter().map(|e| (e.subscription.as_str(), e.code.as_str(), e.attempts)).collect();
     assert_eq!(codes, vec![("risky/looper", "timeout", 2), ("risky/panicker", "trap", 3)]);
     assert!(dlq[1].message.contains("evil event"), "{}", dlq[1].message);
     // The other keys were handled by both subscriptions.

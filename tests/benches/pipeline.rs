@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench -p weir-tests --bench pipeline` (options after `--`:
 //! `--events N` (default 200000), `--rate N` and `--seconds N` for the latency
-//! run (default 10000/s for 10 s), `--quick` for a smoke run).
+//! run (default 10000/s for 10 s, after 1 s of warm-up), `--quick` for a smoke run).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -18,6 +18,9 @@ use weir_runtime::config::Config;
 use weir_runtime::{IdGenerator, Invocation, Invoke, InvokeError, Runtime};
 use weir_sdk::{Context, HandlerError};
 use weir_tests::plugins;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The filter plugin's handler, called directly: same code, no Wasm, no
 /// encoding.
@@ -166,7 +169,10 @@ fn latency(native: bool, rate: usize, seconds: u64) -> (Duration, Duration, Dura
     let ids = IdGenerator::new();
     let per_tick = (rate / 1_000).max(1);
     let starts: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let total = (rate as u64 * seconds) as usize;
+    // One extra second first, not measured: the steady state is the point
+    // (first calls fault in the instance's pages and the allocator's arenas).
+    let warmup = rate;
+    let total = (rate as u64 * seconds) as usize + warmup;
     let monitor = {
         let (rt, starts) = (Arc::clone(&rt), Arc::clone(&starts));
         std::thread::spawn(move || {
@@ -212,7 +218,7 @@ fn latency(native: bool, rate: usize, seconds: u64) -> (Duration, Duration, Dura
         sent += len;
         tick += 1;
     }
-    let mut samples = monitor.join().unwrap();
+    let mut samples = monitor.join().unwrap().split_off(warmup);
     Arc::try_unwrap(rt).unwrap().shutdown().unwrap();
     samples.sort();
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
@@ -250,6 +256,10 @@ fn main() {
     println!("| handlers | p50 | p99 | p99.9 | samples |");
     println!("|---|---:|---:|---:|---:|");
     for native in [false, true] {
+        // Let the kernel write back what the earlier runs left (they wrote
+        // hundreds of MB): its flushes would otherwise stall this run's fsyncs.
+        let _ = std::process::Command::new("sync").status();
+        std::thread::sleep(Duration::from_secs(3));
         let (p50, p99, p999, count) = latency(native, rate, seconds);
         println!(
             "| {} | {:.2} ms | {:.2} ms | {:.2} ms | {count} |",

@@ -57,6 +57,24 @@ pub struct ParkedEntry {
     pub last_message: Option<String>,
 }
 
+impl ParkedEntry {
+    /// An event with no failure yet, waiting for its turn: behind an earlier
+    /// event with its key, or freshly redriven.
+    #[must_use]
+    pub fn waiting(seq: u64, key: Option<String>) -> Self {
+        Self {
+            seq,
+            key,
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            first_failure_ms: None,
+            last_failure_ms: None,
+            last_code: None,
+            last_message: None,
+        }
+    }
+}
+
 /// A dead-lettered event with everything needed to understand and redrive it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DlqEntry {
