@@ -11,6 +11,6 @@ echo "==> building the example plugins (wasm32-unknown-unknown)" >&2
 cargo build --quiet --profile plugin --target wasm32-unknown-unknown \
   -p order-validator -p enricher -p filter -p audit-logger
 echo "==> building weir" >&2
-cargo build --quiet --release -p weir-runtime --bin weir
+cargo build --quiet -p weir-runtime --bin weir
 
-exec target/release/weir demo --plugins target/wasm32-unknown-unknown/plugin "$@"
+exec target/debug/weir demo --plugins target/wasm32-unknown-unknown/plugin "$@"
