@@ -26,6 +26,8 @@ const PLUGINS: &[(&str, &str)] = &[
     ("wasi-import", "WASI_IMPORT"),
     ("flaky", "FLAKY"),
     ("duplicator", "DUPLICATOR"),
+    ("versioned-v1", "VERSIONED_V1"),
+    ("versioned-v2", "VERSIONED_V2"),
 ];
 
 fn main() {

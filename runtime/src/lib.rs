@@ -51,5 +51,8 @@ pub use engine::{
 };
 pub use error::{EngineError, InvokeError, LoadError};
 pub use ids::IdGenerator;
-pub use runtime::{RedriveReport, Runtime, RuntimeError, SubscriptionStatus};
+pub use runtime::{
+    DeployError, DeployReport, Expect, RedriveReport, Runtime, RuntimeError, SubscriptionStatus, TestCase,
+    parse_test_cases,
+};
 pub use subscription::{Invoke, SubscriptionCounters, VERSION_HEADER};

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,10 +11,13 @@ use serde::Serialize;
 use weir_abi::Event;
 
 use crate::config::Config;
+use crate::engine::PluginInfo;
 use crate::engine::{Engine, EngineConfig};
-use crate::error::{EngineError, LoadError};
+use crate::error::{EngineError, InvokeError, LoadError};
 use crate::ids::IdGenerator;
-use crate::store::{DlqEntry, DlqFilter, Published, Store, StoreError, StoreOptions, SubscriptionStats};
+use crate::store::{
+    DlqEntry, DlqFilter, Published, Store, StoreError, StoreOptions, SubscriptionStats, VersionRecord, now_ms,
+};
 use crate::subscription::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 
 /// Why the runtime could not start or an operation failed.
@@ -70,8 +73,8 @@ impl RuntimeError {
 
 struct Sub {
     name: Arc<str>,
-    plugin: String,
-    plugin_version: String,
+    plugin: Mutex<String>,
+    plugin_version: Mutex<String>,
     control: Sender<Control>,
     counters: Arc<SubscriptionCounters>,
     join: Option<JoinHandle<Result<(), StoreError>>>,
@@ -118,6 +121,7 @@ pub struct Runtime {
     ids: Arc<IdGenerator>,
     subs: Vec<Sub>,
     config: Config,
+    engine: Engine,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -190,8 +194,20 @@ impl Runtime {
                 .unwrap_or(crate::DEFAULT_MEMORY_BYTES),
             ..EngineConfig::default()
         })?;
-        // Load every plugin before opening the store: a bad plugin must not
-        // leave a half-started runtime behind.
+        let store = match store {
+            Some(store) => store,
+            None => Store::open(
+                &config.data_dir.join("weir.redb"),
+                StoreOptions {
+                    retention: config.retention,
+                    // Collect at least twice per retention window.
+                    gc_interval: (config.retention / 2).clamp(Duration::from_millis(10), Duration::from_secs(60)),
+                },
+            )?,
+        };
+        // Load every plugin before any worker starts: a bad plugin stops the
+        // start with nothing running. A handler runs its active version from
+        // the registry; the configured file is only its initial version.
         let mut prepared = Vec::new();
         for pipeline in &config.pipelines {
             for handler in &pipeline.handlers {
@@ -205,9 +221,25 @@ impl Runtime {
                     plugin: handler.plugin.display().to_string(),
                     source,
                 };
-                let plugin = engine.load_file(&handler.plugin).map_err(fail)?;
-                let instance =
-                    plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?;
+                let instance = match store.active_version(&name)? {
+                    Some(sha) => {
+                        let bytes = store.module(&sha)?.ok_or_else(|| {
+                            RuntimeError::Store(StoreError::Decode(format!("active module {sha} of {name} is missing")))
+                        })?;
+                        let plugin = engine.load(&bytes).map_err(fail)?;
+                        plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?
+                    }
+                    None => {
+                        let bytes = std::fs::read(&handler.plugin)
+                            .map_err(|source| fail(LoadError::Io { path: handler.plugin.clone(), source }))?;
+                        let plugin = engine.load(&bytes).map_err(fail)?;
+                        let instance = plugin
+                            .handler(handler.limits.clone(), handler.config.clone(), handler.mode)
+                            .map_err(fail)?;
+                        store.deploy_blocking(&name, version_record(plugin.info(), "config", "config"), bytes)?;
+                        instance
+                    }
+                };
                 prepared.push((
                     name,
                     pipeline.topics.clone(),
@@ -216,17 +248,6 @@ impl Runtime {
                 ));
             }
         }
-        let store = match store {
-            Some(store) => store,
-            None => Store::open(
-                &config.data_dir.join("weir.redb"),
-                StoreOptions {
-                    retention: config.retention,
-                    // Collect at least twice per retention window.
-                    gc_interval: (config.retention / 2).clamp(Duration::from_millis(10), Duration::from_secs(60)),
-                },
-            )?,
-        };
         let ids = Arc::new(IdGenerator::new());
         let mut subs = Vec::new();
         for (name, patterns, retry, invoker) in prepared {
@@ -256,10 +277,17 @@ impl Runtime {
                     result
                 })
                 .map_err(|e| RuntimeError::Worker(e.to_string()))?;
-            subs.push(Sub { name, plugin: plugin_name, plugin_version, control: tx, counters, join: Some(join) });
+            subs.push(Sub {
+                name,
+                plugin: Mutex::new(plugin_name),
+                plugin_version: Mutex::new(plugin_version),
+                control: tx,
+                counters,
+                join: Some(join),
+            });
         }
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
-        Ok(Self { store, ids, subs, config: config.clone() })
+        Ok(Self { store, ids, subs, config: config.clone(), engine })
     }
 
     /// The configuration it runs.
@@ -324,8 +352,8 @@ impl Runtime {
                 let cursor = s.counters.cursor.load(Ordering::Relaxed);
                 Ok(SubscriptionStatus {
                     name: s.name.to_string(),
-                    plugin: s.plugin.clone(),
-                    plugin_version: s.plugin_version.clone(),
+                    plugin: s.plugin.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                    plugin_version: s.plugin_version.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                     cursor,
                     lag: head.saturating_sub(cursor),
                     parked: s.counters.parked.load(Ordering::Relaxed),
@@ -426,6 +454,149 @@ impl Runtime {
         self.store.purge_blocking(filter)
     }
 
+    /// Deploy `module` as the new version of `handler` (`<pipeline>/<handler>`).
+    ///
+    /// Before anything changes, the module is compiled and validated (ABI
+    /// version, imports, exports), instantiated with the handler's
+    /// configuration and limits, and run on the `tests` samples: any sandbox
+    /// failure, or an outcome other than a sample expects, refuses the
+    /// deploy. Then the module is stored, recorded in the history and made
+    /// active, and the handler switches between two invocations: the
+    /// invocation in flight finishes on the old version, the next one runs
+    /// the new. The call returns after the switch.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError`]; on any error the running version keeps serving.
+    pub fn deploy(
+        &self,
+        handler: &str,
+        module: Vec<u8>,
+        by: &str,
+        tests: &[TestCase],
+    ) -> Result<DeployReport, DeployError> {
+        self.switch(handler, module, by, "deploy", tests)
+    }
+
+    /// Switch `handler` back to an earlier version from its history: the one
+    /// whose sha256 starts with `to`, or else the latest version that differs
+    /// from the active one.
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError`]; on any error the running version keeps serving.
+    pub fn rollback(&self, handler: &str, to: Option<&str>, by: &str) -> Result<DeployReport, DeployError> {
+        let history = self.store.history(handler)?;
+        if history.is_empty() {
+            return Err(DeployError::UnknownHandler(handler.to_owned()));
+        }
+        let active = self.store.active_version(handler)?.unwrap_or_default();
+        let target = match to {
+            Some(prefix) => {
+                let mut matches: Vec<&VersionRecord> =
+                    history.iter().map(|(_, r)| r).filter(|r| r.sha256.starts_with(prefix)).collect();
+                matches.dedup_by(|a, b| a.sha256 == b.sha256);
+                match matches.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => return Err(DeployError::NoSuchVersion(prefix.to_owned())),
+                    _ => return Err(DeployError::NoSuchVersion(format!("{prefix} (ambiguous: give more characters)"))),
+                }
+            }
+            None => history
+                .iter()
+                .rev()
+                .map(|(_, r)| r)
+                .find(|r| r.sha256 != active)
+                .cloned()
+                .ok_or_else(|| DeployError::NoSuchVersion("an earlier version (there is none)".into()))?,
+        };
+        let module =
+            self.store.module(&target.sha256)?.ok_or_else(|| DeployError::NoSuchVersion(target.sha256.clone()))?;
+        self.switch(handler, module, by, "rollback", &[])
+    }
+
+    /// Each handler with its active version and history length.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn plugins(&self) -> Result<Vec<(String, Option<VersionRecord>, usize)>, StoreError> {
+        self.subs
+            .iter()
+            .map(|s| {
+                let history = self.store.history(&s.name)?;
+                let active = self.store.active_version(&s.name)?;
+                let record =
+                    active.and_then(|sha| history.iter().rev().map(|(_, r)| r).find(|r| r.sha256 == sha).cloned());
+                Ok((s.name.to_string(), record, history.len()))
+            })
+            .collect()
+    }
+
+    /// A handler's history, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn history(&self, handler: &str) -> Result<Vec<(u64, VersionRecord)>, StoreError> {
+        self.store.history(handler)
+    }
+
+    fn switch(
+        &self,
+        handler: &str,
+        module: Vec<u8>,
+        by: &str,
+        action: &str,
+        tests: &[TestCase],
+    ) -> Result<DeployReport, DeployError> {
+        let sub = self
+            .subs
+            .iter()
+            .find(|s| &*s.name == handler)
+            .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
+        let settings = self
+            .config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.handlers.iter().map(move |h| (format!("{}/{}", p.name, h.name), h)))
+            .find(|(name, _)| name == handler)
+            .map(|(_, h)| h.clone())
+            .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
+        let plugin = self.engine.load(&module).map_err(DeployError::Invalid)?;
+        let instance = plugin
+            .handler(settings.limits.clone(), settings.config.clone(), settings.mode)
+            .map_err(DeployError::Invalid)?;
+        // Samples run on a separate instance, so the one that goes live has
+        // seen no event yet.
+        if !tests.is_empty() {
+            let mut probe = plugin
+                .handler(settings.limits.clone(), settings.config.clone(), settings.mode)
+                .map_err(DeployError::Invalid)?;
+            for (i, test) in tests.iter().enumerate() {
+                let outcome =
+                    probe.invoke(weir_abi::DeliveryRef { event: &test.event, subscription: handler, attempt: 1 });
+                check_sample(i, test, &outcome.result)?;
+            }
+        }
+        let previous = self.store.active_version(handler)?;
+        let number = self.store.deploy_blocking(handler, version_record(plugin.info(), by, action), module)?;
+        let (tx, rx) = mpsc::channel();
+        sub.control
+            .send(Control::Swap { invoker: Box::new(instance), reply: tx })
+            .map_err(|_| DeployError::Runtime(format!("{handler} is not running")))?;
+        rx.recv().map_err(|_| DeployError::Runtime(format!("{handler} stopped")))?;
+        *sub.plugin.lock().unwrap_or_else(PoisonError::into_inner) = plugin.info().name();
+        *sub.plugin_version.lock().unwrap_or_else(PoisonError::into_inner) = plugin.info().sha256.clone();
+        tracing::info!(handler, version = number, sha256 = %plugin.info().sha256, action, "plugin switched");
+        Ok(DeployReport {
+            handler: handler.to_owned(),
+            version: number,
+            sha256: plugin.info().sha256.clone(),
+            previous,
+        })
+    }
+
     /// Stop: every worker finishes its current invocation and commits, then
     /// the store commits and closes.
     ///
@@ -462,4 +633,158 @@ impl From<std::sync::mpsc::RecvError> for RuntimeError {
     fn from(_: std::sync::mpsc::RecvError) -> Self {
         Self::Worker("a worker stopped".into())
     }
+}
+
+fn version_record(info: &PluginInfo, by: &str, action: &str) -> VersionRecord {
+    VersionRecord {
+        sha256: info.sha256.clone(),
+        size: info.size as u64,
+        abi_version: info.abi_version,
+        description: info.description.clone(),
+        deployed_at_ms: now_ms(),
+        deployed_by: by.to_owned(),
+        action: action.to_owned(),
+    }
+}
+
+/// What a sample event must produce for a deploy to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// `Ok`, with any number of emits.
+    Ok,
+    /// The handler asks for a retry.
+    Retry,
+    /// The handler rejects it.
+    Reject,
+}
+
+/// A sample event for a deploy, with what it must produce. Without an
+/// expectation the sample only must not fail in the sandbox.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    /// The event.
+    pub event: Event,
+    /// The expected outcome.
+    pub expect: Option<Expect>,
+    /// The expected number of emitted events (with `Ok`).
+    pub emits: Option<usize>,
+}
+
+fn check_sample(
+    index: usize,
+    test: &TestCase,
+    result: &Result<Vec<weir_abi::Emit>, InvokeError>,
+) -> Result<(), DeployError> {
+    let got = match result {
+        Ok(_) => Expect::Ok,
+        Err(InvokeError::HandlerRetry { .. }) => Expect::Retry,
+        Err(InvokeError::HandlerReject { .. }) => Expect::Reject,
+        Err(e) => return Err(DeployError::SampleFailed { index, reason: format!("[{}] {e}", e.code()) }),
+    };
+    if let Some(expect) = test.expect
+        && expect != got
+    {
+        let detail = match result {
+            Err(e) => e.message(),
+            Ok(emits) => format!("{} emitted events", emits.len()),
+        };
+        return Err(DeployError::SampleFailed { index, reason: format!("expected {expect:?}, got {got:?}: {detail}") });
+    }
+    if let (Some(n), Ok(emits)) = (test.emits, result)
+        && emits.len() != n
+    {
+        return Err(DeployError::SampleFailed {
+            index,
+            reason: format!("expected {n} emitted events, got {}", emits.len()),
+        });
+    }
+    Ok(())
+}
+
+/// What a deploy or rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployReport {
+    /// The handler.
+    pub handler: String,
+    /// Its new version number in the history.
+    pub version: u64,
+    /// sha256 of the now active module.
+    pub sha256: String,
+    /// sha256 of the module it replaced.
+    pub previous: Option<String>,
+}
+
+/// Why a deploy or rollback was refused. The running version keeps serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// No such handler.
+    #[error("no handler named {0:?} (handlers are <pipeline>/<handler>)")]
+    UnknownHandler(String),
+    /// The module is not a valid plugin, or refused its configuration.
+    #[error("the module was refused: {0}")]
+    Invalid(#[source] LoadError),
+    /// A sample event failed or did not produce what it expects.
+    #[error("sample event {index} failed: {reason}")]
+    SampleFailed {
+        /// Which sample (0-based).
+        index: usize,
+        /// What happened.
+        reason: String,
+    },
+    /// No version matches.
+    #[error("no version {0} in the history")]
+    NoSuchVersion(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The handler's worker is gone.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl DeployError {
+    /// Stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownHandler(_) => "unknown_handler",
+            Self::Invalid(e) => e.code(),
+            Self::SampleFailed { .. } => "sample_failed",
+            Self::NoSuchVersion(_) => "no_such_version",
+            Self::Store(e) => e.code(),
+            Self::Runtime(_) => "worker",
+        }
+    }
+}
+
+/// Parse sample events for a deploy: each is either a plain event in the
+/// JSON form, or `{ "event": {…}, "expect": "ok" | "retry" | "reject",
+/// "emits": N }`.
+///
+/// # Errors
+///
+/// A message naming the sample and the problem.
+pub fn parse_test_cases(ids: &IdGenerator, samples: &[serde_json::Value]) -> Result<Vec<TestCase>, String> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, sample)| {
+            let (event, expect, emits) = match sample.get("event") {
+                Some(event) => (
+                    event.clone(),
+                    sample.get("expect").map(|e| serde_json::from_value::<Expect>(e.clone())).transpose(),
+                    sample.get("emits").and_then(serde_json::Value::as_u64),
+                ),
+                None => (sample.clone(), Ok(None), None),
+            };
+            let expect =
+                expect.map_err(|e| format!("sample {i}: `expect` must be \"ok\", \"retry\" or \"reject\": {e}"))?;
+            let json: crate::envelope::JsonEvent =
+                serde_json::from_value(event).map_err(|e| format!("sample {i}: not an event: {e}"))?;
+            let event = json.into_event(ids, "weir:deploy-test").map_err(|e| format!("sample {i}: {e}"))?;
+            Ok(TestCase { event, expect, emits: emits.map(|n| n as usize) })
+        })
+        .collect()
 }

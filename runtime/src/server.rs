@@ -36,6 +36,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .route("/v1/dlq/{pipeline}/{handler}/{seq}", get(dlq_show))
         .route("/v1/dlq/redrive", post(dlq_redrive))
         .route("/v1/dlq/purge", post(dlq_purge))
+        .route("/v1/plugins", get(plugins_list))
+        .route("/v1/plugins/{pipeline}/{handler}", get(plugin_history).put(plugin_put))
+        .route("/v1/plugins/{pipeline}/{handler}/deploy", post(plugin_deploy))
+        .route("/v1/plugins/{pipeline}/{handler}/rollback", post(plugin_rollback))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(AppState { runtime })
 }
@@ -269,6 +273,141 @@ async fn dlq_purge(State(state): State<AppState>, headers: HeaderMap, body: Byte
         Ok(Err(e)) => store_error(&e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
+}
+
+fn deploy_answer(
+    result: Result<Result<crate::runtime::DeployReport, crate::runtime::DeployError>, tokio::task::JoinError>,
+) -> Response {
+    use crate::runtime::DeployError;
+    match result {
+        Ok(Ok(report)) => axum::Json(json!(report)).into_response(),
+        Ok(Err(e @ (DeployError::UnknownHandler(_) | DeployError::NoSuchVersion(_)))) => {
+            error(StatusCode::NOT_FOUND, e.code(), e.to_string())
+        }
+        Ok(Err(e @ (DeployError::Invalid(_) | DeployError::SampleFailed { .. }))) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), format!("{e:#}: {}", source_text(&e)))
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+fn source_text(e: &crate::runtime::DeployError) -> String {
+    std::error::Error::source(e).map(ToString::to_string).unwrap_or_default()
+}
+
+async fn plugins_list(State(state): State<AppState>) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.plugins()).await {
+        Ok(Ok(list)) => axum::Json(json!({ "handlers": list.into_iter().map(|(handler, active, versions)| json!({
+            "handler": handler, "active": active, "versions": versions,
+        })).collect::<Vec<_>>() }))
+        .into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn plugin_history(State(state): State<AppState>, Path((pipeline, handler)): Path<(String, String)>) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    let name = format!("{pipeline}/{handler}");
+    match tokio::task::spawn_blocking(move || rt.history(&name)).await {
+        Ok(Ok(history)) => axum::Json(json!({ "history": history.into_iter().map(|(n, r)| json!({ "version": n, "record": r })).collect::<Vec<_>>() })).into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ByParam {
+    by: Option<String>,
+}
+
+async fn plugin_put(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+    Query(by): Query<ByParam>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let rt = Arc::clone(&state.runtime);
+    let by = by.by.unwrap_or_else(|| "http".into());
+    deploy_answer(
+        tokio::task::spawn_blocking(move || rt.deploy(&format!("{pipeline}/{handler}"), body.to_vec(), &by, &[])).await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    module_base64: String,
+    by: Option<String>,
+    #[serde(default)]
+    test_events: Vec<Value>,
+}
+
+async fn plugin_deploy(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use base64::Engine as _;
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let request: DeployBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
+    };
+    let module = match base64::engine::general_purpose::STANDARD.decode(request.module_base64.as_bytes()) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_base64", format!("module_base64: {e}")),
+    };
+    let rt = Arc::clone(&state.runtime);
+    let tests = match crate::runtime::parse_test_cases(rt.ids(), &request.test_events) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_test_event", e),
+    };
+    let by = request.by.unwrap_or_else(|| "http".into());
+    deploy_answer(
+        tokio::task::spawn_blocking(move || rt.deploy(&format!("{pipeline}/{handler}"), module, &by, &tests)).await,
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    to: Option<String>,
+    by: Option<String>,
+}
+
+async fn plugin_rollback(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return *r;
+    }
+    let request: RollbackBody = if body.is_empty() {
+        RollbackBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()),
+        }
+    };
+    let rt = Arc::clone(&state.runtime);
+    let by = request.by.unwrap_or_else(|| "http".into());
+    deploy_answer(
+        tokio::task::spawn_blocking(move || rt.rollback(&format!("{pipeline}/{handler}"), request.to.as_deref(), &by))
+            .await,
+    )
 }
 
 #[cfg(test)]

@@ -69,7 +69,15 @@ pub struct SubscriptionCounters {
 
 pub(crate) enum Control {
     Wake,
-    Redrive { seqs: Vec<u64>, reply: Sender<Result<usize, StoreError>> },
+    /// Replace the handler between two invocations; answer once done.
+    Swap {
+        invoker: Box<dyn Invoke>,
+        reply: Sender<()>,
+    },
+    Redrive {
+        seqs: Vec<u64>,
+        reply: Sender<Result<usize, StoreError>>,
+    },
     Stop,
 }
 
@@ -165,9 +173,22 @@ impl Worker {
                 Control::Wake => {}
                 Control::Stop => self.stop = true,
                 Control::Redrive { seqs, reply } => self.redrives.push((seqs, reply)),
+                Control::Swap { invoker, reply } => {
+                    self.swap(invoker);
+                    let _ = reply.send(());
+                }
             }
         }
         self.stop
+    }
+
+    /// From the next invocation on, run `invoker`. Outcomes already built
+    /// keep the version that produced them.
+    fn swap(&mut self, invoker: Box<dyn Invoke>) {
+        self.version = invoker.version();
+        self.version_short = self.version.chars().take(16).collect();
+        self.spec.plugin_name = invoker.name();
+        self.handler = invoker;
     }
 
     pub(crate) fn run(mut self) -> Result<(), StoreError> {
@@ -208,6 +229,10 @@ impl Worker {
                 match self.rx.recv_timeout(wait) {
                     Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
                     Ok(Control::Redrive { seqs, reply }) => self.redrives.push((seqs, reply)),
+                    Ok(Control::Swap { invoker, reply }) => {
+                        self.swap(invoker);
+                        let _ = reply.send(());
+                    }
                     Ok(Control::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 }
             }

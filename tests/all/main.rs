@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod example_plugins;
+mod hot_swap;
 mod limits;
 mod loading;
 mod raw_abi;

@@ -48,6 +48,12 @@ pub fn config(dir: &std::path::Path, toml: &str) -> weir_runtime::config::Config
     weir_runtime::config::Config::load(&file).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// Hex sha256 of `bytes` (a plugin version's identity).
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A default engine (no artifact cache).
 pub fn engine() -> Engine {
     Engine::new(EngineConfig::default()).unwrap()
@@ -194,6 +200,15 @@ impl Server {
     /// POST with extra headers.
     pub fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, serde_json::Value) {
         let mut request = self.agent.post(format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Self::answer(request.send(body)).unwrap()
+    }
+
+    /// PUT with extra headers.
+    pub fn put_with(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, serde_json::Value) {
+        let mut request = self.agent.put(format!("{}{path}", self.url));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -6,6 +6,7 @@ mod demo;
 mod dlq;
 mod exec;
 mod inspect;
+mod plugin;
 mod publish;
 mod run;
 mod status;
@@ -51,6 +52,9 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Show each subscription's lag, parked events, counters and DLQ size.
     Status(status::StatusArgs),
+    /// Deploy, list, inspect the history of and roll back handler plugins on a
+    /// running server, live.
+    Plugin(plugin::PluginArgs),
     /// The demo: a fan-out pipeline over sample orders on the embedded
     /// store, and what each subscription and the DLQ hold afterwards.
     Demo(demo::DemoArgs),
@@ -106,7 +110,10 @@ fn init_tracing(filter: Option<&str>, default: &str) {
         Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new(default)),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: a log file should not fill with escapes.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 pub(crate) fn main() -> ExitCode {
@@ -121,6 +128,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&args),
         Command::Dlq(args) => dlq::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Plugin(args) => plugin::run(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {

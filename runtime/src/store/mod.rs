@@ -29,7 +29,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_abi::{Event, EventId};
 
-pub use types::{DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, Published, ResultItem, SubscriptionStats};
+pub use types::{
+    DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, Published, ResultItem, SubscriptionStats, VersionRecord,
+};
 
 /// seq → encoded [`Event`].
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
@@ -51,6 +53,12 @@ const INGEST: TableDefinition<'_, &str, ([u8; 16], u64, u64)> = TableDefinition:
 const INGEST_EXPIRY: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("ingest_expiry");
 /// (subscription, counter) → value.
 const STATS: TableDefinition<'_, (&str, &str), u64> = TableDefinition::new("stats");
+/// sha256 (hex) → module bytes: the plugin registry's content store.
+const MODULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("modules");
+/// (handler, n) → encoded [`VersionRecord`]: each handler's deploy history.
+const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("versions");
+/// handler → sha256 of its active module.
+const ACTIVE: TableDefinition<'_, &str, &str> = TableDefinition::new("active");
 /// name → value: `format` holds [`FORMAT_VERSION`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The store layout this build reads and writes.
@@ -139,6 +147,7 @@ enum Command {
     Redrive { subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool> },
     Purge { filter: DlqFilter, reply: Reply<usize> },
     Sync { reply: Reply<()> },
+    Deploy { handler: String, record: Box<VersionRecord>, module: Vec<u8>, reply: Reply<u64> },
 }
 
 /// Options of [`Store::open`].
@@ -270,6 +279,9 @@ impl Store {
             txn.open_table(INGEST).map_err(incompatible)?;
             txn.open_table(INGEST_EXPIRY).map_err(incompatible)?;
             txn.open_table(STATS).map_err(incompatible)?;
+            txn.open_table(MODULES).map_err(incompatible)?;
+            txn.open_table(VERSIONS).map_err(incompatible)?;
+            txn.open_table(ACTIVE).map_err(incompatible)?;
         }
         txn.commit().map_err(storage)?;
         let head = {
@@ -478,6 +490,62 @@ impl Store {
         Ok(out)
     }
 
+    /// Record a deployed module: store its bytes (once per sha256), append
+    /// `record` to the handler's history and make it the active version, in
+    /// one transaction. Answers the version's number in the history.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error.
+    pub fn deploy_blocking(&self, handler: &str, record: VersionRecord, module: Vec<u8>) -> Result<u64, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Deploy {
+            handler: handler.to_owned(),
+            record: Box::new(record),
+            module,
+            reply: Box::new(move |r| drop(tx.send(r))),
+        });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The sha256 of a handler's active module, if it has one.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn active_version(&self, handler: &str) -> Result<Option<String>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(ACTIVE).map_err(storage)?;
+        Ok(table.get(handler).map_err(storage)?.map(|v| v.value().to_owned()))
+    }
+
+    /// A stored module's bytes.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(MODULES).map_err(storage)?;
+        Ok(table.get(sha256).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// A handler's deploy history, oldest first, with version numbers.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn history(&self, handler: &str) -> Result<Vec<(u64, VersionRecord)>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(VERSIONS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.range((handler, 0)..=(handler, u64::MAX)).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((k.value().1, decode(v.value())?));
+        }
+        Ok(out)
+    }
+
     /// Entries per table, for diagnostics: `log`, `parked`, `dlq`,
     /// `idempotency`, `ingest_dedup`.
     ///
@@ -550,6 +618,7 @@ fn fail(command: Command, error: StoreError) {
         Command::Redrive { reply, .. } => reply(Err(error)),
         Command::Purge { reply, .. } => reply(Err(error)),
         Command::Sync { reply } => reply(Err(error)),
+        Command::Deploy { reply, .. } => reply(Err(error)),
     }
 }
 
@@ -558,6 +627,7 @@ enum Answer {
     Unit(Reply<()>),
     Bool(Reply<bool>, bool),
     Count(Reply<usize>, usize),
+    Number(Reply<u64>, u64),
 }
 
 impl Answer {
@@ -567,6 +637,7 @@ impl Answer {
             Self::Unit(r) => r(Ok(())),
             Self::Bool(r, v) => r(Ok(v)),
             Self::Count(r, v) => r(Ok(v)),
+            Self::Number(r, v) => r(Ok(v)),
         }
     }
 
@@ -576,6 +647,7 @@ impl Answer {
             Self::Unit(r) => r(Err(e)),
             Self::Bool(r, _) => r(Err(e)),
             Self::Count(r, _) => r(Err(e)),
+            Self::Number(r, _) => r(Err(e)),
         }
     }
 }
@@ -735,6 +807,24 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                     answers.push(Answer::Count(reply, doomed.len()));
                 }
                 Command::Sync { reply } => answers.push(Answer::Unit(reply)),
+                Command::Deploy { handler, record, module, reply } => {
+                    let mut modules = w.txn.open_table(MODULES).map_err(storage)?;
+                    if modules.get(record.sha256.as_str()).map_err(storage)?.is_none() {
+                        modules.insert(record.sha256.as_str(), module.as_slice()).map_err(storage)?;
+                    }
+                    let mut versions = w.txn.open_table(VERSIONS).map_err(storage)?;
+                    let next = versions
+                        .range((handler.as_str(), 0)..=(handler.as_str(), u64::MAX))
+                        .map_err(storage)?
+                        .next_back()
+                        .transpose()
+                        .map_err(storage)?
+                        .map_or(1, |(k, _)| k.value().1 + 1);
+                    versions.insert((handler.as_str(), next), encode(&*record)?.as_slice()).map_err(storage)?;
+                    let mut active = w.txn.open_table(ACTIVE).map_err(storage)?;
+                    active.insert(handler.as_str(), record.sha256.as_str()).map_err(storage)?;
+                    answers.push(Answer::Number(reply, next));
+                }
             }
         }
         for ((sub, name), add) in stats {
@@ -763,6 +853,7 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
 
 /// The tables of one write transaction.
 struct Writes<'t> {
+    txn: &'t WriteTransaction,
     log: redb::Table<'t, u64, &'static [u8]>,
     cursors: redb::Table<'t, &'static str, u64>,
     parked: redb::Table<'t, (&'static str, u64), &'static [u8]>,
@@ -779,6 +870,7 @@ struct Writes<'t> {
 impl<'t> Writes<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
+            txn,
             log: txn.open_table(LOG).map_err(storage)?,
             cursors: txn.open_table(CURSORS).map_err(storage)?,
             parked: txn.open_table(PARKED).map_err(storage)?,

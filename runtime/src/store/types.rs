@@ -100,6 +100,25 @@ pub struct DlqEntry {
     pub last_failure_ms: u64,
 }
 
+/// One entry of a handler's deploy history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// sha256 of the module: the version's identity.
+    pub sha256: String,
+    /// Module size in bytes.
+    pub size: u64,
+    /// ABI version it speaks.
+    pub abi_version: u32,
+    /// What the plugin says about itself (name, own version, topics).
+    pub description: Option<weir_abi::PluginDescription>,
+    /// When it became active (ms since the Unix epoch).
+    pub deployed_at_ms: u64,
+    /// Who or what deployed it, as given (`config`, `watch`, a user name).
+    pub deployed_by: String,
+    /// `config` (the initial version), `deploy`, `rollback` or `watch`.
+    pub action: String,
+}
+
 /// Which DLQ entries an operation applies to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DlqFilter {

@@ -1,0 +1,139 @@
+//! `weir plugin`: deploy, list, history and rollback on a running server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::client::{Client, ServerArgs};
+
+#[derive(Debug, Args)]
+pub(crate) struct PluginArgs {
+    #[command(subcommand)]
+    command: PluginCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate a module and make it the handler's active version, live: the
+    /// invocation in flight finishes on the old version, the next runs the new.
+    #[command(after_help = "\
+A test-events file holds one sample per line: a plain event (it must not fail in the sandbox),
+or {\"event\": {…}, \"expect\": \"ok\" | \"retry\" | \"reject\", \"emits\": N}. Any sample that traps,
+times out, or does not produce what it expects refuses the deploy; the running version stays.")]
+    Deploy {
+        /// `<pipeline>/<handler>`.
+        handler: String,
+        /// The module (.wasm).
+        file: PathBuf,
+        /// Sample events the candidate must pass first (JSON lines).
+        #[arg(long, value_name = "FILE")]
+        test_events: Option<PathBuf>,
+        /// Who deploys, recorded in the history [default: $USER].
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Each handler with its active version.
+    List,
+    /// A handler's deploy history.
+    History {
+        /// `<pipeline>/<handler>`.
+        handler: String,
+    },
+    /// Switch back to an earlier version (the previous one by default).
+    Rollback {
+        /// `<pipeline>/<handler>`.
+        handler: String,
+        /// sha256 (or a unique prefix) of the version to run.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+fn split(handler: &str) -> anyhow::Result<(&str, &str)> {
+    handler.split_once('/').with_context(|| format!("{handler:?} is not <pipeline>/<handler>"))
+}
+
+pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server);
+    match &args.command {
+        PluginCommand::Deploy { handler, file, test_events, by } => {
+            let (pipeline, name) = split(handler)?;
+            let module = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut samples = Vec::new();
+            if let Some(path) = test_events {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                    let value: Value = serde_json::from_str(line)
+                        .with_context(|| format!("{}:{}: not valid JSON", path.display(), i + 1))?;
+                    samples.push(value);
+                }
+            }
+            let by = by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+            let body = json!({
+                "module_base64": base64::engine::general_purpose::STANDARD.encode(&module),
+                "by": by,
+                "test_events": samples,
+            });
+            let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/deploy"), &body)?;
+            println!(
+                "{handler}: version {} active ({}), replacing {}",
+                answer["version"],
+                short(&answer["sha256"]),
+                short(&answer["previous"])
+            );
+        }
+        PluginCommand::List => {
+            let answer = client.get("/v1/plugins")?;
+            println!("{:<28} {:<14} {:<18} {:>8}  DEPLOYED BY", "HANDLER", "ACTIVE", "PLUGIN", "VERSIONS");
+            for h in answer["handlers"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let active = &h["active"];
+                println!(
+                    "{:<28} {:<14} {:<18} {:>8}  {}",
+                    h["handler"].as_str().unwrap_or(""),
+                    short(&active["sha256"]),
+                    active["description"]["name"].as_str().unwrap_or("-"),
+                    h["versions"].as_u64().unwrap_or(0),
+                    active["deployed_by"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        PluginCommand::History { handler } => {
+            let (pipeline, name) = split(handler)?;
+            let answer = client.get(&format!("/v1/plugins/{pipeline}/{name}"))?;
+            let history = answer["history"].as_array().cloned().unwrap_or_default();
+            if history.is_empty() {
+                bail!("no history for {handler}: is it a handler of the running configuration?");
+            }
+            println!("{:>4}  {:<14} {:<10} {:<24} {:>9}  BY", "#", "SHA256", "ACTION", "DEPLOYED", "BYTES");
+            for entry in &history {
+                let r = &entry["record"];
+                let at = r["deployed_at_ms"].as_i64().unwrap_or(0) * 1_000_000;
+                println!(
+                    "{:>4}  {:<14} {:<10} {:<24} {:>9}  {}",
+                    entry["version"].as_u64().unwrap_or(0),
+                    short(&r["sha256"]),
+                    r["action"].as_str().unwrap_or(""),
+                    weir_runtime::envelope::format_time(at),
+                    r["size"].as_u64().unwrap_or(0),
+                    r["deployed_by"].as_str().unwrap_or("")
+                );
+            }
+        }
+        PluginCommand::Rollback { handler, to } => {
+            let (pipeline, name) = split(handler)?;
+            let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/rollback"), &json!({ "to": to }))?;
+            println!("{handler}: rolled back to {} (version {})", short(&answer["sha256"]), answer["version"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(v: &Value) -> String {
+    v.as_str().map_or_else(|| "-".into(), |s| s.chars().take(12).collect())
+}
