@@ -276,3 +276,141 @@ fn admin_calls_need_the_token_and_the_cli_deploys_and_rolls_back() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+/// A plugin crate outside the workspace, built for real by cargo.
+fn write_watched_crate(dir: &std::path::Path, version: u32, broken: bool) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "watched"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib"]
+
+[dependencies]
+weir-sdk = {{ path = {sdk:?} }}
+serde_json = "1"
+
+[profile.plugin]
+inherits = "release"
+opt-level = 3
+lto = true
+codegen-units = 1
+panic = "abort"
+debug = false
+strip = true
+
+[workspace]
+"#,
+            sdk = root.join("plugin-sdk").display().to_string()
+        ),
+    )
+    .unwrap();
+    // The workspace's lock file: the same dependency versions, available offline.
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let wasi = if broken {
+        "#[cfg(target_arch = \"wasm32\")]\n#[link(wasm_import_module = \"wasi_snapshot_preview1\")]\nunsafe extern \"C\" { fn proc_exit(code: i32); }\n"
+    } else {
+        ""
+    };
+    let call = if broken { "#[cfg(target_arch = \"wasm32\")]\n    unsafe { proc_exit(0) };\n" } else { "" };
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        format!(
+            r#"use weir_sdk::prelude::*;
+{wasi}
+#[weir_sdk::handler]
+fn handle(event: &Event, _ctx: &mut Context) -> Result<Vec<Emit>, HandlerError> {{
+    {call}
+    Ok(vec![event.emit("swap.event.handled").json(&serde_json::json!({{ "version": {version}, "event_id": event.id.to_string() }}))?])
+}}
+"#
+        ),
+    )
+    .unwrap();
+}
+
+fn cargo_build_watched(dir: &std::path::Path, target_dir: &std::path::Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(dir)
+        .args(["build", "--offline", "--profile", "plugin", "--target", "wasm32-unknown-unknown", "--target-dir"])
+        .arg(target_dir);
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_MANIFEST_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "cargo build failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn watch_redeploys_after_a_real_cargo_build_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Inside the repository's target directory, so rust-toolchain.toml applies
+    // and the dependencies the plugins already built are reused.
+    let plugins_target = std::path::Path::new(plugins::ORDER_VALIDATOR).ancestors().nth(3).unwrap().to_path_buf();
+    let krate = tempfile::tempdir_in(plugins_target.parent().unwrap()).unwrap();
+    write_watched_crate(krate.path(), 1, false);
+    cargo_build_watched(krate.path(), &plugins_target);
+    let wasm = plugins_target.join("wasm32-unknown-unknown/plugin/watched.wasm");
+    assert!(wasm.is_file());
+
+    let toml = format!(
+        "[[pipelines]]\nname = \"dev\"\ntopics = [\"jobs.job.created\"]\n[[pipelines.handlers]]\nname = \"h\"\nplugin = {:?}\n",
+        wasm.display().to_string()
+    );
+    let mut server = Server::start_with_args(dir.path(), &toml, &["--watch"]);
+    // How many versions the handler's history holds after one more event.
+    let handled_version = |server: &Server, n: usize| -> u64 {
+        let (status, _) = server.post("/v1/events", &json!({ "topic": "jobs.job.created", "key": "k", "payload": n }));
+        assert_eq!(status, 200);
+        assert!(server.wait_idle(Duration::from_secs(30)));
+        let (_, history) = server.get("/v1/plugins/dev/h");
+        history["history"].as_array().unwrap().len() as u64
+    };
+    assert_eq!(handled_version(&server, 0), 1, "only the initial version");
+
+    write_watched_crate(krate.path(), 2, false);
+    cargo_build_watched(krate.path(), &plugins_target);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server.stderr().contains("deployed") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.stderr().contains("weir: watch: dev/h: deployed"), "{}", server.stderr());
+    assert_eq!(handled_version(&server, 1), 2);
+
+    write_watched_crate(krate.path(), 3, true);
+    cargo_build_watched(krate.path(), &plugins_target);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server.stderr().contains("was refused") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stderr = server.stderr();
+    assert!(stderr.contains("was refused") && stderr.contains("wasi_snapshot_preview1::proc_exit"), "{stderr}");
+    assert_eq!(handled_version(&server, 2), 2, "the broken build did not replace version 2");
+    assert!(server.terminate().success());
+
+    // The outputs say which version handled each event: 1, then 2, then 2.
+    let store = weir_runtime::store::Store::open(&dir.path().join("data/weir.redb"), Default::default()).unwrap();
+    let versions: Vec<u64> = store
+        .read_log(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.topic == "swap.event.handled")
+        .map(|(_, e)| serde_json::from_slice::<Value>(&e.payload).unwrap()["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 2]);
+}

@@ -101,12 +101,18 @@ pub struct Server {
     pub config: PathBuf,
     agent: ureq::Agent,
     stderr_path: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl Server {
     /// Write a config (see [`config`] for `{NAME}` plugin placeholders) with
     /// the data directory in `dir` and a free port, and start `weir run`.
     pub fn start(dir: &std::path::Path, toml: &str) -> Self {
+        Self::start_with_args(dir, toml, &[])
+    }
+
+    /// [`Server::start`] with extra `weir run` arguments.
+    pub fn start_with_args(dir: &std::path::Path, toml: &str, args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut text =
             format!("data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n", dir.join("data").display().to_string());
@@ -128,6 +134,7 @@ impl Server {
             config,
             agent,
             stderr_path: dir.join("weir-run.stderr"),
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.restart();
         server
@@ -140,6 +147,7 @@ impl Server {
         let child = Command::new(weir_bin())
             .args(["run", "--config"])
             .arg(&self.config)
+            .args(&self.extra_args)
             .stderr(stderr)
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -17,6 +17,11 @@ pub(crate) struct RunArgs {
     /// Listen address, overriding `http.listen`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
+    /// Dev mode: redeploy a handler when its configured .wasm file changes
+    /// (debounced, validated first; a broken build is refused and the running
+    /// version stays).
+    #[arg(long)]
+    watch: bool,
 }
 
 pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -47,11 +52,28 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         runtime.subscriptions().len(),
         config.data_dir.display()
     );
+    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = if args.watch {
+        let (rt, stop) = (Arc::clone(&runtime), Arc::clone(&stop_watch));
+        let files: Vec<(String, PathBuf)> = config
+            .pipelines
+            .iter()
+            .flat_map(|p| p.handlers.iter().map(move |h| (format!("{}/{}", p.name, h.name), h.plugin.clone())))
+            .collect();
+        eprintln!("weir: watching {} plugin file(s) for changes", files.len());
+        Some(std::thread::Builder::new().name("weir-watch".into()).spawn(move || watch(&rt, &files, &stop))?)
+    } else {
+        None
+    };
     let app = server::router(Arc::clone(&runtime));
     tokio.block_on(async move {
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")
     })?;
     drop(tokio);
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(handle) = watcher {
+        let _ = handle.join();
+    }
     eprintln!("weir: stopping: finishing in-flight invocations and committing");
     let runtime = Arc::try_unwrap(runtime).map_err(|_| anyhow::anyhow!("the runtime is still in use at shutdown"))?;
     runtime.shutdown()?;
@@ -77,5 +99,60 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// What identifies a file's content cheaply: modification time and length.
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Poll the plugin files; when one has changed and then stayed the same for
+/// a moment (a build finished writing it), deploy it to its handlers.
+fn watch(runtime: &Runtime, files: &[(String, PathBuf)], stop: &std::sync::atomic::AtomicBool) {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+    const POLL: Duration = Duration::from_millis(200);
+    const SETTLE: Duration = Duration::from_millis(400);
+    let mut seen: HashMap<PathBuf, Option<(std::time::SystemTime, u64)>> =
+        files.iter().map(|(_, p)| (p.clone(), stamp(p))).collect();
+    let mut changed: HashMap<PathBuf, Instant> = HashMap::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(POLL);
+        for (path, last) in &mut seen {
+            let now = stamp(path);
+            if now != *last {
+                *last = now;
+                changed.insert(path.clone(), Instant::now());
+            }
+        }
+        let ready: Vec<PathBuf> =
+            changed.iter().filter(|(_, at)| at.elapsed() >= SETTLE).map(|(p, _)| p.clone()).collect();
+        for path in ready {
+            changed.remove(&path);
+            let Ok(bytes) = std::fs::read(&path) else {
+                eprintln!("weir: watch: cannot read {}; the running versions stay", path.display());
+                continue;
+            };
+            use sha2::Digest;
+            let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            for (handler, _) in files.iter().filter(|(_, p)| *p == path) {
+                // Rewritten with the same content (a no-op rebuild): nothing to do.
+                if runtime.store().active_version(handler).ok().flatten().as_deref() == Some(sha.as_str()) {
+                    continue;
+                }
+                match runtime.deploy(handler, bytes.clone(), "watch", &[]) {
+                    Ok(report) => {
+                        eprintln!("weir: watch: {handler}: deployed {} from {}", &report.sha256[..12], path.display())
+                    }
+                    Err(e) => eprintln!(
+                        "weir: watch: {handler}: {} was refused, the running version stays: {e:#}{}",
+                        path.display(),
+                        std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default()
+                    ),
+                }
+            }
+        }
     }
 }
