@@ -225,6 +225,98 @@ fn latency(native: bool, rate: usize, seconds: u64) -> (Duration, Duration, Dura
     (pct(0.50), pct(0.99), pct(0.999), samples.len())
 }
 
+/// Throughput of the 2-way fan-out with the `versioned` plugins, swapping
+/// both handlers between v1 and v2 every `every` (or never), and for each
+/// swap the time from `deploy` returning to the first event handled by the
+/// new version being committed.
+fn swaps(n: usize, every: Option<Duration>) -> (f64, Vec<Duration>, Vec<Duration>, Vec<Duration>) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = {:?}\n[[pipelines]]\nname = \"bench\"\ntopics = [\"orders.order.created\"]\n\
+         [[pipelines.handlers]]\nname = \"a\"\nplugin = {v1:?}\n[[pipelines.handlers]]\nname = \"b\"\nplugin = {v1:?}\n",
+        dir.path().join("data").display().to_string(),
+        v1 = plugins::VERSIONED_V1,
+    );
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    let rt = Arc::new(Runtime::start(&Config::load(&path).unwrap()).unwrap());
+    let modules = [std::fs::read(plugins::VERSIONED_V1).unwrap(), std::fs::read(plugins::VERSIONED_V2).unwrap()];
+    let publisher = {
+        let rt = Arc::clone(&rt);
+        std::thread::spawn(move || {
+            let ids = IdGenerator::new();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let mut in_flight = 0;
+            for i in (0..n).step_by(500) {
+                if in_flight >= 16 {
+                    done_rx.recv().unwrap();
+                    in_flight -= 1;
+                }
+                in_flight += 1;
+                let done = done_tx.clone();
+                rt.publish(
+                    events(&ids, i, 500.min(n - i)),
+                    Box::new(move |r| {
+                        r.unwrap();
+                        let _ = done.send(());
+                    }),
+                );
+            }
+            for _ in 0..in_flight {
+                done_rx.recv().unwrap();
+            }
+        })
+    };
+    let started = Instant::now();
+    let (mut to_first, mut to_invoked, mut call) = (Vec::new(), Vec::new(), Vec::new());
+    let a = rt.counters("bench/a").unwrap();
+    let mut next = 1;
+    loop {
+        let head = rt.store().head();
+        if publisher.is_finished() && min_cursor(&rt) >= head && rt.is_idle() {
+            break;
+        }
+        let Some(every) = every else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        std::thread::sleep(every);
+        // Swap only while both subscriptions still have inputs to handle
+        // (the log also holds their outputs, which they skip), so the switch
+        // happens mid-flow.
+        if ["bench/a", "bench/b"]
+            .iter()
+            .any(|s| rt.counters(s).unwrap().handled.load(Ordering::Relaxed) as usize + 20_000 >= n)
+        {
+            continue;
+        }
+        let t = Instant::now();
+        for handler in ["bench/a", "bench/b"] {
+            rt.deploy(handler, modules[next].clone(), "bench", &[]).unwrap();
+        }
+        next = 1 - next;
+        let returned = Instant::now();
+        call.push(returned - t);
+        // First invocation by the new version of bench/a, then its commit.
+        let handled = a.handled.load(Ordering::Relaxed);
+        let give_up = returned + Duration::from_secs(10);
+        // Poll gently: a spinning thread would take a core from the workers.
+        while a.handled.load(Ordering::Relaxed) == handled && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        to_invoked.push(returned.elapsed());
+        let cursor = a.cursor.load(Ordering::Relaxed);
+        while a.cursor.load(Ordering::Relaxed) == cursor && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        to_first.push(returned.elapsed());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    publisher.join().unwrap();
+    Arc::try_unwrap(rt).unwrap().shutdown().unwrap();
+    (n as f64 / secs, to_first, to_invoked, call)
+}
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -250,6 +342,28 @@ fn main() {
             n as f64 / t.total_secs,
             t.commits,
             t.commands as f64 / t.commits.max(1) as f64
+        );
+    }
+    println!("\nhot swap: the same fan-out with the `versioned` plugin, both handlers swapped v1 ↔ v2\n");
+    println!(
+        "| run | events/s end to end | swaps | deploy call (median) | deploy return → first event handled by the new version (median) | … and committed (median, max) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for every in [None, Some(Duration::from_secs(1))] {
+        let (rate, mut first, mut invoked, mut call) = swaps(2 * n, every);
+        first.sort();
+        invoked.sort();
+        call.sort();
+        let med =
+            |v: &[Duration]| v.get(v.len() / 2).map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3));
+        let max = first.last().map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3));
+        println!(
+            "| {} | {rate:.0} | {} | {} | {} | {}, {max} |",
+            if every.is_some() { "a swap every second" } else { "no swaps" },
+            call.len(),
+            med(&call),
+            med(&invoked),
+            med(&first)
         );
     }
     println!("\npublish→handled latency at {rate} events/s for {seconds} s (handled = both subscriptions committed)\n");
