@@ -231,7 +231,8 @@ fn kill_9_during_a_20000_event_fan_out_loses_nothing_and_applies_nothing_twice()
     // while the subscriptions are still catching up.
     let mut kills_while_publishing = 0;
     while !done.load(Ordering::Relaxed) && kills_while_publishing < 8 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
+        // Early and often enough that the kills land while publishing.
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
         server.kill9();
         kills_while_publishing += 1;
         server.restart();

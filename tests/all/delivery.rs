@@ -223,20 +223,27 @@ topics = ["jobs.job.started"]
 name = "flaky"
 plugin = "{FLAKY}"
 config = { succeed_on_attempt = 3 }
-retry = { max_attempts = 5, initial_backoff = "150ms", multiplier = 1.0, jitter = 0.0 }
+retry = { max_attempts = 5, initial_backoff = "1s", multiplier = 1.0, jitter = 0.0 }
 [[pipelines.handlers]]
 name = "audit"
 plugin = "{AUDIT_LOGGER}"
 "#;
     let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
-    // Key "k" retries twice (≥ 300 ms) before its first event is handled;
-    // its second event must come after it.
+    // Key "k" retries twice (≥ 2 s) before its first event is handled; its
+    // second event must come after it.
     let k1 = event(r#"{"topic":"jobs.job.started","key":"k","payload":1}"#);
     let k2 = event(r#"{"topic":"jobs.job.started","key":"k","payload":2}"#);
     rt.publish_blocking(vec![k1.clone(), k2.clone()]).unwrap();
-    // The other subscription is not held up by the retries.
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(rt.counters("jobs/audit").unwrap().handled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // The other subscription is not held up by the retries: it handles both
+    // events while the flaky one has handled none.
+    let audit = rt.counters("jobs/audit").unwrap();
+    let flaky = rt.counters("jobs/flaky").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while audit.handled.load(std::sync::atomic::Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(audit.handled.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(flaky.handled.load(std::sync::atomic::Ordering::Relaxed), 0, "still retrying its first event");
     assert!(rt.wait_idle(IDLE));
     let handled: Vec<Event> = by_topic(&log(&rt), "flaky.event.handled").into_iter().cloned().collect();
     let order: Vec<_> = handled.iter().map(|e| e.causation_id.unwrap()).collect();
