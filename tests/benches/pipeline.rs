@@ -108,24 +108,13 @@ fn min_cursor(rt: &Runtime) -> u64 {
     ["bench/a", "bench/b"].iter().map(|s| rt.counters(s).unwrap().cursor.load(Ordering::Relaxed)).min().unwrap()
 }
 
-struct Throughput {
-    publish_secs: f64,
-    total_secs: f64,
-    commits: u64,
-    commands: u64,
-}
-
-fn throughput(native: bool, n: usize) -> Throughput {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = Arc::new(start(dir.path(), native));
-    let ids = IdGenerator::new();
-    let batches: Vec<Vec<Event>> = (0..n).step_by(500).map(|i| events(&ids, i, 500.min(n - i))).collect();
-    // Many producers at once, as over HTTP: up to 16 batches in flight. The
-    // publisher blocks (as a client waiting on its socket would) rather than
-    // spinning, so it does not steal CPU from the runtime.
+/// Publish every batch and return once all are acknowledged. Many producers
+/// at once, as over HTTP: up to 16 batches in flight. The publisher blocks
+/// (as a client waiting on its socket would) rather than spinning, so it does
+/// not steal CPU from the runtime.
+fn publish_all(rt: &Runtime, batches: impl IntoIterator<Item = Vec<Event>>) {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let mut in_flight = 0;
-    let started = Instant::now();
     for batch in batches {
         if in_flight >= 16 {
             done_rx.recv().unwrap();
@@ -144,6 +133,22 @@ fn throughput(native: bool, n: usize) -> Throughput {
     for _ in 0..in_flight {
         done_rx.recv().unwrap();
     }
+}
+
+struct Throughput {
+    publish_secs: f64,
+    total_secs: f64,
+    commits: u64,
+    commands: u64,
+}
+
+fn throughput(native: bool, n: usize) -> Throughput {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(start(dir.path(), native));
+    let ids = IdGenerator::new();
+    let batches: Vec<Vec<Event>> = (0..n).step_by(500).map(|i| events(&ids, i, 500.min(n - i))).collect();
+    let started = Instant::now();
+    publish_all(&rt, batches);
     let publish_secs = started.elapsed().as_secs_f64();
     // Handled = both subscriptions committed past every event (their own
     // emits included).
@@ -245,26 +250,7 @@ fn swaps(n: usize, every: Option<Duration>) -> (f64, Vec<Duration>, Vec<Duration
         let rt = Arc::clone(&rt);
         std::thread::spawn(move || {
             let ids = IdGenerator::new();
-            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-            let mut in_flight = 0;
-            for i in (0..n).step_by(500) {
-                if in_flight >= 16 {
-                    done_rx.recv().unwrap();
-                    in_flight -= 1;
-                }
-                in_flight += 1;
-                let done = done_tx.clone();
-                rt.publish(
-                    events(&ids, i, 500.min(n - i)),
-                    Box::new(move |r| {
-                        r.unwrap();
-                        let _ = done.send(());
-                    }),
-                );
-            }
-            for _ in 0..in_flight {
-                done_rx.recv().unwrap();
-            }
+            publish_all(&rt, (0..n).step_by(500).map(|i| events(&ids, i, 500.min(n - i))));
         })
     };
     let started = Instant::now();
