@@ -37,6 +37,7 @@ pub mod envelope;
 mod error;
 mod ids;
 pub mod ingest;
+pub mod metrics;
 mod runtime;
 pub mod server;
 pub mod store;

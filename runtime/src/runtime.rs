@@ -366,6 +366,105 @@ impl Runtime {
             .collect()
     }
 
+    /// The Prometheus text exposition of every subscription's and the
+    /// store's numbers (`GET /metrics`).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn metrics(&self) -> Result<String, StoreError> {
+        use crate::metrics::{header, label};
+        use std::fmt::Write as _;
+        let status = self.status()?;
+        let mut out = String::with_capacity(8192);
+        let per_sub =
+            |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&SubscriptionStatus) -> u64| {
+                header(out, name, kind, help);
+                for s in &status {
+                    let _ = writeln!(out, "{name}{{subscription=\"{}\"}} {}", label(&s.name), value(s));
+                }
+            };
+        per_sub(
+            &mut out,
+            "weir_subscription_queue_depth",
+            "gauge",
+            "Events in the log the subscription has not read yet.",
+            &|s| s.lag,
+        );
+        per_sub(
+            &mut out,
+            "weir_subscription_parked",
+            "gauge",
+            "Events waiting for a retry or behind an earlier event with their key.",
+            &|s| s.parked,
+        );
+        per_sub(&mut out, "weir_subscription_dlq_depth", "gauge", "Events in the dead-letter queue.", &|s| s.dlq);
+        per_sub(&mut out, "weir_subscription_invocations_total", "counter", "Handler invocations since start.", &|s| {
+            s.invocations
+        });
+        header(&mut out, "weir_subscription_events_total", "counter", "Committed outcomes by kind.");
+        for s in &status {
+            for (kind, value) in [
+                ("handled", s.stats.handled),
+                ("duplicate", s.stats.duplicates),
+                ("retry", s.stats.retries),
+                ("dead_lettered", s.stats.dead_lettered),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "weir_subscription_events_total{{subscription=\"{}\",outcome=\"{kind}\"}} {value}",
+                    label(&s.name)
+                );
+            }
+        }
+        per_sub(
+            &mut out,
+            "weir_subscription_emitted_total",
+            "counter",
+            "Events emitted by the handler and committed.",
+            &|s| s.stats.emitted,
+        );
+        header(&mut out, "weir_plugin_info", "gauge", "The active plugin of each subscription (value 1).");
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "weir_plugin_info{{subscription=\"{}\",plugin=\"{}\",version=\"{}\"}} 1",
+                label(&s.name),
+                label(&s.plugin),
+                label(&s.plugin_version)
+            );
+        }
+        header(&mut out, "weir_processing_seconds", "histogram", "Time per handler invocation.");
+        for sub in &self.subs {
+            sub.counters.processing.render(
+                &mut out,
+                "weir_processing_seconds",
+                &format!("subscription=\"{}\"", label(&sub.name)),
+            );
+        }
+        header(&mut out, "weir_end_to_end_seconds", "histogram", "Event time to handled, for handled events.");
+        for sub in &self.subs {
+            sub.counters.end_to_end.render(
+                &mut out,
+                "weir_end_to_end_seconds",
+                &format!("subscription=\"{}\"", label(&sub.name)),
+            );
+        }
+        let (commits, commands) = self.store.commit_stats();
+        header(&mut out, "weir_log_head", "gauge", "Sequence number the next appended event gets.");
+        let _ = writeln!(out, "weir_log_head {}", self.store.head());
+        header(&mut out, "weir_store_commits_total", "counter", "Durable group commits since start.");
+        let _ = writeln!(out, "weir_store_commits_total {commits}");
+        header(
+            &mut out,
+            "weir_store_commands_total",
+            "counter",
+            "Commands (publishes, outcome batches, admin) committed since start.",
+        );
+        let _ = writeln!(out, "weir_store_commands_total {commands}");
+        Ok(out)
+    }
+
     /// Whether every subscription has read the whole log and committed, with
     /// nothing parked.
     #[must_use]

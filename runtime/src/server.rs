@@ -30,6 +30,7 @@ struct AppState {
 pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/events", post(publish))
         .route("/v1/status", get(status))
         .route("/v1/dlq", get(dlq_list))
@@ -84,6 +85,15 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>>
             "unauthorized",
             "this endpoint needs `Authorization: Bearer <admin token>`",
         )))
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.metrics()).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 

@@ -65,6 +65,10 @@ pub struct SubscriptionCounters {
     pub parked: AtomicU64,
     /// Last failure, as `code: message`.
     pub last_failure: Mutex<Option<String>>,
+    /// Time per invocation, successful or not.
+    pub processing: crate::metrics::Histogram,
+    /// Event time to handled (invocation done), for handled events.
+    pub end_to_end: crate::metrics::Histogram,
 }
 
 pub(crate) enum Control {
@@ -369,6 +373,7 @@ impl Worker {
             }
         }
         let result = invocation.result.and_then(|emits| self.check_emits(emits));
+        self.counters.processing.observe(started.elapsed());
         tracing::trace!(subscription = %self.spec.name, seq, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "invoked");
         match result {
             Ok(emits) => {
@@ -388,6 +393,8 @@ impl Worker {
                 self.batch_keys.insert(event.idempotency_key.clone());
                 self.items.push(ResultItem::Handled { seq, key: event.idempotency_key.clone(), record, emits: events });
                 self.counters.handled.fetch_add(1, Ordering::Relaxed);
+                let age_nanos = now_nanos().saturating_sub(event.time).max(0);
+                self.counters.end_to_end.observe(Duration::from_nanos(age_nanos as u64));
             }
             Err(error) => self.failed(seq, event, prior, attempt, &error),
         }

@@ -9,5 +9,6 @@ mod example_plugins;
 mod hot_swap;
 mod limits;
 mod loading;
+mod metrics;
 mod raw_abi;
 mod server;
