@@ -103,6 +103,8 @@ pub struct SubscriptionStatus {
     pub invocations: u64,
     /// Last failure since start, `code: message`.
     pub last_failure: Option<String>,
+    /// `failing` (dead letters waiting), `retrying` (events parked) or `ok`.
+    pub state: &'static str,
 }
 
 /// What a redrive did.
@@ -350,14 +352,24 @@ impl Runtime {
             .iter()
             .map(|s| {
                 let cursor = s.counters.cursor.load(Ordering::Relaxed);
+                let parked = s.counters.parked.load(Ordering::Relaxed);
+                let dlq = dlq_counts.get(&*s.name).copied().unwrap_or(0);
+                let state = if dlq > 0 {
+                    "failing"
+                } else if parked > 0 {
+                    "retrying"
+                } else {
+                    "ok"
+                };
                 Ok(SubscriptionStatus {
+                    state,
                     name: s.name.to_string(),
                     plugin: s.plugin.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                     plugin_version: s.plugin_version.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                     cursor,
                     lag: head.saturating_sub(cursor),
-                    parked: s.counters.parked.load(Ordering::Relaxed),
-                    dlq: dlq_counts.get(&*s.name).copied().unwrap_or(0),
+                    parked,
+                    dlq,
                     stats: self.store.stats(&s.name)?,
                     invocations: s.counters.invocations.load(Ordering::Relaxed),
                     last_failure: s.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
@@ -424,6 +436,20 @@ impl Runtime {
             "Events emitted by the handler and committed.",
             &|s| s.stats.emitted,
         );
+        header(
+            &mut out,
+            "weir_plugin_swaps_total",
+            "counter",
+            "Plugin versions switched in by deploy or rollback since start.",
+        );
+        for sub in &self.subs {
+            let _ = writeln!(
+                out,
+                "weir_plugin_swaps_total{{subscription=\"{}\"}} {}",
+                label(&sub.name),
+                sub.counters.swaps.load(Ordering::Relaxed)
+            );
+        }
         header(&mut out, "weir_plugin_info", "gauge", "The active plugin of each subscription (value 1).");
         for s in &status {
             let _ = writeln!(
@@ -450,6 +476,18 @@ impl Runtime {
                 &format!("subscription=\"{}\"", label(&sub.name)),
             );
         }
+        let (published, duplicates) = self.store.publish_stats();
+        header(&mut out, "weir_ingest_events_total", "counter", "Published events stored since start.");
+        let _ = writeln!(out, "weir_ingest_events_total {published}");
+        header(
+            &mut out,
+            "weir_ingest_duplicates_total",
+            "counter",
+            "Published events refused as duplicates of a known idempotency key since start.",
+        );
+        let _ = writeln!(out, "weir_ingest_duplicates_total {duplicates}");
+        header(&mut out, "weir_store_commit_seconds", "histogram", "Time per durable group commit (apply and fsync).");
+        self.store.render_commit_latency(&mut out, "weir_store_commit_seconds");
         let (commits, commands) = self.store.commit_stats();
         header(&mut out, "weir_log_head", "gauge", "Sequence number the next appended event gets.");
         let _ = writeln!(out, "weir_log_head {}", self.store.head());

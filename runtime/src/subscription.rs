@@ -65,6 +65,8 @@ pub struct SubscriptionCounters {
     pub parked: AtomicU64,
     /// Last failure, as `code: message`.
     pub last_failure: Mutex<Option<String>>,
+    /// Plugin versions switched in by deploy or rollback since start.
+    pub swaps: AtomicU64,
     /// Time per invocation, successful or not.
     pub processing: crate::metrics::Histogram,
     /// Event time to handled (invocation done), for handled events.
@@ -193,6 +195,7 @@ impl Worker {
         self.version_short = self.version.chars().take(16).collect();
         self.spec.plugin_name = invoker.name();
         self.handler = invoker;
+        self.counters.swaps.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn run(mut self) -> Result<(), StoreError> {

@@ -93,4 +93,16 @@ fn metrics_are_valid_and_follow_a_backlog_as_it_drains() {
     assert!(value(&after, "weir_processing_seconds_sum{subscription=\"work/slow\"}") >= 2.0);
     assert_eq!(value(&after, "weir_end_to_end_seconds_count{subscription=\"work/audit\"}"), 10.0);
     assert!(value(&after, "weir_store_commits_total") > value(&before, "weir_store_commits_total"));
+    assert_eq!(value(&after, "weir_ingest_events_total"), 10.0);
+    assert!(value(&after, "weir_store_commit_seconds_count") >= 1.0);
+
+    // `weir status` shows the slow subscription failing, with its DLQ count.
+    let out = weir_tests::weir(&["status", "--server", &server.url], &dir.path().join("cache"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("work/slow")).unwrap_or_else(|| panic!("{text}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[1], "failing", "{line}");
+    assert_eq!(fields[6], "10", "DLQ column: {line}");
+    let audit = text.lines().find(|l| l.starts_with("work/audit")).unwrap();
+    assert_eq!(audit.split_whitespace().nth(1), Some("ok"));
 }

@@ -29,8 +29,9 @@ pub(crate) fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     for s in answer["subscriptions"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         println!(
-            "{:<28} {:>8} {:>8} {:>9} {:>8} {:>6} {} {}",
+            "{:<28} {:<9} {:>8} {:>8} {:>9} {:>8} {:>6} {} {}",
             s["name"].as_str().unwrap_or(""),
+            s["state"].as_str().unwrap_or(""),
             n(&s["lag"]),
             n(&s["parked"]),
             n(&s["stats"]["handled"]),

@@ -177,6 +177,11 @@ struct Shared {
     watchers: Mutex<Vec<Box<dyn Fn() -> bool + Send>>>,
     commits: AtomicU64,
     committed_commands: AtomicU64,
+    /// Time per group commit (apply + fsync).
+    commit_latency: crate::metrics::Histogram,
+    /// Events published (stored) and publishes refused as duplicates.
+    published: AtomicU64,
+    published_duplicates: AtomicU64,
     /// Names expiry batches; starts at the open time in nanoseconds so names
     /// never repeat across restarts.
     batches: AtomicU64,
@@ -297,6 +302,9 @@ impl Store {
             watchers: Mutex::new(Vec::new()),
             commits: AtomicU64::new(0),
             committed_commands: AtomicU64::new(0),
+            commit_latency: crate::metrics::Histogram::default(),
+            published: AtomicU64::new(0),
+            published_duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
         });
         let (tx, rx) = mpsc::channel();
@@ -313,6 +321,18 @@ impl Store {
     #[must_use]
     pub fn head(&self) -> u64 {
         self.shared.head.load(Ordering::Acquire)
+    }
+
+    /// Events published and stored, and publishes answered as duplicates,
+    /// since open.
+    #[must_use]
+    pub fn publish_stats(&self) -> (u64, u64) {
+        (self.shared.published.load(Ordering::Relaxed), self.shared.published_duplicates.load(Ordering::Relaxed))
+    }
+
+    /// Append the commit-latency histogram as metric `name`.
+    pub fn render_commit_latency(&self, out: &mut String, name: &str) {
+        self.shared.commit_latency.render(out, name, "");
     }
 
     /// Group-commit statistics: (commits, commands committed).
@@ -679,8 +699,17 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Command>, options: &StoreOptions) 
             continue;
         }
         let count = batch.len() as u64;
+        let started = std::time::Instant::now();
         match commit_group(shared, batch, options, gc_due) {
             Ok((answers, appended)) => {
+                shared.commit_latency.observe(started.elapsed());
+                for answer in &answers {
+                    if let Answer::Published(_, list) = answer {
+                        let dups = list.iter().filter(|p| p.duplicate).count() as u64;
+                        shared.published.fetch_add(list.len() as u64 - dups, Ordering::Relaxed);
+                        shared.published_duplicates.fetch_add(dups, Ordering::Relaxed);
+                    }
+                }
                 if gc_due {
                     next_gc = now_ms() + options.gc_interval.as_millis() as u64;
                 }
