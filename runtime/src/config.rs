@@ -49,7 +49,15 @@ struct RawConfig {
     #[serde(default)]
     engine: RawEngine,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +105,15 @@ struct RawHandler {
     limits: RawLimits,
     #[serde(default)]
     retry: RawRetry,
+    #[serde(default)]
+    ready: RawReady,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReady {
+    max_dlq: Option<u64>,
+    max_lag: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +125,7 @@ struct RawLimits {
     max_output_bytes: Option<usize>,
     max_emits: Option<usize>,
     instance: Option<String>,
+    log_lines_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +200,29 @@ pub struct HandlerConfig {
     pub mode: InstanceMode,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Plugin log lines let through per second (and the burst allowed);
+    /// the rest are counted and dropped. Default 100.
+    pub log_lines_per_second: u32,
+    /// When `GET /ready` calls this subscription degraded.
+    pub ready: ReadyThresholds,
+}
+
+/// Default plugin log lines per second per subscription.
+pub const DEFAULT_LOG_LINES_PER_SECOND: u32 = 100;
+
+/// Thresholds past which `GET /ready` reports a subscription as degraded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyThresholds {
+    /// More DLQ entries than this is degraded. Default 1000.
+    pub max_dlq: u64,
+    /// Further behind the newest event than this is degraded. Default 5 min.
+    pub max_lag: Duration,
+}
+
+impl Default for ReadyThresholds {
+    fn default() -> Self {
+        Self { max_dlq: 1000, max_lag: Duration::from_secs(300) }
+    }
 }
 
 /// A pipeline: topic patterns and the handlers that each receive every
@@ -215,6 +256,9 @@ pub struct Config {
     pub artifact_cache: bool,
     /// Meter fuel (needed for fuel limits).
     pub fuel: bool,
+    /// Time invocations and commits for the latency histograms (`[metrics]
+    /// enabled`, default on). Counters are kept either way: status needs them.
+    pub metrics: bool,
     /// The pipelines.
     pub pipelines: Vec<PipelineConfig>,
 }
@@ -300,7 +344,27 @@ impl Config {
                 let (limits, mode) = limits(&rh.limits, raw.engine.fuel.unwrap_or(false))
                     .map_err(|(field, reason)| err(&format!("{key}.limits.{field}"), reason))?;
                 let retry = retry(&rh.retry).map_err(|(field, reason)| err(&format!("{key}.retry.{field}"), reason))?;
-                handlers.push(HandlerConfig { name: rh.name, plugin, config, limits, mode, retry });
+                let log_lines_per_second = rh.limits.log_lines_per_second.unwrap_or(DEFAULT_LOG_LINES_PER_SECOND);
+                if log_lines_per_second == 0 {
+                    return Err(err(&format!("{key}.limits.log_lines_per_second"), "must be at least 1".into()));
+                }
+                let mut ready = ReadyThresholds::default();
+                if let Some(n) = rh.ready.max_dlq {
+                    ready.max_dlq = n;
+                }
+                if let Some(text) = &rh.ready.max_lag {
+                    ready.max_lag = duration(text).map_err(|e| err(&format!("{key}.ready.max_lag"), e))?;
+                }
+                handlers.push(HandlerConfig {
+                    name: rh.name,
+                    plugin,
+                    config,
+                    limits,
+                    mode,
+                    retry,
+                    log_lines_per_second,
+                    ready,
+                });
             }
             if handlers.is_empty() {
                 return Err(err(&format!("{key}.handlers"), "a pipeline needs at least one handler".into()));
@@ -317,6 +381,7 @@ impl Config {
             max_payload_bytes,
             artifact_cache: raw.engine.artifact_cache.unwrap_or(true),
             fuel: raw.engine.fuel.unwrap_or(false),
+            metrics: raw.metrics.enabled.unwrap_or(true),
             pipelines,
         })
     }

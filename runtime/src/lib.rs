@@ -53,7 +53,7 @@ pub use engine::{
 pub use error::{EngineError, InvokeError, LoadError};
 pub use ids::IdGenerator;
 pub use runtime::{
-    DeployError, DeployReport, Expect, RedriveReport, Runtime, RuntimeError, SubscriptionStatus, TestCase,
-    parse_test_cases,
+    DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
+    TestCase, parse_test_cases,
 };
 pub use subscription::{Invoke, SubscriptionCounters, VERSION_HEADER};

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bucket upper bounds in seconds, from 50 µs to 10 s.
 pub const BUCKETS: [f64; 14] =
@@ -35,6 +35,20 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Per-bucket counts (not cumulative), the last one for values over the
+    /// largest bound.
+    #[must_use]
+    pub fn snapshot(&self) -> Buckets {
+        let mut out = [0; BUCKETS.len() + 1];
+        let mut within = 0;
+        for (slot, bucket) in out.iter_mut().zip(&self.buckets) {
+            *slot = bucket.load(Ordering::Relaxed);
+            within += *slot;
+        }
+        out[BUCKETS.len()] = self.count().saturating_sub(within);
+        out
+    }
+
     /// Append this histogram's sample lines for metric `name` with `labels`.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         // `labels` may be empty (a metric without labels).
@@ -55,6 +69,107 @@ impl Histogram {
             let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
         }
     }
+}
+
+/// Per-bucket counts of a [`Histogram`], overflow last.
+pub type Buckets = [u64; BUCKETS.len() + 1];
+
+/// Samples kept per subscription, one a second: rates and quantiles cover
+/// the last `WINDOW` seconds.
+pub const WINDOW: usize = 10;
+
+/// A subscription's counters at one instant.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    at: Instant,
+    handled: u64,
+    processing: Buckets,
+    end_to_end: Buckets,
+}
+
+impl Sample {
+    /// Read `counters` now.
+    #[must_use]
+    pub fn take(counters: &crate::subscription::SubscriptionCounters) -> Self {
+        Self {
+            at: Instant::now(),
+            handled: counters.handled.load(Ordering::Relaxed),
+            processing: counters.processing.snapshot(),
+            end_to_end: counters.end_to_end.snapshot(),
+        }
+    }
+}
+
+/// Recent throughput and latency of a subscription, from its sample window.
+/// Quantiles are `None` when nothing was timed in the window.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Rate {
+    /// Seconds the window covers (0 until two samples exist).
+    pub window_seconds: f64,
+    /// Events handled per second over the window.
+    pub events_per_second: f64,
+    /// Median time per invocation, ms.
+    pub processing_p50_ms: Option<f64>,
+    /// 99th percentile time per invocation, ms.
+    pub processing_p99_ms: Option<f64>,
+    /// Median event time → handled, ms.
+    pub end_to_end_p50_ms: Option<f64>,
+    /// 99th percentile event time → handled, ms.
+    pub end_to_end_p99_ms: Option<f64>,
+}
+
+impl Rate {
+    /// From the oldest sample of `window` to `now` (a sample just taken, so
+    /// events of the last second count too).
+    #[must_use]
+    pub fn of(window: &std::collections::VecDeque<Sample>, now: &Sample) -> Self {
+        let (Some(first), last) = (window.front(), now) else { return Self::default() };
+        let secs = last.at.saturating_duration_since(first.at).as_secs_f64();
+        if secs <= 0.0 {
+            return Self::default();
+        }
+        let delta = |a: &Buckets, b: &Buckets| -> Buckets {
+            let mut d = [0; BUCKETS.len() + 1];
+            for (i, slot) in d.iter_mut().enumerate() {
+                *slot = b[i].saturating_sub(a[i]);
+            }
+            d
+        };
+        let processing = delta(&first.processing, &last.processing);
+        let end_to_end = delta(&first.end_to_end, &last.end_to_end);
+        let ms = |q: Option<f64>| q.map(|s| (s * 1e6).round() / 1e3);
+        Self {
+            window_seconds: (secs * 10.0).round() / 10.0,
+            events_per_second: (last.handled.saturating_sub(first.handled) as f64 / secs * 10.0).round() / 10.0,
+            processing_p50_ms: ms(quantile(&processing, 0.5)),
+            processing_p99_ms: ms(quantile(&processing, 0.99)),
+            end_to_end_p50_ms: ms(quantile(&end_to_end, 0.5)),
+            end_to_end_p99_ms: ms(quantile(&end_to_end, 0.99)),
+        }
+    }
+}
+
+/// The `q` quantile in seconds of bucket counts, interpolated linearly
+/// within its bucket as Prometheus' `histogram_quantile` does; values past
+/// the largest bound report that bound.
+#[must_use]
+pub fn quantile(buckets: &Buckets, q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut seen = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n > 0 && (seen + n) as f64 >= rank {
+            let Some(&upper) = BUCKETS.get(i) else { return BUCKETS.last().copied() };
+            let lower = if i == 0 { 0.0 } else { BUCKETS[i - 1] };
+            let within = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        seen += n;
+    }
+    BUCKETS.last().copied()
 }
 
 /// Escape a label value.
@@ -86,5 +201,21 @@ mod tests {
         assert!(out.contains("x_seconds_bucket{s=\"a\",le=\"10\"} 2\n"));
         assert!(out.contains("x_seconds_bucket{s=\"a\",le=\"+Inf\"} 3\n"));
         assert!(out.contains("x_seconds_count{s=\"a\"} 3\n"));
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = Histogram::default();
+        assert_eq!(quantile(&h.snapshot(), 0.5), None);
+        // 100 observations in (1 ms, 2.5 ms]: the median lies halfway.
+        for _ in 0..100 {
+            h.observe(Duration::from_micros(2000));
+        }
+        let p50 = quantile(&h.snapshot(), 0.5).unwrap();
+        assert!((p50 - 0.001_75).abs() < 1e-9, "{p50}");
+        // One slow outlier past every bound: p99 stays in the bucket, p100 is the last bound.
+        h.observe(Duration::from_secs(60));
+        assert!(quantile(&h.snapshot(), 0.99).unwrap() <= 0.002_5);
+        assert_eq!(quantile(&h.snapshot(), 1.0), Some(10.0));
     }
 }

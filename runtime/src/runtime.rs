@@ -1,6 +1,6 @@
 //! The running system: store, engine, one worker thread per subscription.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use weir_abi::Event;
 
-use crate::config::Config;
+use crate::config::{Config, ReadyThresholds};
 use crate::engine::PluginInfo;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{EngineError, InvokeError, LoadError};
 use crate::ids::IdGenerator;
+use crate::metrics::{Sample, WINDOW};
 use crate::store::{
     DlqEntry, DlqFilter, Published, Store, StoreError, StoreOptions, SubscriptionStats, VersionRecord, now_ms,
 };
@@ -73,6 +74,12 @@ impl RuntimeError {
 
 struct Sub {
     name: Arc<str>,
+    pipeline: String,
+    handler: String,
+    topics: Vec<String>,
+    ready: ReadyThresholds,
+    /// Recent samples of the counters, for rates and recent quantiles.
+    window: Arc<Mutex<VecDeque<Sample>>>,
     plugin: Mutex<String>,
     plugin_version: Mutex<String>,
     control: Sender<Control>,
@@ -85,6 +92,12 @@ struct Sub {
 pub struct SubscriptionStatus {
     /// `<pipeline>/<handler>`.
     pub name: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The handler within it.
+    pub handler: String,
+    /// The pipeline's topic patterns.
+    pub topics: Vec<String>,
     /// Plugin name.
     pub plugin: String,
     /// sha256 of the active plugin module.
@@ -93,6 +106,9 @@ pub struct SubscriptionStatus {
     pub cursor: u64,
     /// Events in the log not yet read by this subscription.
     pub lag: u64,
+    /// Seconds between the oldest unread event and the newest event in the
+    /// log (by event time); 0 when caught up.
+    pub lag_seconds: f64,
     /// Events parked (retrying or waiting behind their key).
     pub parked: u64,
     /// DLQ entries.
@@ -105,6 +121,32 @@ pub struct SubscriptionStatus {
     pub last_failure: Option<String>,
     /// `failing` (dead letters waiting), `retrying` (events parked) or `ok`.
     pub state: &'static str,
+    /// Rates and latency quantiles over the last few seconds.
+    pub rate: crate::metrics::Rate,
+    /// Plugin resource use.
+    pub resources: Resources,
+}
+
+/// A subscription's plugin resource numbers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resources {
+    /// Fuel consumed since start (0 unless `engine.fuel` is on).
+    pub fuel_consumed: u64,
+    /// Largest linear memory of the active version's instances, bytes.
+    pub memory_high_water_bytes: u64,
+    /// Plugin log lines written.
+    pub plugin_log_lines: u64,
+    /// Plugin log lines dropped by the rate limit or the byte cap.
+    pub plugin_log_lines_dropped: u64,
+}
+
+/// What `GET /ready` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// `ready`, `degraded` (serving, with reasons) or `not_ready`.
+    pub status: &'static str,
+    /// Why it is not plainly ready.
+    pub reasons: Vec<String>,
 }
 
 /// What a redrive did.
@@ -122,6 +164,8 @@ pub struct Runtime {
     store: Store,
     ids: Arc<IdGenerator>,
     subs: Vec<Sub>,
+    /// Dropping it stops the sampler thread.
+    sampler: Option<(Sender<()>, JoinHandle<()>)>,
     config: Config,
     engine: Engine,
 }
@@ -215,7 +259,7 @@ impl Runtime {
             for handler in &pipeline.handlers {
                 let name = format!("{}/{}", pipeline.name, handler.name);
                 if let Some(invoker) = native.remove(&name) {
-                    prepared.push((name, pipeline.topics.clone(), handler.retry.clone(), invoker));
+                    prepared.push((name, pipeline, handler, invoker));
                     continue;
                 }
                 let fail = |source| RuntimeError::Plugin {
@@ -242,17 +286,12 @@ impl Runtime {
                         instance
                     }
                 };
-                prepared.push((
-                    name,
-                    pipeline.topics.clone(),
-                    handler.retry.clone(),
-                    Box::new(instance) as Box<dyn Invoke>,
-                ));
+                prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>));
             }
         }
         let ids = Arc::new(IdGenerator::new());
         let mut subs = Vec::new();
-        for (name, patterns, retry, invoker) in prepared {
+        for (name, pipeline, handler, invoker) in prepared {
             let name: Arc<str> = Arc::from(name);
             let (tx, rx) = mpsc::channel();
             let counters = Arc::new(SubscriptionCounters::default());
@@ -261,10 +300,12 @@ impl Runtime {
             let spec = Spec {
                 name: Arc::clone(&name),
                 plugin_name: plugin_name.clone(),
-                patterns,
-                retry,
+                patterns: pipeline.topics.clone(),
+                retry: handler.retry.clone(),
                 retention: config.retention,
                 max_payload_bytes: config.max_payload_bytes,
+                log_lines_per_second: handler.log_lines_per_second,
+                timing: config.metrics,
             };
             let worker = Worker::new(spec, store.clone(), invoker, Arc::clone(&ids), Arc::clone(&counters), rx)?;
             let wake = tx.clone();
@@ -281,6 +322,11 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Worker(e.to_string()))?;
             subs.push(Sub {
                 name,
+                pipeline: pipeline.name.clone(),
+                handler: handler.name.clone(),
+                topics: pipeline.topics.iter().map(ToString::to_string).collect(),
+                ready: handler.ready.clone(),
+                window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
                 plugin: Mutex::new(plugin_name),
                 plugin_version: Mutex::new(plugin_version),
                 control: tx,
@@ -288,8 +334,9 @@ impl Runtime {
                 join: Some(join),
             });
         }
+        let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
-        Ok(Self { store, ids, subs, config: config.clone(), engine })
+        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine })
     }
 
     /// The configuration it runs.
@@ -343,6 +390,10 @@ impl Runtime {
     /// Storage errors.
     pub fn status(&self) -> Result<Vec<SubscriptionStatus>, StoreError> {
         let head = self.store.head();
+        let head_time = match head.checked_sub(1) {
+            Some(newest) => self.store.event(newest)?.map(|e| e.time),
+            None => None,
+        };
         let dlq = self.store.dlq(&DlqFilter::default())?;
         let mut dlq_counts: BTreeMap<&str, u64> = BTreeMap::new();
         for entry in &dlq {
@@ -361,9 +412,31 @@ impl Runtime {
                 } else {
                     "ok"
                 };
+                let lag_seconds = match head_time {
+                    Some(newest) if cursor < head => self
+                        .store
+                        .event(cursor)?
+                        .map_or(0.0, |oldest| newest.saturating_sub(oldest.time).max(0) as f64 / 1e9),
+                    _ => 0.0,
+                };
+                let c = &s.counters;
                 Ok(SubscriptionStatus {
                     state,
                     name: s.name.to_string(),
+                    pipeline: s.pipeline.clone(),
+                    handler: s.handler.clone(),
+                    topics: s.topics.clone(),
+                    lag_seconds,
+                    rate: crate::metrics::Rate::of(
+                        &s.window.lock().unwrap_or_else(PoisonError::into_inner),
+                        &Sample::take(c),
+                    ),
+                    resources: Resources {
+                        fuel_consumed: c.fuel_consumed.load(Ordering::Relaxed),
+                        memory_high_water_bytes: c.memory_high_water_bytes.load(Ordering::Relaxed),
+                        plugin_log_lines: c.plugin_log_lines.load(Ordering::Relaxed),
+                        plugin_log_lines_dropped: c.plugin_log_lines_dropped.load(Ordering::Relaxed),
+                    },
                     plugin: s.plugin.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                     plugin_version: s.plugin_version.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                     cursor,
@@ -376,6 +449,43 @@ impl Runtime {
                 })
             })
             .collect()
+    }
+
+    /// Readiness for `GET /ready`: `not_ready` when the store cannot take
+    /// writes or a worker has stopped; `degraded` (still serving) when a
+    /// subscription's DLQ or lag is past its `ready` thresholds. A storage
+    /// error while reading is `not_ready` with the error as the reason.
+    #[must_use]
+    pub fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if let Some(failure) = self.store.failure() {
+            reasons.push(failure);
+        }
+        for sub in &self.subs {
+            if sub.join.as_ref().is_none_or(JoinHandle::is_finished) {
+                reasons.push(format!("subscription {} has stopped", sub.name));
+            }
+        }
+        if !reasons.is_empty() {
+            return Readiness { status: "not_ready", reasons };
+        }
+        let status = match self.status() {
+            Ok(status) => status,
+            Err(e) => return Readiness { status: "not_ready", reasons: vec![format!("reading status: {e}")] },
+        };
+        for (s, sub) in status.iter().zip(&self.subs) {
+            if s.dlq > sub.ready.max_dlq {
+                reasons.push(format!("{}: {} DLQ entries, over the threshold of {}", s.name, s.dlq, sub.ready.max_dlq));
+            }
+            let max_lag = sub.ready.max_lag.as_secs_f64();
+            if s.lag_seconds > max_lag {
+                reasons.push(format!(
+                    "{}: {:.1} s behind the newest event, over the threshold of {max_lag} s",
+                    s.name, s.lag_seconds
+                ));
+            }
+        }
+        Readiness { status: if reasons.is_empty() { "ready" } else { "degraded" }, reasons }
     }
 
     /// The Prometheus text exposition of every subscription's and the
@@ -410,6 +520,16 @@ impl Runtime {
             "Events waiting for a retry or behind an earlier event with their key.",
             &|s| s.parked,
         );
+        header(
+            &mut out,
+            "weir_subscription_lag_seconds",
+            "gauge",
+            "Event-time distance from the oldest unread event to the newest event in the log.",
+        );
+        for s in &status {
+            let _ =
+                writeln!(out, "weir_subscription_lag_seconds{{subscription=\"{}\"}} {}", label(&s.name), s.lag_seconds);
+        }
         per_sub(&mut out, "weir_subscription_dlq_depth", "gauge", "Events in the dead-letter queue.", &|s| s.dlq);
         per_sub(&mut out, "weir_subscription_invocations_total", "counter", "Handler invocations since start.", &|s| {
             s.invocations
@@ -459,6 +579,32 @@ impl Runtime {
                 label(&s.plugin),
                 label(&s.plugin_version)
             );
+        }
+        per_sub(
+            &mut out,
+            "weir_plugin_fuel_consumed_total",
+            "counter",
+            "Fuel consumed by invocations (only with engine.fuel = true).",
+            &|s| s.resources.fuel_consumed,
+        );
+        per_sub(
+            &mut out,
+            "weir_plugin_memory_high_water_bytes",
+            "gauge",
+            "Largest linear memory of the active plugin version's instances.",
+            &|s| s.resources.memory_high_water_bytes,
+        );
+        header(&mut out, "weir_plugin_log_lines_total", "counter", "Plugin log lines, written or dropped.");
+        for s in &status {
+            for (outcome, value) in
+                [("written", s.resources.plugin_log_lines), ("dropped", s.resources.plugin_log_lines_dropped)]
+            {
+                let _ = writeln!(
+                    out,
+                    "weir_plugin_log_lines_total{{subscription=\"{}\",outcome=\"{outcome}\"}} {value}",
+                    label(&s.name)
+                );
+            }
         }
         header(&mut out, "weir_processing_seconds", "histogram", "Time per handler invocation.");
         for sub in &self.subs {
@@ -741,6 +887,10 @@ impl Runtime {
     ///
     /// The first worker or store error met while stopping.
     pub fn shutdown(mut self) -> Result<(), RuntimeError> {
+        if let Some((stop, join)) = self.sampler.take() {
+            drop(stop);
+            let _ = join.join();
+        }
         for sub in &self.subs {
             let _ = sub.control.send(Control::Stop);
         }
@@ -764,6 +914,32 @@ impl Runtime {
         tracing::info!("runtime stopped");
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Sample every subscription's counters once a second into its window: the
+/// source of events/s and recent p50/p99 in status and the dashboard.
+fn spawn_sampler(subs: &[Sub]) -> Result<(Sender<()>, JoinHandle<()>), RuntimeError> {
+    let targets: Vec<_> = subs.iter().map(|s| (Arc::clone(&s.counters), Arc::clone(&s.window))).collect();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let sample_all = move || {
+        for (counters, window) in &targets {
+            let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
+            window.push_back(Sample::take(counters));
+            while window.len() > WINDOW + 1 {
+                window.pop_front();
+            }
+        }
+    };
+    sample_all();
+    let join = std::thread::Builder::new()
+        .name("weir-sampler".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
+                sample_all();
+            }
+        })
+        .map_err(|e| RuntimeError::Worker(e.to_string()))?;
+    Ok((stop, join))
 }
 
 impl From<std::sync::mpsc::RecvError> for RuntimeError {

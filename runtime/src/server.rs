@@ -29,7 +29,9 @@ struct AppState {
 /// Build the router for `runtime`.
 pub fn router(runtime: Arc<Runtime>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/events", post(publish))
         .route("/v1/status", get(status))
@@ -97,8 +99,31 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The operator's dashboard: one self-contained page (inline CSS and JS, no
+/// CDN) compiled into the binary, so it works offline and always matches the
+/// API it talks to.
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+
+async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], DASHBOARD_HTML)
+        .into_response()
+}
+
 async fn health() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: 200 for `ready` and `degraded` (it still serves; the reasons
+/// say what to look at), 503 for `not_ready`.
+async fn ready(State(state): State<AppState>) -> Response {
+    let rt = Arc::clone(&state.runtime);
+    match tokio::task::spawn_blocking(move || rt.readiness()).await {
+        Ok(r) => {
+            let code = if r.status == "not_ready" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            (code, axum::Json(json!(r))).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {

@@ -71,6 +71,15 @@ pub struct SubscriptionCounters {
     pub processing: crate::metrics::Histogram,
     /// Event time to handled (invocation done), for handled events.
     pub end_to_end: crate::metrics::Histogram,
+    /// Fuel consumed by invocations (when the engine meters fuel).
+    pub fuel_consumed: AtomicU64,
+    /// Largest linear memory seen of the active plugin's instances, bytes
+    /// (reset by a swap).
+    pub memory_high_water_bytes: AtomicU64,
+    /// Plugin log lines written to the host's log.
+    pub plugin_log_lines: AtomicU64,
+    /// Plugin log lines dropped by the rate limit or the per-invocation cap.
+    pub plugin_log_lines_dropped: AtomicU64,
 }
 
 pub(crate) enum Control {
@@ -94,6 +103,53 @@ pub(crate) struct Spec {
     pub(crate) retry: RetryPolicy,
     pub(crate) retention: Duration,
     pub(crate) max_payload_bytes: usize,
+    /// Plugin log lines let through per second (also the burst).
+    pub(crate) log_lines_per_second: u32,
+    /// Time invocations for the latency histograms (`[metrics] enabled`).
+    pub(crate) timing: bool,
+}
+
+/// A token bucket for plugin log lines: a chatty plugin is cut to the
+/// configured rate, and what was dropped is reported once a second, so the
+/// host's log shows that lines are missing and how many.
+struct LogLimiter {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+    dropped_since_report: u64,
+    reported: Instant,
+}
+
+impl LogLimiter {
+    fn new(rate: u32) -> Self {
+        let now = Instant::now();
+        let rate = f64::from(rate.max(1));
+        Self { rate, tokens: rate, refilled: now, dropped_since_report: 0, reported: now }
+    }
+
+    /// Whether one more line may be written now.
+    fn admit(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped_since_report += 1;
+            false
+        }
+    }
+
+    /// Lines dropped since the last report, if a report is due.
+    fn due_report(&mut self, now: Instant) -> Option<u64> {
+        if self.dropped_since_report > 0 && now.saturating_duration_since(self.reported) >= Duration::from_secs(1) {
+            self.reported = now;
+            Some(std::mem::take(&mut self.dropped_since_report))
+        } else {
+            None
+        }
+    }
 }
 
 /// The batch handed to the writer and not yet acknowledged: its commit
@@ -125,6 +181,7 @@ pub(crate) struct Worker {
     stop: bool,
     /// Redrive requests taken while busy: the seqs and where to answer.
     redrives: Vec<Redrive>,
+    logs: LogLimiter,
 }
 
 impl Worker {
@@ -149,6 +206,7 @@ impl Worker {
         counters.cursor.store(cursor, Ordering::Relaxed);
         counters.parked.store(parked.len() as u64, Ordering::Relaxed);
         Ok(Self {
+            logs: LogLimiter::new(spec.log_lines_per_second),
             version_short: version.chars().take(16).collect(),
             version,
             spec,
@@ -196,6 +254,7 @@ impl Worker {
         self.spec.plugin_name = invoker.name();
         self.handler = invoker;
         self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        self.counters.memory_high_water_bytes.store(0, Ordering::Relaxed);
     }
 
     pub(crate) fn run(mut self) -> Result<(), StoreError> {
@@ -352,32 +411,29 @@ impl Worker {
         let prior = self.parked.get(&seq).cloned();
         let attempt = prior.as_ref().map_or(0, |p| p.attempts) + 1;
         self.counters.invocations.fetch_add(1, Ordering::Relaxed);
-        let started = Instant::now();
+        // Disabled unless the filter enables debug for `weir::invoke`: a
+        // span per event is too dear to pay by default at 100k events/s.
+        let span = tracing::debug_span!(
+            target: "weir::invoke",
+            "invoke",
+            subscription = %self.spec.name,
+            seq,
+            topic = %event.topic,
+            event_id = %event.id,
+            correlation_id = event.correlation_id.map(|c| c.to_string()),
+            plugin_version = %self.version_short,
+            attempt,
+        );
+        let _entered = span.enter();
+        let started = self.spec.timing.then(Instant::now);
         let invocation = self.handler.invoke(DeliveryRef { event, subscription: &self.spec.name, attempt });
-        for line in &invocation.logs {
-            let (sub, plugin, id, msg) = (&*self.spec.name, &self.spec.plugin_name, event.id, &line.message);
-            // tracing needs the level at compile time: one arm per level.
-            match line.level {
-                LogLevel::Error => {
-                    tracing::error!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
-                }
-                LogLevel::Warn => {
-                    tracing::warn!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
-                }
-                LogLevel::Info => {
-                    tracing::info!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
-                }
-                LogLevel::Debug => {
-                    tracing::debug!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
-                }
-                LogLevel::Trace => {
-                    tracing::trace!(target: "weir::plugin", subscription = sub, plugin, event_id = %id, "{msg}")
-                }
-            }
-        }
+        self.account(&invocation, event);
         let result = invocation.result.and_then(|emits| self.check_emits(emits));
-        self.counters.processing.observe(started.elapsed());
-        tracing::trace!(subscription = %self.spec.name, seq, elapsed_us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "invoked");
+        if let Some(started) = started {
+            let elapsed = started.elapsed();
+            self.counters.processing.observe(elapsed);
+            tracing::trace!(target: "weir::invoke", elapsed_us = elapsed.as_micros() as u64, ok = result.is_ok(), "invoked");
+        }
         match result {
             Ok(emits) => {
                 let events: Vec<Event> =
@@ -396,12 +452,68 @@ impl Worker {
                 self.batch_keys.insert(event.idempotency_key.clone());
                 self.items.push(ResultItem::Handled { seq, key: event.idempotency_key.clone(), record, emits: events });
                 self.counters.handled.fetch_add(1, Ordering::Relaxed);
-                let age_nanos = now_nanos().saturating_sub(event.time).max(0);
-                self.counters.end_to_end.observe(Duration::from_nanos(age_nanos as u64));
+                if self.spec.timing {
+                    let age_nanos = now_nanos().saturating_sub(event.time).max(0);
+                    self.counters.end_to_end.observe(Duration::from_nanos(age_nanos as u64));
+                }
             }
             Err(error) => self.failed(seq, event, prior, attempt, &error),
         }
         Ok(())
+    }
+
+    /// Per-plugin resource numbers and the plugin's log lines, rate-limited.
+    fn account(&mut self, invocation: &Invocation, event: &Event) {
+        if let Some(fuel) = invocation.fuel_used {
+            self.counters.fuel_consumed.fetch_add(fuel, Ordering::Relaxed);
+        }
+        if let Some(bytes) = invocation.memory_bytes {
+            self.counters.memory_high_water_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
+        }
+        if invocation.logs_dropped > 0 {
+            self.counters.plugin_log_lines_dropped.fetch_add(invocation.logs_dropped as u64, Ordering::Relaxed);
+        }
+        if invocation.logs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (sub, plugin, version, id) = (&*self.spec.name, &self.spec.plugin_name, &*self.version_short, event.id);
+        let correlation_id = event.correlation_id.map(|c| c.to_string());
+        let mut written = 0;
+        for line in &invocation.logs {
+            if !self.logs.admit(now) {
+                continue;
+            }
+            written += 1;
+            let msg = &line.message;
+            // tracing needs the level at compile time: one arm per level.
+            macro_rules! plugin_log {
+                ($level:ident) => {
+                    tracing::$level!(target: "weir::plugin", subscription = sub, plugin, plugin_version = version,
+                        event_id = %id, correlation_id, "{msg}")
+                };
+            }
+            match line.level {
+                LogLevel::Error => plugin_log!(error),
+                LogLevel::Warn => plugin_log!(warn),
+                LogLevel::Info => plugin_log!(info),
+                LogLevel::Debug => plugin_log!(debug),
+                LogLevel::Trace => plugin_log!(trace),
+            }
+        }
+        let dropped = invocation.logs.len() as u64 - written;
+        self.counters.plugin_log_lines.fetch_add(written, Ordering::Relaxed);
+        self.counters.plugin_log_lines_dropped.fetch_add(dropped, Ordering::Relaxed);
+        if let Some(n) = self.logs.due_report(now) {
+            tracing::warn!(
+                target: "weir::plugin",
+                subscription = sub,
+                plugin,
+                dropped = n,
+                limit_per_second = self.spec.log_lines_per_second,
+                "plugin log lines dropped by the rate limit"
+            );
+        }
     }
 
     fn failed(&mut self, seq: u64, event: &Event, prior: Option<ParkedEntry>, attempt: u32, error: &InvokeError) {

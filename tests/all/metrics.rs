@@ -10,6 +10,8 @@ use serde_json::json;
 use weir_tests::Server;
 
 const SLOW: &str = r#"
+[engine]
+fuel = true
 [[pipelines]]
 name = "work"
 topics = ["jobs.job.created"]
@@ -18,6 +20,7 @@ name = "slow"
 plugin = "{LOOPER}"
 limits = { deadline = "200ms" }
 retry = { max_attempts = 1 }
+ready = { max_dlq = 5 }
 [[pipelines.handlers]]
 name = "audit"
 plugin = "{AUDIT_LOGGER}"
@@ -66,6 +69,8 @@ fn metrics_are_valid_and_follow_a_backlog_as_it_drains() {
     let server = Server::start(dir.path(), SLOW);
     let before = scrape(&server);
     promtool(&before);
+    let (code, ready) = server.get("/ready");
+    assert_eq!((code, ready["status"].as_str()), (200, Some("ready")), "{ready}");
     assert_eq!(value(&before, "weir_subscription_events_total{subscription=\"work/audit\",outcome=\"handled\"}"), 0.0);
 
     // Ten events the slow handler spends its whole 200 ms deadline on: a
@@ -95,14 +100,129 @@ fn metrics_are_valid_and_follow_a_backlog_as_it_drains() {
     assert!(value(&after, "weir_store_commits_total") > value(&before, "weir_store_commits_total"));
     assert_eq!(value(&after, "weir_ingest_events_total"), 10.0);
     assert!(value(&after, "weir_store_commit_seconds_count") >= 1.0);
+    assert_eq!(value(&after, "weir_subscription_lag_seconds{subscription=\"work/audit\"}"), 0.0);
+    // Per-plugin numbers: the audit logger ran in a metered sandbox, and its
+    // memory is at least one 64 KiB Wasm page.
+    assert!(value(&after, "weir_plugin_fuel_consumed_total{subscription=\"work/audit\"}") > 0.0);
+    assert!(value(&after, "weir_plugin_memory_high_water_bytes{subscription=\"work/audit\"}") >= 65536.0);
+    assert_eq!(
+        value(&after, "weir_plugin_log_lines_total{subscription=\"work/audit\",outcome=\"written\"}"),
+        10.0,
+        "one line per event, under the default rate limit"
+    );
+
+    // Ten dead letters is past the slow subscription's `max_dlq = 5`:
+    // degraded, still serving (200), and the reason names it.
+    let (code, ready) = server.get("/ready");
+    assert_eq!((code, ready["status"].as_str()), (200, Some("degraded")), "{ready}");
+    let reasons = ready["reasons"].to_string();
+    assert!(reasons.contains("work/slow") && reasons.contains("10 DLQ entries"), "{reasons}");
+    assert!(!reasons.contains("work/audit"), "{reasons}");
 
     // `weir status` shows the slow subscription failing, with its DLQ count.
     let out = weir_tests::weir(&["status", "--server", &server.url], &dir.path().join("cache"));
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("work/slow")).unwrap_or_else(|| panic!("{text}"));
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields[1], "failing", "{line}");
-    assert_eq!(fields[6], "10", "DLQ column: {line}");
-    let audit = text.lines().find(|l| l.starts_with("work/audit")).unwrap();
-    assert_eq!(audit.split_whitespace().nth(1), Some("ok"));
+    assert!(text.contains("ready: degraded"), "{text}");
+    let row = |handler: &str| -> Vec<String> {
+        let row = text
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| f.len() == 11 && f[0] == "work" && f[1] == handler);
+        row.unwrap_or_else(|| panic!("{text}"))
+    };
+    // PIPELINE HANDLER STATE DEPTH PARKED EVENTS/S P50 P99 DLQ HANDLED PLUGIN@VERSION
+    let slow = row("slow");
+    assert_eq!(slow[2], "failing", "{slow:?}");
+    assert_eq!(slow[8], "10", "DLQ column: {slow:?}");
+    let audit = row("audit");
+    assert_eq!(audit[2], "ok");
+    assert_eq!(audit[9], "10", "handled: {audit:?}");
+    // The ten events were handled within the last few seconds: a rate and
+    // latency quantiles over the recent window.
+    assert!(audit[5].parse::<f64>().unwrap() > 0.0, "events/s: {audit:?}");
+    assert!(audit[7].parse::<f64>().unwrap() >= audit[6].parse::<f64>().unwrap(), "p99 >= p50: {audit:?}");
+    assert!(audit[10].starts_with("audit-logger@"), "{audit:?}");
+
+    // --json for scripts; --watch refreshes (here twice, then stops).
+    let out = weir_tests::weir(&["status", "--json", "--server", &server.url], &dir.path().join("cache"));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ready"]["status"], "degraded");
+    let audit = json["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "work/audit").unwrap();
+    assert!(audit["rate"]["end_to_end_p99_ms"].as_f64().is_some(), "{audit}");
+    assert_eq!(audit["topics"], json!(["jobs.job.created"]));
+    let out = weir_tests::weir(
+        &["status", "--watch", "--interval", "100ms", "--count", "2", "--server", &server.url],
+        &dir.path().join("cache"),
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("log head:").count(), 2);
+}
+
+/// JSON logs: each plugin line names its subscription, plugin, version and
+/// event, inside the invocation's span; a chatty plugin is cut to its
+/// `log_lines_per_second`, the cut is reported, and every line is counted.
+#[test]
+fn plugin_logs_are_attributed_json_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_args(
+        dir.path(),
+        r#"
+[[pipelines]]
+name = "work"
+topics = ["jobs.job.created"]
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+limits = { log_lines_per_second = 5 }
+"#,
+        &["--log-format", "json", "--log", "warn,weir::plugin=info,weir::invoke=debug"],
+    );
+    let batch = |n: usize| -> Vec<serde_json::Value> {
+        (0..n).map(|i| json!({ "topic": "jobs.job.created", "key": format!("k{i}"), "payload": i })).collect()
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(server.post("/v1/events", &json!(batch(150))).0, 200);
+    assert!(server.wait_idle(Duration::from_secs(30)));
+    // The drop report comes with the next logged line a second later.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(server.post("/v1/events", &json!(batch(50))).0, 200);
+    assert!(server.wait_idle(Duration::from_secs(30)));
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let stderr = server.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let plugin_lines: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["target"] == "weir::plugin" && l["level"] == "INFO").collect();
+    assert!(!plugin_lines.is_empty(), "{stderr}");
+    // A bucket of 5 plus 5 a second: far fewer than the 200 lines logged.
+    let allowed = 5.0 + 5.0 * elapsed + 1.0;
+    assert!((plugin_lines.len() as f64) <= allowed, "{} lines in {elapsed:.1} s", plugin_lines.len());
+    let line = plugin_lines[0];
+    assert_eq!(line["subscription"], "work/audit", "{line}");
+    assert_eq!(line["plugin"], "audit-logger", "{line}");
+    assert!(line["event_id"].as_str().is_some_and(|id| id.len() == 26), "{line}");
+    assert!(line["plugin_version"].as_str().is_some_and(|v| v.len() == 16), "{line}");
+    assert!(line["message"].as_str().is_some_and(|m| m.contains("jobs.job.created")), "{line}");
+    // The invocation's span travels with the line.
+    let span = &line["span"];
+    assert_eq!(span["name"], "invoke", "{line}");
+    assert_eq!(span["topic"], "jobs.job.created", "{line}");
+    assert_eq!(span["event_id"], line["event_id"], "{line}");
+    assert!(span["correlation_id"].is_string() || span["correlation_id"].is_null(), "{line}");
+    let report = lines
+        .iter()
+        .find(|l| l["message"] == "plugin log lines dropped by the rate limit")
+        .unwrap_or_else(|| panic!("no drop report in\n{stderr}"));
+    assert!(report["dropped"].as_u64().is_some_and(|n| n > 0), "{report}");
+
+    // Every line is accounted for: written or dropped.
+    let text = scrape(&server);
+    let written = value(&text, "weir_plugin_log_lines_total{subscription=\"work/audit\",outcome=\"written\"}");
+    let dropped = value(&text, "weir_plugin_log_lines_total{subscription=\"work/audit\",outcome=\"dropped\"}");
+    assert_eq!(written + dropped, 200.0);
+    assert_eq!(written, plugin_lines.len() as f64);
 }

@@ -34,7 +34,7 @@ impl Invoke for Native {
             Err(HandlerError::Retry(reason)) => Err(InvokeError::HandlerRetry { reason }),
             Err(HandlerError::Reject(reason)) => Err(InvokeError::HandlerReject { reason }),
         };
-        Invocation { result, logs: Vec::new(), logs_dropped: 0, fuel_used: None }
+        Invocation { result, logs: Vec::new(), logs_dropped: 0, fuel_used: None, memory_bytes: None }
     }
 
     fn name(&self) -> String {

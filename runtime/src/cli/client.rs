@@ -65,6 +65,12 @@ impl Client {
         ok(Self::answer(response)?)
     }
 
+    /// GET; returns (status, body) without treating errors as fatal.
+    pub(crate) fn get_raw(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self.agent.get(format!("{}{path}", self.base)).call().map_err(|e| self.unreachable(e))?;
+        Self::answer(response)
+    }
+
     /// POST bytes; returns (status, body) without treating errors as fatal.
     pub(crate) fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<(u16, Value)> {
         let request = self.auth(self.agent.post(format!("{}{path}", self.base)).header("content-type", content_type));

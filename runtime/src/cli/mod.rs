@@ -31,6 +31,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
 
+    /// Log format: human-readable `text`, or `json` (one object per line,
+    /// with the span fields: subscription, event id, plugin version…).
+    #[arg(long, global = true, value_enum, env = "WEIR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -50,7 +55,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Inspect, redrive and purge the dead-letter queue of a running server.
     Dlq(dlq::DlqArgs),
-    /// Show each subscription's lag, parked events, counters and DLQ size.
+    /// One table of the pipelines and subscriptions of a running server: state,
+    /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
     /// Deploy, list, inspect the history of and roll back handler plugins on a
     /// running server, live.
@@ -58,6 +64,12 @@ enum Command {
     /// The demo: a fan-out pipeline over sample orders on the embedded
     /// store, and what each subscription and the DLQ hold afterwards.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where compiled artifacts are cached.
@@ -104,23 +116,41 @@ fn engine(cache: &CacheArgs, configure: impl FnOnce(&mut EngineConfig)) -> anyho
     }
 }
 
-fn init_tracing(filter: Option<&str>, default: &str) {
+/// Logs go to stderr, filtered by `--log`, else `RUST_LOG`, else `default`.
+fn init_tracing(filter: Option<&str>, format: LogFormat, default: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = match filter {
-        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new(default)),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        Some(f) => EnvFilter::try_new(f).map_err(|e| format!("--log {f:?} is not a log filter: {e}"))?,
+        None => match std::env::var("RUST_LOG") {
+            Ok(f) if !f.is_empty() => {
+                EnvFilter::try_new(&f).map_err(|e| format!("RUST_LOG={f:?} is not a log filter: {e}"))?
+            }
+            _ => EnvFilter::new(default),
+        },
     };
-    // Colours only on a terminal: a log file should not fill with escapes.
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        // Colours only on a terminal: a log file should not fill with escapes.
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).try_init()
+        }
+        // Flattened so a line's fields sit at the top level next to the
+        // span list: what log shippers index without configuration.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+    };
+    Ok(())
 }
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own report; host warnings would only interleave.
     let default_filter = if matches!(cli.command, Command::Demo(_)) { "error" } else { "warn" };
-    init_tracing(cli.log.as_deref(), default_filter);
+    if let Err(e) = init_tracing(cli.log.as_deref(), cli.log_format, default_filter) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Exec(args) => exec::run(&args),
         Command::Inspect(args) => inspect::run(&args),

@@ -41,6 +41,10 @@ pub struct Invocation {
     pub logs_dropped: usize,
     /// Fuel consumed, when the engine meters fuel.
     pub fuel_used: Option<u64>,
+    /// Size of the instance's linear memory after the call (it never
+    /// shrinks, so this is the instance's high-water mark), when an
+    /// instance ran.
+    pub memory_bytes: Option<usize>,
 }
 
 /// Per-store host state: the memory cap, the guest's memory for the `log`
@@ -487,6 +491,7 @@ impl Handler {
         let result = live.handle(&self.encoded);
         let (logs, logs_dropped) = live.guest.drain_logs();
         let fuel_used = live.guest.fuel_used();
+        let memory_bytes = Some(live.guest.memory.data_size(&live.guest.store));
         let keep = match &result {
             Ok(_) => true,
             Err(e) => e.is_handler_decision(),
@@ -494,10 +499,10 @@ impl Handler {
         if keep && self.mode == InstanceMode::Reuse {
             self.live = Some(live);
         }
-        Invocation { result, logs, logs_dropped, fuel_used }
+        Invocation { result, logs, logs_dropped, fuel_used, memory_bytes }
     }
 }
 
 fn failed(error: InvokeError) -> Invocation {
-    Invocation { result: Err(error), logs: Vec::new(), logs_dropped: 0, fuel_used: None }
+    Invocation { result: Err(error), logs: Vec::new(), logs_dropped: 0, fuel_used: None, memory_bytes: None }
 }

@@ -323,6 +323,16 @@ impl Store {
         self.shared.head.load(Ordering::Acquire)
     }
 
+    /// Why the store cannot take writes (poisoned by a failed commit, or
+    /// closed), if so.
+    #[must_use]
+    pub fn failure(&self) -> Option<String> {
+        if let Some(reason) = self.shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Some(format!("store poisoned by a failed commit: {reason}"));
+        }
+        self.closed.load(Ordering::Acquire).then(|| "store closed".to_owned())
+    }
+
     /// Events published and stored, and publishes answered as duplicates,
     /// since open.
     #[must_use]
