@@ -1,0 +1,416 @@
+//! Weir's benchmark suite: named scenarios side by side with native handlers
+//! and NATS JetStream, written as JSON and a markdown table with the machine,
+//! the versions and the exact command. docs/benchmarks.md explains each
+//! scenario and holds the latest table.
+//!
+//! Run: `cargo bench -p weir-tests --bench suite` (every scenario, ~5 min),
+//! or with options after `--`; `--help` lists them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod procs;
+mod weir;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use weir::{Setup, Shape};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const HELP: &str = "\
+Weir benchmark suite
+
+USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
+
+OPTIONS:
+  --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency memory swap metrics
+                    [default: all of them]
+  --events N        events per throughput run [default: 200000]
+  --rate N          offered rate of the latency runs, events/s [default: 10000]
+  --seconds N       length of the latency runs, after 1 s of warm-up [default: 10]
+  --plugins N       plugins loaded for the memory and restart figures [default: 100]
+  --out DIR         where the JSON and markdown go [default: target/bench-results]
+  --quick           a smoke run: 2000 events, 1 s at 2000/s, 5 plugins
+  -h, --help        this text
+
+SCENARIOS:
+  s1       one handler, one subscription (filter plugin)
+  s2       2-way fan-out, idempotency on: the headline
+  s3       3 pipelines chained: each stage's output is the next stage's input
+  s4       s2 with a fresh instance per event (pooling allocator)
+  s5       s2 with the handler compiled natively into the host (no Wasm)
+  s6       the same fan-out on NATS JetStream (nats-server from Debian, on 127.0.0.1)
+  latency  publish->handled p50/p99/p99.9 at --rate for s2 and s6
+  memory   RSS with 1 and with --plugins plugins loaded; restart time with them
+  swap     s2-shaped fan-out with a hot swap of both handlers every second
+  metrics  s2 with the latency histograms off, against on
+";
+
+const ALL: [&str; 10] = ["s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics"];
+
+struct Options {
+    scenarios: Vec<String>,
+    events: usize,
+    rate: usize,
+    seconds: u64,
+    plugins: usize,
+    out: std::path::PathBuf,
+    quick: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut o = Options {
+        scenarios: ALL.iter().map(|s| (*s).to_owned()).collect(),
+        events: if quick { 2_000 } else { 200_000 },
+        rate: if quick { 2_000 } else { 10_000 },
+        seconds: if quick { 1 } else { 10 },
+        plugins: if quick { 5 } else { 100 },
+        out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results"),
+        quick,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let number = |name: &str, v: String| v.parse::<usize>().map_err(|_| format!("{name}: {v:?} is not a number"));
+        match arg.as_str() {
+            "--quick" => {}
+            // `cargo bench` passes `--bench` to harness-less benches.
+            "--bench" => {}
+            "--scenarios" => {
+                let list = value(arg)?;
+                o.scenarios = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+                if let Some(bad) = o.scenarios.iter().find(|s| !ALL.contains(&s.as_str())) {
+                    return Err(format!("unknown scenario {bad:?} (known: {})", ALL.join(" ")));
+                }
+            }
+            "--events" => o.events = number(arg, value(arg)?)?.max(1),
+            "--rate" => o.rate = number(arg, value(arg)?)?.max(1),
+            "--seconds" => o.seconds = number(arg, value(arg)?)?.max(1) as u64,
+            "--plugins" => o.plugins = number(arg, value(arg)?)?.max(2),
+            "--out" => o.out = value(arg)?.into(),
+            other => return Err(format!("unknown option {other:?}; see --help")),
+        }
+    }
+    Ok(o)
+}
+
+/// The machine, the versions and the command: what a figure means depends
+/// on all of them.
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']));
+    let mem_kib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let lock = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))
+        .unwrap_or_default();
+    let locked = |name: &str| {
+        let marker = format!("name = \"{name}\"\nversion = \"");
+        lock.find(&marker).and_then(|i| lock[i + marker.len()..].split('"').next().map(str::to_owned))
+    };
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "memory_gib": mem_kib.map(|k| (k as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "rustc": run("rustc", &["--version"]),
+        "git": run("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
+        "weir": env!("CARGO_PKG_VERSION"),
+        "wasmtime": locked("wasmtime"),
+        "redb": locked("redb"),
+        "nats_server": run("nats-server", &["--version"]),
+        "profile": if cfg!(debug_assertions) { "debug (smoke only: numbers mean nothing)" } else { "release" },
+    })
+}
+
+struct Report {
+    json: Value,
+    md: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str, header: &str) {
+        let cols = header.matches('|').count().saturating_sub(1);
+        let _ = write!(self.md, "\n### {title}\n\n{header}\n|{}\n", "---|".repeat(cols));
+    }
+
+    fn row(&mut self, cells: &[String]) {
+        let _ = writeln!(self.md, "| {} |", cells.join(" | "));
+    }
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--child-runtime") {
+        let config = args.get(i + 1).map(std::path::PathBuf::from).unwrap_or_default();
+        if let Err(e) = procs::child(&config) {
+            eprintln!("child runtime: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{HELP}");
+        return;
+    }
+    let o = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let wanted = |s: &str| o.scenarios.iter().any(|x| x == s);
+    let shown: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "--bench").collect();
+    let command = format!("cargo bench -p weir-tests --bench suite -- {}", shown.join(" ")).trim_end().to_owned();
+    let date = time_now();
+    let machine = machine();
+    let mut r = Report {
+        json: json!({ "date": date, "command": command, "machine": machine, "scenarios": {} }),
+        md: String::new(),
+    };
+    let _ = writeln!(r.md, "## Benchmark suite results\n");
+    let _ = writeln!(r.md, "- **Command:** `{command}`");
+    let _ = writeln!(r.md, "- **Date:** {date}");
+    let _ = writeln!(
+        r.md,
+        "- **Machine:** {}, {} cores, {} GiB, Linux {}; {}",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["memory_gib"],
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["profile"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(
+        r.md,
+        "- **Versions:** weir {} ({}), wasmtime {}, redb {}, {}; {}",
+        machine["weir"].as_str().unwrap_or("?"),
+        machine["git"].as_str().unwrap_or("?"),
+        machine["wasmtime"].as_str().unwrap_or("?"),
+        machine["redb"].as_str().unwrap_or("?"),
+        machine["rustc"].as_str().unwrap_or("?"),
+        machine["nats_server"].as_str().unwrap_or("nats-server not installed"),
+    );
+    let _ = writeln!(
+        r.md,
+        "- **Events:** ~300-byte JSON orders (one in ten passes the filter and is emitted), published in process \
+         in batches of 500 with 16 in flight; Weir acknowledges a publish after an fsync'd commit."
+    );
+
+    let throughput_rows = [
+        ("s1", "one handler, one subscription", Setup::new(Shape::Single)),
+        ("s2", "2-way fan-out, idempotency on", Setup::new(Shape::FanOut)),
+        ("s3", "3 pipelines chained", Setup::new(Shape::Chain)),
+        ("s4", "s2, fresh instance per event", Setup { fresh: true, ..Setup::new(Shape::FanOut) }),
+        ("s5", "s2, native handlers (no Wasm)", Setup { native: true, ..Setup::new(Shape::FanOut) }),
+    ];
+    let mut results: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    if throughput_rows.iter().any(|(id, _, _)| wanted(id)) || wanted("s6") {
+        r.section(
+            &format!("Throughput, {} events", o.events),
+            "| scenario | what | acknowledgement | events/s end to end | publish | end to end | group commits | commands per commit |",
+        );
+    }
+    for (id, what, setup) in throughput_rows {
+        if !wanted(id) {
+            continue;
+        }
+        eprintln!("running {id}: {what} …");
+        let t = weir::throughput(setup, o.events);
+        results.insert(id.to_owned(), t.events_per_sec);
+        r.row(&[
+            format!("`{id}`"),
+            what.to_owned(),
+            "durable (fsync per group commit)".to_owned(),
+            format!("**{}**", thousands(t.events_per_sec)),
+            format!("{:.2} s", t.publish_secs),
+            format!("{:.2} s", t.total_secs),
+            t.group_commits.to_string(),
+            format!("{:.1}", t.commands_per_commit),
+        ]);
+        r.json["scenarios"][id] = json!(t);
+    }
+    // s6 (NATS JetStream) is added here once its peer module lands.
+
+    if wanted("latency") {
+        r.section(
+            &format!("publish→handled latency at {} events/s for {} s", o.rate, o.seconds),
+            "| scenario | acknowledgement | p50 | p99 | p99.9 | samples |",
+        );
+        eprintln!("running latency: s2 …");
+        settle();
+        let l = weir::latency(Setup::new(Shape::FanOut), o.rate, o.seconds);
+        results.insert("latency_p99_ms".into(), l.p99_ms);
+        results.insert("latency_rate".into(), o.rate as f64);
+        r.row(&[
+            "`s2` Weir".into(),
+            "durable".into(),
+            format!("{:.2} ms", l.p50_ms),
+            format!("**{:.2} ms**", l.p99_ms),
+            format!("{:.2} ms", l.p999_ms),
+            l.samples.to_string(),
+        ]);
+        r.json["scenarios"]["latency_s2"] = json!(l);
+    }
+
+    if wanted("memory") {
+        eprintln!("running memory: 1 and {} plugins …", o.plugins);
+        match procs::memory(o.plugins) {
+            Ok(m) => {
+                r.section(
+                    "Memory and restart",
+                    "| plugins | RSS | per additional plugin | first start (compiles) | restart (artifact cache warm) |",
+                );
+                r.row(&["1".into(), format!("{:.1} MiB", m.rss_one_mib), "–".into(), "–".into(), "–".into()]);
+                r.row(&[
+                    m.plugins.to_string(),
+                    format!("{:.1} MiB", m.rss_many_mib),
+                    format!("**{:.2} MiB**", m.per_plugin_mib),
+                    format!("{:.2} s", m.cold_start_secs),
+                    format!("**{:.3} s**", m.restart_secs),
+                ]);
+                results.insert("per_plugin_mib".into(), m.per_plugin_mib);
+                results.insert("restart_secs".into(), m.restart_secs);
+                r.json["scenarios"]["memory"] = json!(m);
+            }
+            Err(e) => {
+                eprintln!("memory: {e:#}");
+                let _ = writeln!(r.md, "\nmemory: failed: {e:#}");
+            }
+        }
+    }
+
+    if wanted("swap") {
+        r.section(
+            "Hot swap (versioned plugin, emits one event per input)",
+            "| run | events/s end to end | swaps | deploy call (median) | deploy → first event by the new version (median) | … committed (median) |",
+        );
+        let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2} ms"));
+        for every in [None, Some(Duration::from_secs(1))] {
+            eprintln!("running swap: {} …", if every.is_some() { "a swap every second" } else { "no swaps" });
+            let s = weir::swaps(o.events * 2, every);
+            r.row(&[
+                if every.is_some() { "a swap every second" } else { "no swaps" }.into(),
+                thousands(s.events_per_sec),
+                s.swaps.to_string(),
+                ms(s.deploy_call_median_ms),
+                ms(s.first_handled_median_ms),
+                ms(s.first_committed_median_ms),
+            ]);
+            r.json["scenarios"][if every.is_some() { "swap_every_second" } else { "swap_none" }] = json!(s);
+        }
+    }
+
+    if wanted("metrics") {
+        r.section(
+            "Metrics cost (s2 with the latency histograms on and off, alternating, best of 2)",
+            "| metrics | events/s end to end |",
+        );
+        let (mut on, mut off) = (0f64, 0f64);
+        for _ in 0..2 {
+            for metrics in [true, false] {
+                eprintln!("running metrics: {} …", if metrics { "on" } else { "off" });
+                let t = weir::throughput(Setup { metrics, ..Setup::new(Shape::FanOut) }, o.events);
+                let best = if metrics { &mut on } else { &mut off };
+                *best = best.max(t.events_per_sec);
+            }
+        }
+        let cost = (1.0 - on / off) * 100.0;
+        r.row(&["on (default)".into(), thousands(on)]);
+        r.row(&["off".into(), thousands(off)]);
+        let _ = writeln!(r.md, "\nCost of the metrics: {cost:.1}% of throughput (negative: within noise).");
+        r.json["scenarios"]["metrics"] =
+            json!({ "on_events_per_sec": on, "off_events_per_sec": off, "cost_percent": cost });
+    }
+
+    targets(&mut r, &results, o.plugins);
+    std::fs::create_dir_all(&o.out).unwrap_or_else(|e| panic!("cannot create {}: {e}", o.out.display()));
+    let stamp = date.replace(':', "-");
+    let json_path = o.out.join(format!("suite-{stamp}.json"));
+    let md_path = o.out.join(format!("suite-{stamp}.md"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&r.json).unwrap_or_default()).expect("write JSON");
+    std::fs::write(&md_path, &r.md).expect("write markdown");
+    println!("{}", r.md);
+    eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+    if o.quick {
+        eprintln!("(--quick: a smoke run; the numbers are not measurements)");
+    }
+}
+
+/// Let the kernel write back what earlier runs left: its flushes would stall
+/// the next run's fsyncs.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// The issue's targets against this run's figures.
+fn targets(r: &mut Report, results: &std::collections::BTreeMap<String, f64>, plugins: usize) {
+    let mut rows = Vec::new();
+    let get = |k: &str| results.get(k).copied();
+    if let Some(s2) = get("s2") {
+        rows.push(("`s2` ≥ 100,000 events/s".to_owned(), thousands(s2), s2 >= 100_000.0));
+    }
+    if let (Some(s2), Some(s5)) = (get("s2"), get("s5")) {
+        let ratio = s5 / s2;
+        rows.push(("`s5`/`s2` ≤ 1.3 (Wasm ≥ 0.77 × native)".to_owned(), format!("{ratio:.2}"), ratio <= 1.3));
+    }
+    if let Some(p99) = get("latency_p99_ms") {
+        let rate = get("latency_rate").unwrap_or(0.0);
+        rows.push((
+            format!("p99 ≤ 10 ms at 10,000 events/s (run at {})", thousands(rate)),
+            format!("{p99:.2} ms"),
+            p99 <= 10.0,
+        ));
+    }
+    if let Some(t) = get("restart_secs") {
+        rows.push((format!("restart with 100 plugins < 1 s (run with {plugins})"), format!("{t:.3} s"), t < 1.0));
+    }
+    if let Some(m) = get("per_plugin_mib") {
+        rows.push(("≤ 2 MiB RSS per additional plugin".to_owned(), format!("{m:.2} MiB"), m <= 2.0));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    r.section("Targets", "| target | this run | met |");
+    let mut json_rows = Vec::new();
+    for (target, value, met) in rows {
+        r.row(&[target.clone(), value.clone(), if met { "yes".into() } else { "**no**".into() }]);
+        json_rows.push(json!({ "target": target, "value": value, "met": met }));
+    }
+    r.json["targets"] = json!(json_rows);
+}
+
+/// UTC now as `YYYY-MM-DDTHH:MM:SSZ`.
+fn time_now() -> String {
+    let nanos = weir_runtime::envelope::now_nanos();
+    weir_runtime::envelope::format_time(nanos).split('.').next().map_or_else(String::new, |s| format!("{s}Z"))
+}
