@@ -4,6 +4,7 @@
 mod abi_encoding;
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod example_plugins;
 mod hot_swap;
