@@ -170,7 +170,12 @@ fn publish_and_dlq_commands_drive_a_running_server() {
     assert_eq!(list["entries"].as_array().unwrap().len(), 2);
 
     let out = weir(&["status", "--server", &server.url], &cache);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("orders/validator"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq(["orders", "validator"]))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(row.split_whitespace().nth(8), Some("2"), "DLQ column: {row}");
 
     // No server: a clear error.
     let out = weir(&["status", "--server", "http://127.0.0.1:9"], &cache);
