@@ -403,8 +403,9 @@ impl Worker {
 
     fn attempt(&mut self, seq: u64, event: &Event, prefetched: bool) -> Result<(), StoreError> {
         if self.is_duplicate(&event.idempotency_key, prefetched)? {
+            let parked = self.parked.contains_key(&seq);
             self.unpark(seq);
-            self.items.push(ResultItem::Duplicate { seq });
+            self.items.push(ResultItem::Duplicate { seq, parked });
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -450,7 +451,13 @@ impl Worker {
                 };
                 self.unpark(seq);
                 self.batch_keys.insert(event.idempotency_key.clone());
-                self.items.push(ResultItem::Handled { seq, key: event.idempotency_key.clone(), record, emits: events });
+                self.items.push(ResultItem::Handled {
+                    seq,
+                    key: event.idempotency_key.clone(),
+                    record,
+                    emits: events,
+                    parked: prior.is_some(),
+                });
                 self.counters.handled.fetch_add(1, Ordering::Relaxed);
                 if self.spec.timing {
                     let age_nanos = now_nanos().saturating_sub(event.time).max(0);

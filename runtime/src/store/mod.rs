@@ -776,7 +776,7 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                     let mut latest_expiry = 0;
                     for item in items {
                         match item {
-                            ResultItem::Handled { seq, key, record, emits } => {
+                            ResultItem::Handled { seq, key, record, emits, parked } => {
                                 w.idempotency
                                     .insert((sub, key.as_str()), encode(&record)?.as_slice())
                                     .map_err(storage)?;
@@ -791,11 +791,15 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                                 for event in emits {
                                     w.append(&event, &mut head, now, expires, false)?;
                                 }
-                                w.parked.remove((sub, seq)).map_err(storage)?;
+                                if parked {
+                                    w.parked.remove((sub, seq)).map_err(storage)?;
+                                }
                                 *stats.entry((Arc::clone(&subscription), "handled")).or_default() += 1;
                             }
-                            ResultItem::Duplicate { seq } => {
-                                w.parked.remove((sub, seq)).map_err(storage)?;
+                            ResultItem::Duplicate { seq, parked } => {
+                                if parked {
+                                    w.parked.remove((sub, seq)).map_err(storage)?;
+                                }
                                 *stats.entry((Arc::clone(&subscription), "duplicates")).or_default() += 1;
                             }
                             ResultItem::Park(entry) => {
@@ -935,20 +939,23 @@ impl<'t> Writes<'t> {
     ) -> Result<Published, StoreError> {
         // Every published key is indexed, even one that defaults to the id:
         // a producer may publish a known id again (a replay, a retry).
-        let keyed = dedup;
-        if keyed && let Some(v) = self.ingest.get(event.idempotency_key.as_str()).map_err(storage)? {
-            let (id, seq, expires_at) = v.value();
-            if expires_at > now {
-                return Ok(Published { id: EventId(id), seq, duplicate: true });
-            }
-        }
         let seq = *head;
-        let bytes = weir_abi::encoding::encode(event).map_err(|e| StoreError::Decode(e.to_string()))?;
-        self.log.insert(seq, bytes.as_slice()).map_err(storage)?;
-        if keyed {
-            self.ingest.insert(event.idempotency_key.as_str(), (event.id.0, seq, expires)).map_err(storage)?;
+        if dedup {
+            // Insert first and look at what it replaced: one tree search
+            // instead of a get and an insert. A live duplicate (rare) puts
+            // the old entry back.
+            let key = event.idempotency_key.as_str();
+            let old = self.ingest.insert(key, (event.id.0, seq, expires)).map_err(storage)?.map(|v| v.value());
+            if let Some(old @ (id, old_seq, expires_at)) = old
+                && expires_at > now
+            {
+                self.ingest.insert(key, old).map_err(storage)?;
+                return Ok(Published { id: EventId(id), seq: old_seq, duplicate: true });
+            }
             self.ingested.push(event.idempotency_key.clone());
         }
+        let bytes = weir_abi::encoding::encode(event).map_err(|e| StoreError::Decode(e.to_string()))?;
+        self.log.insert(seq, bytes.as_slice()).map_err(storage)?;
         *head += 1;
         Ok(Published { id: event.id, seq, duplicate: false })
     }

@@ -168,11 +168,17 @@ pub enum ResultItem {
         record: IdempotencyRecord,
         /// Emitted events, complete with ids.
         emits: Vec<Event>,
+        /// Whether the event has a parked entry to drop (the worker knows:
+        /// its parked map mirrors the table). Most events were never
+        /// parked, and skipping the removal saves a tree search each.
+        parked: bool,
     },
     /// Skipped as a duplicate.
     Duplicate {
         /// Sequence number.
         seq: u64,
+        /// Whether it has a parked entry to drop.
+        parked: bool,
     },
     /// Parked (new or updated).
     Park(ParkedEntry),
