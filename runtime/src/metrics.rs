@@ -51,23 +51,65 @@ impl Histogram {
 
     /// Append this histogram's sample lines for metric `name` with `labels`.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
-        // `labels` may be empty (a metric without labels).
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let counts = self.buckets.iter().map(|b| b.load(Ordering::Relaxed));
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name}_sum {sum}");
-            let _ = writeln!(out, "{name}_count {count}");
-        } else {
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        render_buckets(out, name, labels, &BUCKETS, counts, self.count(), sum);
+    }
+}
+
+/// Bucket upper bounds of the group-commit size histogram, in commands.
+pub const SIZE_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// A lock-free histogram of counts (group-commit sizes).
+#[derive(Debug, Default)]
+pub struct SizeHistogram {
+    buckets: [AtomicU64; SIZE_BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl SizeHistogram {
+    /// Record one observation.
+    pub fn observe(&self, value: u64) {
+        if let Some(i) = SIZE_BUCKETS.iter().position(|b| value as f64 <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Append this histogram's sample lines for metric `name` with `labels`.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let counts = self.buckets.iter().map(|b| b.load(Ordering::Relaxed));
+        let count = self.count.load(Ordering::Relaxed);
+        render_buckets(out, name, labels, &SIZE_BUCKETS, counts, count, self.sum.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// The `_bucket`, `_sum` and `_count` lines of a histogram; `counts` are
+/// per bucket (not cumulative), `labels` may be empty.
+fn render_buckets(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: impl Iterator<Item = u64>,
+    count: u64,
+    sum: f64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (bound, n) in bounds.iter().zip(counts) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    } else {
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
 

@@ -634,6 +634,13 @@ impl Runtime {
         let _ = writeln!(out, "weir_ingest_duplicates_total {duplicates}");
         header(&mut out, "weir_store_commit_seconds", "histogram", "Time per durable group commit (apply and fsync).");
         self.store.render_commit_latency(&mut out, "weir_store_commit_seconds");
+        header(
+            &mut out,
+            "weir_store_commit_commands",
+            "histogram",
+            "Commands per durable group commit (its batch size).",
+        );
+        self.store.render_commit_size(&mut out, "weir_store_commit_commands");
         let (commits, commands) = self.store.commit_stats();
         header(&mut out, "weir_log_head", "gauge", "Sequence number the next appended event gets.");
         let _ = writeln!(out, "weir_log_head {}", self.store.head());

@@ -100,6 +100,8 @@ fn metrics_are_valid_and_follow_a_backlog_as_it_drains() {
     assert!(value(&after, "weir_store_commits_total") > value(&before, "weir_store_commits_total"));
     assert_eq!(value(&after, "weir_ingest_events_total"), 10.0);
     assert!(value(&after, "weir_store_commit_seconds_count") >= 1.0);
+    assert_eq!(value(&after, "weir_store_commit_commands_count"), value(&after, "weir_store_commits_total"));
+    assert_eq!(value(&after, "weir_store_commit_commands_sum"), value(&after, "weir_store_commands_total"));
     assert_eq!(value(&after, "weir_subscription_lag_seconds{subscription=\"work/audit\"}"), 0.0);
     // Per-plugin numbers: the audit logger ran in a metered sandbox, and its
     // memory is at least one 64 KiB Wasm page.

@@ -179,6 +179,8 @@ struct Shared {
     committed_commands: AtomicU64,
     /// Time per group commit (apply + fsync).
     commit_latency: crate::metrics::Histogram,
+    /// Commands per group commit.
+    commit_size: crate::metrics::SizeHistogram,
     /// Events published (stored) and publishes refused as duplicates.
     published: AtomicU64,
     published_duplicates: AtomicU64,
@@ -303,6 +305,7 @@ impl Store {
             commits: AtomicU64::new(0),
             committed_commands: AtomicU64::new(0),
             commit_latency: crate::metrics::Histogram::default(),
+            commit_size: crate::metrics::SizeHistogram::default(),
             published: AtomicU64::new(0),
             published_duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
@@ -343,6 +346,12 @@ impl Store {
     /// Append the commit-latency histogram as metric `name`.
     pub fn render_commit_latency(&self, out: &mut String, name: &str) {
         self.shared.commit_latency.render(out, name, "");
+    }
+
+    /// Append the group-commit size histogram (commands per commit) as
+    /// metric `name`.
+    pub fn render_commit_size(&self, out: &mut String, name: &str) {
+        self.shared.commit_size.render(out, name, "");
     }
 
     /// Group-commit statistics: (commits, commands committed).
@@ -713,6 +722,7 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Command>, options: &StoreOptions) 
         match commit_group(shared, batch, options, gc_due) {
             Ok((answers, appended)) => {
                 shared.commit_latency.observe(started.elapsed());
+                shared.commit_size.observe(count);
                 for answer in &answers {
                     if let Answer::Published(_, list) = answer {
                         let dups = list.iter().filter(|p| p.duplicate).count() as u64;
