@@ -7,6 +7,7 @@
 //! or with options after `--`; `--help` lists them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod jetstream;
 mod procs;
 mod weir;
 
@@ -34,6 +35,7 @@ OPTIONS:
   --plugins N       plugins loaded for the memory and restart figures [default: 100]
   --out DIR         where the JSON and markdown go [default: target/bench-results]
   --quick           a smoke run: 2000 events, 1 s at 2000/s, 5 plugins
+  --require-nats    fail (rather than skip s6) when nats-server is missing
   -h, --help        this text
 
 SCENARIOS:
@@ -59,6 +61,7 @@ struct Options {
     plugins: usize,
     out: std::path::PathBuf,
     quick: bool,
+    require_nats: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -71,13 +74,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
         plugins: if quick { 5 } else { 100 },
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results"),
         quick,
+        require_nats: args.iter().any(|a| a == "--require-nats"),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
         let number = |name: &str, v: String| v.parse::<usize>().map_err(|_| format!("{name}: {v:?} is not a number"));
         match arg.as_str() {
-            "--quick" => {}
+            "--quick" | "--require-nats" => {}
             // `cargo bench` passes `--bench` to harness-less benches.
             "--bench" => {}
             "--scenarios" => {
@@ -141,9 +145,29 @@ fn machine() -> Value {
 struct Report {
     json: Value,
     md: String,
+    failures: Vec<String>,
+    require_nats: bool,
 }
 
 impl Report {
+    /// A scenario that could not run: shown in the table, and the run ends
+    /// with exit code 1.
+    fn fail(&mut self, scenario: &str, e: &anyhow::Error) {
+        eprintln!("{scenario}: FAILED: {e:#}");
+        let _ = writeln!(self.md, "\n**{scenario} failed:** {e:#}");
+        self.failures.push(format!("{scenario}: {e:#}"));
+    }
+
+    /// A scenario left out for a missing tool: said in the table; a failure
+    /// only with `--require-nats` (CI sets it, so the peer cannot rot).
+    fn skip(&mut self, scenario: &str, why: &str) {
+        eprintln!("{scenario}: skipped: {why}");
+        let _ = writeln!(self.md, "\n**{scenario} skipped:** {why}");
+        if self.require_nats {
+            self.failures.push(format!("{scenario}: {why}"));
+        }
+    }
+
     fn section(&mut self, title: &str, header: &str) {
         let cols = header.matches('|').count().saturating_sub(1);
         let _ = write!(self.md, "\n### {title}\n\n{header}\n|{}\n", "---|".repeat(cols));
@@ -196,6 +220,8 @@ fn main() {
     let mut r = Report {
         json: json!({ "date": date, "command": command, "machine": machine, "scenarios": {} }),
         md: String::new(),
+        failures: Vec::new(),
+        require_nats: o.require_nats,
     };
     let _ = writeln!(r.md, "## Benchmark suite results\n");
     let _ = writeln!(r.md, "- **Command:** `{command}`");
@@ -258,7 +284,54 @@ fn main() {
         ]);
         r.json["scenarios"][id] = json!(t);
     }
-    // s6 (NATS JetStream) is added here once its peer module lands.
+    if wanted("s6") {
+        let version = jetstream::server_version();
+        let modes = [jetstream::Mode { sync_always: false }, jetstream::Mode { sync_always: true }];
+        match version {
+            None => r.skip("s6", "nats-server is not installed (Debian package `nats-server`)"),
+            Some(v) => {
+                let payloads: Vec<Vec<u8>> = (0..o.events).map(weir::payload).collect();
+                for mode in modes {
+                    if mode.sync_always && v < (2, 10, 0) {
+                        r.row(&[
+                            "`s6`".into(),
+                            "NATS JetStream, same fan-out".into(),
+                            format!("{mode}"),
+                            format!("unavailable: needs nats-server 2.10+, this is {}.{}.{}", v.0, v.1, v.2),
+                            "–".into(),
+                            "–".into(),
+                            "–".into(),
+                            "–".into(),
+                        ]);
+                        continue;
+                    }
+                    eprintln!("running s6: NATS JetStream, {mode} …");
+                    match jetstream::throughput(&payloads, &mode) {
+                        Ok(t) => {
+                            let rate = t.events as f64 / t.total_secs;
+                            let key = if mode.sync_always { "s6_sync_always" } else { "s6" };
+                            results.insert(key.to_owned(), rate);
+                            r.row(&[
+                                "`s6`".into(),
+                                "NATS JetStream, same fan-out (pull consumers, double-ack, pipelined)".into(),
+                                format!("{mode}"),
+                                format!("**{}**", thousands(rate)),
+                                format!("{:.2} s", t.publish_secs),
+                                format!("{:.2} s", t.total_secs),
+                                "–".into(),
+                                "–".into(),
+                            ]);
+                            r.json["scenarios"][key] = json!({
+                                "events": t.events, "publish_secs": t.publish_secs, "total_secs": t.total_secs,
+                                "events_per_sec": rate, "mode": mode.to_string(),
+                            });
+                        }
+                        Err(e) => r.fail("s6", &e),
+                    }
+                }
+            }
+        }
+    }
 
     if wanted("latency") {
         r.section(
@@ -279,6 +352,36 @@ fn main() {
             l.samples.to_string(),
         ]);
         r.json["scenarios"]["latency_s2"] = json!(l);
+        if let Some(v) = jetstream::server_version() {
+            for mode in [jetstream::Mode { sync_always: false }, jetstream::Mode { sync_always: true }] {
+                if mode.sync_always && v < (2, 10, 0) {
+                    continue;
+                }
+                eprintln!("running latency: s6, {mode} …");
+                settle();
+                match jetstream::latency(&weir::payload, o.rate, o.seconds, &mode) {
+                    Ok(l) => {
+                        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                        r.row(&[
+                            "`s6` JetStream".into(),
+                            format!("{mode}"),
+                            format!("{:.2} ms", ms(l.p50)),
+                            format!("{:.2} ms", ms(l.p99)),
+                            format!("{:.2} ms", ms(l.p999)),
+                            l.samples.to_string(),
+                        ]);
+                        let key = if mode.sync_always { "latency_s6_sync_always" } else { "latency_s6" };
+                        r.json["scenarios"][key] = json!({
+                            "rate": o.rate, "seconds": o.seconds, "p50_ms": ms(l.p50), "p99_ms": ms(l.p99),
+                            "p999_ms": ms(l.p999), "samples": l.samples, "mode": mode.to_string(),
+                        });
+                    }
+                    Err(e) => r.fail("latency s6", &e),
+                }
+            }
+        } else {
+            r.skip("latency s6", "nats-server is not installed");
+        }
     }
 
     if wanted("memory") {
@@ -301,10 +404,7 @@ fn main() {
                 results.insert("restart_secs".into(), m.restart_secs);
                 r.json["scenarios"]["memory"] = json!(m);
             }
-            Err(e) => {
-                eprintln!("memory: {e:#}");
-                let _ = writeln!(r.md, "\nmemory: failed: {e:#}");
-            }
+            Err(e) => r.fail("memory", &e),
         }
     }
 
@@ -363,6 +463,10 @@ fn main() {
     if o.quick {
         eprintln!("(--quick: a smoke run; the numbers are not measurements)");
     }
+    if !r.failures.is_empty() {
+        eprintln!("{} scenario(s) failed: {}", r.failures.len(), r.failures.join("; "));
+        std::process::exit(1);
+    }
 }
 
 /// Let the kernel write back what earlier runs left: its flushes would stall
@@ -378,6 +482,9 @@ fn targets(r: &mut Report, results: &std::collections::BTreeMap<String, f64>, pl
     let get = |k: &str| results.get(k).copied();
     if let Some(s2) = get("s2") {
         rows.push(("`s2` ≥ 100,000 events/s".to_owned(), thousands(s2), s2 >= 100_000.0));
+    }
+    if let (Some(s2), Some(s6)) = (get("s2"), get("s6")) {
+        rows.push(("`s2` vs `s6` (JetStream, not fsync-durable)".to_owned(), format!("{:.1}×", s2 / s6), s2 >= s6));
     }
     if let (Some(s2), Some(s5)) = (get("s2"), get("s5")) {
         let ratio = s5 / s2;
