@@ -38,6 +38,7 @@ mod error;
 mod ids;
 pub mod ingest;
 pub mod metrics;
+pub mod process;
 mod runtime;
 pub mod server;
 pub mod store;

@@ -192,6 +192,9 @@ fn thousands(v: f64) -> String {
 }
 
 fn main() {
+    // As the `weir` binary does: no transparent huge pages (see the docs of
+    // `tune`); the child runtimes of the memory figures inherit it.
+    weir_runtime::process::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--child-runtime") {
         let config = args.get(i + 1).map(std::path::PathBuf::from).unwrap_or_default();
