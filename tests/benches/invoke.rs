@@ -95,6 +95,27 @@ fn main() {
         rows.push(Row { name, per_op, note: format!("{note}; limits on (deadline 1 s, 64 MiB cap)") });
     }
 
+    // The benchmark suite's handler on the suite's event, in Wasm and called
+    // natively: the per-invocation part of the suite's s2/s5 ratio.
+    let order_event = event(
+        r#"{"topic":"orders.order.created","key":"o-1","idempotency_key":"order-1","payload":{"order_id":"o-00000001","customer":"c-00001","currency":"EUR","total_cents":1500,"items":3,"note":"ordered through the web shop, deliver to the back door please"}}"#,
+    );
+    let filter_delivery = DeliveryRef { event: &order_event, subscription: "bench/a", attempt: 1 };
+    let mut h = handler(&engine, plugins::FILTER, InstanceMode::Reuse);
+    rows.push(Row {
+        name: "invoke, reused instance: filter (the suite's handler)",
+        per_op: measure(iters, rounds, || assert!(h.invoke(filter_delivery).result.is_ok())),
+        note: "serde_json parse, drops the order".into(),
+    });
+    rows.push(Row {
+        name: "filter called natively (the suite's s5)",
+        per_op: measure(iters, rounds, || {
+            let mut ctx = weir_sdk::Context::new("bench/a", 1);
+            assert!(filter::handle(black_box(&order_event), &mut ctx).is_ok());
+        }),
+        note: "same code, no Wasm, no encoding".into(),
+    });
+
     let fuel_engine = Engine::new(EngineConfig { consume_fuel: true, ..EngineConfig::default() }).unwrap();
     let plugin = fuel_engine.load_file(plugins::ORDER_VALIDATOR.as_ref()).unwrap();
     let mut h =
