@@ -549,6 +549,22 @@ impl Runtime {
                 );
             }
         }
+        header(
+            &mut out,
+            "weir_subscription_failures_total",
+            "counter",
+            "Failed invocations by failure code since start.",
+        );
+        for sub in &self.subs {
+            let failures = sub.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            for (code, n) in failures {
+                let _ = writeln!(
+                    out,
+                    "weir_subscription_failures_total{{subscription=\"{}\",code=\"{code}\"}} {n}",
+                    label(&sub.name)
+                );
+            }
+        }
         per_sub(
             &mut out,
             "weir_subscription_emitted_total",

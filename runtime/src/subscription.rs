@@ -80,6 +80,9 @@ pub struct SubscriptionCounters {
     pub plugin_log_lines: AtomicU64,
     /// Plugin log lines dropped by the rate limit or the per-invocation cap.
     pub plugin_log_lines_dropped: AtomicU64,
+    /// Failed invocations by failure code (`timeout`, `trap`,
+    /// `handler_reject`, …). Failures are rare, so a lock is fine.
+    pub failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 pub(crate) enum Control {
@@ -526,6 +529,7 @@ impl Worker {
     fn failed(&mut self, seq: u64, event: &Event, prior: Option<ParkedEntry>, attempt: u32, error: &InvokeError) {
         let now = now_ms();
         let message = error.message();
+        *self.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).entry(error.code()).or_default() += 1;
         *self.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(format!("{}: {message}", error.code()));
         let first_failure = prior.as_ref().and_then(|p| p.first_failure_ms).unwrap_or(now);

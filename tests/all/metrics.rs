@@ -93,6 +93,7 @@ fn metrics_are_valid_and_follow_a_backlog_as_it_drains() {
     assert_eq!(value(&after, "weir_subscription_dlq_depth{subscription=\"work/slow\"}"), 10.0, "all timed out");
     assert_eq!(value(&after, "weir_subscription_events_total{subscription=\"work/audit\",outcome=\"handled\"}"), 10.0);
     assert_eq!(value(&after, "weir_processing_seconds_count{subscription=\"work/slow\"}"), 10.0);
+    assert_eq!(value(&after, "weir_subscription_failures_total{subscription=\"work/slow\",code=\"timeout\"}"), 10.0);
     // Each slow invocation took its 200 ms deadline: none is in the ≤ 0.1 s buckets.
     assert_eq!(value(&after, "weir_processing_seconds_bucket{subscription=\"work/slow\",le=\"0.1\"}"), 0.0);
     assert!(value(&after, "weir_processing_seconds_sum{subscription=\"work/slow\"}") >= 2.0);

@@ -102,15 +102,28 @@ fn installed() -> Option<&'static (PathBuf, Version)> {
     static FOUND: OnceLock<Option<(PathBuf, Version)>> = OnceLock::new();
     FOUND
         .get_or_init(|| {
-            // Debian installs it in /usr/sbin, which is not on every user's PATH.
-            ["nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"].into_iter().find_map(|candidate| {
-                let out = Command::new(candidate).arg("--version").output().ok()?;
+            // $WEIR_NATS_SERVER picks a binary (e.g. a 2.10 for the
+            // fsync-per-write mode: scripts/nats-server-2.10.sh); else Debian's,
+            // in /usr/sbin, which is not on every user's PATH.
+            let chosen = std::env::var("WEIR_NATS_SERVER").ok().filter(|p| !p.is_empty());
+            let defaults = ["nats-server", "/usr/sbin/nats-server", "/usr/local/bin/nats-server"].map(String::from);
+            let candidates: Vec<String> = match chosen {
+                Some(path) => vec![path],
+                None => defaults.to_vec(),
+            };
+            candidates.into_iter().find_map(|candidate| {
+                let out = Command::new(&candidate).arg("--version").output().ok()?;
                 let version = parse_version(&String::from_utf8_lossy(&out.stdout))
                     .or_else(|| parse_version(&String::from_utf8_lossy(&out.stderr)))?;
                 Some((PathBuf::from(candidate), version))
             })
         })
         .as_ref()
+}
+
+/// The nats-server binary the bench runs, if any.
+pub(crate) fn server_binary() -> Option<PathBuf> {
+    installed().map(|(path, _)| path.clone())
 }
 
 /// `nats-server: v2.9.10` → (2, 9, 10).
