@@ -394,17 +394,13 @@ impl Runtime {
             Some(newest) => self.store.event(newest)?.map(|e| e.time),
             None => None,
         };
-        let dlq = self.store.dlq(&DlqFilter::default())?;
-        let mut dlq_counts: BTreeMap<&str, u64> = BTreeMap::new();
-        for entry in &dlq {
-            *dlq_counts.entry(entry.subscription.as_str()).or_default() += 1;
-        }
+        let dlq_counts = self.store.dlq_counts()?;
         self.subs
             .iter()
             .map(|s| {
                 let cursor = s.counters.cursor.load(Ordering::Relaxed);
                 let parked = s.counters.parked.load(Ordering::Relaxed);
-                let dlq = dlq_counts.get(&*s.name).copied().unwrap_or(0);
+                let dlq = dlq_counts.get(&*s.name as &str).copied().unwrap_or(0);
                 let state = if dlq > 0 {
                     "failing"
                 } else if parked > 0 {

@@ -14,7 +14,7 @@
 
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -504,6 +504,30 @@ impl Store {
                 None => Ok(None),
             })
             .collect()
+    }
+
+    /// DLQ entries per subscription, counted from the keys alone: status,
+    /// `/metrics`, `/ready` and the dashboard ask every second, and decoding
+    /// every entry (each holds its whole event) would cost O(DLQ bytes).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn dlq_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(DLQ).map_err(storage)?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in table.range::<(&str, u64)>(..).map_err(storage)? {
+            let (k, _) = entry.map_err(storage)?;
+            let (sub, _) = k.value();
+            match counts.get_mut(sub) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(sub.to_owned(), 1);
+                }
+            }
+        }
+        Ok(counts)
     }
 
     /// DLQ entries passing `filter`, by subscription and sequence number.
