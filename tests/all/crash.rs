@@ -59,11 +59,13 @@ fn check_exactly_once(log: &[Event], expected_keys: &HashSet<String>, complete: 
     }
 }
 
-/// A disk that keeps a durable image only up to the last sync.
+/// A disk that keeps a durable image only up to the last sync, and whose
+/// syncs can be made to fail.
 #[derive(Debug, Default)]
 struct Disk {
     live: Mutex<Vec<u8>>,
     durable: Mutex<Vec<u8>>,
+    fail_sync: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,9 @@ impl redb::StorageBackend for Backend {
     }
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
+        if self.0.fail_sync.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("simulated fsync failure"));
+        }
         let live = self.0.live.lock().unwrap().clone();
         *self.0.durable.lock().unwrap() = live;
         Ok(())
@@ -154,7 +159,7 @@ fn a_disk_that_loses_unsynced_writes_keeps_every_acknowledged_event() {
         Arc::try_unwrap(runtime).unwrap().shutdown().unwrap();
 
         // Restart from the crash image and let the subscriptions finish.
-        let crashed = Arc::new(Disk { live: Mutex::new(image.clone()), durable: Mutex::new(image) });
+        let crashed = Arc::new(Disk { live: Mutex::new(image.clone()), durable: Mutex::new(image), ..Disk::default() });
         let store = Store::open_with_backend(Backend(crashed), &label, StoreOptions::default()).unwrap();
         let runtime = Runtime::start_with_store(&cfg, store).unwrap();
         assert!(runtime.wait_idle(Duration::from_secs(60)));
@@ -167,6 +172,31 @@ fn a_disk_that_loses_unsynced_writes_keeps_every_acknowledged_event() {
         check_exactly_once(&log, &acked_before, true);
         runtime.shutdown().unwrap();
     }
+}
+
+/// A failed fsync poisons the store: publishes are refused, and readiness
+/// turns `not_ready` with the reason, where a load balancer can see it.
+#[test]
+fn a_failed_fsync_makes_the_runtime_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), FAN_OUT);
+    let disk = Arc::new(Disk::default());
+    let store =
+        Store::open_with_backend(Backend(Arc::clone(&disk)), &dir.path().join("sim.redb"), StoreOptions::default())
+            .unwrap();
+    let runtime = Runtime::start_with_store(&cfg, store).unwrap();
+    runtime.publish_blocking(vec![item(0)]).unwrap();
+    assert!(runtime.wait_idle(Duration::from_secs(30)));
+    let ready = runtime.readiness();
+    assert_eq!(ready.status, "ready", "{ready:?}");
+
+    disk.fail_sync.store(true, Ordering::Relaxed);
+    assert!(runtime.publish_blocking(vec![item(1)]).is_err(), "a publish whose fsync failed is not acknowledged");
+    let ready = runtime.readiness();
+    assert_eq!(ready.status, "not_ready", "{ready:?}");
+    assert!(ready.reasons.iter().any(|r| r.contains("poisoned") && r.contains("simulated fsync failure")), "{ready:?}");
+    // Shutting down reports the poisoned store rather than pretending.
+    assert!(runtime.shutdown().is_err());
 }
 
 #[test]
