@@ -22,27 +22,8 @@ use weir_tests::{Server, plugins};
 
 const TOKEN: &str = "s3cret";
 
-/// `admin_token` continues the `[http]` table that `Server::start` writes
-/// before this text.
-const CONFIG: &str = r#"admin_token = "s3cret"
-
-[[pipelines]]
-name = "orders"
-topics = ["orders.order.created"]
-[[pipelines.handlers]]
-name = "validator"
-plugin = "{ORDER_VALIDATOR}"
-[[pipelines.handlers]]
-name = "audit"
-plugin = "{AUDIT_LOGGER}"
-
-[[pipelines]]
-name = "enrich"
-topics = ["orders.order.validated"]
-[[pipelines.handlers]]
-name = "enricher"
-plugin = "{ENRICHER}"
-
+/// Pipelines after the demo's (see [`config`]).
+const MORE: &str = r#"
 [[pipelines]]
 name = "payments"
 topics = ["payments.charge.requested"]
@@ -59,6 +40,13 @@ topics = ["jobs.*.created"]
 name = "worker"
 plugin = "{VERSIONED_V1}"
 "#;
+
+/// `admin_token` first (it continues the `[http]` table that
+/// `Server::start` writes before this text), then the demo's pipelines, then
+/// a flaky charger and a worker that rejects keys starting with `bad`.
+fn config() -> String {
+    format!("admin_token = \"{TOKEN}\"\n{}{MORE}", weir_tests::ORDERS_ENRICHED)
+}
 
 const SUBSCRIPTIONS: [&str; 5] =
     ["orders/validator", "orders/audit", "enrich/enricher", "payments/charger", "jobs/worker"];
@@ -368,7 +356,7 @@ fn the_dashboard_shows_live_numbers_and_redrives_and_purges_dead_letters() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), CONFIG);
+    let server = Server::start(dir.path(), &config());
 
     // Before the page opens: two orders the validator rejects, a job that
     // version 1 of the worker rejects, and some that pass.

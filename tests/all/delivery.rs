@@ -30,24 +30,7 @@ fn by_topic<'a>(events: &'a [Event], topic: &str) -> Vec<&'a Event> {
     events.iter().filter(|e| e.topic == topic).collect()
 }
 
-const FAN_OUT: &str = r#"
-[[pipelines]]
-name = "orders"
-topics = ["orders.order.created"]
-[[pipelines.handlers]]
-name = "validator"
-plugin = "{ORDER_VALIDATOR}"
-[[pipelines.handlers]]
-name = "audit"
-plugin = "{AUDIT_LOGGER}"
-
-[[pipelines]]
-name = "enrich"
-topics = ["orders.order.validated"]
-[[pipelines.handlers]]
-name = "enricher"
-plugin = "{ENRICHER}"
-"#;
+const FAN_OUT: &str = weir_tests::ORDERS_ENRICHED;
 
 #[test]
 fn fan_out_reaches_every_subscription_once_and_chains_carry_causation() {

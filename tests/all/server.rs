@@ -7,17 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weir_tests::{Server, weir, weir_bin};
 
-const PIPELINE: &str = r#"
-[[pipelines]]
-name = "orders"
-topics = ["orders.order.created"]
-[[pipelines.handlers]]
-name = "validator"
-plugin = "{ORDER_VALIDATOR}"
-[[pipelines.handlers]]
-name = "audit"
-plugin = "{AUDIT_LOGGER}"
-"#;
+const PIPELINE: &str = weir_tests::ORDERS;
 
 fn order(id: &str, currency: &str) -> Value {
     json!({ "topic": "orders.order.created", "key": id,
