@@ -14,9 +14,10 @@ pub mod plugins {
     include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
 }
 
-/// The orders pipeline many tests run: `orders.order.created` fanned out to
-/// an order validator and an audit logger.
-pub const ORDERS: &str = r#"
+/// The text of [`ORDERS`], as a literal so [`ORDERS_ENRICHED`] can extend it.
+macro_rules! orders_toml {
+    () => {
+        r#"
 [[pipelines]]
 name = "orders"
 topics = ["orders.order.created"]
@@ -26,28 +27,27 @@ plugin = "{ORDER_VALIDATOR}"
 [[pipelines.handlers]]
 name = "audit"
 plugin = "{AUDIT_LOGGER}"
-"#;
+"#
+    };
+}
+
+/// The orders pipeline many tests run: `orders.order.created` fanned out to
+/// an order validator and an audit logger.
+pub const ORDERS: &str = orders_toml!();
 
 /// [`ORDERS`] plus the pipeline its validator feeds: an enricher on
 /// `orders.order.validated` (the demo's shape).
-pub const ORDERS_ENRICHED: &str = r#"
-[[pipelines]]
-name = "orders"
-topics = ["orders.order.created"]
-[[pipelines.handlers]]
-name = "validator"
-plugin = "{ORDER_VALIDATOR}"
-[[pipelines.handlers]]
-name = "audit"
-plugin = "{AUDIT_LOGGER}"
-
+pub const ORDERS_ENRICHED: &str = concat!(
+    orders_toml!(),
+    r#"
 [[pipelines]]
 name = "enrich"
 topics = ["orders.order.validated"]
 [[pipelines.handlers]]
 name = "enricher"
 plugin = "{ENRICHER}"
-"#;
+"#
+);
 
 /// The `weir` binary next to the test executable (`target/<profile>/weir`).
 /// `cargo test --workspace` builds it, because `weir-runtime` has an
