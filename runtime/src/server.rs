@@ -61,6 +61,24 @@ fn store_error(e: &StoreError) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
 }
 
+/// A blocking task that panicked or was cancelled.
+fn internal(e: &tokio::task::JoinError) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+/// Run store work on the blocking pool (never on an I/O thread), answering a
+/// storage error with 503 and a failed task with 500, as every read endpoint
+/// does.
+async fn store_work<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(store_error(&e)),
+        Err(e) => Err(internal(&e)),
+    }
+}
+
 /// Constant-time comparison, so response timing does not reveal how much of
 /// a guessed token was right.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -92,10 +110,9 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>>
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let rt = Arc::clone(&state.runtime);
-    match tokio::task::spawn_blocking(move || rt.metrics()).await {
-        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    match store_work(move || rt.metrics()).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(response) => response,
     }
 }
 
@@ -122,7 +139,7 @@ async fn ready(State(state): State<AppState>) -> Response {
             let code = if r.status == "not_ready" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
             (code, axum::Json(json!(r))).into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => internal(&e),
     }
 }
 
@@ -185,12 +202,11 @@ async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
 
 async fn status(State(state): State<AppState>) -> Response {
     let rt = Arc::clone(&state.runtime);
-    match tokio::task::spawn_blocking(move || rt.status().map(|s| (s, rt.store().head()))).await {
-        Ok(Ok((subscriptions, head))) => {
+    match store_work(move || rt.status().map(|s| (s, rt.store().head()))).await {
+        Ok((subscriptions, head)) => {
             axum::Json(json!({ "head": head, "subscriptions": subscriptions })).into_response()
         }
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(response) => response,
     }
 }
 
@@ -228,12 +244,11 @@ fn summary(entry: &crate::store::DlqEntry) -> Value {
 
 async fn dlq_list(State(state): State<AppState>, Query(params): Query<FilterParams>) -> Response {
     let rt = Arc::clone(&state.runtime);
-    match tokio::task::spawn_blocking(move || rt.dlq(&params.filter())).await {
-        Ok(Ok(entries)) => {
+    match store_work(move || rt.dlq(&params.filter())).await {
+        Ok(entries) => {
             axum::Json(json!({ "entries": entries.iter().map(summary).collect::<Vec<_>>() })).into_response()
         }
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(response) => response,
     }
 }
 
@@ -243,8 +258,8 @@ async fn dlq_show(
 ) -> Response {
     let rt = Arc::clone(&state.runtime);
     let filter = DlqFilter { subscription: Some(format!("{pipeline}/{handler}")), code: None, seq: Some(seq) };
-    match tokio::task::spawn_blocking(move || rt.dlq(&filter)).await {
-        Ok(Ok(entries)) => match entries.first() {
+    match store_work(move || rt.dlq(&filter)).await {
+        Ok(entries) => match entries.first() {
             Some(entry) => {
                 let mut body = summary(entry);
                 body["event"] =
@@ -253,8 +268,7 @@ async fn dlq_show(
             }
             None => error(StatusCode::NOT_FOUND, "not_found", format!("no DLQ entry {pipeline}/{handler} #{seq}")),
         },
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(response) => response,
     }
 }
 
@@ -293,7 +307,7 @@ async fn dlq_redrive(State(state): State<AppState>, headers: HeaderMap, body: By
             error(StatusCode::NOT_FOUND, e.code(), e.to_string())
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => internal(&e),
     }
 }
 
@@ -303,10 +317,9 @@ async fn dlq_purge(State(state): State<AppState>, headers: HeaderMap, body: Byte
         Err(r) => return *r,
     };
     let rt = Arc::clone(&state.runtime);
-    match tokio::task::spawn_blocking(move || rt.purge(params.filter())).await {
-        Ok(Ok(purged)) => axum::Json(json!({ "purged": purged })).into_response(),
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    match store_work(move || rt.purge(params.filter())).await {
+        Ok(purged) => axum::Json(json!({ "purged": purged })).into_response(),
+        Err(response) => response,
     }
 }
 
@@ -323,7 +336,7 @@ fn deploy_answer(
             error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), format!("{e:#}: {}", source_text(&e)))
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(e) => internal(&e),
     }
 }
 
@@ -333,23 +346,21 @@ fn source_text(e: &crate::runtime::DeployError) -> String {
 
 async fn plugins_list(State(state): State<AppState>) -> Response {
     let rt = Arc::clone(&state.runtime);
-    match tokio::task::spawn_blocking(move || rt.plugins()).await {
-        Ok(Ok(list)) => axum::Json(json!({ "handlers": list.into_iter().map(|(handler, active, versions)| json!({
+    match store_work(move || rt.plugins()).await {
+        Ok(list) => axum::Json(json!({ "handlers": list.into_iter().map(|(handler, active, versions)| json!({
             "handler": handler, "active": active, "versions": versions,
         })).collect::<Vec<_>>() }))
         .into_response(),
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Err(response) => response,
     }
 }
 
 async fn plugin_history(State(state): State<AppState>, Path((pipeline, handler)): Path<(String, String)>) -> Response {
     let rt = Arc::clone(&state.runtime);
     let name = format!("{pipeline}/{handler}");
-    match tokio::task::spawn_blocking(move || rt.history(&name)).await {
-        Ok(Ok(history)) => axum::Json(json!({ "history": history.into_iter().map(|(n, r)| json!({ "version": n, "record": r })).collect::<Vec<_>>() })).into_response(),
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    match store_work(move || rt.history(&name)).await {
+        Ok(history) => axum::Json(json!({ "history": history.into_iter().map(|(n, r)| json!({ "version": n, "record": r })).collect::<Vec<_>>() })).into_response(),
+        Err(response) => response,
     }
 }
 
