@@ -481,8 +481,13 @@ impl Worker {
         if let Some(fuel) = invocation.fuel_used {
             self.counters.fuel_consumed.fetch_add(fuel, Ordering::Relaxed);
         }
-        if let Some(bytes) = invocation.memory_bytes {
-            self.counters.memory_high_water_bytes.fetch_max(bytes as u64, Ordering::Relaxed);
+        // Only this worker writes the high-water mark (a swap resets it here
+        // too), so a plain load and store do; no read-modify-write per event.
+        let high = &self.counters.memory_high_water_bytes;
+        if let Some(bytes) = invocation.memory_bytes.map(|b| b as u64)
+            && bytes > high.load(Ordering::Relaxed)
+        {
+            high.store(bytes, Ordering::Relaxed);
         }
         if invocation.logs_dropped > 0 {
             self.counters.plugin_log_lines_dropped.fetch_add(invocation.logs_dropped as u64, Ordering::Relaxed);
