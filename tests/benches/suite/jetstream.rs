@@ -962,15 +962,6 @@ pub(crate) fn throughput(payloads: &[Vec<u8>], mode: &Mode) -> anyhow::Result<Th
     Ok(Throughput { events: payloads.len(), publish_secs, total_secs })
 }
 
-/// Publish→handled latency quantiles.
-#[derive(Debug, Clone)]
-pub(crate) struct Latency {
-    pub(crate) p50: Duration,
-    pub(crate) p99: Duration,
-    pub(crate) p999: Duration,
-    pub(crate) samples: usize,
-}
-
 /// Publish at `rate` events/s for `seconds` (after 1 s of warm-up, not
 /// measured), in 1 ms ticks. An event's latency runs from its publish call
 /// to both consumers holding the server's confirmation of their ack.
@@ -979,7 +970,7 @@ pub(crate) fn latency(
     rate: usize,
     seconds: u64,
     mode: &Mode,
-) -> anyhow::Result<Latency> {
+) -> anyhow::Result<crate::weir::Latency> {
     ensure!(rate > 0 && seconds > 0, "latency needs a rate and a duration");
     let warmup = rate;
     let total = rate * usize::try_from(seconds)? + warmup;
@@ -1012,14 +1003,12 @@ pub(crate) fn latency(
     }
     publisher.finish()?;
     let reports = join(consumers)?;
-    let mut samples = (warmup..total)
+    let samples = (warmup..total)
         .map(|i| {
             let a = reports[0].acked_at[i].context("an input consumer a never acked")?;
             let b = reports[1].acked_at[i].context("an input consumer b never acked")?;
             Ok(a.max(b) - starts[i])
         })
         .collect::<anyhow::Result<Vec<Duration>>>()?;
-    samples.sort_unstable();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    Ok(Latency { p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), samples: samples.len() })
+    Ok(crate::weir::Latency::from_samples(rate, seconds, samples))
 }

@@ -180,6 +180,18 @@ impl Report {
         let _ = write!(self.md, "\n### {title}\n\n{header}\n|{}\n", "---|".repeat(cols));
     }
 
+    /// A row of the latency table: p99 in bold, the figure the target names.
+    fn latency_row(&mut self, scenario: &str, acknowledgement: &str, l: &weir::Latency) {
+        self.row(&[
+            scenario.to_owned(),
+            acknowledgement.to_owned(),
+            format!("{:.2} ms", l.p50_ms),
+            format!("**{:.2} ms**", l.p99_ms),
+            format!("{:.2} ms", l.p999_ms),
+            l.samples.to_string(),
+        ]);
+    }
+
     fn row(&mut self, cells: &[String]) {
         let _ = writeln!(self.md, "| {} |", cells.join(" | "));
     }
@@ -381,14 +393,7 @@ fn main() {
         let l = weir::latency(Setup::new(Shape::FanOut), o.rate, o.seconds);
         results.insert("latency_p99_ms".into(), l.p99_ms);
         results.insert("latency_rate".into(), o.rate as f64);
-        r.row(&[
-            "`s2` Weir".into(),
-            "durable".into(),
-            format!("{:.2} ms", l.p50_ms),
-            format!("**{:.2} ms**", l.p99_ms),
-            format!("{:.2} ms", l.p999_ms),
-            l.samples.to_string(),
-        ]);
+        r.latency_row("`s2` Weir", "durable", &l);
         r.json["scenarios"]["latency_s2"] = json!(l);
         if let Some(v) = jetstream::server_version() {
             for mode in [jetstream::Mode { sync_always: false }, jetstream::Mode { sync_always: true }] {
@@ -418,20 +423,10 @@ fn main() {
                 settle();
                 match jetstream::latency(&weir::payload, o.rate, o.seconds, &mode) {
                     Ok(l) => {
-                        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-                        r.row(&[
-                            "`s6` JetStream".into(),
-                            format!("{mode}"),
-                            format!("{:.2} ms", ms(l.p50)),
-                            format!("{:.2} ms", ms(l.p99)),
-                            format!("{:.2} ms", ms(l.p999)),
-                            l.samples.to_string(),
-                        ]);
+                        r.latency_row("`s6` JetStream", &mode.to_string(), &l);
                         let key = if mode.sync_always { "latency_s6_sync_always" } else { "latency_s6" };
-                        r.json["scenarios"][key] = json!({
-                            "rate": o.rate, "seconds": o.seconds, "p50_ms": ms(l.p50), "p99_ms": ms(l.p99),
-                            "p999_ms": ms(l.p999), "samples": l.samples, "mode": mode.to_string(),
-                        });
+                        r.json["scenarios"][key] = json!(l);
+                        r.json["scenarios"][key]["mode"] = json!(mode.to_string());
                     }
                     Err(e) => r.fail("latency s6", &e),
                 }
