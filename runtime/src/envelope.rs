@@ -17,6 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use weir_abi::{Emit, Event, EventId, Header};
 
 use crate::ids::IdGenerator;
+use crate::ingest::cloudevent_key;
 use crate::topic::{self, TopicError};
 
 /// Why a JSON event could not be turned into an event.
@@ -49,6 +50,18 @@ pub enum EnvelopeError {
     /// Both payload forms were given.
     #[error("give either `payload` or `payload_base64`, not both")]
     TwoPayloads,
+    /// An `idempotency_key` in the reserved `ce:` form that is not the
+    /// CloudEvents key of the event's own source.
+    #[error(
+        "invalid `idempotency_key` {key:?}: keys beginning with `ce:` are reserved for CloudEvents and must be \
+         `ce:<source, % and # percent-encoded>#<id>` with the event's own source, here {expected:?} followed by the id"
+    )]
+    ReservedIdempotencyKey {
+        /// The key given.
+        key: String,
+        /// What a key for this event's source must begin with.
+        expected: String,
+    },
 }
 
 impl EnvelopeError {
@@ -62,6 +75,7 @@ impl EnvelopeError {
             Self::BadTime { .. } => "invalid_time",
             Self::BadBase64(_) => "invalid_base64",
             Self::TwoPayloads => "two_payloads",
+            Self::ReservedIdempotencyKey { .. } => "invalid_idempotency_key",
         }
     }
 }
@@ -148,11 +162,28 @@ impl JsonEvent {
     /// defaulting to `default_source`, schema version 1, time now, content
     /// type from the payload form, idempotency key = id.
     ///
+    /// An explicit idempotency key that begins with `ce:` is reserved for
+    /// CloudEvents: it is accepted only as
+    /// [`cloudevent_key`]`(source, id)` for this event's own `source` (after
+    /// defaulting) and some id, i.e. when the event claims to be that
+    /// CloudEvent, as a stored CloudEvent republished in this form does.
+    ///
     /// # Errors
     ///
     /// An [`EnvelopeError`] for the first invalid field.
     pub fn into_event(self, ids: &IdGenerator, default_source: &str) -> Result<Event, EnvelopeError> {
         topic::validate(&self.topic)?;
+        let source = self.source.unwrap_or_else(|| default_source.to_owned());
+        if let Some(key) = &self.idempotency_key
+            && key.starts_with("ce:")
+        {
+            // `cloudevent_key(source, "")` is the key up to and including the
+            // `#` that ends the escaped source, which holds no `#` itself.
+            let expected = cloudevent_key(&source, "");
+            if !key.starts_with(&expected) {
+                return Err(EnvelopeError::ReservedIdempotencyKey { key: key.clone(), expected });
+            }
+        }
         let id = match &self.id {
             Some(text) => parse_id("id", text)?,
             None => ids.next_id(),
@@ -177,7 +208,7 @@ impl JsonEvent {
         Ok(Event {
             id,
             topic: self.topic,
-            source: self.source.unwrap_or_else(|| default_source.to_owned()),
+            source,
             key: self.key,
             schema_version: self.schema_version.unwrap_or(1),
             time,
@@ -301,5 +332,44 @@ mod tests {
             .into_event(&ids, "s")
             .unwrap();
         assert_eq!(format_time(e.time), "2026-11-26T12:00:00.5Z");
+    }
+
+    #[test]
+    fn ce_keys_are_reserved_for_the_events_own_cloudevent() {
+        let ids = IdGenerator::new();
+        let event = |line: &str| JsonEvent::from_json_line(line).unwrap().into_event(&ids, "weir:test");
+        // Any other key is the producer's business, `#` and all.
+        let e = event(r##"{"topic":"a.b.c","source":"/shop","idempotency_key":"/shop#42"}"##).unwrap();
+        assert_eq!(e.idempotency_key, "/shop#42");
+        assert_ne!(e.idempotency_key, cloudevent_key("/shop", "42"));
+        // Claiming to be the CloudEvent `/shop` + `42`, as `weir events`
+        // output of one does, is allowed.
+        let e = event(r##"{"topic":"a.b.c","source":"/shop","idempotency_key":"ce:/shop#42"}"##).unwrap();
+        assert_eq!(e.idempotency_key, cloudevent_key("/shop", "42"));
+        // The id after the source's `#` may hold anything, `#` included.
+        event(r##"{"topic":"a.b.c","source":"/shop","idempotency_key":"ce:/shop#4#2"}"##).unwrap();
+        // The source is checked after defaulting, and escaped.
+        event(r##"{"topic":"a.b.c","idempotency_key":"ce:weir:test#1"}"##).unwrap();
+        event(r##"{"topic":"a.b.c","source":"/a#b%","idempotency_key":"ce:/a%23b%25#1"}"##).unwrap();
+        let refused = [
+            // Another source.
+            r##"{"topic":"a.b.c","source":"/other","idempotency_key":"ce:/shop#42"}"##,
+            r##"{"topic":"a.b.c","idempotency_key":"ce:/shop#42"}"##,
+            // A longer source that merely starts with this one.
+            r##"{"topic":"a.b.c","source":"/shop","idempotency_key":"ce:/shop/x#42"}"##,
+            // The source unescaped: `/a` + `b#1` is not this event's.
+            r##"{"topic":"a.b.c","source":"/a#b","idempotency_key":"ce:/a#b#1"}"##,
+            r##"{"topic":"a.b.c","source":"/shop","idempotency_key":"ce:/shop"}"##,
+            r##"{"topic":"a.b.c","source":"/shop","idempotency_key":"ce:"}"##,
+        ];
+        for line in refused {
+            let err = event(line).unwrap_err();
+            assert_eq!(err.code(), "invalid_idempotency_key", "{line}");
+            assert!(err.to_string().contains("reserved for CloudEvents"), "{err}");
+        }
+        // A stored event's JSON form goes back in unchanged.
+        let e = event(r##"{"topic":"a.b.c","source":"/my shop#1","idempotency_key":"ce:/my shop%231#7"}"##).unwrap();
+        let again = serde_json::to_string(&JsonEvent::from_event(&e)).unwrap();
+        assert_eq!(event(&again).unwrap().idempotency_key, e.idempotency_key);
     }
 }

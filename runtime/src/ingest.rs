@@ -2,6 +2,8 @@
 //! batch) and CloudEvents 1.0 in structured, batch and binary mode. Shared by
 //! the HTTP API and `weir publish`. Documented in docs/events.md.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Map, Value};
@@ -69,6 +71,33 @@ impl IngestError {
             _ => None,
         }
     }
+}
+
+/// The idempotency key of the CloudEvent with this `source` and `id`:
+/// `ce:` + `source` with every `%` written `%25` and every `#` written `%23`,
+/// then `#`, then `id` as given.
+///
+/// The escaped source holds no `#`, so the first `#` after `ce:` ends it and
+/// two different (source, id) pairs never share a key. (The old
+/// `<source>#<id>` did: `/shop#1` + `2` and `/shop` + `1#2`.) By the
+/// CloudEvents spec, source + id identify an event, so the same CloudEvent
+/// sent twice, in any mode, gets the same key and is a duplicate. Keys
+/// beginning with `ce:` are reserved for these: a JSON event may only give
+/// one for its own source (see [`JsonEvent::into_event`]).
+#[must_use]
+pub fn cloudevent_key(source: &str, id: &str) -> String {
+    let mut key = String::with_capacity(3 + source.len() + 1 + id.len());
+    key.push_str("ce:");
+    for c in source.chars() {
+        match c {
+            '%' => key.push_str("%25"),
+            '#' => key.push_str("%23"),
+            c => key.push(c),
+        }
+    }
+    key.push('#');
+    key.push_str(id);
+    key
 }
 
 /// Validation settings of an ingest path.
@@ -174,7 +203,7 @@ impl Ingest<'_> {
         let subject = take_str(&mut ce, "subject", false)?;
         let time = take_str(&mut ce, "time", false)?;
         let content_type = take_str(&mut ce, "datacontenttype", false)?;
-        let _dataschema = take_str(&mut ce, "dataschema", false)?;
+        let dataschema = take_str(&mut ce, "dataschema", false)?;
         let data = ce.remove("data");
         let data_base64 = take_str(&mut ce, "data_base64", false)?;
         let schema_version = match ce.remove("schemaversion") {
@@ -183,13 +212,16 @@ impl Ingest<'_> {
                 parse_schema_version(&v).ok_or_else(|| bad(format!("`schemaversion` {v} is not a whole number")))?,
             ),
         };
-        let headers = ce
+        let mut headers: std::collections::BTreeMap<String, String> = ce
             .into_iter()
             .map(|(name, value)| match value {
                 Value::String(s) => (name, s),
                 other => (name, other.to_string()),
             })
             .collect();
+        if let Some(dataschema) = dataschema {
+            headers.insert("dataschema".to_owned(), dataschema);
+        }
         let json_like = content_type.as_deref().is_none_or(|ct| ct.contains("json"));
         let (payload, payload_base64) = match (data, data_base64) {
             (Some(_), Some(_)) => return Err(bad("give either `data` or `data_base64`, not both".into())),
@@ -200,7 +232,7 @@ impl Ingest<'_> {
         let json = JsonEvent {
             id: None,
             topic,
-            idempotency_key: Some(format!("{source}#{id}")),
+            idempotency_key: Some(cloudevent_key(&source, &id)),
             source: Some(source),
             key: subject,
             schema_version,
@@ -216,50 +248,61 @@ impl Ingest<'_> {
     }
 
     /// One CloudEvent in binary mode: attributes in `ce-*` headers, the body
-    /// as the payload. `headers` are (lowercase name, value) pairs.
+    /// as the payload. `headers` are the request's (name, raw value) pairs,
+    /// all of them: names are matched without regard to case, and each
+    /// `ce-*` value is decoded as the CloudEvents HTTP binding says (§3.1.3.2):
+    /// enclosing double quotes removed (with their backslash escapes), then
+    /// one round of percent-decoding, then UTF-8. `content-type` is the data
+    /// content type, taken as it is.
     ///
     /// # Errors
     ///
-    /// If required attributes are missing or the event is invalid.
-    pub fn cloudevent_binary(&self, headers: &[(String, String)], body: Vec<u8>) -> Result<Vec<Event>, IngestError> {
+    /// If required attributes are missing, a header value cannot be decoded
+    /// (the error names the header), or the event is invalid.
+    pub fn cloudevent_binary(&self, headers: &[(&str, &[u8])], body: Vec<u8>) -> Result<Vec<Event>, IngestError> {
         let bad = |reason: String| IngestError::CloudEvent { index: 0, reason };
-        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let spec = get("ce-specversion").ok_or_else(|| bad("`ce-specversion` is required".into()))?;
+        // (attribute name without `ce-`, decoded value), in request order.
+        let mut attributes: Vec<(String, String)> = Vec::new();
+        let mut content_type = None;
+        for (name, raw) in headers {
+            let name = name.to_ascii_lowercase();
+            if let Some(attribute) = name.strip_prefix("ce-") {
+                let value = decode_header_value(raw).map_err(|why| bad(format!("`{name}` {why}")))?;
+                attributes.push((attribute.to_owned(), value));
+            } else if name == "content-type" && content_type.is_none() {
+                let text = std::str::from_utf8(raw).map_err(|_| bad("`content-type` is not valid UTF-8".into()))?;
+                content_type = Some(text.to_owned());
+            }
+        }
+        let get = |name: &str| attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let spec = get("specversion").ok_or_else(|| bad("`ce-specversion` is required".into()))?;
         if spec != "1.0" {
             return Err(bad(format!("specversion {spec:?} is not supported (only \"1.0\")")));
         }
-        let required = |name: &str| get(name).ok_or_else(|| bad(format!("`{name}` is required")));
-        let topic = required("ce-type")?;
-        let source = required("ce-source")?;
-        let id = required("ce-id")?;
-        let schema_version = match get("ce-schemaversion") {
+        let required = |name: &str| get(name).ok_or_else(|| bad(format!("`ce-{name}` is required")));
+        let topic = required("type")?;
+        let source = required("source")?;
+        let id = required("id")?;
+        let schema_version = match get("schemaversion") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| bad(format!("`ce-schemaversion` {v:?} is not a whole number")))?),
         };
-        let known = [
-            "ce-specversion",
-            "ce-type",
-            "ce-source",
-            "ce-id",
-            "ce-subject",
-            "ce-time",
-            "ce-schemaversion",
-            "ce-dataschema",
-        ];
-        let extensions = headers
-            .iter()
-            .filter(|(n, _)| n.starts_with("ce-") && !known.contains(&n.as_str()))
-            .map(|(n, v)| (n["ce-".len()..].to_owned(), v.clone()))
-            .collect();
+        let known = ["specversion", "type", "source", "id", "subject", "time", "schemaversion", "dataschema"];
+        // Reversed, so that of a header given twice the first value wins, as in `get`.
+        let mut extensions: std::collections::BTreeMap<String, String> =
+            attributes.iter().rev().filter(|(n, _)| !known.contains(&n.as_str())).cloned().collect();
+        if let Some(dataschema) = get("dataschema") {
+            extensions.insert("dataschema".to_owned(), dataschema);
+        }
         let json = JsonEvent {
             id: None,
             topic,
-            idempotency_key: Some(format!("{source}#{id}")),
+            idempotency_key: Some(cloudevent_key(&source, &id)),
             source: Some(source),
-            key: get("ce-subject"),
+            key: get("subject"),
             schema_version,
-            time: get("ce-time"),
-            content_type: Some(get("content-type").unwrap_or_else(|| "application/octet-stream".into())),
+            time: get("time"),
+            content_type: Some(content_type.unwrap_or_else(|| "application/octet-stream".into())),
             headers: extensions,
             correlation_id: None,
             causation_id: None,
@@ -268,6 +311,70 @@ impl Ingest<'_> {
         };
         Ok(vec![self.finish(0, json)?])
     }
+}
+
+/// Decode one binary-mode `ce-*` header value (CloudEvents HTTP binding
+/// §3.1.3.2): a value that starts with `"` must be an RFC 7230 quoted string,
+/// whose quotes are removed and backslash escapes resolved; then every `%xy`
+/// (hex digits of either case) becomes the byte `xy`; the bytes must be
+/// UTF-8 (which refuses overlong forms such as `%C0%A0`). Raw bytes outside
+/// ASCII are accepted as they are, as long as the result is UTF-8. The error
+/// completes "`ce-<name>` …".
+fn decode_header_value(raw: &[u8]) -> Result<String, String> {
+    let unquoted = if raw.first() == Some(&b'"') {
+        Cow::Owned(unquote(raw).ok_or("starts with a double quote but is not a valid quoted string")?)
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let mut bytes = Vec::with_capacity(unquoted.len());
+    let mut rest = unquoted.as_ref();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let byte = match tail {
+                [hi, lo, ..] => hex(*hi).zip(hex(*lo)).map(|(hi, lo)| hi << 4 | lo),
+                _ => None,
+            };
+            let Some(byte) = byte else {
+                let shown: String = String::from_utf8_lossy(&rest[..rest.len().min(3)]).into_owned();
+                return Err(format!(
+                    "has a malformed percent escape {shown:?}: `%` must be followed by two hex digits (write `%25` for `%`)"
+                ));
+            };
+            bytes.push(byte);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| "is not valid UTF-8 after percent-decoding".to_owned())
+}
+
+/// The content of an RFC 7230 §3.2.6 quoted string that is all of `raw`, or
+/// `None` if `raw` is not one (no closing quote, text after it, or a
+/// trailing backslash).
+fn unquote(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw.strip_prefix(b"\"")?;
+    loop {
+        let (&first, tail) = rest.split_first()?;
+        match first {
+            b'"' => return tail.is_empty().then_some(out),
+            b'\\' => {
+                let (&escaped, tail) = tail.split_first()?;
+                out.push(escaped);
+                rest = tail;
+            }
+            other => {
+                out.push(other);
+                rest = tail;
+            }
+        }
+    }
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).and_then(|d| u8::try_from(d).ok())
 }
 
 fn parse_schema_version(v: &Value) -> Option<u32> {
@@ -307,7 +414,7 @@ mod tests {
         let e = &ingest(&ids).cloudevent(body).unwrap()[0];
         assert_eq!(e.topic, "orders.order.created");
         assert_eq!(e.key.as_deref(), Some("o-1"));
-        assert_eq!(e.idempotency_key, "/shop#42");
+        assert_eq!(e.idempotency_key, "ce:/shop#42");
         assert_eq!(e.source, "/shop");
         assert_eq!(e.payload, br#"{"x":1}"#);
         assert_eq!(e.schema_version, 2);
@@ -321,7 +428,7 @@ mod tests {
     #[test]
     fn binary_cloudevent_reads_headers() {
         let ids = IdGenerator::new();
-        let headers: Vec<(String, String)> = [
+        let headers = raw(&[
             ("ce-specversion", "1.0"),
             ("ce-type", "orders.order.created"),
             ("ce-source", "/shop"),
@@ -329,14 +436,132 @@ mod tests {
             ("ce-subject", "o-7"),
             ("ce-traceparent", "00-abc"),
             ("content-type", "text/plain"),
-        ]
-        .iter()
-        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-        .collect();
+        ]);
         let e = &ingest(&ids).cloudevent_binary(&headers, b"hello".to_vec()).unwrap()[0];
         assert_eq!(e.payload, b"hello");
         assert_eq!(e.content_type, "text/plain");
         assert_eq!(e.key.as_deref(), Some("o-7"));
         assert_eq!(e.header("traceparent"), Some("00-abc"));
+    }
+
+    fn raw<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
+        pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
+    }
+
+    /// A binary-mode CloudEvent with required attributes and `extra` headers
+    /// (which come first, so they win over the defaults).
+    fn binary(extra: &[(&str, &[u8])]) -> Result<Event, IngestError> {
+        let ids = IdGenerator::new();
+        let mut headers: Vec<(&str, &[u8])> = extra.to_vec();
+        headers.extend(raw(&[("ce-specversion", "1.0"), ("ce-type", "a.b.c"), ("ce-source", "/s"), ("ce-id", "1")]));
+        ingest(&ids).cloudevent_binary(&headers, Vec::new()).map(|mut events| events.remove(0))
+    }
+
+    #[test]
+    fn cloudevent_key_escapes_the_source_so_keys_never_collide() {
+        assert_eq!(cloudevent_key("/shop", "42"), "ce:/shop#42");
+        // The pair that collided as `/shop#1#2` under the old `<source>#<id>`.
+        assert_eq!(cloudevent_key("/shop#1", "2"), "ce:/shop%231#2");
+        assert_eq!(cloudevent_key("/shop", "1#2"), "ce:/shop#1#2");
+        // `%` is escaped too, or `/a%23` + `b` would meet `/a#` + `b`.
+        assert_eq!(cloudevent_key("/a%23", "b"), "ce:/a%2523#b");
+        assert_eq!(cloudevent_key("/a#", "b"), "ce:/a%23#b");
+        // The id is kept raw.
+        assert_eq!(cloudevent_key("s", "%#x"), "ce:s#%#x");
+        let pairs = [("/shop#1", "2"), ("/shop", "1#2"), ("/a%23", "b"), ("/a#", "b"), ("", "#"), ("#", "")];
+        for (i, a) in pairs.iter().enumerate() {
+            for b in &pairs[i + 1..] {
+                assert_ne!(cloudevent_key(a.0, a.1), cloudevent_key(b.0, b.1), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn structured_cloudevents_that_used_to_collide_get_distinct_keys() {
+        let ids = IdGenerator::new();
+        let one = br#"{"specversion":"1.0","type":"a.b.c","source":"/shop#1","id":"2"}"#;
+        let two = br#"{"specversion":"1.0","type":"a.b.c","source":"/shop","id":"1#2"}"#;
+        let one = &ingest(&ids).cloudevent(one).unwrap()[0];
+        let two = &ingest(&ids).cloudevent(two).unwrap()[0];
+        assert_ne!(one.idempotency_key, two.idempotency_key);
+        assert_eq!(one.idempotency_key, "ce:/shop%231#2");
+        assert_eq!(one.source, "/shop#1");
+        assert_eq!(two.idempotency_key, "ce:/shop#1#2");
+    }
+
+    #[test]
+    fn binary_cloudevent_values_are_percent_decoded() {
+        // What the CloudEvents SDKs send for source `/my shop`.
+        let e = binary(&raw(&[("ce-source", "/my%20shop"), ("ce-id", "A-1")])).unwrap();
+        assert_eq!(e.source, "/my shop");
+        assert_eq!(e.idempotency_key, cloudevent_key("/my shop", "A-1"));
+        // The spec's example, lower-case hex, and an unnecessary escape.
+        let e =
+            binary(&raw(&[("ce-tenant", "Euro%20%E2%82%AC%20%F0%9F%98%80"), ("ce-subject", "%e2%82%ac%41")])).unwrap();
+        assert_eq!(e.header("tenant"), Some("Euro € 😀"));
+        assert_eq!(e.key.as_deref(), Some("€A"));
+        // `%25` is a literal percent, decoded once only.
+        let e = binary(&raw(&[("ce-id", "100%2525")])).unwrap();
+        assert_eq!(e.idempotency_key, "ce:/s#100%25");
+        // Old-style double-quoted values: quotes and backslash escapes removed, then percent-decoding.
+        let e = binary(&raw(&[("ce-source", r#""/my \"quoted\" shop%21""#)])).unwrap();
+        assert_eq!(e.source, r#"/my "quoted" shop!"#);
+        // Percent-encoded `%` and `#` in the source stay distinct in the key.
+        let e = binary(&raw(&[("ce-source", "/a%23b%25"), ("ce-id", "c")])).unwrap();
+        assert_eq!((e.source.as_str(), e.idempotency_key.as_str()), ("/a#b%", "ce:/a%23b%25#c"));
+        // Header names are matched without regard to case; other headers are ignored.
+        let e = binary(&raw(&[("CE-Subject", "o%2D1"), ("x-other", "%zz")])).unwrap();
+        assert_eq!(e.key.as_deref(), Some("o-1"));
+    }
+
+    #[test]
+    fn binary_and_structured_modes_give_the_same_key() {
+        let ids = IdGenerator::new();
+        let structured = br#"{"specversion":"1.0","type":"a.b.c","source":"/my shop#1","id":"caf\u00e9 1"}"#;
+        let structured = &ingest(&ids).cloudevent(structured).unwrap()[0];
+        let binary = binary(&raw(&[("ce-source", "/my%20shop#1"), ("ce-id", "caf%C3%A9%201")])).unwrap();
+        assert_eq!(binary.idempotency_key, structured.idempotency_key);
+        assert_eq!(binary.source, structured.source);
+    }
+
+    #[test]
+    fn binary_header_values_that_cannot_be_decoded_are_refused_by_name() {
+        let cases: [(&str, &[u8], &str); 8] = [
+            ("ce-type", b"a.b.\xff", "`ce-type` is not valid UTF-8 after percent-decoding"),
+            ("ce-source", b"/s%ff", "`ce-source` is not valid UTF-8 after percent-decoding"),
+            // The spec's example of an overlong encoding (of a space).
+            ("ce-source", b"/s%C0%A0", "`ce-source` is not valid UTF-8 after percent-decoding"),
+            ("ce-id", b"1%zz", "`ce-id` has a malformed percent escape \"%zz\""),
+            ("ce-id", b"1%4", "`ce-id` has a malformed percent escape \"%4\""),
+            ("ce-id", b"1%", "`ce-id` has a malformed percent escape \"%\""),
+            ("ce-tenant", b"\"acme", "`ce-tenant` starts with a double quote but is not a valid quoted string"),
+            ("ce-tenant", b"\"ac\"me", "`ce-tenant` starts with a double quote but is not a valid quoted string"),
+        ];
+        for (name, value, message) in cases {
+            let err = binary(&[(name, value)]).unwrap_err();
+            assert_eq!((err.code(), err.index()), ("invalid_cloudevent", Some(0)));
+            let text = err.to_string();
+            assert!(text.contains(message), "{name}: {text}");
+            assert!(!text.contains("required"), "{text}");
+        }
+        let err = binary(&[("content-type", b"text/\xff")]).unwrap_err();
+        assert!(err.to_string().contains("`content-type` is not valid UTF-8"), "{err}");
+        // A missing attribute is still reported as missing.
+        let ids = IdGenerator::new();
+        let err = ingest(&ids).cloudevent_binary(&raw(&[("ce-specversion", "1.0")]), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("`ce-type` is required"), "{err}");
+    }
+
+    #[test]
+    fn dataschema_is_kept_as_a_header() {
+        let ids = IdGenerator::new();
+        let body =
+            br#"{"specversion":"1.0","type":"a.b.c","source":"/s","id":"1","dataschema":"https://x.example/o.json"}"#;
+        let e = &ingest(&ids).cloudevent(body).unwrap()[0];
+        assert_eq!(e.header("dataschema"), Some("https://x.example/o.json"));
+        let e = binary(&raw(&[("ce-dataschema", "https://x.example/o%20v2.json")])).unwrap();
+        assert_eq!(e.header("dataschema"), Some("https://x.example/o v2.json"));
+        let e = binary(&[]).unwrap();
+        assert_eq!(e.header("dataschema"), None);
     }
 }

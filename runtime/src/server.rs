@@ -146,18 +146,25 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn publish(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let rt = &state.runtime;
     let ingest = Ingest { ids: rt.ids(), source: "weir:http", max_payload_bytes: rt.config().max_payload_bytes };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .unwrap_or_default();
     let parsed = if headers.contains_key("ce-specversion") {
-        let pairs: Vec<(String, String)> = headers
-            .iter()
-            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_ascii_lowercase(), v.to_owned())))
-            .collect();
+        // Every header, as raw bytes: ingest decodes the `ce-*` values
+        // (percent-encoding, UTF-8) and names any it cannot, rather than one
+        // that is not ASCII being dropped here and reported as missing.
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
         ingest.cloudevent_binary(&pairs, body.to_vec())
     } else {
+        let content_type = match headers.get(header::CONTENT_TYPE).map(|v| v.to_str()) {
+            None => String::new(),
+            Some(Ok(v)) => v.split(';').next().unwrap_or("").trim().to_ascii_lowercase(),
+            // Not "no content type, so JSON": the sender named a type we cannot read.
+            Some(Err(_)) => {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "the content-type header is not printable ASCII: send application/json, application/cloudevents+json, application/cloudevents-batch+json, or a binary-mode CloudEvent (ce-* headers)",
+                );
+            }
+        };
         match content_type.as_str() {
             "application/cloudevents+json" => ingest.cloudevent(&body),
             "application/cloudevents-batch+json" => ingest.cloudevent_batch(&body),
