@@ -4,6 +4,7 @@
 mod abi_encoding;
 mod cli;
 mod crash;
+mod correctness_ingest;
 mod dashboard;
 mod delivery;
 mod example_plugins;
@@ -13,3 +14,5 @@ mod loading;
 mod metrics;
 mod raw_abi;
 mod server;
+mod store_damage;
+mod store_format;

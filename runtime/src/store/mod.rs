@@ -12,6 +12,8 @@
 //! failed commit the writer refuses every further write until the store is
 //! reopened.
 
+mod codec;
+mod migrate;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,8 +27,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use weir_abi::{Event, EventId};
 
 pub use types::{
@@ -61,8 +61,12 @@ const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("
 const ACTIVE: TableDefinition<'_, &str, &str> = TableDefinition::new("active");
 /// name → value: `format` holds [`FORMAT_VERSION`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-/// The store layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The store layout this build reads and writes. Format 1 (no record
+/// checksums, ambiguous CloudEvents keys) is migrated on open.
+pub const FORMAT_VERSION: u64 = 2;
+/// The first bytes of every redb file (redb's `MAGICNUMBER`, which redb
+/// does not export): a file that does not start with them is not a store.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
 /// Default idempotency and ingest de-duplication window.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -82,7 +86,9 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// The file is not a redb database, or is damaged beyond repair.
-    #[error("the store {path} is corrupt or not a Weir store: {reason}")]
+    #[error(
+        "the store {path} is corrupt or not a Weir store: {reason}. Restore it from a backup (docs/operations.md, \"Backups\")"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -98,9 +104,29 @@ pub enum StoreError {
     /// The writer has shut down.
     #[error("the store is closed")]
     Closed,
-    /// A stored record could not be decoded.
+    /// A record could not be encoded, or a stored module is missing.
     #[error("stored record is undecodable: {0}")]
     Decode(String),
+    /// A stored record failed its checksum or does not decode: the file was
+    /// damaged after it was written.
+    #[error("the store holds a damaged record, {record}: {reason}; restore the store from a backup")]
+    RecordCorrupt {
+        /// Which record (`log seq 42`, `dlq orders/validator seq 7`).
+        record: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A stored plugin module's bytes do not match the sha256 they are
+    /// stored under.
+    #[error(
+        "the store holds a damaged plugin module: sha256 {expected} was stored, the bytes hash to {actual}; restore the store from a backup, or deploy the plugin again"
+    )]
+    ModuleCorrupt {
+        /// The sha256 the module is stored under.
+        expected: String,
+        /// The sha256 of the bytes read.
+        actual: String,
+    },
 }
 
 impl StoreError {
@@ -114,6 +140,8 @@ impl StoreError {
             Self::Poisoned(_) => "store_poisoned",
             Self::Closed => "store_closed",
             Self::Decode(_) => "store_decode",
+            Self::RecordCorrupt { .. } => "store_record_corrupt",
+            Self::ModuleCorrupt { .. } => "store_module_corrupt",
         }
     }
 }
@@ -122,14 +150,116 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Storage(e.into().to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| StoreError::Decode(e.to_string()))
+use codec::{decode, encode};
+
+fn dlq_record((subscription, seq): (&str, u64)) -> String {
+    format!("dlq entry {subscription} seq {seq} (purge it with `weir dlq purge --subscription {subscription} --seq {seq}`)")
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Decode(e.to_string()))
+/// Whether `path` holds a store to open (`true`) or names a new one
+/// (`false`). Only a missing file means a new store: redb would initialise
+/// an empty file as a new database, and a store that existed (a 0-byte
+/// `weir.redb` left by a failed copy or a full disk) would silently start
+/// again from nothing.
+fn existing_store(path: &Path) -> Result<bool, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_owned(), reason };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StoreError::Storage(format!("{}: {e}", path.display()))),
+    };
+    if meta.is_dir() {
+        return Err(StoreError::Storage(format!("{} is a directory, not a store file", path.display())));
+    }
+    if meta.len() == 0 {
+        return Err(corrupt(
+            "the file is empty (0 bytes), so the store that was there is gone. Weir starts a new store only where \
+             no file exists: restore the file from a backup, or delete it to start again with an empty store"
+                .into(),
+        ));
+    }
+    let mut magic = [0_u8; REDB_MAGIC.len()];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read as _;
+        let mut filled = 0;
+        while filled < magic.len() {
+            match f.read(&mut magic[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(filled)
+    });
+    match read {
+        Ok(n) if n == REDB_MAGIC.len() && magic == REDB_MAGIC => Ok(true),
+        Ok(_) => Err(corrupt("it is not a redb database (it does not start with redb's file header)".into())),
+        Err(e) => Err(StoreError::Storage(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.to_owned() },
+        // Permission and path problems are the environment's; any other
+        // I/O error at open is redb failing to read the file as a store.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            StoreError::Storage(format!("{}: {e}", path.display()))
+        }
+        e => StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() },
+    }
+}
+
+thread_local! {
+    /// Set while [`contain_panics`] runs on this thread: the panic hook
+    /// stores the message here instead of printing it.
+    static CAPTURED_PANIC: std::cell::RefCell<Option<Option<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f`, turning a panic inside it (redb meeting a damaged page it did
+/// not expect) into [`StoreError::Corrupt`] with the panic's message. The
+/// process-wide panic hook is wrapped once; it stays silent only for the
+/// thread inside this function, so other threads' panics print as before.
+fn contain_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let captured = CAPTURED_PANIC.with(|slot| match slot.try_borrow_mut() {
+                Ok(mut slot) if slot.is_some() => {
+                    let message = info
+                        .payload()
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic inside the storage engine".to_owned());
+                    *slot = Some(Some(message));
+                    true
+                }
+                _ => false,
+            });
+            if !captured {
+                previous(info);
+            }
+        }));
+    });
+    CAPTURED_PANIC.with(|slot| *slot.borrow_mut() = Some(None));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let message = CAPTURED_PANIC.with(|slot| slot.borrow_mut().take()).flatten();
+    match result {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "the storage engine failed reading it ({})",
+                message.as_deref().unwrap_or("no message")
+            ),
+        }),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -214,26 +344,20 @@ impl Store {
     /// [`StoreError::Corrupt`] when the file is not a usable redb database,
     /// [`StoreError::Storage`] for I/O errors.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::AlreadyOpen { path: path.to_owned() });
-            }
-            // Permission and path problems are the environment's; any other
-            // I/O error at open is redb failing to read the file as a store.
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::PermissionDenied
-                        | std::io::ErrorKind::NotFound
-                        | std::io::ErrorKind::ReadOnlyFilesystem
-                ) =>
-            {
-                return Err(StoreError::Storage(format!("{}: {e}", path.display())));
-            }
-            Err(e) => return Err(StoreError::Corrupt { path: path.to_owned(), reason: e.to_string() }),
-        };
-        Self::with_database(db, path, options)
+        let exists = existing_store(path)?;
+        // redb trusts a file that was shut down cleanly and may panic on one
+        // damaged outside it; with the check on open it verifies the
+        // checksum of every page and reports damage as an error instead.
+        // The check reads the whole file once per start (see
+        // docs/operations.md for its cost). Any panic that still escapes
+        // redb while opening is caught and reported as damage.
+        let db = contain_panics(path, || {
+            let mut builder = Database::builder();
+            builder.set_check_integrity_on_open(true);
+            let opened = if exists { builder.open(path) } else { builder.create(path) };
+            opened.map_err(|e| open_error(path, e))
+        })?;
+        contain_panics(path, || Self::with_database(db, path, options))
     }
 
     /// Open a store on a custom redb storage backend (crash tests).
@@ -264,6 +388,10 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(incompatible)?;
             let found = meta.get("format").map_err(storage)?.map(|v| v.value());
             match found {
+                Some(1) => {
+                    migrate::v1_to_v2(&txn)?;
+                    meta.insert("format", FORMAT_VERSION).map_err(storage)?;
+                }
                 Some(v) if v != FORMAT_VERSION => {
                     return Err(StoreError::Corrupt {
                         path: path.to_owned(),
@@ -443,7 +571,7 @@ impl Store {
             let (k, v) = entry.map_err(storage)?;
             out.push((
                 k.value(),
-                weir_abi::encoding::decode::<Event>(v.value()).map_err(|e| StoreError::Decode(e.to_string()))?,
+                decode::<Event>(v.value(), || format!("log seq {}", k.value()))?,
             ));
         }
         Ok(out)
@@ -479,8 +607,8 @@ impl Store {
         let table = read.open_table(PARKED).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.range((subscription, 0)..=(subscription, u64::MAX)).map_err(storage)? {
-            let (_, v) = entry.map_err(storage)?;
-            out.push(decode(v.value())?);
+            let (k, v) = entry.map_err(storage)?;
+            out.push(decode(v.value(), || format!("parked {subscription} seq {}", k.value().1))?);
         }
         Ok(out)
     }
@@ -498,7 +626,8 @@ impl Store {
         keys.iter()
             .map(|key| match table.get((subscription, *key)).map_err(storage)? {
                 Some(v) => {
-                    let record: IdempotencyRecord = decode(v.value())?;
+                    let record: IdempotencyRecord =
+                        decode(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
                     Ok((record.expires_at_ms > now).then_some(record))
                 }
                 None => Ok(None),
@@ -544,8 +673,13 @@ impl Store {
             None => table.range::<(&str, u64)>(..).map_err(storage)?,
         };
         for entry in range {
-            let (_, v) = entry.map_err(storage)?;
-            let entry: DlqEntry = decode(v.value())?;
+            let (k, v) = entry.map_err(storage)?;
+            // Select by key before decoding: one damaged entry must not
+            // hide the others from a lookup by seq.
+            if !filter.matches_key(k.value().0, k.value().1) {
+                continue;
+            }
+            let entry: DlqEntry = decode(v.value(), || dlq_record(k.value()))?;
             if filter.matches(&entry) {
                 out.push(entry);
             }
@@ -582,15 +716,25 @@ impl Store {
         Ok(table.get(handler).map_err(storage)?.map(|v| v.value().to_owned()))
     }
 
-    /// A stored module's bytes.
+    /// A stored module's bytes, verified against the sha256 they are stored
+    /// under.
     ///
     /// # Errors
     ///
-    /// Storage errors.
+    /// Storage errors; [`StoreError::ModuleCorrupt`] when the bytes do not
+    /// hash to `sha256` (the file was damaged after the deploy).
     pub fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        use sha2::Digest as _;
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(MODULES).map_err(storage)?;
-        Ok(table.get(sha256).map_err(storage)?.map(|v| v.value().to_vec()))
+        let Some(bytes) = table.get(sha256).map_err(storage)?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if actual != sha256 {
+            return Err(StoreError::ModuleCorrupt { expected: sha256.to_owned(), actual });
+        }
+        Ok(Some(bytes))
     }
 
     /// A handler's deploy history, oldest first, with version numbers.
@@ -604,7 +748,7 @@ impl Store {
         let mut out = Vec::new();
         for entry in table.range((handler, 0)..=(handler, u64::MAX)).map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
-            out.push((k.value().1, decode(v.value())?));
+            out.push((k.value().1, decode(v.value(), || format!("deploy history {handler} #{}", k.value().1))?));
         }
         Ok(out)
     }
@@ -873,9 +1017,26 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                     let mut doomed = Vec::new();
                     for entry in w.dlq.iter().map_err(storage)? {
                         let (k, v) = entry.map_err(storage)?;
-                        let entry: DlqEntry = decode(v.value())?;
-                        if filter.matches(&entry) {
-                            doomed.push((k.value().0.to_owned(), k.value().1));
+                        let (sub, seq) = k.value();
+                        if !filter.matches_key(sub, seq) {
+                            continue;
+                        }
+                        // Only a filter on the failure code needs the entry
+                        // itself. A damaged entry can still be purged by
+                        // subscription and seq: that is how an operator
+                        // removes it.
+                        let selected = match &filter.code {
+                            None => true,
+                            Some(code) => match decode::<DlqEntry>(v.value(), || dlq_record((sub, seq))) {
+                                Ok(entry) => entry.code == *code,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "purge by code skips a damaged DLQ entry");
+                                    false
+                                }
+                            },
+                        };
+                        if selected {
+                            doomed.push((sub.to_owned(), seq));
                         }
                     }
                     for (sub, seq) in &doomed {
@@ -988,7 +1149,7 @@ impl<'t> Writes<'t> {
             }
             self.ingested.push(event.idempotency_key.clone());
         }
-        let bytes = weir_abi::encoding::encode(event).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let bytes = encode(event)?;
         self.log.insert(seq, bytes.as_slice()).map_err(storage)?;
         *head += 1;
         Ok(Published { id: event.id, seq, duplicate: false })
@@ -999,7 +1160,16 @@ impl<'t> Writes<'t> {
         for entry in self.idempotency_expiry.range((0, "", 0)..(now, "", 0)).map_err(storage)?.take(GC_BATCHES) {
             let (k, v) = entry.map_err(storage)?;
             let (at, sub, batch) = k.value();
-            batches.push((at, sub.to_owned(), batch, decode(v.value())?));
+            // A damaged batch is dropped: its records then live on until a
+            // later handling of the same key renews and re-indexes them.
+            // Failing here would poison every commit from now on.
+            match decode(v.value(), || format!("idempotency expiry batch {sub} {at}/{batch}")) {
+                Ok(keys) => batches.push((at, sub.to_owned(), batch, keys)),
+                Err(e) => {
+                    tracing::error!(error = %e, "garbage collection skips a damaged record");
+                    batches.push((at, sub.to_owned(), batch, Vec::new()));
+                }
+            }
         }
         let mut collected = 0usize;
         for (at, sub, batch, keys) in &batches {
@@ -1008,7 +1178,17 @@ impl<'t> Writes<'t> {
                 // Only if the record is still the expired one: a later
                 // handling of the same key renewed it.
                 let stale = match self.idempotency.get((sub.as_str(), key.as_str())).map_err(storage)? {
-                    Some(v) => decode::<IdempotencyRecord>(v.value())?.expires_at_ms <= now,
+                    Some(v) => {
+                        match decode::<IdempotencyRecord>(v.value(), || format!("idempotency record {sub} key {key:?}")) {
+                            Ok(record) => record.expires_at_ms <= now,
+                            // Its window is over by the index; a damaged
+                            // record is better gone than read.
+                            Err(e) => {
+                                tracing::error!(error = %e, "garbage collection removes a damaged record");
+                                true
+                            }
+                        }
+                    }
                     None => false,
                 };
                 if stale {
@@ -1021,7 +1201,13 @@ impl<'t> Writes<'t> {
         for entry in self.ingest_expiry.range((0, 0)..(now, 0)).map_err(storage)?.take(GC_BATCHES) {
             let (k, v) = entry.map_err(storage)?;
             let (at, batch) = k.value();
-            ingest_batches.push((at, batch, decode(v.value())?));
+            match decode(v.value(), || format!("ingest expiry batch {at}/{batch}")) {
+                Ok(keys) => ingest_batches.push((at, batch, keys)),
+                Err(e) => {
+                    tracing::error!(error = %e, "garbage collection skips a damaged record");
+                    ingest_batches.push((at, batch, Vec::new()));
+                }
+            }
         }
         let mut collected_keys = 0usize;
         for (at, batch, keys) in &ingest_batches {

@@ -138,6 +138,14 @@ impl DlqFilter {
             && self.code.as_ref().is_none_or(|c| *c == entry.code)
             && self.seq.is_none_or(|s| s == entry.seq)
     }
+
+    /// Whether the parts of the filter that the table key holds
+    /// (subscription, seq) select the entry: for entries that cannot be
+    /// decoded.
+    #[must_use]
+    pub fn matches_key(&self, subscription: &str, seq: u64) -> bool {
+        self.subscription.as_deref().is_none_or(|s| s == subscription) && self.seq.is_none_or(|s| s == seq)
+    }
 }
 
 /// Counters of one subscription, kept in the store.

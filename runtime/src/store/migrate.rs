@@ -1,0 +1,140 @@
+//! Store format migrations, run by `Store::open` inside the transaction that
+//! records the new format, so a crash half-way leaves the old format whole.
+//!
+//! Format 1 → 2:
+//! - every record gets the header of [`super::codec`] (version byte and
+//!   CRC-32), so damage on disk is detected when a record is read;
+//! - CloudEvents get an injective idempotency key (`ce:<source>#<id>`, see
+//!   `ingest::cloudevent_key`; format 1 used `<source>#<id>`, where source
+//!   `/shop#1` with id `2` and source `/shop` with id `1#2` were the same
+//!   key). The ingest index gains the new key of every CloudEvent still in
+//!   its window, beside the old one, so a CloudEvent sent before the upgrade
+//!   and again after it is still answered as a duplicate. Events already in
+//!   the log keep the key they were stored with: the log is never rewritten
+//!   in meaning, only re-framed.
+
+use std::time::Instant;
+
+use redb::{Key, ReadableTable, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weir_abi::Event;
+
+use super::codec::{decode_v1, encode};
+use super::types::{DlqEntry, IdempotencyRecord, ParkedEntry, VersionRecord};
+use super::{
+    DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, INGEST, INGEST_EXPIRY, LOG, PARKED, StoreError, VERSIONS, storage,
+};
+
+/// A value of the ingest index: (event id, seq, expires at ms).
+type IngestEntry = ([u8; 16], u64, u64);
+
+/// What a migration did, for the log line.
+#[derive(Debug, Default)]
+pub(super) struct Migrated {
+    pub(super) records: u64,
+    pub(super) cloudevent_keys: u64,
+}
+
+/// Migrate a format 1 store to format 2 within `txn`.
+pub(super) fn v1_to_v2(txn: &WriteTransaction) -> Result<Migrated, StoreError> {
+    let started = Instant::now();
+    // The ingest keys first: they read events in their format 1 framing.
+    let mut done = Migrated { records: 0, cloudevent_keys: cloudevent_keys(txn)? };
+    done.records += reframe::<u64, Event>(txn, LOG, "log")?;
+    done.records += reframe::<(&str, u64), ParkedEntry>(txn, PARKED, "parked")?;
+    done.records += reframe::<(&str, u64), DlqEntry>(txn, DLQ, "dlq")?;
+    done.records += reframe::<(&str, &str), IdempotencyRecord>(txn, IDEMPOTENCY, "idempotency")?;
+    done.records += reframe::<(u64, &str, u64), Vec<String>>(txn, IDEMPOTENCY_EXPIRY, "idempotency_expiry")?;
+    done.records += reframe::<(u64, u64), Vec<String>>(txn, INGEST_EXPIRY, "ingest_expiry")?;
+    done.records += reframe::<(&str, u64), VersionRecord>(txn, VERSIONS, "versions")?;
+    tracing::info!(
+        records = done.records,
+        cloudevent_keys = done.cloudevent_keys,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "migrated the store from format 1 to format 2"
+    );
+    Ok(done)
+}
+
+/// Copy `table` into a new table with every value re-framed, then put the
+/// copy in its place. A value that does not decode as format 1 stops the
+/// migration: nothing is committed and the store stays at format 1.
+fn reframe<K: Key + 'static, T: Serialize + DeserializeOwned>(
+    txn: &WriteTransaction,
+    table: TableDefinition<'_, K, &'static [u8]>,
+    name: &str,
+) -> Result<u64, StoreError> {
+    let temporary_name = format!("{name}.migrating");
+    let temporary = TableDefinition::<K, &[u8]>::new(&temporary_name);
+    let mut count = 0;
+    {
+        let old = txn.open_table(table).map_err(storage)?;
+        let mut new = txn.open_table(temporary).map_err(storage)?;
+        for entry in old.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let value: T = decode_v1(v.value(), || format!("{name} record {count}"))?;
+            new.insert(k.value(), encode(&value)?.as_slice()).map_err(storage)?;
+            count += 1;
+        }
+    }
+    txn.delete_table(table).map_err(storage)?;
+    txn.rename_table(temporary, table).map_err(storage)?;
+    Ok(count)
+}
+
+/// Index the new key of every CloudEvent the ingest index still holds.
+/// Format 1 did not record which keys came from CloudEvents; a key is taken
+/// for one when its event's key is `<source>#<rest>`. A JSON event whose
+/// producer chose such a key gets the CloudEvent key too: for the rest of
+/// its window it keeps the old behaviour, no worse than before.
+fn cloudevent_keys(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let mut added: Vec<(String, IngestEntry)> = Vec::new();
+    {
+        let ingest = txn.open_table(INGEST).map_err(storage)?;
+        let log = txn.open_table(LOG).map_err(storage)?;
+        for entry in ingest.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let key = k.value();
+            let value = v.value();
+            if !key.contains('#') {
+                continue;
+            }
+            let Some(bytes) = log.get(value.1).map_err(storage)? else { continue };
+            let event: Event = decode_v1(bytes.value(), || format!("log seq {}", value.1))?;
+            if event.idempotency_key != key {
+                continue;
+            }
+            if let Some(id) = key.strip_prefix(event.source.as_str()).and_then(|rest| rest.strip_prefix('#')) {
+                added.push((crate::ingest::cloudevent_key(&event.source, id), value));
+            }
+        }
+    }
+    if added.is_empty() {
+        return Ok(0);
+    }
+    let mut ingest = txn.open_table(INGEST).map_err(storage)?;
+    let mut keys = Vec::with_capacity(added.len());
+    let mut latest = 0;
+    for (key, value) in added {
+        if ingest.get(key.as_str()).map_err(storage)?.is_none() {
+            ingest.insert(key.as_str(), value).map_err(storage)?;
+            latest = latest.max(value.2);
+            keys.push(key);
+        }
+    }
+    let count = keys.len() as u64;
+    if !keys.is_empty() {
+        // One expiry batch at the latest expiry: by then every key in it has
+        // expired, and the collector checks each key's own expiry anyway.
+        // Batch number 0 cannot clash: live batches are named from the open
+        // time in nanoseconds.
+        let mut expiry = txn.open_table(INGEST_EXPIRY).map_err(storage)?;
+        // Written in format 1 framing: `reframe` of the expiry table runs
+        // after this and re-frames it with the rest.
+        let body = bincode::serde::encode_to_vec(&keys, bincode::config::standard())
+            .map_err(|e| StoreError::Decode(e.to_string()))?;
+        expiry.insert((latest, 0), body.as_slice()).map_err(storage)?;
+    }
+    Ok(count)
+}

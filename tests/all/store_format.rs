@@ -1,0 +1,101 @@
+//! Store format compatibility, in the style of redb's
+//! `tests/backward_compatibility.rs`: a store file written by each earlier
+//! format's release is committed under `tests/fixtures/` (how each was made
+//! is in `tests/fixtures/README.md`), and this build must open it, migrate it
+//! and read everything in it.
+
+use std::path::PathBuf;
+
+use weir_runtime::IdGenerator;
+use weir_runtime::ingest::Ingest;
+use weir_runtime::store::{DlqFilter, FORMAT_VERSION, Store, StoreOptions};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// A copy of a fixture in a temporary directory: opening migrates in place.
+fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.redb");
+    std::fs::copy(fixture(name), &path).unwrap();
+    (dir, path)
+}
+
+fn cloudevent(source: &str, id: &str, key: &str) -> weir_abi::Event {
+    let ids = IdGenerator::new();
+    let ingest = Ingest { ids: &ids, source: "weir:test", max_payload_bytes: 1 << 20 };
+    let body = serde_json::json!({
+        "specversion": "1.0", "type": "orders.order.created", "source": source, "id": id, "subject": key,
+        "data": {"order_id": key, "currency": "EUR", "items": [{"sku": "a", "qty": 1, "price_cents": 100}]}
+    });
+    ingest.cloudevent(body.to_string().as_bytes()).unwrap().remove(0)
+}
+
+#[test]
+fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
+    assert_eq!(FORMAT_VERSION, 2, "add a fixture for the new format and extend this test");
+    let (_dir, path) = copy_of("store-format-1.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    // Everything the format 1 release wrote is read back.
+    let log = store.read_log(0, 1000).unwrap();
+    let topics: Vec<&str> = log.iter().map(|(_, e)| e.topic.as_str()).collect();
+    assert_eq!(topics.iter().filter(|t| **t == "orders.order.created").count(), 5, "{topics:?}");
+    assert!(topics.contains(&"audit.event.recorded"), "{topics:?}");
+    assert!(topics.contains(&"orders.order.validated"), "{topics:?}");
+    assert_eq!(log.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (0..log.len() as u64).collect::<Vec<_>>());
+    let ce = log.iter().find(|(_, e)| e.source == "/shop" && e.key.as_deref() == Some("o-4")).unwrap();
+    assert_eq!(ce.1.idempotency_key, "/shop#1#2", "the log keeps the key it was stored with");
+    let dlq = store.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!((dlq[0].subscription.as_str(), dlq[0].code.as_str()), ("orders/validator", "handler_reject"));
+    assert_eq!(dlq[0].event.key.as_deref(), Some("o-2"));
+    let history = store.history("orders/validator").unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].1.action, "config");
+    assert!(store.module(&history[0].1.sha256).unwrap().is_some(), "the module verifies against its sha256");
+    let parked = store.parked("orders/validator").unwrap();
+    assert!(parked.is_empty(), "{parked:?}");
+
+    // The CloudEvent sent before the upgrade is still a duplicate after it,
+    // now under its injective key; a different event whose format 1 key
+    // would have been the same (`/shop#1` + `#2`) is stored.
+    let again = store.publish_blocking(vec![cloudevent("/shop", "1#2", "o-4")]).unwrap();
+    assert!(again[0].duplicate, "re-sent across the upgrade: {again:?}");
+    assert_eq!(again[0].seq, ce.0);
+    let other = store.publish_blocking(vec![cloudevent("/shop#1", "2", "o-9")]).unwrap();
+    assert!(!other[0].duplicate, "a different event: {other:?}");
+    let head = store.head();
+    store.close().unwrap();
+    drop(store);
+
+    // Reopened, it is format 2 and needs no second migration.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.head(), head);
+    assert_eq!(store.read_log(0, 1000).unwrap().len() as u64, head);
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 2);
+    for table in ["log.migrating", "dlq.migrating", "parked.migrating"] {
+        assert!(
+            txn.open_table(redb::TableDefinition::<u64, &[u8]>::new(table)).is_err(),
+            "{table} is left behind"
+        );
+    }
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused() {
+    let (_dir, path) = copy_of("store-format-1.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap().insert("format", 99).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, StoreOptions::default()).unwrap_err();
+    assert_eq!(err.code(), "store_corrupt");
+    assert!(err.to_string().contains("store format 99, this Weir reads format 2"), "{err}");
+}
