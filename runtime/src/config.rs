@@ -14,6 +14,11 @@ use crate::topic::Pattern;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default largest payload accepted at ingest.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Shortest `idempotency.retention` accepted. A shorter window de-duplicates
+/// nothing in practice: a record can expire before its own commit is durable,
+/// and before any producer's resend or a redelivery can arrive
+/// (docs/configuration.md explains the choice).
+pub const MIN_RETENTION: Duration = Duration::from_secs(1);
 
 /// A configuration problem: the file, the key and the reason.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -297,7 +302,19 @@ impl Config {
         let admin_token =
             raw.http.admin_token.or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok()).filter(|t| !t.is_empty());
         let retention = match raw.idempotency.retention {
-            Some(text) => duration(&text).map_err(|e| err("idempotency.retention", e))?,
+            Some(text) => {
+                let retention = duration(&text).map_err(|e| err("idempotency.retention", e))?;
+                if retention < MIN_RETENTION {
+                    return Err(err(
+                        "idempotency.retention",
+                        format!(
+                            "{text:?} is shorter than the minimum of {}: de-duplication cannot be turned off, and a shorter window would catch (almost) no resend",
+                            humantime::format_duration(MIN_RETENTION)
+                        ),
+                    ));
+                }
+                retention
+            }
             None => crate::store::DEFAULT_RETENTION,
         };
         let max_payload_bytes = raw.ingest.max_payload_bytes.unwrap_or(DEFAULT_MAX_PAYLOAD_BYTES);
@@ -332,9 +349,7 @@ impl Config {
                     ));
                 }
                 let plugin = resolve(&rh.plugin);
-                if !plugin.is_file() {
-                    return Err(err(&format!("{key}.plugin"), format!("no such file: {}", plugin.display())));
-                }
+                check_plugin_file(&plugin).map_err(|e| err(&format!("{key}.plugin"), e))?;
                 let config = match rh.config {
                     Some(table) => {
                         serde_json::to_vec(&table).map_err(|e| err(&format!("{key}.config"), e.to_string()))?
@@ -391,6 +406,20 @@ fn check_name(name: &str) -> Result<(), String> {
     let ok =
         !name.is_empty() && name.len() <= 64 && name.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'));
     if ok { Ok(()) } else { Err(format!("{name:?} must be 1-64 characters of a-z, 0-9, '_' or '-'")) }
+}
+
+/// A handler's `plugin` must name a regular file (its content is checked when
+/// the runtime loads it).
+fn check_plugin_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            Err(format!("{} is a directory; give the path of the plugin's .wasm file", path.display()))
+        }
+        Ok(_) => Err(format!("{} is not a regular file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("no such file: {}", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Parse `100ms`, `1s`, `24h`, `1h 30m`.
@@ -517,6 +546,32 @@ mod tests {
         }
         let e = parse("bogus = 1").unwrap_err();
         assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_retention_under_the_minimum_is_refused() {
+        for text in ["0s", "0ms", "999ms"] {
+            let e = parse(&format!("[idempotency]\nretention = \"{text}\"")).unwrap_err();
+            assert_eq!(e.key, "idempotency.retention", "{e}");
+            assert!(e.to_string().contains("minimum of 1s"), "{e}");
+        }
+        for (text, secs) in [("1s", 1), ("1m", 60), ("24h", 86_400)] {
+            let c = parse(&format!("[idempotency]\nretention = \"{text}\"")).unwrap();
+            assert_eq!(c.retention, Duration::from_secs(secs));
+        }
+    }
+
+    #[test]
+    fn a_plugin_path_that_is_a_directory_is_reported_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[[pipelines]]\nname = \"o\"\ntopics = [\"a.b.c\"]\n[[pipelines.handlers]]\nname = \"v\"\nplugin = {:?}",
+            dir.path().display().to_string()
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "pipelines[0].handlers[0].plugin", "{e}");
+        assert!(e.reason.contains("is a directory"), "{e}");
+        assert!(!e.reason.contains("no such file"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! Error types of the runtime, one per boundary, each with stable codes.
+//!
+//! Each error's `Display` is self-contained: it states the reason, including
+//! the underlying I/O or sandbox error, and that error is therefore not also
+//! returned by `source()`. Printing the chain (anyhow's `{:#}`) thus shows
+//! every reason once.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,12 +14,12 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source()`).
+        error: std::io::Error,
     },
     /// The bytes are not a WebAssembly module at all.
     #[error("not a WebAssembly module: {reason}")]
@@ -64,12 +69,12 @@ pub enum LoadError {
     },
     /// Instantiation, `weir_abi_version`, `weir_init` or `weir_describe`
     /// failed in the sandbox.
-    #[error("plugin failed while loading ({stage}): {source}")]
+    #[error("plugin failed while loading ({stage}): {error}")]
     Sandbox {
         /// Which step.
         stage: &'static str,
-        /// The classified failure.
-        source: InvokeError,
+        /// The classified failure (in the message, not a `source()`).
+        error: InvokeError,
     },
     /// The limits asked for fuel but the engine does not meter it.
     #[error("a fuel budget was set but the engine was created without fuel metering (EngineConfig::consume_fuel)")]
@@ -88,7 +93,7 @@ impl LoadError {
             Self::BadExport { .. } => "bad_export",
             Self::AbiMismatch { .. } => "abi_mismatch",
             Self::InitFailed { .. } => "init_failed",
-            Self::Sandbox { source, .. } => source.code(),
+            Self::Sandbox { error, .. } => error.code(),
             Self::FuelNotEnabled => "config",
         }
     }
@@ -200,12 +205,12 @@ pub enum EngineError {
         reason: String,
     },
     /// The artifact cache directory cannot be created.
-    #[error("cannot create the artifact cache directory {path}: {source}")]
+    #[error("cannot create the artifact cache directory {path}: {error}")]
     CacheDir {
         /// The directory.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source()`).
+        error: std::io::Error,
     },
     /// The epoch ticker thread could not be started.
     #[error("cannot start the epoch ticker thread: {0}")]

@@ -32,22 +32,22 @@ pub enum RuntimeError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// A plugin was refused.
-    #[error("handler {subscription}: plugin {plugin} refused")]
+    #[error("handler {subscription}: plugin {plugin} refused: {error}")]
     Plugin {
         /// The subscription.
         subscription: String,
         /// The plugin path.
         plugin: String,
-        /// Why.
-        source: LoadError,
+        /// Why (in the message, not a `source()`: every reason prints once).
+        error: LoadError,
     },
     /// The data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}: {error}")]
     DataDir {
         /// The directory.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a `source()`).
+        error: std::io::Error,
     },
     /// A subscription named in a request does not exist.
     #[error("no subscription named {0:?}")]
@@ -64,12 +64,21 @@ impl RuntimeError {
         match self {
             Self::Store(e) => e.code(),
             Self::Engine(e) => e.code(),
-            Self::Plugin { source, .. } => source.code(),
+            Self::Plugin { error, .. } => error.code(),
             Self::DataDir { .. } => "data_dir",
             Self::UnknownSubscription(_) => "unknown_subscription",
             Self::Worker(_) => "worker",
         }
     }
+}
+
+/// A handler's plugin as loaded before the store opens.
+enum Candidate {
+    /// Native code standing in for the plugin (benchmarks).
+    Native(Box<dyn Invoke>),
+    /// The configured file: its bytes, the validated module, and an instance
+    /// that accepted the handler's `config`.
+    File { bytes: Vec<u8>, plugin: crate::engine::Plugin, instance: Box<crate::engine::Handler> },
 }
 
 struct Sub {
@@ -85,6 +94,9 @@ struct Sub {
     control: Sender<Control>,
     counters: Arc<SubscriptionCounters>,
     join: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Held through a deploy or rollback, so two of them on one handler do
+    /// not interleave (each compares with the active version first).
+    switching: Mutex<()>,
 }
 
 /// A point-in-time view of one subscription.
@@ -221,7 +233,7 @@ impl Runtime {
         mut native: HashMap<String, Box<dyn Invoke>>,
     ) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| RuntimeError::DataDir { path: config.data_dir.display().to_string(), source })?;
+            .map_err(|error| RuntimeError::DataDir { path: config.data_dir.display().to_string(), error })?;
         let engine = Engine::new(EngineConfig {
             cache_dir: config.artifact_cache.then(|| config.data_dir.join("artifacts")),
             consume_fuel: config.fuel,
@@ -240,6 +252,35 @@ impl Runtime {
                 .unwrap_or(crate::DEFAULT_MEMORY_BYTES),
             ..EngineConfig::default()
         })?;
+        // Load every configured plugin file before the store is opened (or
+        // created): compile, validate (imports, exports, ABI version) and
+        // instantiate it with its `config`, so its `weir_init` has accepted
+        // it. A missing or refused plugin stops the start here, with nothing
+        // running and no store file written.
+        let mut loaded = Vec::new();
+        for pipeline in &config.pipelines {
+            for handler in &pipeline.handlers {
+                let name = format!("{}/{}", pipeline.name, handler.name);
+                let candidate = match native.remove(&name) {
+                    Some(invoker) => Candidate::Native(invoker),
+                    None => {
+                        let fail = |error| RuntimeError::Plugin {
+                            subscription: name.clone(),
+                            plugin: handler.plugin.display().to_string(),
+                            error,
+                        };
+                        let bytes = std::fs::read(&handler.plugin)
+                            .map_err(|error| fail(LoadError::Io { path: handler.plugin.clone(), error }))?;
+                        let plugin = engine.load(&bytes).map_err(fail)?;
+                        let instance = plugin
+                            .handler(handler.limits.clone(), handler.config.clone(), handler.mode)
+                            .map_err(fail)?;
+                        Candidate::File { bytes, plugin, instance: Box::new(instance) }
+                    }
+                };
+                loaded.push((name, pipeline, handler, candidate));
+            }
+        }
         let store = match store {
             Some(store) => store,
             None => Store::open(
@@ -251,43 +292,47 @@ impl Runtime {
                 },
             )?,
         };
-        // Load every plugin before any worker starts: a bad plugin stops the
-        // start with nothing running. A handler runs its active version from
-        // the registry; the configured file is only its initial version.
+        // A handler runs its active version from the registry; the configured
+        // file is only its initial version. Every module is loaded before any
+        // worker starts: a bad one stops the start with nothing running.
         let mut prepared = Vec::new();
-        for pipeline in &config.pipelines {
-            for handler in &pipeline.handlers {
-                let name = format!("{}/{}", pipeline.name, handler.name);
-                if let Some(invoker) = native.remove(&name) {
+        for (name, pipeline, handler, candidate) in loaded {
+            let (bytes, configured_plugin, configured) = match candidate {
+                Candidate::Native(invoker) => {
                     prepared.push((name, pipeline, handler, invoker));
                     continue;
                 }
-                let fail = |source| RuntimeError::Plugin {
-                    subscription: name.clone(),
-                    plugin: handler.plugin.display().to_string(),
-                    source,
-                };
-                let instance = match store.active_version(&name)? {
-                    Some(sha) => {
-                        let bytes = store.module(&sha)?.ok_or_else(|| {
-                            RuntimeError::Store(StoreError::Decode(format!("active module {sha} of {name} is missing")))
-                        })?;
-                        let plugin = engine.load(&bytes).map_err(fail)?;
-                        plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?
-                    }
-                    None => {
-                        let bytes = std::fs::read(&handler.plugin)
-                            .map_err(|source| fail(LoadError::Io { path: handler.plugin.clone(), source }))?;
-                        let plugin = engine.load(&bytes).map_err(fail)?;
-                        let instance = plugin
-                            .handler(handler.limits.clone(), handler.config.clone(), handler.mode)
-                            .map_err(fail)?;
-                        store.deploy_blocking(&name, version_record(plugin.info(), "config", "config"), bytes)?;
-                        instance
-                    }
-                };
-                prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>));
-            }
+                Candidate::File { bytes, plugin, instance } => (bytes, plugin, instance),
+            };
+            let fail = |error| RuntimeError::Plugin {
+                subscription: name.clone(),
+                plugin: handler.plugin.display().to_string(),
+                error,
+            };
+            let instance = match store.active_version(&name)? {
+                // The configured file is the active version: loaded above. The
+                // stored copy is still verified, so store damage is noticed.
+                Some(sha) if sha == configured_plugin.info().sha256 => {
+                    store.module(&sha)?;
+                    *configured
+                }
+                Some(sha) => {
+                    let bytes = store.module(&sha)?.ok_or_else(|| {
+                        RuntimeError::Store(StoreError::Decode(format!("active module {sha} of {name} is missing")))
+                    })?;
+                    let plugin = engine.load(&bytes).map_err(fail)?;
+                    plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?
+                }
+                None => {
+                    store.deploy_blocking(
+                        &name,
+                        version_record(configured_plugin.info(), "config", "config"),
+                        bytes,
+                    )?;
+                    *configured
+                }
+            };
+            prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>));
         }
         let ids = Arc::new(IdGenerator::new());
         let mut subs = Vec::new();
@@ -332,6 +377,7 @@ impl Runtime {
                 control: tx,
                 counters,
                 join: Some(join),
+                switching: Mutex::new(()),
             });
         }
         let sampler = Some(spawn_sampler(&subs)?);
@@ -782,7 +828,8 @@ impl Runtime {
 
     /// Switch `handler` back to an earlier version from its history: the one
     /// whose sha256 starts with `to`, or else the latest version that differs
-    /// from the active one.
+    /// from the active one. Naming the active version changes nothing
+    /// ([`DeployReport::changed`] is false).
     ///
     /// # Errors
     ///
@@ -797,11 +844,17 @@ impl Runtime {
             Some(prefix) => {
                 let mut matches: Vec<&VersionRecord> =
                     history.iter().map(|(_, r)| r).filter(|r| r.sha256.starts_with(prefix)).collect();
+                matches.sort_by(|a, b| a.sha256.cmp(&b.sha256));
                 matches.dedup_by(|a, b| a.sha256 == b.sha256);
                 match matches.as_slice() {
                     [one] => (*one).clone(),
                     [] => return Err(DeployError::NoSuchVersion(prefix.to_owned())),
-                    _ => return Err(DeployError::NoSuchVersion(format!("{prefix} (ambiguous: give more characters)"))),
+                    _ => {
+                        return Err(DeployError::AmbiguousVersion {
+                            prefix: prefix.to_owned(),
+                            matches: matches.len(),
+                        });
+                    }
                 }
             }
             None => history
@@ -810,7 +863,7 @@ impl Runtime {
                 .map(|(_, r)| r)
                 .find(|r| r.sha256 != active)
                 .cloned()
-                .ok_or_else(|| DeployError::NoSuchVersion("an earlier version (there is none)".into()))?,
+                .ok_or_else(|| DeployError::NothingToRollBack(handler.to_owned()))?,
         };
         let module =
             self.store.module(&target.sha256)?.ok_or_else(|| DeployError::NoSuchVersion(target.sha256.clone()))?;
@@ -865,6 +918,20 @@ impl Runtime {
             .find(|(name, _)| name == handler)
             .map(|(_, h)| h.clone())
             .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
+        let _switching = sub.switching.lock().unwrap_or_else(PoisonError::into_inner);
+        // The version that is already active: nothing to validate, record or
+        // swap, and no history entry.
+        let sha256 = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(&module).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let previous = self.store.active_version(handler)?;
+        if previous.as_deref() == Some(sha256.as_str()) {
+            let version =
+                self.store.history(handler)?.iter().rev().find(|(_, r)| r.sha256 == sha256).map_or(0, |(n, _)| *n);
+            tracing::info!(handler, version, sha256 = %sha256, action, "plugin already active; nothing changed");
+            return Ok(DeployReport { handler: handler.to_owned(), version, sha256, previous, changed: false });
+        }
         let plugin = self.engine.load(&module).map_err(DeployError::Invalid)?;
         let instance = plugin
             .handler(settings.limits.clone(), settings.config.clone(), settings.mode)
@@ -881,7 +948,6 @@ impl Runtime {
                 check_sample(i, test, &outcome.result)?;
             }
         }
-        let previous = self.store.active_version(handler)?;
         let number = self.store.deploy_blocking(handler, version_record(plugin.info(), by, action), module)?;
         let (tx, rx) = mpsc::channel();
         sub.control
@@ -896,6 +962,7 @@ impl Runtime {
             version: number,
             sha256: plugin.info().sha256.clone(),
             previous,
+            changed: true,
         })
     }
 
@@ -1039,12 +1106,17 @@ fn check_sample(
 pub struct DeployReport {
     /// The handler.
     pub handler: String,
-    /// Its new version number in the history.
+    /// Its new version number in the history; when nothing changed, the
+    /// number of the active version.
     pub version: u64,
     /// sha256 of the now active module.
     pub sha256: String,
-    /// sha256 of the module it replaced.
+    /// sha256 of the module that was active before the call (the same as
+    /// `sha256` when nothing changed).
     pub previous: Option<String>,
+    /// False when the module was already the active version: then nothing
+    /// was validated, recorded or swapped.
+    pub changed: bool,
 }
 
 /// Why a deploy or rollback was refused. The running version keeps serving.
@@ -1056,7 +1128,7 @@ pub enum DeployError {
     UnknownHandler(String),
     /// The module is not a valid plugin, or refused its configuration.
     #[error("the module was refused: {0}")]
-    Invalid(#[source] LoadError),
+    Invalid(LoadError),
     /// A sample event failed or did not produce what it expects.
     #[error("sample event {index} failed: {reason}")]
     SampleFailed {
@@ -1068,6 +1140,18 @@ pub enum DeployError {
     /// No version matches.
     #[error("no version {0} in the history")]
     NoSuchVersion(String),
+    /// More than one version starts with the given sha256 prefix.
+    #[error("{matches} versions in the history start with {prefix:?}; give more characters of the sha256")]
+    AmbiguousVersion {
+        /// The prefix given.
+        prefix: String,
+        /// How many versions start with it.
+        matches: usize,
+    },
+    /// A rollback without a target, and every version in the history is the
+    /// active one.
+    #[error("{0} has only one version in its history; there is nothing to roll back to")]
+    NothingToRollBack(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -1084,7 +1168,8 @@ impl DeployError {
             Self::UnknownHandler(_) => "unknown_handler",
             Self::Invalid(e) => e.code(),
             Self::SampleFailed { .. } => "sample_failed",
-            Self::NoSuchVersion(_) => "no_such_version",
+            // One code for all three, as before they were told apart.
+            Self::NoSuchVersion(_) | Self::AmbiguousVersion { .. } | Self::NothingToRollBack(_) => "no_such_version",
             Self::Store(e) => e.code(),
             Self::Runtime(_) => "worker",
         }

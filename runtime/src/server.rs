@@ -330,25 +330,28 @@ async fn dlq_purge(State(state): State<AppState>, headers: HeaderMap, body: Byte
     }
 }
 
+/// A deploy's or rollback's answer: `200` with the report (its `changed` is
+/// false when the version was already active), `404` for an unknown handler
+/// or version, `422` for a refused module. Each error's message states its
+/// reason once.
 fn deploy_answer(
     result: Result<Result<crate::runtime::DeployReport, crate::runtime::DeployError>, tokio::task::JoinError>,
 ) -> Response {
     use crate::runtime::DeployError;
     match result {
         Ok(Ok(report)) => axum::Json(json!(report)).into_response(),
-        Ok(Err(e @ (DeployError::UnknownHandler(_) | DeployError::NoSuchVersion(_)))) => {
-            error(StatusCode::NOT_FOUND, e.code(), e.to_string())
-        }
+        Ok(Err(
+            e @ (DeployError::UnknownHandler(_)
+            | DeployError::NoSuchVersion(_)
+            | DeployError::AmbiguousVersion { .. }
+            | DeployError::NothingToRollBack(_)),
+        )) => error(StatusCode::NOT_FOUND, e.code(), e.to_string()),
         Ok(Err(e @ (DeployError::Invalid(_) | DeployError::SampleFailed { .. }))) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), format!("{e:#}: {}", source_text(&e)))
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
         }
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
         Err(e) => internal(&e),
     }
-}
-
-fn source_text(e: &crate::runtime::DeployError) -> String {
-    std::error::Error::source(e).map(ToString::to_string).unwrap_or_default()
 }
 
 async fn plugins_list(State(state): State<AppState>) -> Response {

@@ -237,7 +237,7 @@ plugin = "{AUDIT_LOGGER}"
 #[test]
 fn keys_expire_after_the_retention_window_and_are_collected() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!("[idempotency]\nretention = \"300ms\"\n{FAN_OUT}");
+    let toml = format!("[idempotency]\nretention = \"1s\"\n{FAN_OUT}");
     let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
     let mut first = order("o-1", "EUR");
     first.idempotency_key = "k1".into();
@@ -248,7 +248,7 @@ fn keys_expire_after_the_retention_window_and_are_collected() {
     assert!(rt.wait_idle(IDLE));
     // Past the window (and a collection pass or two), the key is new again,
     // and the subscriptions' records for it are gone too.
-    std::thread::sleep(Duration::from_millis(1_000));
+    std::thread::sleep(Duration::from_millis(2_500));
     let mut later = order("o-1", "EUR");
     later.idempotency_key = "k1".into();
     assert!(!rt.publish_blocking(vec![later]).unwrap()[0].duplicate, "after the window: stored again");
@@ -256,7 +256,7 @@ fn keys_expire_after_the_retention_window_and_are_collected() {
     assert_eq!(by_topic(&log(&rt), "orders.order.created").len(), 2);
     assert_eq!(by_topic(&log(&rt), "audit.event.recorded").len(), 2, "handled again once its record expired");
     // Wait out the window once more: the collector empties both indexes.
-    std::thread::sleep(Duration::from_millis(1_000));
+    std::thread::sleep(Duration::from_millis(2_500));
     rt.store().sync().unwrap();
     let sizes: HashMap<&str, u64> = rt.store().table_sizes().unwrap().into_iter().collect();
     assert_eq!(sizes["ingest_dedup"], 0, "{sizes:?}");

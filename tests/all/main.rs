@@ -4,6 +4,7 @@
 mod abi_encoding;
 mod cli;
 mod crash;
+mod correctness_cli;
 mod correctness_ingest;
 mod dashboard;
 mod delivery;

@@ -52,7 +52,26 @@ times out, or does not produce what it expects refuses the deploy; the running v
         /// sha256 (or a unique prefix) of the version to run.
         #[arg(long)]
         to: Option<String>,
+        /// Who rolls back, recorded in the history [default: $USER].
+        #[arg(long)]
+        by: Option<String>,
     },
+}
+
+/// `--by`, else `$USER`, else `cli`: who is recorded in the history.
+fn actor(by: Option<&String>) -> String {
+    by.cloned().or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())).unwrap_or_else(|| "cli".into())
+}
+
+/// A deploy's or rollback's answer when the version was already active.
+fn unchanged(handler: &str, answer: &Value) -> Option<String> {
+    (answer["changed"] == Value::Bool(false)).then(|| {
+        format!(
+            "{handler}: version {} ({}) is already active; nothing changed",
+            answer["version"],
+            short(&answer["sha256"])
+        )
+    })
 }
 
 fn split(handler: &str) -> anyhow::Result<(&str, &str)> {
@@ -74,19 +93,22 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
                     samples.push(value);
                 }
             }
-            let by = by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+            let by = actor(by.as_ref());
             let body = json!({
                 "module_base64": base64::engine::general_purpose::STANDARD.encode(&module),
                 "by": by,
                 "test_events": samples,
             });
             let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/deploy"), &body)?;
-            println!(
-                "{handler}: version {} active ({}), replacing {}",
-                answer["version"],
-                short(&answer["sha256"]),
-                short(&answer["previous"])
-            );
+            match unchanged(handler, &answer) {
+                Some(line) => println!("{line}"),
+                None => println!(
+                    "{handler}: version {} active ({}), replacing {}",
+                    answer["version"],
+                    short(&answer["sha256"]),
+                    short(&answer["previous"])
+                ),
+            }
         }
         PluginCommand::List => {
             let answer = client.get("/v1/plugins")?;
@@ -125,10 +147,16 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        PluginCommand::Rollback { handler, to } => {
+        PluginCommand::Rollback { handler, to, by } => {
             let (pipeline, name) = split(handler)?;
-            let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/rollback"), &json!({ "to": to }))?;
-            println!("{handler}: rolled back to {} (version {})", short(&answer["sha256"]), answer["version"]);
+            let body = json!({ "to": to, "by": actor(by.as_ref()) });
+            let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/rollback"), &body)?;
+            match unchanged(handler, &answer) {
+                Some(line) => println!("{line}"),
+                None => {
+                    println!("{handler}: rolled back to {} (version {})", short(&answer["sha256"]), answer["version"]);
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -135,21 +135,16 @@ fn watch(runtime: &Runtime, files: &[(String, PathBuf)], stop: &std::sync::atomi
                 eprintln!("weir: watch: cannot read {}; the running versions stay", path.display());
                 continue;
             };
-            use sha2::Digest;
-            let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
             for (handler, _) in files.iter().filter(|(_, p)| *p == path) {
-                // Rewritten with the same content (a no-op rebuild): nothing to do.
-                if runtime.store().active_version(handler).ok().flatten().as_deref() == Some(sha.as_str()) {
-                    continue;
-                }
                 match runtime.deploy(handler, bytes.clone(), "watch", &[]) {
+                    // Rewritten with the active content (a no-op rebuild): nothing changed.
+                    Ok(report) if !report.changed => {}
                     Ok(report) => {
                         eprintln!("weir: watch: {handler}: deployed {} from {}", &report.sha256[..12], path.display())
                     }
                     Err(e) => eprintln!(
-                        "weir: watch: {handler}: {} was refused, the running version stays: {e:#}{}",
-                        path.display(),
-                        std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default()
+                        "weir: watch: {handler}: {} was refused, the running version stays: {e}",
+                        path.display()
                     ),
                 }
             }

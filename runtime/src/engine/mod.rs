@@ -122,7 +122,7 @@ impl Engine {
 
         let cache = match &config.cache_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| EngineError::CacheDir { path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|error| EngineError::CacheDir { path: dir.clone(), error })?;
                 Some(cache::ArtifactCache::new(dir.clone(), fingerprint(&wasmtime)))
             }
             None => None,

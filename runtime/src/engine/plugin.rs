@@ -103,7 +103,7 @@ impl Engine {
     ///
     /// See [`Engine::load`]; also [`LoadError::Io`].
     pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Io { path: path.to_owned(), error })?;
         self.load(&bytes)
     }
 
@@ -156,8 +156,8 @@ impl Engine {
 
         // Probe instance with default limits: ask the version, then the rest.
         let mut probe =
-            handler::Probe::new(self, &pre).map_err(|source| LoadError::Sandbox { stage: "instantiate", source })?;
-        let version = probe.abi_version().map_err(|source| LoadError::Sandbox { stage: "weir_abi_version", source })?;
+            handler::Probe::new(self, &pre).map_err(|error| LoadError::Sandbox { stage: "instantiate", error })?;
+        let version = probe.abi_version().map_err(|error| LoadError::Sandbox { stage: "weir_abi_version", error })?;
         if u32::try_from(version).ok() != Some(ABI_VERSION) {
             return Err(LoadError::AbiMismatch { found: version, expected: ABI_VERSION });
         }
@@ -172,7 +172,7 @@ impl Engine {
         }
         if info.exports.iter().any(|e| e.name == exports::DESCRIBE) {
             info.description =
-                Some(probe.describe().map_err(|source| LoadError::Sandbox { stage: "weir_describe", source })?);
+                Some(probe.describe().map_err(|error| LoadError::Sandbox { stage: "weir_describe", error })?);
         }
         Ok(Plugin { inner: Arc::new(PluginInner { engine: self.clone(), pre, info }) })
     }
@@ -307,5 +307,5 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Shorthand used by the handler for load-stage failures.
 pub(super) fn sandbox(stage: &'static str) -> impl FnOnce(InvokeError) -> LoadError {
-    move |source| LoadError::Sandbox { stage, source }
+    move |error| LoadError::Sandbox { stage, error }
 }
