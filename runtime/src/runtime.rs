@@ -52,6 +52,20 @@ pub enum RuntimeError {
     /// A subscription named in a request does not exist.
     #[error("no subscription named {0:?}")]
     UnknownSubscription(String),
+    /// A handler's active module in the store is missing or damaged.
+    #[error(
+        "handler {subscription}: its active plugin version {version} (sha256 {sha256}) in the store is damaged: {error}"
+    )]
+    StoredModule {
+        /// The subscription.
+        subscription: String,
+        /// The version's number in the deploy history (`?` if unknown).
+        version: String,
+        /// The module's sha256.
+        sha256: String,
+        /// What is wrong with it (in the message, not a `source()`).
+        error: Box<StoreError>,
+    },
     /// A worker thread could not be started or died.
     #[error("subscription worker failed: {0}")]
     Worker(String),
@@ -66,9 +80,35 @@ impl RuntimeError {
             Self::Engine(e) => e.code(),
             Self::Plugin { error, .. } => error.code(),
             Self::DataDir { .. } => "data_dir",
+            Self::StoredModule { error, .. } => error.code(),
             Self::UnknownSubscription(_) => "unknown_subscription",
             Self::Worker(_) => "worker",
         }
+    }
+}
+
+/// The bytes of a handler's active module, verified against its sha256. A
+/// mismatch is store damage, named by handler and version, not a fault of
+/// the plugin file it was once deployed from.
+fn active_module(store: &Store, subscription: &str, sha256: &str) -> Result<Vec<u8>, RuntimeError> {
+    let damaged = |error: StoreError| {
+        let version = store
+            .history(subscription)
+            .ok()
+            .and_then(|h| h.iter().rev().find(|(_, r)| r.sha256 == sha256).map(|(n, _)| n.to_string()))
+            .unwrap_or_else(|| "?".to_owned());
+        RuntimeError::StoredModule {
+            subscription: subscription.to_owned(),
+            version,
+            sha256: sha256.to_owned(),
+            error: Box::new(error),
+        }
+    };
+    match store.module(sha256) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(damaged(StoreError::Decode("the module is missing from the store".into()))),
+        Err(e @ StoreError::ModuleCorrupt { .. }) => Err(damaged(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -97,6 +137,8 @@ struct Sub {
     /// Held through a deploy or rollback, so two of them on one handler do
     /// not interleave (each compares with the active version first).
     switching: Mutex<()>,
+    /// Why the worker stopped, if it stopped on an error.
+    stopped: Arc<Mutex<Option<String>>>,
 }
 
 /// A point-in-time view of one subscription.
@@ -313,13 +355,11 @@ impl Runtime {
                 // The configured file is the active version: loaded above. The
                 // stored copy is still verified, so store damage is noticed.
                 Some(sha) if sha == configured_plugin.info().sha256 => {
-                    store.module(&sha)?;
+                    active_module(&store, &name, &sha)?;
                     *configured
                 }
                 Some(sha) => {
-                    let bytes = store.module(&sha)?.ok_or_else(|| {
-                        RuntimeError::Store(StoreError::Decode(format!("active module {sha} of {name} is missing")))
-                    })?;
+                    let bytes = active_module(&store, &name, &sha)?;
                     let plugin = engine.load(&bytes).map_err(fail)?;
                     plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?
                 }
@@ -355,12 +395,16 @@ impl Runtime {
             let worker = Worker::new(spec, store.clone(), invoker, Arc::clone(&ids), Arc::clone(&counters), rx)?;
             let wake = tx.clone();
             store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
+            let stopped = Arc::new(Mutex::new(None));
+            let stopped_by = Arc::clone(&stopped);
+            let worker_name = Arc::clone(&name);
             let join = std::thread::Builder::new()
                 .name(format!("weir-sub-{name}"))
                 .spawn(move || {
                     let result = worker.run();
                     if let Err(e) = &result {
-                        tracing::error!(error = %e, "subscription worker stopped");
+                        tracing::error!(subscription = %worker_name, error = %e, "subscription worker stopped");
+                        *stopped_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
                     }
                     result
                 })
@@ -378,6 +422,7 @@ impl Runtime {
                 counters,
                 join: Some(join),
                 switching: Mutex::new(()),
+                stopped,
             });
         }
         let sampler = Some(spawn_sampler(&subs)?);
@@ -437,7 +482,17 @@ impl Runtime {
     pub fn status(&self) -> Result<Vec<SubscriptionStatus>, StoreError> {
         let head = self.store.head();
         let head_time = match head.checked_sub(1) {
-            Some(newest) => self.store.event(newest)?.map(|e| e.time),
+            // A damaged newest event leaves the lag in seconds unknown (0)
+            // rather than taking the whole status down with it: status is
+            // where an operator looks to find the damage.
+            Some(newest) => match self.store.event(newest) {
+                Ok(event) => event.map(|e| e.time),
+                Err(e @ StoreError::RecordCorrupt { .. }) => {
+                    tracing::warn!(error = %e, "status: lag in seconds unknown");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let dlq_counts = self.store.dlq_counts()?;
@@ -505,7 +560,10 @@ impl Runtime {
         }
         for sub in &self.subs {
             if sub.join.as_ref().is_none_or(JoinHandle::is_finished) {
-                reasons.push(format!("subscription {} has stopped", sub.name));
+                match sub.stopped.lock().unwrap_or_else(PoisonError::into_inner).as_deref() {
+                    Some(why) => reasons.push(format!("subscription {} has stopped: {why}", sub.name)),
+                    None => reasons.push(format!("subscription {} has stopped", sub.name)),
+                }
             }
         }
         if !reasons.is_empty() {

@@ -57,8 +57,16 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, axum::Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
 }
 
+/// A store error: damage is a 500 (retrying will not help), anything else
+/// (poisoned, closed, I/O) a 503.
 fn store_error(e: &StoreError) -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+    let status = match e {
+        StoreError::RecordCorrupt { .. } | StoreError::ModuleCorrupt { .. } | StoreError::Corrupt { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.code(), e.to_string())
 }
 
 /// A blocking task that panicked or was cancelled.

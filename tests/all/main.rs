@@ -3,9 +3,9 @@
 
 mod abi_encoding;
 mod cli;
-mod crash;
 mod correctness_cli;
 mod correctness_ingest;
+mod crash;
 mod dashboard;
 mod delivery;
 mod example_plugins;

@@ -76,6 +76,7 @@ fn start(dir: &Path) -> Start {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
+    child.wait().unwrap();
     panic!("weir run neither exited nor became healthy");
 }
 

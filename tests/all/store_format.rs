@@ -79,10 +79,7 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
     assert_eq!(meta.get("format").unwrap().unwrap().value(), 2);
     for table in ["log.migrating", "dlq.migrating", "parked.migrating"] {
-        assert!(
-            txn.open_table(redb::TableDefinition::<u64, &[u8]>::new(table)).is_err(),
-            "{table} is left behind"
-        );
+        assert!(txn.open_table(redb::TableDefinition::<u64, &[u8]>::new(table)).is_err(), "{table} is left behind");
     }
 }
 

@@ -22,9 +22,7 @@ use weir_abi::Event;
 
 use super::codec::{decode_v1, encode};
 use super::types::{DlqEntry, IdempotencyRecord, ParkedEntry, VersionRecord};
-use super::{
-    DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, INGEST, INGEST_EXPIRY, LOG, PARKED, StoreError, VERSIONS, storage,
-};
+use super::{DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, INGEST, INGEST_EXPIRY, LOG, PARKED, StoreError, VERSIONS, storage};
 
 /// A value of the ingest index: (event id, seq, expires at ms).
 type IngestEntry = ([u8; 16], u64, u64);

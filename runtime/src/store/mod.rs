@@ -119,7 +119,7 @@ pub enum StoreError {
     /// A stored plugin module's bytes do not match the sha256 they are
     /// stored under.
     #[error(
-        "the store holds a damaged plugin module: sha256 {expected} was stored, the bytes hash to {actual}; restore the store from a backup, or deploy the plugin again"
+        "the store holds a damaged plugin module: sha256 {expected} was stored, the bytes hash to {actual}; restore the store from a backup (a version that is not active is also repaired by deploying its file again)"
     )]
     ModuleCorrupt {
         /// The sha256 the module is stored under.
@@ -152,8 +152,15 @@ fn storage(e: impl Into<redb::Error>) -> StoreError {
 
 use codec::{decode, encode};
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn dlq_record((subscription, seq): (&str, u64)) -> String {
-    format!("dlq entry {subscription} seq {seq} (purge it with `weir dlq purge --subscription {subscription} --seq {seq}`)")
+    format!(
+        "dlq entry {subscription} seq {seq} (purge it with `weir dlq purge --subscription {subscription} --seq {seq}`)"
+    )
 }
 
 /// Whether `path` holds a store to open (`true`) or names a new one
@@ -205,7 +212,9 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
         redb::DatabaseError::Storage(redb::StorageError::Io(e))
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::ReadOnlyFilesystem
             ) =>
         {
             StoreError::Storage(format!("{}: {e}", path.display()))
@@ -254,10 +263,7 @@ fn contain_panics<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> 
         Ok(result) => result,
         Err(_) => Err(StoreError::Corrupt {
             path: path.to_owned(),
-            reason: format!(
-                "the storage engine failed reading it ({})",
-                message.as_deref().unwrap_or("no message")
-            ),
+            reason: format!("the storage engine failed reading it ({})", message.as_deref().unwrap_or("no message")),
         }),
     }
 }
@@ -569,10 +575,7 @@ impl Store {
         let mut out = Vec::with_capacity(limit.min(1024));
         for entry in log.range(from..).map_err(storage)?.take(limit) {
             let (k, v) = entry.map_err(storage)?;
-            out.push((
-                k.value(),
-                decode::<Event>(v.value(), || format!("log seq {}", k.value()))?,
-            ));
+            out.push((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))?));
         }
         Ok(out)
     }
@@ -724,13 +727,12 @@ impl Store {
     /// Storage errors; [`StoreError::ModuleCorrupt`] when the bytes do not
     /// hash to `sha256` (the file was damaged after the deploy).
     pub fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        use sha2::Digest as _;
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(MODULES).map_err(storage)?;
         let Some(bytes) = table.get(sha256).map_err(storage)?.map(|v| v.value().to_vec()) else {
             return Ok(None);
         };
-        let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let actual = sha256_hex(&bytes);
         if actual != sha256 {
             return Err(StoreError::ModuleCorrupt { expected: sha256.to_owned(), actual });
         }
@@ -1047,7 +1049,13 @@ fn commit_group(shared: &Shared, batch: Vec<Command>, options: &StoreOptions, gc
                 Command::Sync { reply } => answers.push(Answer::Unit(reply)),
                 Command::Deploy { handler, record, module, reply } => {
                     let mut modules = w.txn.open_table(MODULES).map_err(storage)?;
-                    if modules.get(record.sha256.as_str()).map_err(storage)?.is_none() {
+                    // Stored once per sha256; a stored copy that no longer
+                    // hashes to it (damage) is replaced by the good one.
+                    let intact = modules
+                        .get(record.sha256.as_str())
+                        .map_err(storage)?
+                        .is_some_and(|stored| sha256_hex(stored.value()) == record.sha256);
+                    if !intact {
                         modules.insert(record.sha256.as_str(), module.as_slice()).map_err(storage)?;
                     }
                     let mut versions = w.txn.open_table(VERSIONS).map_err(storage)?;
@@ -1179,7 +1187,8 @@ impl<'t> Writes<'t> {
                 // handling of the same key renewed it.
                 let stale = match self.idempotency.get((sub.as_str(), key.as_str())).map_err(storage)? {
                     Some(v) => {
-                        match decode::<IdempotencyRecord>(v.value(), || format!("idempotency record {sub} key {key:?}")) {
+                        match decode::<IdempotencyRecord>(v.value(), || format!("idempotency record {sub} key {key:?}"))
+                        {
                             Ok(record) => record.expires_at_ms <= now,
                             // Its window is over by the index; a damaged
                             // record is better gone than read.
