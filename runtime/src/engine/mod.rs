@@ -6,7 +6,9 @@
 //! they run on worker threads, never on async I/O threads.
 
 mod cache;
+mod guest;
 mod handler;
+mod host;
 mod limits;
 mod plugin;
 
@@ -16,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use handler::{Handler, InstanceMode, Invocation, PluginLog};
+pub use handler::{Handler, InstanceMode, Invocation};
+pub use host::PluginLog;
 pub use limits::{
     DEFAULT_DEADLINE, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, Limits,
     LimitsBuilder,

@@ -10,9 +10,9 @@ use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
 use weir_abi::{ABI_VERSION, HOST_MODULE, PluginDescription, exports, imports};
 
 use super::Engine;
-use super::handler::{self, Handler, HostState, InstanceMode};
-use super::limits::Limits;
-use crate::error::{InvokeError, LoadError};
+use super::guest::Probe;
+use super::host::{self, HostState};
+use crate::error::LoadError;
 
 /// One import of a module, as `weir inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +137,7 @@ impl Engine {
         check_export(&export_list, REQUIRED[0].0, REQUIRED[0].1)?;
 
         let mut linker: Linker<HostState> = Linker::new(self.wasmtime());
-        handler::define_host_functions(&mut linker)
+        host::define_host_functions(&mut linker)
             .map_err(|e| LoadError::InvalidModule { reason: format!("cannot link host functions: {e:#}") })?;
         let pre = linker.instantiate_pre(&module).map_err(|e| LoadError::InvalidModule { reason: format!("{e:#}") })?;
 
@@ -155,8 +155,7 @@ impl Engine {
         };
 
         // Probe instance with default limits: ask the version, then the rest.
-        let mut probe =
-            handler::Probe::new(self, &pre).map_err(|error| LoadError::Sandbox { stage: "instantiate", error })?;
+        let mut probe = Probe::new(self, &pre).map_err(|error| LoadError::Sandbox { stage: "instantiate", error })?;
         let version = probe.abi_version().map_err(|error| LoadError::Sandbox { stage: "weir_abi_version", error })?;
         if u32::try_from(version).ok() != Some(ABI_VERSION) {
             return Err(LoadError::AbiMismatch { found: version, expected: ABI_VERSION });
@@ -195,24 +194,6 @@ impl Plugin {
     #[must_use]
     pub fn info(&self) -> &PluginInfo {
         &self.inner.info
-    }
-
-    /// Instantiate into a [`Handler`] with these limits and this
-    /// configuration (JSON by convention; empty for none). With
-    /// [`InstanceMode::Reuse`] an instance is created and initialised now, so
-    /// a bad configuration fails here rather than on the first event.
-    ///
-    /// # Errors
-    ///
-    /// [`LoadError::InitFailed`] if the plugin refuses its configuration,
-    /// [`LoadError::FuelNotEnabled`] if `limits` has a fuel budget the engine
-    /// cannot meter, [`LoadError::Sandbox`] if instantiation or init fails in
-    /// the sandbox.
-    pub fn handler(&self, limits: Limits, config: Vec<u8>, mode: InstanceMode) -> Result<Handler, LoadError> {
-        if limits.fuel().is_some() && !self.inner.engine.config().consume_fuel {
-            return Err(LoadError::FuelNotEnabled);
-        }
-        Handler::new(self.clone(), limits, config, mode)
     }
 }
 
@@ -303,9 +284,4 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
-}
-
-/// Shorthand used by the handler for load-stage failures.
-pub(super) fn sandbox(stage: &'static str) -> impl FnOnce(InvokeError) -> LoadError {
-    move |error| LoadError::Sandbox { stage, error }
 }

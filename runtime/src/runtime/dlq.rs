@@ -1,0 +1,82 @@
+//! Dead-letter queue operations: list, redrive through the current
+//! handler, purge.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+use serde::Serialize;
+
+use super::{Runtime, RuntimeError};
+use crate::store::{DlqEntry, DlqFilter, StoreError};
+use crate::subscription::Control;
+
+/// What a redrive did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedriveReport {
+    /// Entries moved back to their subscription.
+    pub redriven: usize,
+    /// Entries that matched but were gone by the time (already redriven or
+    /// purged).
+    pub missing: usize,
+}
+
+impl Runtime {
+    /// DLQ entries passing `filter`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StoreError> {
+        self.store.dlq(filter)
+    }
+
+    /// Send the DLQ entries passing `filter` back through their
+    /// subscription's current handler.
+    ///
+    /// # Idempotency
+    ///
+    /// An entry is moved out of the DLQ and into the subscription's parked
+    /// events in one transaction: redriving twice moves it once. The
+    /// subscription's idempotency check still applies when it runs.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or an unknown subscription in the filter.
+    pub fn redrive(&self, filter: &DlqFilter) -> Result<RedriveReport, RuntimeError> {
+        if let Some(name) = &filter.subscription
+            && !self.subs.iter().any(|s| &*s.name == name)
+        {
+            return Err(RuntimeError::UnknownSubscription(name.clone()));
+        }
+        let mut by_sub: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for entry in self.store.dlq(filter)? {
+            by_sub.entry(entry.subscription).or_default().push(entry.seq);
+        }
+        let mut report = RedriveReport::default();
+        for (name, seqs) in by_sub {
+            let Some(sub) = self.subs.iter().find(|s| *s.name == name) else {
+                // A subscription removed from the config: nothing can run it.
+                report.missing += seqs.len();
+                continue;
+            };
+            let (tx, rx) = mpsc::channel();
+            let total = seqs.len();
+            sub.control
+                .send(Control::Redrive { seqs, reply: tx })
+                .map_err(|_| RuntimeError::Worker(format!("{name} is not running")))?;
+            let moved = rx.recv().map_err(|_| RuntimeError::Worker(format!("{name} stopped")))??;
+            report.redriven += moved;
+            report.missing += total - moved;
+        }
+        Ok(report)
+    }
+
+    /// Delete the DLQ entries passing `filter`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn purge(&self, filter: DlqFilter) -> Result<usize, StoreError> {
+        self.store.purge_blocking(filter)
+    }
+}

@@ -1,0 +1,76 @@
+//! Why the runtime could not start, or an operation on it failed.
+
+use crate::error::{EngineError, LoadError};
+use crate::store::StoreError;
+
+/// Why the runtime could not start or an operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine could not be created.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A plugin was refused.
+    #[error("handler {subscription}: plugin {plugin} refused: {error}")]
+    Plugin {
+        /// The subscription.
+        subscription: String,
+        /// The plugin path.
+        plugin: String,
+        /// Why (in the message, not a `source()`: every reason prints once).
+        error: LoadError,
+    },
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {error}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error (in the message, not a `source()`).
+        error: std::io::Error,
+    },
+    /// A subscription named in a request does not exist.
+    #[error("no subscription named {0:?}")]
+    UnknownSubscription(String),
+    /// A handler's active module in the store is missing or damaged.
+    #[error(
+        "handler {subscription}: its active plugin version {version} (sha256 {sha256}) in the store is damaged: {error}"
+    )]
+    StoredModule {
+        /// The subscription.
+        subscription: String,
+        /// The version's number in the deploy history (`?` if unknown).
+        version: String,
+        /// The module's sha256.
+        sha256: String,
+        /// What is wrong with it (in the message, not a `source()`).
+        error: Box<StoreError>,
+    },
+    /// A worker thread could not be started or died.
+    #[error("subscription worker failed: {0}")]
+    Worker(String),
+}
+
+impl RuntimeError {
+    /// Stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.code(),
+            Self::Engine(e) => e.code(),
+            Self::Plugin { error, .. } => error.code(),
+            Self::DataDir { .. } => "data_dir",
+            Self::StoredModule { error, .. } => error.code(),
+            Self::UnknownSubscription(_) => "unknown_subscription",
+            Self::Worker(_) => "worker",
+        }
+    }
+}
+
+impl From<std::sync::mpsc::RecvError> for RuntimeError {
+    fn from(_: std::sync::mpsc::RecvError) -> Self {
+        Self::Worker("a worker stopped".into())
+    }
+}

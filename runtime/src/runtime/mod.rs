@@ -1,0 +1,166 @@
+//! The running system: the store, the engine, one worker thread per
+//! subscription, and the operations on them. One file per concern:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `start.rs` | the supervisor: start (plugins validated before the store opens), stop |
+//! | `status.rs` | status lines, readiness, the sampler thread |
+//! | `prometheus.rs` | the `/metrics` exposition |
+//! | `deploy.rs` | deploy, rollback, the plugin registry |
+//! | `samples.rs` | sample events a deploy runs first |
+//! | `dlq.rs` | DLQ list, redrive, purge |
+//! | `error.rs` | [`RuntimeError`] |
+
+mod deploy;
+mod dlq;
+mod error;
+mod prometheus;
+mod samples;
+mod start;
+mod status;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use weir_abi::Event;
+
+pub use deploy::{DeployError, DeployReport};
+pub use dlq::RedriveReport;
+pub use error::RuntimeError;
+pub use samples::{Expect, TestCase, parse_test_cases};
+pub use status::{Readiness, Resources, SubscriptionStatus};
+
+use crate::config::{Config, ReadyThresholds};
+use crate::engine::Engine;
+use crate::ids::IdGenerator;
+use crate::metrics::Sample;
+use crate::store::{Published, Store, StoreError};
+use crate::subscription::{Control, Invoke, SubscriptionCounters};
+
+/// A handler's plugin as loaded before the store opens.
+enum Candidate {
+    /// Native code standing in for the plugin (benchmarks).
+    Native(Box<dyn Invoke>),
+    /// The configured file: its bytes, the validated module, and an instance
+    /// that accepted the handler's `config`.
+    File { bytes: Vec<u8>, plugin: crate::engine::Plugin, instance: Box<crate::engine::Handler> },
+}
+
+struct Sub {
+    name: Arc<str>,
+    pipeline: String,
+    handler: String,
+    topics: Vec<String>,
+    ready: ReadyThresholds,
+    /// Recent samples of the counters, for rates and recent quantiles.
+    window: Arc<Mutex<VecDeque<Sample>>>,
+    plugin: Mutex<String>,
+    plugin_version: Mutex<String>,
+    control: Sender<Control>,
+    counters: Arc<SubscriptionCounters>,
+    join: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Held through a deploy or rollback, so two of them on one handler do
+    /// not interleave (each compares with the active version first).
+    switching: Mutex<()>,
+    /// Why the worker stopped, if it stopped on an error.
+    stopped: Arc<Mutex<Option<String>>>,
+}
+
+/// The runtime: open store, loaded plugins, running subscriptions.
+pub struct Runtime {
+    store: Store,
+    ids: Arc<IdGenerator>,
+    subs: Vec<Sub>,
+    /// Dropping it stops the sampler thread.
+    sampler: Option<(Sender<()>, JoinHandle<()>)>,
+    config: Config,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("store", &self.store)
+            .field("subscriptions", &self.subs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// The configuration it runs.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The id generator used for new events.
+    #[must_use]
+    pub fn ids(&self) -> &IdGenerator {
+        &self.ids
+    }
+
+    /// Subscription names.
+    #[must_use]
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subs.iter().map(|s| s.name.to_string()).collect()
+    }
+
+    /// Live counters of a subscription.
+    #[must_use]
+    pub fn counters(&self, subscription: &str) -> Option<Arc<SubscriptionCounters>> {
+        self.subs.iter().find(|s| &*s.name == subscription).map(|s| Arc::clone(&s.counters))
+    }
+
+    /// Publish durably; blocks until committed.
+    ///
+    /// # Errors
+    ///
+    /// The store's error; nothing was acknowledged.
+    pub fn publish_blocking(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
+        self.store.publish_blocking(events)
+    }
+
+    /// Publish durably; `reply` runs after the commit.
+    pub fn publish(&self, events: Vec<Event>, reply: crate::store::Reply<Vec<Published>>) {
+        self.store.publish(events, reply);
+    }
+
+    /// Whether every subscription has read the whole log and committed, with
+    /// nothing parked.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        let head = self.store.head();
+        self.subs.iter().all(|s| {
+            s.counters.cursor.load(Ordering::Relaxed) >= head && s.counters.parked.load(Ordering::Relaxed) == 0
+        })
+    }
+
+    /// Wait until [`is_idle`](Self::is_idle) holds twice in a row (so events
+    /// emitted by the last commit are seen), or `timeout` passes.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut streak = 0;
+        while Instant::now() < deadline {
+            if self.is_idle() {
+                streak += 1;
+                if streak >= 3 {
+                    return true;
+                }
+            } else {
+                streak = 0;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}

@@ -1,0 +1,194 @@
+//! The Prometheus text exposition (`GET /metrics`). Every metric is
+//! documented, with alert rules, in docs/operations.md.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use super::{Runtime, SubscriptionStatus};
+use crate::store::StoreError;
+
+impl Runtime {
+    /// The Prometheus text exposition of every subscription's and the
+    /// store's numbers (`GET /metrics`).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn metrics(&self) -> Result<String, StoreError> {
+        use crate::metrics::{header, label};
+        use std::fmt::Write as _;
+        let status = self.status()?;
+        let mut out = String::with_capacity(8192);
+        let per_sub =
+            |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&SubscriptionStatus) -> u64| {
+                header(out, name, kind, help);
+                for s in &status {
+                    let _ = writeln!(out, "{name}{{subscription=\"{}\"}} {}", label(&s.name), value(s));
+                }
+            };
+        per_sub(
+            &mut out,
+            "weir_subscription_queue_depth",
+            "gauge",
+            "Events in the log the subscription has not read yet.",
+            &|s| s.lag,
+        );
+        per_sub(
+            &mut out,
+            "weir_subscription_parked",
+            "gauge",
+            "Events waiting for a retry or behind an earlier event with their key.",
+            &|s| s.parked,
+        );
+        header(
+            &mut out,
+            "weir_subscription_lag_seconds",
+            "gauge",
+            "Event-time distance from the oldest unread event to the newest event in the log.",
+        );
+        for s in &status {
+            let _ =
+                writeln!(out, "weir_subscription_lag_seconds{{subscription=\"{}\"}} {}", label(&s.name), s.lag_seconds);
+        }
+        per_sub(&mut out, "weir_subscription_dlq_depth", "gauge", "Events in the dead-letter queue.", &|s| s.dlq);
+        per_sub(&mut out, "weir_subscription_invocations_total", "counter", "Handler invocations since start.", &|s| {
+            s.invocations
+        });
+        header(&mut out, "weir_subscription_events_total", "counter", "Committed outcomes by kind.");
+        for s in &status {
+            for (kind, value) in [
+                ("handled", s.stats.handled),
+                ("duplicate", s.stats.duplicates),
+                ("retry", s.stats.retries),
+                ("dead_lettered", s.stats.dead_lettered),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "weir_subscription_events_total{{subscription=\"{}\",outcome=\"{kind}\"}} {value}",
+                    label(&s.name)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "weir_subscription_failures_total",
+            "counter",
+            "Failed invocations by failure code since start.",
+        );
+        for sub in &self.subs {
+            let failures = sub.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            for (code, n) in failures {
+                let _ = writeln!(
+                    out,
+                    "weir_subscription_failures_total{{subscription=\"{}\",code=\"{code}\"}} {n}",
+                    label(&sub.name)
+                );
+            }
+        }
+        per_sub(
+            &mut out,
+            "weir_subscription_emitted_total",
+            "counter",
+            "Events emitted by the handler and committed.",
+            &|s| s.stats.emitted,
+        );
+        header(
+            &mut out,
+            "weir_plugin_swaps_total",
+            "counter",
+            "Plugin versions switched in by deploy or rollback since start.",
+        );
+        for sub in &self.subs {
+            let _ = writeln!(
+                out,
+                "weir_plugin_swaps_total{{subscription=\"{}\"}} {}",
+                label(&sub.name),
+                sub.counters.swaps.load(Ordering::Relaxed)
+            );
+        }
+        header(&mut out, "weir_plugin_info", "gauge", "The active plugin of each subscription (value 1).");
+        for s in &status {
+            let _ = writeln!(
+                out,
+                "weir_plugin_info{{subscription=\"{}\",plugin=\"{}\",version=\"{}\"}} 1",
+                label(&s.name),
+                label(&s.plugin),
+                label(&s.plugin_version)
+            );
+        }
+        per_sub(
+            &mut out,
+            "weir_plugin_fuel_consumed_total",
+            "counter",
+            "Fuel consumed by invocations (only with engine.fuel = true).",
+            &|s| s.resources.fuel_consumed,
+        );
+        per_sub(
+            &mut out,
+            "weir_plugin_memory_high_water_bytes",
+            "gauge",
+            "Largest linear memory of the active plugin version's instances.",
+            &|s| s.resources.memory_high_water_bytes,
+        );
+        header(&mut out, "weir_plugin_log_lines_total", "counter", "Plugin log lines, written or dropped.");
+        for s in &status {
+            for (outcome, value) in
+                [("written", s.resources.plugin_log_lines), ("dropped", s.resources.plugin_log_lines_dropped)]
+            {
+                let _ = writeln!(
+                    out,
+                    "weir_plugin_log_lines_total{{subscription=\"{}\",outcome=\"{outcome}\"}} {value}",
+                    label(&s.name)
+                );
+            }
+        }
+        header(&mut out, "weir_processing_seconds", "histogram", "Time per handler invocation.");
+        for sub in &self.subs {
+            sub.counters.processing.render(
+                &mut out,
+                "weir_processing_seconds",
+                &format!("subscription=\"{}\"", label(&sub.name)),
+            );
+        }
+        header(&mut out, "weir_end_to_end_seconds", "histogram", "Event time to handled, for handled events.");
+        for sub in &self.subs {
+            sub.counters.end_to_end.render(
+                &mut out,
+                "weir_end_to_end_seconds",
+                &format!("subscription=\"{}\"", label(&sub.name)),
+            );
+        }
+        let (published, duplicates) = self.store.publish_stats();
+        header(&mut out, "weir_ingest_events_total", "counter", "Published events stored since start.");
+        let _ = writeln!(out, "weir_ingest_events_total {published}");
+        header(
+            &mut out,
+            "weir_ingest_duplicates_total",
+            "counter",
+            "Published events refused as duplicates of a known idempotency key since start.",
+        );
+        let _ = writeln!(out, "weir_ingest_duplicates_total {duplicates}");
+        header(&mut out, "weir_store_commit_seconds", "histogram", "Time per durable group commit (apply and fsync).");
+        self.store.render_commit_latency(&mut out, "weir_store_commit_seconds");
+        header(
+            &mut out,
+            "weir_store_commit_commands",
+            "histogram",
+            "Commands per durable group commit (its batch size).",
+        );
+        self.store.render_commit_size(&mut out, "weir_store_commit_commands");
+        let (commits, commands) = self.store.commit_stats();
+        header(&mut out, "weir_log_head", "gauge", "Sequence number the next appended event gets.");
+        let _ = writeln!(out, "weir_log_head {}", self.store.head());
+        header(&mut out, "weir_store_commits_total", "counter", "Durable group commits since start.");
+        let _ = writeln!(out, "weir_store_commits_total {commits}");
+        header(
+            &mut out,
+            "weir_store_commands_total",
+            "counter",
+            "Commands (publishes, outcome batches, admin) committed since start.",
+        );
+        let _ = writeln!(out, "weir_store_commands_total {commands}");
+        Ok(out)
+    }
+}

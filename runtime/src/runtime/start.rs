@@ -1,0 +1,254 @@
+//! Starting and stopping: the supervisor. Start loads and validates every
+//! configured plugin before the store is opened, opens the store, picks
+//! each handler's active version from the registry, and starts one worker
+//! thread per subscription plus the sampler. Stop lets every worker finish
+//! its invocation and commit, then closes the store.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::deploy::{active_module, version_record};
+use super::status::spawn_sampler;
+use super::{Candidate, Runtime, RuntimeError, Sub};
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::error::LoadError;
+use crate::ids::IdGenerator;
+use crate::metrics::WINDOW;
+use crate::store::{Store, StoreOptions};
+use crate::subscription::{Control, Invoke, Spec, SubscriptionCounters, Worker};
+
+impl Runtime {
+    /// Open the store in `config.data_dir`, load every handler's plugin and
+    /// start one worker thread per subscription.
+    ///
+    /// # Errors
+    ///
+    /// A [`RuntimeError`] naming what failed; nothing keeps running.
+    pub fn start(config: &Config) -> Result<Self, RuntimeError> {
+        Self::start_inner(config, None, HashMap::new())
+    }
+
+    /// [`Runtime::start`] on an already open store (crash tests open one on
+    /// a simulated disk).
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::start`].
+    pub fn start_with_store(config: &Config, store: Store) -> Result<Self, RuntimeError> {
+        Self::start_inner(config, Some(store), HashMap::new())
+    }
+
+    /// [`Runtime::start`] with some subscriptions served by native code
+    /// instead of their Wasm plugin (keyed by `<pipeline>/<handler>`): the
+    /// benchmarks' baseline for the cost of Wasm.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::start`].
+    pub fn start_with_native(
+        config: &Config,
+        store: Option<Store>,
+        native: HashMap<String, Box<dyn Invoke>>,
+    ) -> Result<Self, RuntimeError> {
+        Self::start_inner(config, store, native)
+    }
+
+    fn start_inner(
+        config: &Config,
+        store: Option<Store>,
+        mut native: HashMap<String, Box<dyn Invoke>>,
+    ) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|error| RuntimeError::DataDir { path: config.data_dir.display().to_string(), error })?;
+        let engine = Engine::new(EngineConfig {
+            cache_dir: config.artifact_cache.then(|| config.data_dir.join("artifacts")),
+            consume_fuel: config.fuel,
+            pooling: config
+                .pipelines
+                .iter()
+                .flat_map(|p| &p.handlers)
+                .any(|h| h.mode == crate::InstanceMode::FreshPerEvent),
+            // A pooled slot must hold the largest memory any handler may use.
+            pool_max_memory_bytes: config
+                .pipelines
+                .iter()
+                .flat_map(|p| &p.handlers)
+                .map(|h| h.limits.memory_bytes())
+                .max()
+                .unwrap_or(crate::DEFAULT_MEMORY_BYTES),
+            ..EngineConfig::default()
+        })?;
+        // Load every configured plugin file before the store is opened (or
+        // created): compile, validate (imports, exports, ABI version) and
+        // instantiate it with its `config`, so its `weir_init` has accepted
+        // it. A missing or refused plugin stops the start here, with nothing
+        // running and no store file written.
+        let mut loaded = Vec::new();
+        for pipeline in &config.pipelines {
+            for handler in &pipeline.handlers {
+                let name = format!("{}/{}", pipeline.name, handler.name);
+                let candidate = match native.remove(&name) {
+                    Some(invoker) => Candidate::Native(invoker),
+                    None => {
+                        let fail = |error| RuntimeError::Plugin {
+                            subscription: name.clone(),
+                            plugin: handler.plugin.display().to_string(),
+                            error,
+                        };
+                        let bytes = std::fs::read(&handler.plugin)
+                            .map_err(|error| fail(LoadError::Io { path: handler.plugin.clone(), error }))?;
+                        let plugin = engine.load(&bytes).map_err(fail)?;
+                        let instance = plugin
+                            .handler(handler.limits.clone(), handler.config.clone(), handler.mode)
+                            .map_err(fail)?;
+                        Candidate::File { bytes, plugin, instance: Box::new(instance) }
+                    }
+                };
+                loaded.push((name, pipeline, handler, candidate));
+            }
+        }
+        let store = match store {
+            Some(store) => store,
+            None => Store::open(
+                &config.data_dir.join("weir.redb"),
+                StoreOptions {
+                    retention: config.retention,
+                    // Collect at least twice per retention window.
+                    gc_interval: (config.retention / 2).clamp(Duration::from_millis(10), Duration::from_secs(60)),
+                },
+            )?,
+        };
+        // A handler runs its active version from the registry; the configured
+        // file is only its initial version. Every module is loaded before any
+        // worker starts: a bad one stops the start with nothing running.
+        let mut prepared = Vec::new();
+        for (name, pipeline, handler, candidate) in loaded {
+            let (bytes, configured_plugin, configured) = match candidate {
+                Candidate::Native(invoker) => {
+                    prepared.push((name, pipeline, handler, invoker));
+                    continue;
+                }
+                Candidate::File { bytes, plugin, instance } => (bytes, plugin, instance),
+            };
+            let fail = |error| RuntimeError::Plugin {
+                subscription: name.clone(),
+                plugin: handler.plugin.display().to_string(),
+                error,
+            };
+            let instance = match store.active_version(&name)? {
+                // The configured file is the active version: loaded above. The
+                // stored copy is still verified, so store damage is noticed.
+                Some(sha) if sha == configured_plugin.info().sha256 => {
+                    active_module(&store, &name, &sha)?;
+                    *configured
+                }
+                Some(sha) => {
+                    let bytes = active_module(&store, &name, &sha)?;
+                    let plugin = engine.load(&bytes).map_err(fail)?;
+                    plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?
+                }
+                None => {
+                    store.deploy_blocking(
+                        &name,
+                        version_record(configured_plugin.info(), "config", "config"),
+                        bytes,
+                    )?;
+                    *configured
+                }
+            };
+            prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>));
+        }
+        let ids = Arc::new(IdGenerator::new());
+        let mut subs = Vec::new();
+        for (name, pipeline, handler, invoker) in prepared {
+            let name: Arc<str> = Arc::from(name);
+            let (tx, rx) = mpsc::channel();
+            let counters = Arc::new(SubscriptionCounters::default());
+            let plugin_name = invoker.name();
+            let plugin_version = invoker.version();
+            let spec = Spec {
+                name: Arc::clone(&name),
+                plugin_name: plugin_name.clone(),
+                patterns: pipeline.topics.clone(),
+                retry: handler.retry.clone(),
+                retention: config.retention,
+                max_payload_bytes: config.max_payload_bytes,
+                log_lines_per_second: handler.log_lines_per_second,
+                timing: config.metrics,
+            };
+            let worker = Worker::new(spec, store.clone(), invoker, Arc::clone(&ids), Arc::clone(&counters), rx)?;
+            let wake = tx.clone();
+            store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
+            let stopped = Arc::new(Mutex::new(None));
+            let stopped_by = Arc::clone(&stopped);
+            let worker_name = Arc::clone(&name);
+            let join = std::thread::Builder::new()
+                .name(format!("weir-sub-{name}"))
+                .spawn(move || {
+                    let result = worker.run();
+                    if let Err(e) = &result {
+                        tracing::error!(subscription = %worker_name, error = %e, "subscription worker stopped");
+                        *stopped_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                    }
+                    result
+                })
+                .map_err(|e| RuntimeError::Worker(e.to_string()))?;
+            subs.push(Sub {
+                name,
+                pipeline: pipeline.name.clone(),
+                handler: handler.name.clone(),
+                topics: pipeline.topics.iter().map(ToString::to_string).collect(),
+                ready: handler.ready.clone(),
+                window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
+                plugin: Mutex::new(plugin_name),
+                plugin_version: Mutex::new(plugin_version),
+                control: tx,
+                counters,
+                join: Some(join),
+                switching: Mutex::new(()),
+                stopped,
+            });
+        }
+        let sampler = Some(spawn_sampler(&subs)?);
+        tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
+        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine })
+    }
+
+    /// Stop: every worker finishes its current invocation and commits, then
+    /// the store commits and closes.
+    ///
+    /// # Errors
+    ///
+    /// The first worker or store error met while stopping.
+    pub fn shutdown(mut self) -> Result<(), RuntimeError> {
+        if let Some((stop, join)) = self.sampler.take() {
+            drop(stop);
+            let _ = join.join();
+        }
+        for sub in &self.subs {
+            let _ = sub.control.send(Control::Stop);
+        }
+        let mut first_error = None;
+        for sub in &mut self.subs {
+            if let Some(join) = sub.join.take() {
+                match join.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        first_error.get_or_insert(RuntimeError::Store(e));
+                    }
+                    Err(_) => {
+                        first_error.get_or_insert(RuntimeError::Worker(format!("{} panicked", sub.name)));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.close() {
+            first_error.get_or_insert(RuntimeError::Store(e));
+        }
+        tracing::info!("runtime stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,220 @@
+//! What the runtime reports about itself: a status line per subscription
+//! (`weir status`, `GET /v1/status`, the dashboard), readiness (`GET
+//! /ready`), and the sampler thread that feeds the rates and recent
+//! quantiles.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Runtime, RuntimeError, Sub};
+use crate::metrics::{Sample, WINDOW};
+use crate::store::{StoreError, SubscriptionStats};
+
+/// A point-in-time view of one subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionStatus {
+    /// `<pipeline>/<handler>`.
+    pub name: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The handler within it.
+    pub handler: String,
+    /// The pipeline's topic patterns.
+    pub topics: Vec<String>,
+    /// Plugin name.
+    pub plugin: String,
+    /// sha256 of the active plugin module.
+    pub plugin_version: String,
+    /// Committed cursor.
+    pub cursor: u64,
+    /// Events in the log not yet read by this subscription.
+    pub lag: u64,
+    /// Seconds between the oldest unread event and the newest event in the
+    /// log (by event time); 0 when caught up.
+    pub lag_seconds: f64,
+    /// Events parked (retrying or waiting behind their key).
+    pub parked: u64,
+    /// DLQ entries.
+    pub dlq: u64,
+    /// Committed counters.
+    pub stats: SubscriptionStats,
+    /// Invocations since start.
+    pub invocations: u64,
+    /// Last failure since start, `code: message`.
+    pub last_failure: Option<String>,
+    /// `failing` (dead letters waiting), `retrying` (events parked) or `ok`.
+    pub state: &'static str,
+    /// Rates and latency quantiles over the last few seconds.
+    pub rate: crate::metrics::Rate,
+    /// Plugin resource use.
+    pub resources: Resources,
+}
+
+/// A subscription's plugin resource numbers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resources {
+    /// Fuel consumed since start (0 unless `engine.fuel` is on).
+    pub fuel_consumed: u64,
+    /// Largest linear memory of the active version's instances, bytes.
+    pub memory_high_water_bytes: u64,
+    /// Plugin log lines written.
+    pub plugin_log_lines: u64,
+    /// Plugin log lines dropped by the rate limit or the byte cap.
+    pub plugin_log_lines_dropped: u64,
+}
+
+/// What `GET /ready` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// `ready`, `degraded` (serving, with reasons) or `not_ready`.
+    pub status: &'static str,
+    /// Why it is not plainly ready.
+    pub reasons: Vec<String>,
+}
+
+impl Runtime {
+    /// A status line per subscription.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn status(&self) -> Result<Vec<SubscriptionStatus>, StoreError> {
+        let head = self.store.head();
+        let head_time = match head.checked_sub(1) {
+            // A damaged newest event leaves the lag in seconds unknown (0)
+            // rather than taking the whole status down with it: status is
+            // where an operator looks to find the damage.
+            Some(newest) => match self.store.event(newest) {
+                Ok(event) => event.map(|e| e.time),
+                Err(e @ StoreError::RecordCorrupt { .. }) => {
+                    tracing::warn!(error = %e, "status: lag in seconds unknown");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let dlq_counts = self.store.dlq_counts()?;
+        self.subs
+            .iter()
+            .map(|s| {
+                let cursor = s.counters.cursor.load(Ordering::Relaxed);
+                let parked = s.counters.parked.load(Ordering::Relaxed);
+                let dlq = dlq_counts.get(&*s.name as &str).copied().unwrap_or(0);
+                let state = if dlq > 0 {
+                    "failing"
+                } else if parked > 0 {
+                    "retrying"
+                } else {
+                    "ok"
+                };
+                let lag_seconds = match head_time {
+                    Some(newest) if cursor < head => self
+                        .store
+                        .event(cursor)?
+                        .map_or(0.0, |oldest| newest.saturating_sub(oldest.time).max(0) as f64 / 1e9),
+                    _ => 0.0,
+                };
+                let c = &s.counters;
+                Ok(SubscriptionStatus {
+                    state,
+                    name: s.name.to_string(),
+                    pipeline: s.pipeline.clone(),
+                    handler: s.handler.clone(),
+                    topics: s.topics.clone(),
+                    lag_seconds,
+                    rate: crate::metrics::Rate::of(
+                        &s.window.lock().unwrap_or_else(PoisonError::into_inner),
+                        &Sample::take(c),
+                    ),
+                    resources: Resources {
+                        fuel_consumed: c.fuel_consumed.load(Ordering::Relaxed),
+                        memory_high_water_bytes: c.memory_high_water_bytes.load(Ordering::Relaxed),
+                        plugin_log_lines: c.plugin_log_lines.load(Ordering::Relaxed),
+                        plugin_log_lines_dropped: c.plugin_log_lines_dropped.load(Ordering::Relaxed),
+                    },
+                    plugin: s.plugin.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                    plugin_version: s.plugin_version.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                    cursor,
+                    lag: head.saturating_sub(cursor),
+                    parked,
+                    dlq,
+                    stats: self.store.stats(&s.name)?,
+                    invocations: s.counters.invocations.load(Ordering::Relaxed),
+                    last_failure: s.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Readiness for `GET /ready`: `not_ready` when the store cannot take
+    /// writes or a worker has stopped; `degraded` (still serving) when a
+    /// subscription's DLQ or lag is past its `ready` thresholds. A storage
+    /// error while reading is `not_ready` with the error as the reason.
+    #[must_use]
+    pub fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if let Some(failure) = self.store.failure() {
+            reasons.push(failure);
+        }
+        for sub in &self.subs {
+            if sub.join.as_ref().is_none_or(JoinHandle::is_finished) {
+                match sub.stopped.lock().unwrap_or_else(PoisonError::into_inner).as_deref() {
+                    Some(why) => reasons.push(format!("subscription {} has stopped: {why}", sub.name)),
+                    None => reasons.push(format!("subscription {} has stopped", sub.name)),
+                }
+            }
+        }
+        if !reasons.is_empty() {
+            return Readiness { status: "not_ready", reasons };
+        }
+        let status = match self.status() {
+            Ok(status) => status,
+            Err(e) => return Readiness { status: "not_ready", reasons: vec![format!("reading status: {e}")] },
+        };
+        for (s, sub) in status.iter().zip(&self.subs) {
+            if s.dlq > sub.ready.max_dlq {
+                reasons.push(format!("{}: {} DLQ entries, over the threshold of {}", s.name, s.dlq, sub.ready.max_dlq));
+            }
+            let max_lag = sub.ready.max_lag.as_secs_f64();
+            if s.lag_seconds > max_lag {
+                reasons.push(format!(
+                    "{}: {:.1} s behind the newest event, over the threshold of {max_lag} s",
+                    s.name, s.lag_seconds
+                ));
+            }
+        }
+        Readiness { status: if reasons.is_empty() { "ready" } else { "degraded" }, reasons }
+    }
+}
+
+/// Sample every subscription's counters once a second into its window: the
+/// source of events/s and recent p50/p99 in status and the dashboard.
+pub(super) fn spawn_sampler(subs: &[Sub]) -> Result<(Sender<()>, JoinHandle<()>), RuntimeError> {
+    let targets: Vec<_> = subs.iter().map(|s| (Arc::clone(&s.counters), Arc::clone(&s.window))).collect();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let sample_all = move || {
+        for (counters, window) in &targets {
+            let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
+            window.push_back(Sample::take(counters));
+            while window.len() > WINDOW + 1 {
+                window.pop_front();
+            }
+        }
+    };
+    sample_all();
+    let join = std::thread::Builder::new()
+        .name("weir-sampler".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
+                sample_all();
+            }
+        })
+        .map_err(|e| RuntimeError::Worker(e.to_string()))?;
+    Ok((stop, join))
+}
