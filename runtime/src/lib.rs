@@ -32,6 +32,7 @@
 //! ```
 
 pub mod config;
+mod delivery;
 mod engine;
 pub mod envelope;
 mod error;
@@ -42,8 +43,11 @@ pub mod process;
 mod runtime;
 pub mod server;
 pub mod store;
-mod subscription;
 pub mod topic;
+
+// Temporary: `runtime/` still names `crate::subscription::…` until its move
+// settles; switch those paths to `crate::delivery::…`, then drop this line.
+pub(crate) use delivery as subscription;
 
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
@@ -57,4 +61,4 @@ pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
 };
-pub use subscription::{Invoke, SubscriptionCounters, VERSION_HEADER};
+pub use delivery::{Attempt, Failure, Invoke, LogLine, SubscriptionCounters, VERSION_HEADER};

@@ -132,7 +132,7 @@ pub struct Sample {
 impl Sample {
     /// Read `counters` now.
     #[must_use]
-    pub fn take(counters: &crate::subscription::SubscriptionCounters) -> Self {
+    pub fn take(counters: &crate::delivery::SubscriptionCounters) -> Self {
         Self {
             at: Instant::now(),
             handled: counters.handled.load(Ordering::Relaxed),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use weir_abi::{DeliveryRef, Event};
 use weir_runtime::config::Config;
-use weir_runtime::{IdGenerator, Invocation, Invoke, InvokeError, Runtime};
+use weir_runtime::{Attempt, Failure, IdGenerator, Invoke, Runtime};
 use weir_sdk::{Context, HandlerError};
 use weir_tests::plugins;
 
@@ -19,14 +19,14 @@ use weir_tests::plugins;
 struct Native;
 
 impl Invoke for Native {
-    fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Invocation {
+    fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Attempt {
         let mut ctx = Context::new(delivery.subscription, delivery.attempt);
         let result = match filter::handle(delivery.event, &mut ctx) {
             Ok(emits) => Ok(emits.into_iter().map(weir_sdk::Emit::into_abi).collect()),
-            Err(HandlerError::Retry(reason)) => Err(InvokeError::HandlerRetry { reason }),
-            Err(HandlerError::Reject(reason)) => Err(InvokeError::HandlerReject { reason }),
+            Err(HandlerError::Retry(reason)) => Err(Failure::retry(reason)),
+            Err(HandlerError::Reject(reason)) => Err(Failure::reject(reason)),
         };
-        Invocation { result, logs: Vec::new(), logs_dropped: 0, fuel_used: None, memory_bytes: None }
+        Attempt::new(result)
     }
 
     fn name(&self) -> String {

@@ -1,0 +1,148 @@
+//! Delivery: how events of the log reach a subscription's handler, and how
+//! what the handler did becomes durable.
+//!
+//! A subscription (one handler in one pipeline, `<pipeline>/<handler>`) is a
+//! cursor over the log. Everything an event causes — the emitted events, the
+//! idempotency record, the parked entry or DLQ entry, and the cursor move
+//! past it — commits in one write transaction. A crash before that commit
+//! redoes the event and the lost attempt left nothing behind; after it, the
+//! event is skipped.
+//!
+//! # Threads
+//!
+//! ```text
+//!                 read up to 512 events + their idempotency keys (one read txn)
+//!   log ─────────────────────────────────────────┐
+//!    ▲                                           ▼
+//!    │                      weir-sub-<pipeline>/<handler>  (one OS thread per subscription)
+//!    │                        per event, step.rs:
+//!    │                        order → dedupe → invoke → validate → stage
+//!    │                                           │
+//!    │                        stage.rs: the batch being built, and up to
+//!    │                        4 batches handed over, not yet committed
+//!    │                                           │ submit(outcomes, cursor)
+//!    │                                           ▼
+//!    └── Control::Wake ──────────── store writer (one thread for the whole store):
+//!        after each commit          group commit of every subscription's batches
+//!                                   and every publish, one fsync, then the replies
+//! ```
+//!
+//! The worker keeps going while its batches wait for the fsync; the
+//! in-memory duplicate check spans the batches in flight and the one being
+//! built, so no key is handled twice in that window.
+//!
+//! # Ordering
+//!
+//! Events are read in log order. Events with the same key are handled in log
+//! order: while an event waits for a retry, later events with its key are
+//! parked behind it, and events with other keys (or no key) go on. An event
+//! without a key orders with nothing. A redriven event joins the back of its
+//! key's queue. See `keyed.rs`.
+//!
+//! # Idempotency
+//!
+//! Before an invocation the event's idempotency key is looked up — in the
+//! store, and among this worker's outcomes not yet committed. A recorded key
+//! is not handed to the handler again; the event counts as a duplicate.
+//! After `Ok`, the idempotency record, the emitted events, and the cursor
+//! move commit in one transaction.
+//!
+//! # Files
+//!
+//! - `worker.rs`: the thread's loop and its control messages.
+//! - `step.rs`: one event, top to bottom.
+//! - `keyed.rs`: per-key ordering of parked events.
+//! - `stage.rs`: outcomes on their way to the writer.
+//! - `invoke.rs`: the [`Invoke`] seam and its neutral [`Attempt`].
+//! - `logs.rs`: plugin log lines into the host's log, rate-limited.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::RetryPolicy;
+use crate::store::StoreError;
+use crate::topic::Pattern;
+
+mod invoke;
+mod keyed;
+mod logs;
+mod stage;
+mod step;
+mod worker;
+
+pub use invoke::{Attempt, Failure, Invoke, LogLine};
+pub(crate) use worker::Worker;
+
+/// Header carrying the plugin version (sha256 prefix) on emitted events.
+pub const VERSION_HEADER: &str = "weir-plugin-version";
+
+/// Live counters of a subscription, for status and tests.
+#[derive(Debug, Default)]
+pub struct SubscriptionCounters {
+    /// Handler invocations.
+    pub invocations: AtomicU64,
+    /// Events handled.
+    pub handled: AtomicU64,
+    /// Duplicates skipped.
+    pub duplicates: AtomicU64,
+    /// Attempts that ended in a retry.
+    pub retries: AtomicU64,
+    /// Events dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Committed cursor.
+    pub cursor: AtomicU64,
+    /// Parked events (retrying or waiting behind their key).
+    pub parked: AtomicU64,
+    /// Last failure, as `code: message`.
+    pub last_failure: Mutex<Option<String>>,
+    /// Plugin versions switched in by deploy or rollback since start.
+    pub swaps: AtomicU64,
+    /// Time per invocation, successful or not.
+    pub processing: crate::metrics::Histogram,
+    /// Event time to handled (invocation done), for handled events.
+    pub end_to_end: crate::metrics::Histogram,
+    /// Fuel consumed by invocations (when the engine meters fuel).
+    pub fuel_consumed: AtomicU64,
+    /// Largest linear memory seen of the active plugin's instances, bytes
+    /// (reset by a swap).
+    pub memory_high_water_bytes: AtomicU64,
+    /// Plugin log lines written to the host's log.
+    pub plugin_log_lines: AtomicU64,
+    /// Plugin log lines dropped by the rate limit or the per-invocation cap.
+    pub plugin_log_lines_dropped: AtomicU64,
+    /// Failed invocations by failure code (`timeout`, `trap`,
+    /// `handler_reject`, …). Failures are rare, so a lock is fine.
+    pub failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// What the rest of the runtime may ask of a running worker. The worker
+/// takes these between two events, never in the middle of one.
+pub(crate) enum Control {
+    /// Look at the log again (sent by the store after each commit).
+    Wake,
+    /// Replace the handler between two invocations; answer once done.
+    Swap { invoker: Box<dyn Invoke>, reply: Sender<()> },
+    /// Move these dead-lettered events back to the parked events; answer
+    /// how many moved.
+    Redrive { seqs: Vec<u64>, reply: Sender<Result<usize, StoreError>> },
+    /// Commit what is pending and return.
+    Stop,
+}
+
+/// What a subscription is: its name, what it reads, and the rules its
+/// outcomes follow.
+pub(crate) struct Spec {
+    pub(crate) name: Arc<str>,
+    pub(crate) plugin_name: String,
+    pub(crate) patterns: Vec<Pattern>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) retention: Duration,
+    pub(crate) max_payload_bytes: usize,
+    /// Plugin log lines let through per second (also the burst).
+    pub(crate) log_lines_per_second: u32,
+    /// Time invocations for the latency histograms (`[metrics] enabled`).
+    pub(crate) timing: bool,
+}

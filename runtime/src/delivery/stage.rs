@@ -1,0 +1,140 @@
+//! Outcomes on their way to the store: the batch being built, and the
+//! batches handed to the writer and not yet committed.
+//!
+//! One batch is everything the worker did since the last hand-over plus the
+//! cursor past it; the writer commits it in one transaction, grouped with
+//! whatever else is waiting. A few batches may be in flight, so the worker
+//! runs the next one while the writer commits the last. Their idempotency
+//! keys count as recorded until the commit: that is what keeps a key from
+//! being handled twice before its record reaches the store.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver};
+
+use weir_abi::Event;
+
+use super::SubscriptionCounters;
+use crate::store::{IdempotencyRecord, ResultItem, Store, StoreError};
+
+/// Outcome batches a worker may have handed to the writer and not seen
+/// committed yet. More keep the worker busy through a slow fsync and let
+/// the writer's groups grow: 4 rather than 2 measured +7% on the fan-out
+/// benchmark (docs/benchmarks.md). Each costs only memory until committed,
+/// and a crash redoes at most these.
+pub(super) const MAX_IN_FLIGHT: usize = 4;
+
+/// A batch handed to the writer: its commit answer, and the idempotency
+/// keys it records.
+struct InFlight {
+    committed: Receiver<Result<(), StoreError>>,
+    keys: HashSet<String>,
+}
+
+pub(super) struct Stage {
+    store: Store,
+    subscription: Arc<str>,
+    counters: Arc<SubscriptionCounters>,
+    /// The batch being built.
+    items: Vec<ResultItem>,
+    /// Idempotency keys handled in the batch being built.
+    keys: HashSet<String>,
+    /// Oldest first, at most [`MAX_IN_FLIGHT`].
+    in_flight: VecDeque<InFlight>,
+    /// The cursor in the last batch handed over: with no new items and no
+    /// cursor move there is nothing to hand over.
+    submitted_cursor: u64,
+}
+
+impl Stage {
+    pub(super) fn new(store: Store, subscription: Arc<str>, counters: Arc<SubscriptionCounters>, cursor: u64) -> Self {
+        Self {
+            store,
+            subscription,
+            counters,
+            items: Vec::new(),
+            keys: HashSet::new(),
+            in_flight: VecDeque::new(),
+            submitted_cursor: cursor,
+        }
+    }
+
+    /// Whether `key` was handled by an outcome not committed yet: staged or
+    /// in flight.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        self.keys.contains(key) || self.in_flight.iter().any(|b| b.keys.contains(key))
+    }
+
+    /// A handled event: its record, its emits, and whether it leaves the
+    /// parked table.
+    pub(super) fn handled(&mut self, seq: u64, key: &str, record: IdempotencyRecord, emits: Vec<Event>, parked: bool) {
+        self.keys.insert(key.to_owned());
+        self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked });
+    }
+
+    /// Any other outcome: a duplicate, a park, a dead letter.
+    pub(super) fn push(&mut self, item: ResultItem) {
+        self.items.push(item);
+    }
+
+    /// Hand the batch and `cursor` to the writer, after waiting for room
+    /// among the batches in flight. The writer commits batches in order.
+    pub(super) fn flush(&mut self, cursor: u64) -> Result<(), StoreError> {
+        if self.items.is_empty() && cursor == self.submitted_cursor {
+            return Ok(());
+        }
+        self.wait(MAX_IN_FLIGHT - 1)?;
+        let items = std::mem::take(&mut self.items);
+        let keys = std::mem::take(&mut self.keys);
+        let (tx, committed) = mpsc::channel();
+        let counters = Arc::clone(&self.counters);
+        self.store.submit(
+            Arc::clone(&self.subscription),
+            items,
+            Some(cursor),
+            Box::new(move |r| {
+                if r.is_ok() {
+                    counters.cursor.store(cursor, Ordering::Relaxed);
+                }
+                let _ = tx.send(r);
+            }),
+        );
+        self.submitted_cursor = cursor;
+        self.in_flight.push_back(InFlight { committed, keys });
+        Ok(())
+    }
+
+    /// Forget the batches the writer has committed. Their keys are in the
+    /// store now, where records expire; kept here they would act as a
+    /// duplicate cache that never expires.
+    pub(super) fn reap(&mut self) -> Result<(), StoreError> {
+        while let Some(batch) = self.in_flight.front() {
+            match batch.committed.try_recv() {
+                Ok(result) => {
+                    self.in_flight.pop_front();
+                    result?;
+                }
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(StoreError::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until no more than `keep` batches are in flight.
+    pub(super) fn wait(&mut self, keep: usize) -> Result<(), StoreError> {
+        while self.in_flight.len() > keep {
+            if let Some(batch) = self.in_flight.pop_front() {
+                batch.committed.recv().map_err(|_| StoreError::Closed)??;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand over what is staged and wait until all of it is committed.
+    pub(super) fn commit_all(&mut self, cursor: u64) -> Result<(), StoreError> {
+        self.flush(cursor)?;
+        self.wait(0)
+    }
+}

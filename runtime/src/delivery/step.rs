@@ -1,0 +1,284 @@
+//! One event, top to bottom: [`Worker::step`] and the named calls it makes,
+//! in the order it makes them.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use weir_abi::{DeliveryRef, Emit, Event, Header};
+
+use super::VERSION_HEADER;
+use super::invoke::{Attempt, Failure};
+use super::keyed::Prior;
+use super::logs::Origin;
+use super::worker::Worker;
+use crate::envelope::now_nanos;
+use crate::error::InvokeError;
+use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StoreError, now_ms};
+use crate::topic;
+
+/// Where the event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// Read from the log just now. Its key's record was looked up with its
+    /// batch, and it has not yet taken its place among events with its key.
+    Log,
+    /// A parked event whose turn came: a retry, or one that waited behind
+    /// its key.
+    Parked,
+}
+
+impl Worker {
+    /// Handle one event: order, dedupe, invoke, validate, stage. Each outcome
+    /// is only staged here; it is durable once the writer commits its batch.
+    ///
+    /// # Errors
+    ///
+    /// Only the store's: an idempotency lookup that failed. Whatever the
+    /// handler does is an outcome, not an error.
+    pub(super) fn step(&mut self, seq: u64, event: &Event, source: Source) -> Result<(), StoreError> {
+        // Order: an earlier event with this key is pending, so this one waits
+        // behind it, not invoked, not even checked for a record yet.
+        if source == Source::Log && self.wait_behind_key(seq, event) {
+            return Ok(());
+        }
+        // Dedupe: a key with a record (committed or in flight) is not handed
+        // to the handler again.
+        if self.is_duplicate(&event.idempotency_key, source)? {
+            self.stage_duplicate(seq);
+            return Ok(());
+        }
+        // Upcasting to the schema version the handler declares, and loading
+        // the handler's state for the event's key, belong here: after dedupe,
+        // so a duplicate costs neither; before the invocation, which sees
+        // their result.
+        let prior = self.parked.prior(seq);
+        let attempt = prior.map_or(0, |p| p.attempts) + 1;
+        self.counters.invocations.fetch_add(1, Ordering::Relaxed);
+        // Disabled unless the filter enables debug for `weir::invoke`: a
+        // span per event is too dear to pay by default at 100k events/s.
+        let span = tracing::debug_span!(
+            target: "weir::invoke",
+            "invoke",
+            subscription = %self.spec.name,
+            seq,
+            topic = %event.topic,
+            event_id = %event.id,
+            correlation_id = event.correlation_id.map(|c| c.to_string()),
+            plugin_version = %self.version_short,
+            attempt,
+        );
+        let _entered = span.enter();
+        let started = self.spec.timing.then(Instant::now);
+        // Invoke, then validate what came back: the store only ever sees
+        // valid events.
+        let result = self.invoke(event, attempt).and_then(|emits| self.validate(emits));
+        if let Some(started) = started {
+            let elapsed = started.elapsed();
+            self.counters.processing.observe(elapsed);
+            tracing::trace!(target: "weir::invoke", elapsed_us = elapsed.as_micros() as u64, ok = result.is_ok(), "invoked");
+        }
+        // Stage the outcome for the writer.
+        match result {
+            Ok(emits) => self.stage_handled(seq, event, emits, prior.is_some()),
+            Err(failure) => self.stage_failure(seq, event, prior, attempt, failure),
+        }
+        Ok(())
+    }
+
+    /// Park a new event behind its key's pending events, if it has any.
+    /// Answers whether it was parked.
+    fn wait_behind_key(&mut self, seq: u64, event: &Event) -> bool {
+        let Some(entry) = self.parked.wait_behind(seq, event.key.as_deref()) else {
+            return false;
+        };
+        self.stage.push(ResultItem::Park(entry));
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether `key` was handled already: by a batch not committed yet, or
+    /// in the store. A fresh event's store lookup was done with its batch.
+    fn is_duplicate(&self, key: &str, source: Source) -> Result<bool, StoreError> {
+        if self.stage.holds(key) {
+            return Ok(true);
+        }
+        match source {
+            Source::Log => Ok(self.prefetched.contains(key)),
+            Source::Parked => Ok(self.store.idempotency(&self.spec.name, &[key])?.first().is_some_and(Option::is_some)),
+        }
+    }
+
+    /// The recorded result stands: nothing is emitted again.
+    fn stage_duplicate(&mut self, seq: u64) {
+        let parked = self.unpark(seq);
+        self.stage.push(ResultItem::Duplicate { seq, parked });
+        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Call the handler and account for what it used and logged.
+    fn invoke(&mut self, event: &Event, attempt: u32) -> Result<Vec<Emit>, Failure> {
+        let outcome = self.handler.invoke(DeliveryRef { event, subscription: &self.spec.name, attempt });
+        self.account(&outcome, event);
+        outcome.result
+    }
+
+    /// Per-plugin resource numbers and the plugin's log lines, rate-limited.
+    fn account(&mut self, outcome: &Attempt, event: &Event) {
+        if let Some(fuel) = outcome.fuel_used {
+            self.counters.fuel_consumed.fetch_add(fuel, Ordering::Relaxed);
+        }
+        // Only this worker writes the high-water mark (a swap resets it here
+        // too), so a plain load and store do; no read-modify-write per event.
+        let high = &self.counters.memory_high_water_bytes;
+        if let Some(bytes) = outcome.memory_bytes.map(|b| b as u64)
+            && bytes > high.load(Ordering::Relaxed)
+        {
+            high.store(bytes, Ordering::Relaxed);
+        }
+        if outcome.logs_dropped > 0 {
+            self.counters.plugin_log_lines_dropped.fetch_add(outcome.logs_dropped as u64, Ordering::Relaxed);
+        }
+        if outcome.logs.is_empty() {
+            return;
+        }
+        let origin = Origin {
+            subscription: &self.spec.name,
+            plugin: &self.spec.plugin_name,
+            version: &self.version_short,
+            event_id: event.id,
+            correlation_id: event.correlation_id,
+        };
+        let forwarded = self.logs.forward(&outcome.logs, &origin);
+        self.counters.plugin_log_lines.fetch_add(forwarded.written, Ordering::Relaxed);
+        self.counters.plugin_log_lines_dropped.fetch_add(forwarded.dropped, Ordering::Relaxed);
+    }
+
+    /// Emitted events must be valid events: a bad topic or an oversized
+    /// payload fails the invocation as `bad_output`, as the engine's own
+    /// output checks do.
+    fn validate(&self, emits: Vec<Emit>) -> Result<Vec<Emit>, Failure> {
+        for (i, emit) in emits.iter().enumerate() {
+            topic::validate(&emit.topic).map_err(|e| InvokeError::BadOutput { reason: format!("emit #{i}: {e}") })?;
+            if emit.payload.len() > self.spec.max_payload_bytes {
+                return Err(InvokeError::BadOutput {
+                    reason: format!(
+                        "emit #{i}: payload of {} bytes exceeds the maximum of {}",
+                        emit.payload.len(),
+                        self.spec.max_payload_bytes
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(emits)
+    }
+
+    /// Handled: the emits become events, and the record, the emits, the
+    /// parked entry's removal and the cursor commit together.
+    fn stage_handled(&mut self, seq: u64, event: &Event, emits: Vec<Emit>, parked: bool) {
+        let events: Vec<Event> = emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i)).collect();
+        let now = now_ms();
+        let record = IdempotencyRecord {
+            event_id: event.id,
+            seq,
+            handled_at_ms: now,
+            expires_at_ms: now + self.spec.retention.as_millis() as u64,
+            outcome_digest: digest(&events),
+            emitted: events.len() as u32,
+            plugin_version: self.version.clone(),
+        };
+        self.unpark(seq);
+        self.stage.handled(seq, &event.idempotency_key, record, events, parked);
+        self.counters.handled.fetch_add(1, Ordering::Relaxed);
+        if self.spec.timing {
+            let age_nanos = now_nanos().saturating_sub(event.time).max(0);
+            self.counters.end_to_end.observe(Duration::from_nanos(age_nanos as u64));
+        }
+    }
+
+    /// Failed: retried later (parked, its key held), or dead-lettered when
+    /// the failure is final or the retries are used up.
+    fn stage_failure(&mut self, seq: u64, event: &Event, prior: Option<Prior>, attempt: u32, failure: Failure) {
+        let now = now_ms();
+        let Failure { code, message, retryable } = failure;
+        *self.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() += 1;
+        *self.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{code}: {message}"));
+        let first_failure = prior.and_then(|p| p.first_failure_ms).unwrap_or(now);
+        if !retryable || attempt >= self.spec.retry.max_attempts {
+            tracing::warn!(subscription = %self.spec.name, seq, code, attempt, "dead-lettered: {message}");
+            self.unpark(seq);
+            self.stage.push(ResultItem::DeadLetter(Box::new(DlqEntry {
+                subscription: self.spec.name.to_string(),
+                seq,
+                event: event.clone(),
+                plugin: self.spec.plugin_name.clone(),
+                plugin_version: self.version.clone(),
+                code: code.to_owned(),
+                message,
+                attempts: attempt,
+                first_failure_ms: first_failure,
+                last_failure_ms: now,
+            })));
+            self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let wait = self.spec.retry.backoff(attempt);
+        tracing::debug!(subscription = %self.spec.name, seq, code, attempt, ?wait, "retrying: {message}");
+        let entry = ParkedEntry {
+            seq,
+            key: event.key.clone(),
+            attempts: attempt,
+            next_attempt_at_ms: now + wait.as_millis() as u64,
+            first_failure_ms: Some(first_failure),
+            last_failure_ms: Some(now),
+            last_code: Some(code.to_owned()),
+            last_message: Some(message),
+        };
+        self.parked.retry(entry.clone());
+        self.stage.push(ResultItem::Park(entry));
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+    }
+
+    /// An emit as an event of the log: a fresh id, this subscription as its
+    /// source, the plugin version as a header, and the input as its cause.
+    fn to_event(&self, emit: Emit, input: &Event, index: usize) -> Event {
+        let id = self.ids.next_id();
+        let mut headers = emit.headers;
+        headers.push(Header::new(VERSION_HEADER, self.version_short.clone()));
+        Event {
+            id,
+            topic: emit.topic,
+            source: format!("weir://{}", self.spec.name),
+            key: emit.key,
+            schema_version: emit.schema_version,
+            time: now_nanos(),
+            content_type: emit.content_type,
+            headers,
+            // Deterministic: handling the same input again (after its record
+            // expired, or by a redrive) emits the same keys, so downstream
+            // subscriptions see duplicates, not new events.
+            idempotency_key: emit
+                .idempotency_key
+                .unwrap_or_else(|| format!("{}/{}#{index}", input.idempotency_key, self.spec.name)),
+            correlation_id: emit.correlation_id.or(input.correlation_id).or(Some(input.id)),
+            causation_id: emit.causation_id.or(Some(input.id)),
+            payload: emit.payload,
+        }
+    }
+}
+
+/// A digest of what an event emitted, kept in its idempotency record.
+fn digest(events: &[Event]) -> String {
+    if events.is_empty() {
+        // The common case of a handler that emits nothing: no hashing.
+        return String::new();
+    }
+    let mut hasher = Sha256::new();
+    for e in events {
+        hasher.update(weir_abi::encoding::encode(e).unwrap_or_default());
+    }
+    crate::engine::hex(&hasher.finalize()[..16])
+}

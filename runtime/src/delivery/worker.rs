@@ -1,0 +1,250 @@
+//! A subscription's thread: the loop that feeds events to [`Worker::step`],
+//! and the control messages it takes between two events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use weir_abi::Event;
+
+use super::keyed::Parked;
+use super::logs::PluginLogs;
+use super::stage::Stage;
+use super::step::Source;
+use super::{Control, Invoke, Spec, SubscriptionCounters};
+use crate::ids::IdGenerator;
+use crate::store::{ParkedEntry, Store, StoreError, now_ms};
+
+/// Events read from the log per batch.
+const BATCH: usize = 512;
+/// Longest sleep when idle (a safety net; wakes normally come from commits).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// A redrive request taken while busy: the seqs and where to answer.
+type Redrive = (Vec<u64>, Sender<Result<usize, StoreError>>);
+
+/// One subscription's worker: it owns the handler, the cursor, the parked
+/// events and the staged outcomes, all touched by its thread only.
+pub(crate) struct Worker {
+    pub(super) spec: Spec,
+    pub(super) store: Store,
+    pub(super) handler: Box<dyn Invoke>,
+    /// The handler's version, recorded with every outcome.
+    pub(super) version: String,
+    /// Its first 16 characters, for headers, spans and log lines.
+    pub(super) version_short: String,
+    pub(super) ids: Arc<IdGenerator>,
+    pub(super) counters: Arc<SubscriptionCounters>,
+    rx: Receiver<Control>,
+    /// Where the next read starts; handed to the writer with each batch.
+    cursor: u64,
+    pub(super) parked: Parked,
+    pub(super) stage: Stage,
+    /// Keys of the events just read that already have a record.
+    pub(super) prefetched: HashSet<String>,
+    stop: bool,
+    redrives: Vec<Redrive>,
+    pub(super) logs: PluginLogs,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        spec: Spec,
+        store: Store,
+        handler: Box<dyn Invoke>,
+        ids: Arc<IdGenerator>,
+        counters: Arc<SubscriptionCounters>,
+        rx: Receiver<Control>,
+    ) -> Result<Self, StoreError> {
+        let cursor = store.cursor(&spec.name)?;
+        let parked = Parked::restore(store.parked(&spec.name)?);
+        let version = handler.version();
+        counters.cursor.store(cursor, Ordering::Relaxed);
+        counters.parked.store(parked.len() as u64, Ordering::Relaxed);
+        Ok(Self {
+            logs: PluginLogs::new(spec.log_lines_per_second),
+            stage: Stage::new(store.clone(), Arc::clone(&spec.name), Arc::clone(&counters), cursor),
+            version_short: version.chars().take(16).collect(),
+            version,
+            spec,
+            store,
+            handler,
+            ids,
+            counters,
+            rx,
+            cursor,
+            parked,
+            prefetched: HashSet::new(),
+            stop: false,
+            redrives: Vec::new(),
+        })
+    }
+
+    /// Run until told to stop (or until the runtime is gone); commit
+    /// everything before returning.
+    pub(crate) fn run(mut self) -> Result<(), StoreError> {
+        loop {
+            if self.poll_control() {
+                break;
+            }
+            self.stage.reap()?;
+            self.run_redrives();
+            let retried = self.run_due_parked()?;
+            if self.stop {
+                break;
+            }
+            let read = self.run_new()?;
+            if self.stop {
+                break;
+            }
+            self.stage.flush(self.cursor)?;
+            if !retried && !read {
+                self.idle();
+            }
+        }
+        self.stage.commit_all(self.cursor)
+    }
+
+    /// The one place a control message takes effect. A swap is applied
+    /// here, between two events; a redrive is only queued, because it
+    /// commits everything in flight first, which belongs between batches
+    /// ([`Worker::run_redrives`]).
+    fn handle(&mut self, control: Control) {
+        match control {
+            Control::Wake => {}
+            Control::Stop => self.stop = true,
+            Control::Redrive { seqs, reply } => self.redrives.push((seqs, reply)),
+            Control::Swap { invoker, reply } => {
+                self.swap(invoker);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Take waiting control messages without blocking; the answer is
+    /// whether to stop.
+    fn poll_control(&mut self) -> bool {
+        while let Ok(control) = self.rx.try_recv() {
+            self.handle(control);
+        }
+        self.stop
+    }
+
+    /// Nothing to do: sleep until a message (a commit's wake, above all) or
+    /// until the first parked event is due.
+    fn idle(&mut self) {
+        let wait = self.parked.next_due_in(now_ms()).map_or(IDLE_WAIT, Duration::from_millis).min(IDLE_WAIT);
+        match self.rx.recv_timeout(wait) {
+            Ok(control) => self.handle(control),
+            Err(RecvTimeoutError::Timeout) => {}
+            // The runtime is gone: nobody is left to say stop.
+            Err(RecvTimeoutError::Disconnected) => self.stop = true,
+        }
+    }
+
+    /// From the next invocation on, run `invoker`. Outcomes already built
+    /// keep the version that produced them.
+    fn swap(&mut self, invoker: Box<dyn Invoke>) {
+        self.version = invoker.version();
+        self.version_short = self.version.chars().take(16).collect();
+        self.spec.plugin_name = invoker.name();
+        self.handler = invoker;
+        self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        self.counters.memory_high_water_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// Parked events whose time has come, batch after batch until none is
+    /// due. Answers whether any ran.
+    fn run_due_parked(&mut self) -> Result<bool, StoreError> {
+        let mut progressed = false;
+        loop {
+            if self.stop {
+                return Ok(progressed);
+            }
+            let due = self.parked.due(now_ms(), BATCH);
+            if due.is_empty() {
+                return Ok(progressed);
+            }
+            progressed = true;
+            for seq in due {
+                if self.poll_control() {
+                    return Ok(progressed);
+                }
+                let Some(event) = self.store.event(seq)? else {
+                    // The log never loses events; a missing one means the
+                    // parked entry is stale: drop it rather than spin.
+                    tracing::error!(subscription = %self.spec.name, seq, "parked event missing from the log");
+                    self.unpark(seq);
+                    continue;
+                };
+                self.step(seq, &event, Source::Parked)?;
+            }
+            self.stage.flush(self.cursor)?;
+        }
+    }
+
+    /// The next batch of the log from the cursor. Answers whether there was
+    /// any; on stop it returns early, the rest re-read after restart.
+    fn run_new(&mut self) -> Result<bool, StoreError> {
+        let events = self.store.read_log(self.cursor, BATCH)?;
+        let Some(read_end) = events.last().map(|(seq, _)| seq + 1) else {
+            return Ok(false);
+        };
+        let wanted: Vec<(u64, Event)> =
+            events.into_iter().filter(|(_, e)| self.spec.patterns.iter().any(|p| p.matches(&e.topic))).collect();
+        // One read transaction for the whole batch's idempotency keys.
+        let keys: Vec<&str> = wanted.iter().map(|(_, e)| e.idempotency_key.as_str()).collect();
+        let recorded = self.store.idempotency(&self.spec.name, &keys)?;
+        self.prefetched =
+            keys.iter().zip(recorded).filter(|(_, r)| r.is_some()).map(|(k, _)| (*k).to_owned()).collect();
+        for (seq, event) in wanted {
+            self.cursor = seq + 1;
+            self.step(seq, &event, Source::Log)?;
+            // Stop promptly: the rest is re-read after restart.
+            if self.poll_control() {
+                return Ok(true);
+            }
+        }
+        // Past the events of other topics at the end of the batch too.
+        self.cursor = self.cursor.max(read_end);
+        self.prefetched.clear();
+        Ok(true)
+    }
+
+    /// Remove `seq` from the parked events, keeping the gauge in step.
+    /// Answers whether it was parked.
+    pub(super) fn unpark(&mut self, seq: u64) -> bool {
+        let was_parked = self.parked.finish(seq, now_ms);
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+        was_parked
+    }
+
+    /// A redrive flushes and waits for every batch in flight (so a DLQ
+    /// entry written by this worker is visible to it), so it runs here,
+    /// between batches, not where the message was taken.
+    fn run_redrives(&mut self) {
+        for (seqs, reply) in std::mem::take(&mut self.redrives) {
+            let result = self.redrive(&seqs);
+            let _ = reply.send(result);
+        }
+    }
+
+    fn redrive(&mut self, seqs: &[u64]) -> Result<usize, StoreError> {
+        self.stage.commit_all(self.cursor)?;
+        let mut moved = 0;
+        for &seq in seqs {
+            let Some(event) = self.store.event(seq)? else { continue };
+            let entry = ParkedEntry::waiting(seq, event.key.clone());
+            let (tx, rx) = mpsc::channel();
+            self.store.redrive(self.spec.name.to_string(), seq, entry.clone(), Box::new(move |r| drop(tx.send(r))));
+            if rx.recv().map_err(|_| StoreError::Closed)?? {
+                self.parked.redrive(entry);
+                moved += 1;
+            }
+        }
+        self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+        Ok(moved)
+    }
+}
