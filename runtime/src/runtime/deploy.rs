@@ -13,7 +13,7 @@ use super::{Runtime, RuntimeError};
 use crate::engine::PluginInfo;
 use crate::error::LoadError;
 use crate::store::{Store, StoreError, VersionRecord, now_ms};
-use crate::subscription::Control;
+use crate::delivery::Control;
 
 impl Runtime {
     /// Deploy `module` as the new version of `handler` (`<pipeline>/<handler>`).

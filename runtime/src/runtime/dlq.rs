@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Runtime, RuntimeError};
 use crate::store::{DlqEntry, DlqFilter, StoreError};
-use crate::subscription::Control;
+use crate::delivery::Control;
 
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -39,7 +39,7 @@ use crate::engine::Engine;
 use crate::ids::IdGenerator;
 use crate::metrics::Sample;
 use crate::store::{Published, Store, StoreError};
-use crate::subscription::{Control, Invoke, SubscriptionCounters};
+use crate::delivery::{Control, Invoke, SubscriptionCounters};
 
 /// A handler's plugin as loaded before the store opens.
 enum Candidate {

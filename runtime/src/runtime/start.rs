@@ -18,7 +18,7 @@ use crate::error::LoadError;
 use crate::ids::IdGenerator;
 use crate::metrics::WINDOW;
 use crate::store::{Store, StoreOptions};
-use crate::subscription::{Control, Invoke, Spec, SubscriptionCounters, Worker};
+use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 
 impl Runtime {
     /// Open the store in `config.data_dir`, load every handler's plugin and
