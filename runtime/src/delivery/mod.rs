@@ -116,6 +116,10 @@ pub struct SubscriptionCounters {
     /// Failed invocations by failure code (`timeout`, `trap`,
     /// `handler_reject`, …). Failures are rare, so a lock is fine.
     pub failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// The plugin the worker runs now, as (name, version). The one source of
+    /// truth for status and metrics: only the worker writes it, when it
+    /// starts and when it applies a swap, so what is shown is what runs.
+    pub active: Mutex<(String, String)>,
 }
 
 /// What the rest of the runtime may ask of a running worker. The worker

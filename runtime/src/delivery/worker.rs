@@ -2,9 +2,9 @@
 //! and the control messages it takes between two events.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use weir_abi::Event;
@@ -61,6 +61,7 @@ impl Worker {
         let cursor = store.cursor(&spec.name)?;
         let parked = Parked::restore(store.parked(&spec.name)?);
         let version = handler.version();
+        *counters.active.lock().unwrap_or_else(PoisonError::into_inner) = (handler.name(), version.clone());
         counters.cursor.store(cursor, Ordering::Relaxed);
         counters.parked.store(parked.len() as u64, Ordering::Relaxed);
         Ok(Self {
@@ -150,6 +151,8 @@ impl Worker {
         self.version = invoker.version();
         self.version_short = self.version.chars().take(16).collect();
         self.spec.plugin_name = invoker.name();
+        *self.counters.active.lock().unwrap_or_else(PoisonError::into_inner) =
+            (self.spec.plugin_name.clone(), self.version.clone());
         self.handler = invoker;
         self.counters.swaps.fetch_add(1, Ordering::Relaxed);
         self.counters.memory_high_water_bytes.store(0, Ordering::Relaxed);

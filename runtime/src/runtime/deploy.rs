@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::samples::{TestCase, check_sample};
 use super::{Runtime, RuntimeError};
+use crate::delivery::Control;
 use crate::engine::PluginInfo;
 use crate::error::LoadError;
 use crate::store::{Store, StoreError, VersionRecord, now_ms};
-use crate::delivery::Control;
 
 impl Runtime {
     /// Deploy `module` as the new version of `handler` (`<pipeline>/<handler>`).
@@ -168,8 +168,6 @@ impl Runtime {
             .send(Control::Swap { invoker: Box::new(instance), reply: tx })
             .map_err(|_| DeployError::Runtime(format!("{handler} is not running")))?;
         rx.recv().map_err(|_| DeployError::Runtime(format!("{handler} stopped")))?;
-        *sub.plugin.lock().unwrap_or_else(PoisonError::into_inner) = plugin.info().name();
-        *sub.plugin_version.lock().unwrap_or_else(PoisonError::into_inner) = plugin.info().sha256.clone();
         tracing::info!(handler, version = number, sha256 = %plugin.info().sha256, action, "plugin switched");
         Ok(DeployReport {
             handler: handler.to_owned(),

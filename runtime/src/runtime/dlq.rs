@@ -7,8 +7,8 @@ use std::sync::mpsc;
 use serde::Serialize;
 
 use super::{Runtime, RuntimeError};
-use crate::store::{DlqEntry, DlqFilter, StoreError};
 use crate::delivery::Control;
+use crate::store::{DlqEntry, DlqFilter, StoreError};
 
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -35,11 +35,11 @@ pub use samples::{Expect, TestCase, parse_test_cases};
 pub use status::{Readiness, Resources, SubscriptionStatus};
 
 use crate::config::{Config, ReadyThresholds};
+use crate::delivery::{Control, Invoke, SubscriptionCounters};
 use crate::engine::Engine;
 use crate::ids::IdGenerator;
 use crate::metrics::Sample;
 use crate::store::{Published, Store, StoreError};
-use crate::delivery::{Control, Invoke, SubscriptionCounters};
 
 /// A handler's plugin as loaded before the store opens.
 enum Candidate {
@@ -58,8 +58,6 @@ struct Sub {
     ready: ReadyThresholds,
     /// Recent samples of the counters, for rates and recent quantiles.
     window: Arc<Mutex<VecDeque<Sample>>>,
-    plugin: Mutex<String>,
-    plugin_version: Mutex<String>,
     control: Sender<Control>,
     counters: Arc<SubscriptionCounters>,
     join: Option<JoinHandle<Result<(), StoreError>>>,

@@ -13,12 +13,12 @@ use super::deploy::{active_module, version_record};
 use super::status::spawn_sampler;
 use super::{Candidate, Runtime, RuntimeError, Sub};
 use crate::config::Config;
+use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::LoadError;
 use crate::ids::IdGenerator;
 use crate::metrics::WINDOW;
 use crate::store::{Store, StoreOptions};
-use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 
 impl Runtime {
     /// Open the store in `config.data_dir`, load every handler's plugin and
@@ -168,10 +168,9 @@ impl Runtime {
             let (tx, rx) = mpsc::channel();
             let counters = Arc::new(SubscriptionCounters::default());
             let plugin_name = invoker.name();
-            let plugin_version = invoker.version();
             let spec = Spec {
                 name: Arc::clone(&name),
-                plugin_name: plugin_name.clone(),
+                plugin_name,
                 patterns: pipeline.topics.clone(),
                 retry: handler.retry.clone(),
                 retention: config.retention,
@@ -203,8 +202,6 @@ impl Runtime {
                 topics: pipeline.topics.iter().map(ToString::to_string).collect(),
                 ready: handler.ready.clone(),
                 window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
-                plugin: Mutex::new(plugin_name),
-                plugin_version: Mutex::new(plugin_version),
                 control: tx,
                 counters,
                 join: Some(join),
