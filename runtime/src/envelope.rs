@@ -133,11 +133,7 @@ fn parse_id(field: &'static str, text: &str) -> Result<EventId, EnvelopeError> {
     text.parse().map_err(|e: weir_abi::ParseEventIdError| EnvelopeError::BadId { field, reason: e.to_string() })
 }
 
-/// Nanoseconds since the Unix epoch, now.
-#[must_use]
-pub fn now_nanos() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(i64::MAX)
-}
+pub use crate::clock::now_nanos;
 
 /// RFC 3339 text of a nanosecond timestamp.
 #[must_use]

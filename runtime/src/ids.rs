@@ -1,7 +1,6 @@
 //! Event id generation: ULIDs, monotonic within one generator.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use weir_abi::EventId;
 
@@ -25,7 +24,7 @@ impl IdGenerator {
 
     /// The next id.
     pub fn next_id(&self) -> EventId {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) & ((1 << 48) - 1);
+        let now_ms = u128::from(crate::clock::now_ms()) & ((1 << 48) - 1);
         let candidate = (now_ms << RANDOM_BITS) | (rand::random::<u128>() & RANDOM_MASK);
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Same or earlier millisecond than the last id: count up from it.
@@ -37,6 +36,8 @@ impl IdGenerator {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use super::*;
 
     #[test]

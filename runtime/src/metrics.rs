@@ -130,15 +130,12 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Read `counters` now.
+    /// A sample taken now of a subscription's handled count and its two
+    /// histograms. (The subscription's counters take it:
+    /// `SubscriptionCounters::sample`; this module knows no subscription.)
     #[must_use]
-    pub fn take(counters: &crate::delivery::SubscriptionCounters) -> Self {
-        Self {
-            at: Instant::now(),
-            handled: counters.handled.load(Ordering::Relaxed),
-            processing: counters.processing.snapshot(),
-            end_to_end: counters.end_to_end.snapshot(),
-        }
+    pub fn now(handled: u64, processing: &Histogram, end_to_end: &Histogram) -> Self {
+        Self { at: Instant::now(), handled, processing: processing.snapshot(), end_to_end: end_to_end.snapshot() }
     }
 }
 

@@ -57,7 +57,7 @@
 //! - `logs.rs`: plugin log lines into the host's log, rate-limited.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,6 +120,14 @@ pub struct SubscriptionCounters {
     /// truth for status and metrics: only the worker writes it, when it
     /// starts and when it applies a swap, so what is shown is what runs.
     pub active: Mutex<(String, String)>,
+}
+
+impl SubscriptionCounters {
+    /// The counters the rates and recent quantiles are computed from, now.
+    #[must_use]
+    pub fn sample(&self) -> crate::metrics::Sample {
+        crate::metrics::Sample::now(self.handled.load(Ordering::Relaxed), &self.processing, &self.end_to_end)
+    }
 }
 
 /// What the rest of the runtime may ask of a running worker. The worker

@@ -13,7 +13,7 @@ use super::invoke::{Attempt, Failure};
 use super::keyed::Prior;
 use super::logs::Origin;
 use super::worker::Worker;
-use crate::envelope::now_nanos;
+use crate::clock::now_nanos;
 use crate::error::InvokeError;
 use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StoreError, now_ms};
 use crate::topic;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Runtime, RuntimeError, Sub};
-use crate::metrics::{Sample, WINDOW};
+use crate::metrics::WINDOW;
 use crate::store::{StoreError, SubscriptionStats};
 
 /// A point-in-time view of one subscription.
@@ -130,7 +130,7 @@ impl Runtime {
                     lag_seconds,
                     rate: crate::metrics::Rate::of(
                         &s.window.lock().unwrap_or_else(PoisonError::into_inner),
-                        &Sample::take(c),
+                        &c.sample(),
                     ),
                     resources: Resources {
                         fuel_consumed: c.fuel_consumed.load(Ordering::Relaxed),
@@ -201,7 +201,7 @@ pub(super) fn spawn_sampler(subs: &[Sub]) -> Result<(Sender<()>, JoinHandle<()>)
     let sample_all = move || {
         for (counters, window) in &targets {
             let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
-            window.push_back(Sample::take(counters));
+            window.push_back(counters.sample());
             while window.len() > WINDOW + 1 {
                 window.pop_front();
             }
