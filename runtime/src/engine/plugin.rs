@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::{ExternType, InstancePre, Linker, Module, ValType};
 use weir_abi::{ABI_VERSION, HOST_MODULE, PluginDescription, exports, imports};
 
@@ -13,6 +12,7 @@ use super::Engine;
 use super::guest::Probe;
 use super::host::{self, HostState};
 use crate::error::LoadError;
+use crate::names::ContentHash;
 
 /// One import of a module, as `weir inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +117,7 @@ impl Engine {
     /// A [`LoadError`] whose [`code`](LoadError::code) names the problem.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, LoadError> {
         check_magic(bytes)?;
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = String::from(ContentHash::of(bytes));
         let started = Instant::now();
         let (module, from_cache) = self.compile(bytes, &sha256)?;
         let compile_time = started.elapsed();
@@ -237,7 +237,7 @@ fn describe_module(module: &Module) -> (Vec<ImportInfo>, Vec<ExportInfo>) {
 /// [`LoadError::NotWasm`] or [`LoadError::InvalidModule`].
 pub fn inspect_imports_exports(engine: &Engine, bytes: &[u8]) -> Result<(Vec<ImportInfo>, Vec<ExportInfo>), LoadError> {
     check_magic(bytes)?;
-    let sha256 = hex(&Sha256::digest(bytes));
+    let sha256 = String::from(ContentHash::of(bytes));
     let (module, _) = engine.compile(bytes, &sha256)?;
     Ok(describe_module(&module))
 }

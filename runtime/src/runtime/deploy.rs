@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::samples::{TestCase, check_sample};
 use super::{Runtime, RuntimeError};
+use crate::names::{ContentHash, SubscriptionName};
 use crate::delivery::Control;
 use crate::engine::PluginInfo;
 use crate::error::LoadError;
@@ -128,17 +129,14 @@ impl Runtime {
             .config
             .pipelines
             .iter()
-            .flat_map(|p| p.handlers.iter().map(move |h| (format!("{}/{}", p.name, h.name), h)))
-            .find(|(name, _)| name == handler)
+            .flat_map(|p| p.handlers.iter().map(move |h| (SubscriptionName::new(&p.name, &h.name), h)))
+            .find(|(name, _)| name.as_str() == handler)
             .map(|(_, h)| h.clone())
             .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
         let _switching = sub.switching.lock().unwrap_or_else(PoisonError::into_inner);
         // The version that is already active: nothing to validate, record or
         // swap, and no history entry.
-        let sha256 = {
-            use sha2::Digest as _;
-            sha2::Sha256::digest(&module).iter().map(|b| format!("{b:02x}")).collect::<String>()
-        };
+        let sha256 = String::from(ContentHash::of(&module));
         let previous = self.store.active_version(handler)?;
         if previous.as_deref() == Some(sha256.as_str()) {
             let version =

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::deploy::{active_module, version_record};
 use super::status::spawn_sampler;
 use super::{Candidate, Runtime, RuntimeError, Sub};
+use crate::names::SubscriptionName;
 use crate::config::Config;
 use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 use crate::engine::{Engine, EngineConfig};
@@ -89,7 +90,7 @@ impl Runtime {
         let mut loaded = Vec::new();
         for pipeline in &config.pipelines {
             for handler in &pipeline.handlers {
-                let name = format!("{}/{}", pipeline.name, handler.name);
+                let name = SubscriptionName::new(&pipeline.name, &handler.name).to_string();
                 let candidate = match native.remove(&name) {
                     Some(invoker) => Candidate::Native(invoker),
                     None => {
