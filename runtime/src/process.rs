@@ -15,6 +15,8 @@
 /// Failure is ignored: it only means the kernel's default stays.
 pub fn tune() {
     #[cfg(target_os = "linux")]
+    // The crate denies unsafe code; this call is one of its two exceptions.
+    #[allow(unsafe_code)]
     // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches
     // no memory of ours; it sets a flag on this process (inherited by
     // children).

@@ -52,7 +52,11 @@ impl ArtifactCache {
         // of this engine configuration (the fingerprint is in the name), in a
         // directory the operator owns (see the module docs). wasmtime checks
         // the header and the compatibility hash again and errors on mismatch.
-        match unsafe { Module::deserialize(engine, &bytes) } {
+        // The crate denies unsafe code; loading a precompiled artifact is one
+        // of its two exceptions.
+        #[allow(unsafe_code)]
+        let loaded = unsafe { Module::deserialize(engine, &bytes) };
+        match loaded {
             Ok(module) => Some(module),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled artifact");
