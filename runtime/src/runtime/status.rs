@@ -121,6 +121,10 @@ impl Runtime {
                     _ => 0.0,
                 };
                 let c = &s.counters;
+                // One lock, taken and released here: a second lock() in the
+                // struct literal below would wait on the first guard, which
+                // lives to the end of the statement.
+                let (plugin, plugin_version) = c.active.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 Ok(SubscriptionStatus {
                     state,
                     name: s.name.to_string(),
@@ -138,8 +142,8 @@ impl Runtime {
                         plugin_log_lines: c.plugin_log_lines.load(Ordering::Relaxed),
                         plugin_log_lines_dropped: c.plugin_log_lines_dropped.load(Ordering::Relaxed),
                     },
-                    plugin: c.active.lock().unwrap_or_else(PoisonError::into_inner).0.clone(),
-                    plugin_version: c.active.lock().unwrap_or_else(PoisonError::into_inner).1.clone(),
+                    plugin,
+                    plugin_version,
                     cursor,
                     lag: head.saturating_sub(cursor),
                     parked,
