@@ -40,12 +40,91 @@ fn config() -> bincode::config::Configuration {
 ///
 /// [`StoreError::Decode`] if serde cannot write the value (a bug, not input).
 pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION, 0, 0, 0, 0];
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .map_err(|e| StoreError::Decode(format!("cannot encode a record: {e}")))?;
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+    let mut out = Vec::new();
+    encode_into(&mut out, value)?;
     Ok(out)
+}
+
+/// Append `value` as a record to `out`. On error `out` is left as it was.
+fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), StoreError> {
+    let start = out.len();
+    out.extend_from_slice(&[RECORD_VERSION, 0, 0, 0, 0]);
+    if let Err(e) = bincode::serde::encode_into_std_write(value, out, config()) {
+        out.truncate(start);
+        return Err(StoreError::Decode(format!("cannot encode a record: {e}")));
+    }
+    let crc = crc32fast::hash(&out[start + HEADER..]);
+    out[start + 1..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The records one store command encoded before writing any: the writer
+/// encodes everything a command will store first, so a record that cannot
+/// be encoded refuses the command before anything of it is written. One
+/// buffer, kept by the writer from command to command, so the per-event
+/// path allocates nothing for its records once the buffer has grown.
+#[derive(Debug, Default)]
+pub(super) struct Encoded {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Encoded {
+    /// Past this many bytes the buffer is given back after a group rather
+    /// than kept for the next one: one huge publish must not pin its size.
+    const KEEP: usize = 16 * 1024 * 1024;
+
+    /// Forget the records of the previous command.
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// Give back memory a large command grew the buffer to.
+    pub(super) fn trim(&mut self) {
+        if self.bytes.capacity() > Self::KEEP {
+            *self = Self::default();
+        }
+    }
+
+    /// Encode `value` as the next record.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`]; the records pushed before stay.
+    pub(super) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), StoreError> {
+        encode_into(&mut self.bytes, value)?;
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    /// The records, in the order they were pushed.
+    pub(super) fn records(&self) -> Records<'_> {
+        Records { encoded: self, next: 0 }
+    }
+}
+
+/// The records of an [`Encoded`] in order, as the command's write takes
+/// them.
+#[derive(Debug)]
+pub(super) struct Records<'a> {
+    encoded: &'a Encoded,
+    next: usize,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let end = *self.encoded.ends.get(self.next)?;
+        let start = match self.next {
+            0 => 0,
+            i => self.encoded.ends[i - 1],
+        };
+        self.next += 1;
+        Some(&self.encoded.bytes[start..end])
+    }
 }
 
 /// Decode a record, verifying its version and checksum. `what` names the
@@ -136,6 +215,23 @@ mod tests {
         longer[1..HEADER].copy_from_slice(&crc.to_le_bytes());
         let err = decode::<(u64, String)>(&longer, || "t".into()).unwrap_err();
         assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn encoded_records_come_back_in_order_and_match_encode() {
+        let mut encoded = Encoded::default();
+        encoded.push(&(1_u64, "one".to_owned())).unwrap();
+        encoded.push(&vec!["a", "b"]).unwrap();
+        encoded.push("three").unwrap();
+        let records: Vec<&[u8]> = encoded.records().collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0], encode(&(1_u64, "one".to_owned())).unwrap().as_slice());
+        // A list of borrowed keys is stored as the `Vec<String>` the
+        // collector decodes.
+        assert_eq!(decode::<Vec<String>>(records[1], || "t".into()).unwrap(), ["a", "b"]);
+        assert_eq!(decode::<String>(records[2], || "t".into()).unwrap(), "three");
+        encoded.clear();
+        assert_eq!(encoded.records().count(), 0);
     }
 
     #[test]

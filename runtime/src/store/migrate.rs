@@ -21,11 +21,12 @@ use serde::de::DeserializeOwned;
 use weir_abi::Event;
 
 use super::codec::{decode_v1, encode};
+use super::ingest::{INGEST, INGEST_EXPIRY, IngestEntry};
+use super::log::LOG;
+use super::registry::VERSIONS;
+use super::subscription::{DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, PARKED};
 use super::types::{DlqEntry, IdempotencyRecord, ParkedEntry, VersionRecord};
-use super::{DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, INGEST, INGEST_EXPIRY, LOG, PARKED, StoreError, VERSIONS, storage};
-
-/// A value of the ingest index: (event id, seq, expires at ms).
-type IngestEntry = ([u8; 16], u64, u64);
+use super::{StoreError, storage};
 
 /// What a migration did, for the log line.
 #[derive(Debug, Default)]

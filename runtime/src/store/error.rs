@@ -1,0 +1,80 @@
+//! [`StoreError`]: why a store operation failed.
+
+use std::path::PathBuf;
+
+/// Why a store operation failed. Codes are stable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process (or this one) has the data directory open.
+    #[error("the store {path} is already open in another process (is another `weir run` using this data directory?)")]
+    AlreadyOpen {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a redb database, or is damaged beyond repair.
+    #[error(
+        "the store {path} is corrupt or not a Weir store: {reason}. Restore it from a backup (docs/operations.md, \"Backups\")"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// redb's message.
+        reason: String,
+    },
+    /// An I/O or storage-engine error.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A commit failed earlier; no more writes until reopened.
+    #[error("the store refused the write: an earlier commit failed ({0}); restart to recover")]
+    Poisoned(String),
+    /// The writer has shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// A record could not be encoded, or a stored module is missing.
+    #[error("stored record is undecodable: {0}")]
+    Decode(String),
+    /// A stored record failed its checksum or does not decode: the file was
+    /// damaged after it was written.
+    #[error("the store holds a damaged record, {record}: {reason}; restore the store from a backup")]
+    RecordCorrupt {
+        /// Which record (`log seq 42`, `dlq orders/validator seq 7`).
+        record: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A stored plugin module's bytes do not match the sha256 they are
+    /// stored under.
+    #[error(
+        "the store holds a damaged plugin module: sha256 {expected} was stored, the bytes hash to {actual}; restore the store from a backup (a version that is not active is also repaired by deploying its file again)"
+    )]
+    ModuleCorrupt {
+        /// The sha256 the module is stored under.
+        expected: String,
+        /// The sha256 of the bytes read.
+        actual: String,
+    },
+}
+
+impl StoreError {
+    /// Stable code.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AlreadyOpen { .. } => "store_locked",
+            Self::Corrupt { .. } => "store_corrupt",
+            Self::Storage(_) => "storage",
+            Self::Poisoned(_) => "store_poisoned",
+            Self::Closed => "store_closed",
+            Self::Decode(_) => "store_decode",
+            Self::RecordCorrupt { .. } => "store_record_corrupt",
+            Self::ModuleCorrupt { .. } => "store_module_corrupt",
+        }
+    }
+}
+
+/// A redb error as [`StoreError::Storage`]: for reads and for opening. The
+/// writer classifies its errors itself (`writer::Fatal`).
+pub(super) fn storage(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Storage(e.into().to_string())
+}

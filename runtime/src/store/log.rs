@@ -1,0 +1,103 @@
+//! The log: seq → event, and the publish command that appends to it.
+
+use redb::{ReadableDatabase, TableDefinition};
+use weir_abi::Event;
+
+use super::codec::{Encoded, Records, decode};
+use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
+use super::writer::Writes;
+use super::{Published, Store, StoreError, ingest, storage};
+
+/// seq → encoded [`Event`].
+pub(super) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+
+/// Append events, each unless its producer key is a known duplicate.
+pub(super) struct Publish {
+    pub(super) events: Vec<Event>,
+}
+
+impl Apply for Publish {
+    type Answer = Vec<Published>;
+    type Checked = ();
+
+    fn check(&self, _: &Writes<'_>, encoded: &mut Encoded) -> Result<(), Failure> {
+        for event in &self.events {
+            encoded.push(event)?;
+        }
+        Ok(())
+    }
+
+    fn write(self, (): (), w: &mut Writes<'_>, mut records: Records<'_>) -> Result<Vec<Published>, Fatal> {
+        let mut out = Vec::with_capacity(self.events.len());
+        for event in self.events {
+            let bytes = next_record(&mut records)?;
+            // Every published key is indexed, even one that defaults to the
+            // id: a producer may publish a known id again (a replay, a retry).
+            if let Some(original) = ingest::claim(w, &event.idempotency_key, event.id)? {
+                w.duplicates += 1;
+                out.push(original);
+                continue;
+            }
+            let seq = append(w, bytes)?;
+            w.published += 1;
+            w.ingested.push(event.idempotency_key);
+            out.push(Published { id: event.id, seq, duplicate: false });
+        }
+        Ok(out)
+    }
+}
+
+/// Append one encoded event at the head of the log; answers its seq.
+pub(super) fn append(w: &mut Writes<'_>, event: &[u8]) -> Result<u64, Fatal> {
+    let seq = w.head;
+    w.log.insert(seq, event)?;
+    w.head += 1;
+    Ok(seq)
+}
+
+impl Store {
+    /// Append events (durably) and call `reply` after the commit.
+    ///
+    /// # Idempotency
+    ///
+    /// An event whose idempotency key was already published within the
+    /// retention window is not stored again: its answer carries the original
+    /// id and `duplicate: true`.
+    pub fn publish(&self, events: Vec<Event>, reply: Reply<Vec<Published>>) {
+        self.send(Command::Publish(Order::new(Publish { events }, reply)));
+    }
+
+    /// [`Store::publish`], waiting for the commit.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error.
+    pub fn publish_blocking(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
+        self.ask(|reply| Command::Publish(Order::new(Publish { events }, reply)))
+    }
+
+    /// Up to `limit` events from sequence number `from` on.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let log = read.open_table(LOG).map_err(storage)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in log.range(from..).map_err(storage)?.take(limit) {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))?));
+        }
+        Ok(out)
+    }
+
+    /// One event by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        Ok(self.read_log(seq, 1)?.into_iter().find(|(s, _)| *s == seq).map(|(_, e)| e))
+    }
+}

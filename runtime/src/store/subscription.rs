@@ -1,0 +1,328 @@
+//! What the store keeps per subscription: cursors, parked events, the
+//! dead-letter queue and the idempotency records with their expiry index;
+//! the commands that change them (a worker's results, redrive, purge) and
+//! the reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::codec::{Encoded, Records, decode};
+use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
+use super::writer::Writes;
+use super::{
+    DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, ResultItem, Store, StoreError, SubscriptionStats, log, now_ms,
+    storage,
+};
+
+/// subscription → next sequence number to read.
+pub(super) const CURSORS: TableDefinition<'_, &str, u64> = TableDefinition::new("cursors");
+/// (subscription, seq) → encoded [`ParkedEntry`].
+pub(super) const PARKED: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("parked");
+/// (subscription, seq) → encoded [`DlqEntry`].
+pub(super) const DLQ: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("dlq");
+/// (subscription, idempotency key) → encoded [`IdempotencyRecord`].
+pub(super) const IDEMPOTENCY: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("idempotency");
+/// (expires at ms, subscription, batch) → encoded `Vec<String>` of the keys
+/// one commit recorded: the garbage-collection index. One entry per batch
+/// rather than per key keeps the per-event write cost to one insert.
+pub(super) const IDEMPOTENCY_EXPIRY: TableDefinition<'_, (u64, &str, u64), &[u8]> =
+    TableDefinition::new("idempotency_expiry");
+
+/// A subscription's outcomes and (optionally) its new cursor.
+pub(super) struct Results {
+    pub(super) subscription: Arc<str>,
+    pub(super) items: Vec<ResultItem>,
+    pub(super) cursor: Option<u64>,
+}
+
+impl Apply for Results {
+    type Answer = ();
+    /// The latest expiry of the idempotency records stored, if any are.
+    type Checked = Option<u64>;
+
+    fn check(&self, _: &Writes<'_>, encoded: &mut Encoded) -> Result<Option<u64>, Failure> {
+        let mut recorded: Vec<&str> = Vec::new();
+        let mut latest_expiry = 0;
+        for item in &self.items {
+            match item {
+                ResultItem::Handled { key, record, emits, .. } => {
+                    encoded.push(record)?;
+                    for event in emits {
+                        encoded.push(event)?;
+                    }
+                    latest_expiry = latest_expiry.max(record.expires_at_ms);
+                    recorded.push(key);
+                }
+                ResultItem::Duplicate { .. } => {}
+                ResultItem::Park(entry) => encoded.push(entry)?,
+                ResultItem::DeadLetter(entry) => encoded.push(&**entry)?,
+            }
+        }
+        if recorded.is_empty() {
+            return Ok(None);
+        }
+        encoded.push(&recorded)?;
+        Ok(Some(latest_expiry))
+    }
+
+    fn write(self, latest_expiry: Option<u64>, w: &mut Writes<'_>, mut records: Records<'_>) -> Result<(), Fatal> {
+        let sub: &str = &self.subscription;
+        let mut counts = SubscriptionStats::default();
+        for item in &self.items {
+            match item {
+                ResultItem::Handled { seq, key, emits, parked, .. } => {
+                    w.idempotency.insert((sub, key.as_str()), next_record(&mut records)?)?;
+                    // Emitted events skip the ingest index: their
+                    // transaction also records the input as handled, so a
+                    // redo cannot emit them twice, and duplicates a plugin
+                    // emits itself are caught by the idempotency check of
+                    // each subscription downstream.
+                    for _ in emits {
+                        log::append(w, next_record(&mut records)?)?;
+                    }
+                    if *parked {
+                        w.parked.remove((sub, *seq))?;
+                    }
+                    counts.handled += 1;
+                    counts.emitted += emits.len() as u64;
+                }
+                ResultItem::Duplicate { seq, parked } => {
+                    if *parked {
+                        w.parked.remove((sub, *seq))?;
+                    }
+                    counts.duplicates += 1;
+                }
+                ResultItem::Park(entry) => {
+                    if entry.attempts > 0 {
+                        counts.retries += 1;
+                    }
+                    w.parked.insert((sub, entry.seq), next_record(&mut records)?)?;
+                }
+                ResultItem::DeadLetter(entry) => {
+                    w.parked.remove((sub, entry.seq))?;
+                    w.dlq.insert((sub, entry.seq), next_record(&mut records)?)?;
+                    counts.dead_lettered += 1;
+                }
+            }
+        }
+        if let Some(latest_expiry) = latest_expiry {
+            // Indexed under the latest expiry of the batch, so every record
+            // in it has expired when the collector gets there.
+            let batch = w.next_batch();
+            w.idempotency_expiry.insert((latest_expiry, sub, batch), next_record(&mut records)?)?;
+        }
+        if let Some(cursor) = self.cursor {
+            w.cursors.insert(sub, cursor)?;
+        }
+        w.tally.add(&self.subscription, &counts);
+        Ok(())
+    }
+}
+
+/// Move a DLQ entry back to the subscription's parked events.
+pub(super) struct Redrive {
+    pub(super) subscription: String,
+    pub(super) seq: u64,
+    pub(super) parked: ParkedEntry,
+}
+
+impl Apply for Redrive {
+    /// Whether the entry was there.
+    type Answer = bool;
+    type Checked = ();
+
+    fn check(&self, _: &Writes<'_>, encoded: &mut Encoded) -> Result<(), Failure> {
+        Ok(encoded.push(&self.parked)?)
+    }
+
+    fn write(self, (): (), w: &mut Writes<'_>, mut records: Records<'_>) -> Result<bool, Fatal> {
+        let key = (self.subscription.as_str(), self.seq);
+        let existed = w.dlq.remove(key)?.is_some();
+        if existed {
+            w.parked.insert(key, next_record(&mut records)?)?;
+        }
+        Ok(existed)
+    }
+}
+
+/// Delete the DLQ entries a filter selects.
+pub(super) struct Purge {
+    pub(super) filter: DlqFilter,
+}
+
+impl Apply for Purge {
+    /// How many were deleted.
+    type Answer = usize;
+    /// The entries to delete.
+    type Checked = Vec<(String, u64)>;
+
+    fn check(&self, w: &Writes<'_>, _: &mut Encoded) -> Result<Vec<(String, u64)>, Failure> {
+        let filter = &self.filter;
+        let mut doomed = Vec::new();
+        for entry in w.dlq.iter()? {
+            let (k, v) = entry?;
+            let (sub, seq) = k.value();
+            if !filter.matches_key(sub, seq) {
+                continue;
+            }
+            // Only a filter on the failure code needs the entry
+            // itself. A damaged entry can still be purged by
+            // subscription and seq: that is how an operator
+            // removes it.
+            let selected = match &filter.code {
+                None => true,
+                Some(code) => match decode::<DlqEntry>(v.value(), || dlq_record((sub, seq))) {
+                    Ok(entry) => entry.code == *code,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "purge by code skips a damaged DLQ entry");
+                        false
+                    }
+                },
+            };
+            if selected {
+                doomed.push((sub.to_owned(), seq));
+            }
+        }
+        Ok(doomed)
+    }
+
+    fn write(self, doomed: Vec<(String, u64)>, w: &mut Writes<'_>, _: Records<'_>) -> Result<usize, Fatal> {
+        for (sub, seq) in &doomed {
+            w.dlq.remove((sub.as_str(), *seq))?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+pub(super) fn dlq_record((subscription, seq): (&str, u64)) -> String {
+    format!(
+        "dlq entry {subscription} seq {seq} (purge it with `weir dlq purge --subscription {subscription} --seq {seq}`)"
+    )
+}
+
+impl Store {
+    /// Commit a subscription's outcomes and (optionally) its new cursor in
+    /// one transaction.
+    pub fn submit(&self, subscription: Arc<str>, items: Vec<ResultItem>, cursor: Option<u64>, reply: Reply<()>) {
+        self.send(Command::Results(Order::new(Results { subscription, items, cursor }, reply)));
+    }
+
+    /// Move a DLQ entry back to the subscription's parked events, in one
+    /// transaction. Answers `false` when there is no such entry (already
+    /// redriven or purged).
+    pub fn redrive(&self, subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool>) {
+        self.send(Command::Redrive(Order::new(Redrive { subscription, seq, parked }, reply)));
+    }
+
+    /// Delete the DLQ entries `filter` selects; answers how many.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error.
+    pub fn purge_blocking(&self, filter: DlqFilter) -> Result<usize, StoreError> {
+        self.ask(|reply| Command::Purge(Order::new(Purge { filter }, reply)))
+    }
+
+    /// The committed cursor of a subscription (0 if it never committed one).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn cursor(&self, subscription: &str) -> Result<u64, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(CURSORS).map_err(storage)?;
+        Ok(table.get(subscription).map_err(storage)?.map_or(0, |v| v.value()))
+    }
+
+    /// All parked events of a subscription, by sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn parked(&self, subscription: &str) -> Result<Vec<ParkedEntry>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(PARKED).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in table.range((subscription, 0)..=(subscription, u64::MAX)).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            out.push(decode(v.value(), || format!("parked {subscription} seq {}", k.value().1))?);
+        }
+        Ok(out)
+    }
+
+    /// Look up idempotency records: for each key, the record if one exists
+    /// and has not expired.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn idempotency(&self, subscription: &str, keys: &[&str]) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(IDEMPOTENCY).map_err(storage)?;
+        let now = now_ms();
+        keys.iter()
+            .map(|key| match table.get((subscription, *key)).map_err(storage)? {
+                Some(v) => {
+                    let record: IdempotencyRecord =
+                        decode(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
+                    Ok((record.expires_at_ms > now).then_some(record))
+                }
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    /// DLQ entries per subscription, counted from the keys alone: status,
+    /// `/metrics`, `/ready` and the dashboard ask every second, and decoding
+    /// every entry (each holds its whole event) would cost O(DLQ bytes).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn dlq_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(DLQ).map_err(storage)?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in table.range::<(&str, u64)>(..).map_err(storage)? {
+            let (k, _) = entry.map_err(storage)?;
+            let (sub, _) = k.value();
+            match counts.get_mut(sub) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(sub.to_owned(), 1);
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// DLQ entries passing `filter`, by subscription and sequence number.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StoreError> {
+        let read = self.shared.db.begin_read().map_err(storage)?;
+        let table = read.open_table(DLQ).map_err(storage)?;
+        let mut out = Vec::new();
+        let range = match &filter.subscription {
+            Some(s) => table.range((s.as_str(), 0)..=(s.as_str(), u64::MAX)).map_err(storage)?,
+            None => table.range::<(&str, u64)>(..).map_err(storage)?,
+        };
+        for entry in range {
+            let (k, v) = entry.map_err(storage)?;
+            // Select by key before decoding: one damaged entry must not
+            // hide the others from a lookup by seq.
+            if !filter.matches_key(k.value().0, k.value().1) {
+                continue;
+            }
+            let entry: DlqEntry = decode(v.value(), || dlq_record(k.value()))?;
+            if filter.matches(&entry) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}

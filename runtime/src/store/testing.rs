@@ -1,0 +1,84 @@
+//! Helpers of the store's unit tests.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use weir_abi::{Event, EventId};
+
+use super::command::{Fatal, Reply};
+use super::writer::Writes;
+use super::{DEFAULT_RETENTION, DlqEntry, IdempotencyRecord, Store, StoreError, StoreOptions};
+
+/// A new store in a temporary directory, with garbage collection left to
+/// the test.
+pub(super) fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions { gc_interval: Duration::from_secs(3600), ..StoreOptions::default() };
+    let store = Store::open(&dir.path().join("weir.redb"), options).unwrap();
+    (dir, store)
+}
+
+/// Run `f` in a write transaction of its own, as a group starting at `now`
+/// would, and commit it. For staging records and running a group's parts;
+/// `f` must not append to the log (the store's head is not moved).
+pub(super) fn write_at(store: &Store, now: u64, f: impl FnOnce(&mut Writes<'_>) -> Result<(), Fatal>) {
+    let txn = store.shared.db.begin_write().unwrap();
+    {
+        let mut w = Writes::open(&txn, &store.shared.batches, store.head(), now, DEFAULT_RETENTION).unwrap();
+        f(&mut w).unwrap();
+        w.finish().unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// A reply that hands the answer to the returned receiver.
+pub(super) fn answer<T: Send + 'static>() -> (Reply<T>, mpsc::Receiver<Result<T, StoreError>>) {
+    let (tx, rx) = mpsc::channel();
+    (Box::new(move |r| drop(tx.send(r))), rx)
+}
+
+pub(super) fn event(key: &str) -> Event {
+    let mut id = [0; 16];
+    id[..key.len().min(16)].copy_from_slice(&key.as_bytes()[..key.len().min(16)]);
+    Event {
+        id: EventId(id),
+        topic: "orders.order.created".into(),
+        source: "test".into(),
+        key: Some(key.into()),
+        schema_version: 1,
+        time: 0,
+        content_type: "application/json".into(),
+        headers: Vec::new(),
+        idempotency_key: key.into(),
+        correlation_id: None,
+        causation_id: None,
+        payload: b"{}".to_vec(),
+    }
+}
+
+pub(super) fn record(seq: u64, expires_at_ms: u64) -> IdempotencyRecord {
+    IdempotencyRecord {
+        event_id: EventId([0; 16]),
+        seq,
+        handled_at_ms: 0,
+        expires_at_ms,
+        outcome_digest: String::new(),
+        emitted: 0,
+        plugin_version: "sha".into(),
+    }
+}
+
+pub(super) fn dlq_entry(subscription: &str, seq: u64) -> DlqEntry {
+    DlqEntry {
+        subscription: subscription.into(),
+        seq,
+        event: event("dead"),
+        plugin: "audit".into(),
+        plugin_version: "sha".into(),
+        code: "handler_reject".into(),
+        message: "no".into(),
+        attempts: 1,
+        first_failure_ms: 0,
+        last_failure_ms: 0,
+    }
+}
