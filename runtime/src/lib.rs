@@ -36,12 +36,12 @@ mod delivery;
 mod engine;
 pub mod envelope;
 mod error;
+pub mod http;
 mod ids;
 pub mod ingest;
 pub mod metrics;
 pub mod process;
 mod runtime;
-pub mod server;
 pub mod store;
 pub mod topic;
 

@@ -10,6 +10,7 @@ mod dashboard;
 mod delivery;
 mod example_plugins;
 mod hot_swap;
+mod http_errors;
 mod limits;
 mod loading;
 mod metrics;

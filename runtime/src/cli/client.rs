@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weir_runtime::http::models::{ErrorInfo, ErrorResponse};
 
 /// Where the server is, and the admin token.
 #[derive(Debug, Clone, Args)]
@@ -53,42 +55,76 @@ impl Client {
         anyhow::anyhow!("cannot reach weir at {}: {e} (is `weir run` running? set --server or WEIR_SERVER)", self.base)
     }
 
-    fn answer(mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<(u16, Value)> {
+    fn answer(mut response: ureq::http::Response<ureq::Body>) -> anyhow::Result<Answer> {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().context("reading the response")?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value))
+        Ok(Answer { status, text })
     }
 
-    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self.agent.get(format!("{}{path}", self.base)).call().map_err(|e| self.unreachable(e))?;
-        ok(Self::answer(response)?)
+    /// GET, the answer as `T`; an error answer is an error.
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.get_raw(path)?.into_ok()
     }
 
-    /// GET; returns (status, body) without treating errors as fatal.
-    pub(crate) fn get_raw(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+    /// GET; the answer whatever its status.
+    pub(crate) fn get_raw(&self, path: &str) -> anyhow::Result<Answer> {
         let response = self.agent.get(format!("{}{path}", self.base)).call().map_err(|e| self.unreachable(e))?;
         Self::answer(response)
     }
 
-    /// POST bytes; returns (status, body) without treating errors as fatal.
-    pub(crate) fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<(u16, Value)> {
+    /// POST bytes; the answer whatever its status.
+    pub(crate) fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> anyhow::Result<Answer> {
         let request = self.auth(self.agent.post(format!("{}{path}", self.base)).header("content-type", content_type));
         let response = request.send(body).map_err(|e| self.unreachable(e))?;
         Self::answer(response)
     }
 
-    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        ok(self.post_raw(path, "application/json", body.to_string().as_bytes())?)
+    /// POST `body` as JSON, the answer as `T`; an error answer is an error.
+    pub(crate) fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.post_raw(path, "application/json", &serde_json::to_vec(body)?)?.into_ok()
     }
 }
 
-/// The body of a 2xx answer, or the server's error as an error.
-pub(crate) fn ok((status, body): (u16, Value)) -> anyhow::Result<Value> {
-    if (200..300).contains(&status) {
-        return Ok(body);
+/// A server's answer: its status and body.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    pub(crate) fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
     }
-    let message = body["error"]["message"].as_str().map_or_else(|| body.to_string(), str::to_owned);
-    let code = body["error"]["code"].as_str().unwrap_or("error");
-    bail!("server answered {status} [{code}]: {message}")
+
+    /// The body as `T`, whatever the status (`/ready` answers 503 with a
+    /// readiness body); `None` when it is not one.
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(&self.text).ok()
+    }
+
+    /// The error of an error answer (`{"error":{…}}`), if it holds one.
+    pub(crate) fn error(&self) -> Option<ErrorInfo> {
+        self.parse::<ErrorResponse>().map(|e| e.error)
+    }
+
+    /// The body of a 2xx answer as `T`, or the server's error as an error.
+    pub(crate) fn into_ok<T: DeserializeOwned>(self) -> anyhow::Result<T> {
+        if !self.is_success() {
+            let status = self.status;
+            let (code, message) = match self.error() {
+                Some(ErrorInfo { code, message, .. }) => (code, message),
+                None => ("error".to_owned(), self.text),
+            };
+            bail!("server answered {status} [{code}]: {message}");
+        }
+        serde_json::from_str(&self.text).with_context(|| {
+            let start: String = self.text.chars().take(200).collect();
+            format!("the server's answer is not what this weir expects: {start}")
+        })
+    }
+
+    pub(crate) fn status(&self) -> u16 {
+        self.status
+    }
 }

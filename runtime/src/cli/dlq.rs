@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use weir_runtime::http::models::{DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse};
 
 use super::client::{Client, ServerArgs};
 
@@ -30,8 +30,8 @@ struct Filter {
 }
 
 impl Filter {
-    fn body(&self, all: bool) -> Value {
-        json!({ "subscription": self.subscription, "code": self.code, "seq": self.seq, "all": all })
+    fn body(&self, all: bool) -> DlqFilterRequest {
+        DlqFilterRequest { subscription: self.subscription.clone(), code: self.code.clone(), seq: self.seq, all }
     }
 
     fn is_empty(&self) -> bool {
@@ -91,10 +91,9 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
             if let Some(s) = filter.seq {
                 query.push(format!("seq={s}"));
             }
-            let answer = client.get(&format!("/v1/dlq?{}", query.join("&")))?;
-            let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+            let DlqListResponse { entries } = client.get(&format!("/v1/dlq?{}", query.join("&")))?;
             if *json {
-                println!("{}", Value::Array(entries));
+                println!("{}", serde_json::to_string(&entries)?);
             } else if entries.is_empty() {
                 println!("the dead-letter queue is empty");
             } else {
@@ -105,12 +104,7 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
                 for e in &entries {
                     println!(
                         "{:<28} {:>8} {:<16} {:>8}  {:<24}  {}",
-                        e["subscription"].as_str().unwrap_or(""),
-                        e["seq"].as_u64().unwrap_or(0),
-                        e["code"].as_str().unwrap_or(""),
-                        e["attempts"].as_u64().unwrap_or(0),
-                        e["last_failure"].as_str().unwrap_or(""),
-                        e["message"].as_str().unwrap_or("")
+                        e.subscription, e.seq, e.code, e.attempts, e.last_failure, e.message
                     );
                 }
             }
@@ -119,15 +113,16 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
             let Some((pipeline, handler)) = subscription.split_once('/') else {
                 bail!("{subscription:?} is not <pipeline>/<handler>");
             };
-            let answer = client.get(&format!("/v1/dlq/{}/{}/{seq}", encode(pipeline), encode(handler)))?;
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            let entry: DlqEntryDetail =
+                client.get(&format!("/v1/dlq/{}/{}/{seq}", encode(pipeline), encode(handler)))?;
+            println!("{}", serde_json::to_string_pretty(&entry)?);
         }
         DlqCommand::Redrive { filter, all } => {
             if filter.is_empty() && !all {
                 bail!("give --subscription, --code and/or --seq, or --all to redrive every entry");
             }
-            let answer = client.post("/v1/dlq/redrive", &filter.body(*all))?;
-            println!("redriven: {}, already gone: {}", answer["redriven"], answer["missing"]);
+            let answer: RedriveResponse = client.post("/v1/dlq/redrive", &filter.body(*all))?;
+            println!("redriven: {}, already gone: {}", answer.redriven, answer.missing);
         }
         DlqCommand::Purge { filter, all, yes } => {
             if filter.is_empty() && !all {
@@ -136,8 +131,8 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
             if !yes {
                 bail!("purging deletes DLQ entries for good; add --yes to confirm");
             }
-            let answer = client.post("/v1/dlq/purge", &filter.body(*all))?;
-            println!("purged: {}", answer["purged"]);
+            let answer: PurgeResponse = client.post("/v1/dlq/purge", &filter.body(*all))?;
+            println!("purged: {}", answer.purged);
         }
     }
     Ok(ExitCode::SUCCESS)

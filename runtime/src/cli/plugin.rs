@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
+use weir_runtime::http::models::{DeployRequest, DeployResponse, HistoryResponse, PluginsResponse, RollbackRequest};
 
 use super::client::{Client, ServerArgs};
 
@@ -64,12 +65,12 @@ fn actor(by: Option<&String>) -> String {
 }
 
 /// A deploy's or rollback's answer when the version was already active.
-fn unchanged(handler: &str, answer: &Value) -> Option<String> {
-    (answer["changed"] == Value::Bool(false)).then(|| {
+fn unchanged(handler: &str, answer: &DeployResponse) -> Option<String> {
+    (!answer.changed).then(|| {
         format!(
             "{handler}: version {} ({}) is already active; nothing changed",
-            answer["version"],
-            short(&answer["sha256"])
+            answer.version,
+            short(Some(&answer.sha256))
         )
     })
 }
@@ -94,67 +95,66 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             let by = actor(by.as_ref());
-            let body = json!({
-                "module_base64": base64::engine::general_purpose::STANDARD.encode(&module),
-                "by": by,
-                "test_events": samples,
-            });
-            let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/deploy"), &body)?;
+            let body = DeployRequest {
+                module_base64: base64::engine::general_purpose::STANDARD.encode(&module),
+                by: Some(by),
+                test_events: samples,
+            };
+            let answer: DeployResponse = client.post(&format!("/v1/plugins/{pipeline}/{name}/deploy"), &body)?;
             match unchanged(handler, &answer) {
                 Some(line) => println!("{line}"),
                 None => println!(
                     "{handler}: version {} active ({}), replacing {}",
-                    answer["version"],
-                    short(&answer["sha256"]),
-                    short(&answer["previous"])
+                    answer.version,
+                    short(Some(&answer.sha256)),
+                    short(answer.previous.as_deref())
                 ),
             }
         }
         PluginCommand::List => {
-            let answer = client.get("/v1/plugins")?;
+            let answer: PluginsResponse = client.get("/v1/plugins")?;
             println!("{:<28} {:<14} {:<18} {:>8}  DEPLOYED BY", "HANDLER", "ACTIVE", "PLUGIN", "VERSIONS");
-            for h in answer["handlers"].as_array().map(Vec::as_slice).unwrap_or_default() {
-                let active = &h["active"];
+            for h in &answer.handlers {
+                let active = h.active.as_ref();
                 println!(
                     "{:<28} {:<14} {:<18} {:>8}  {}",
-                    h["handler"].as_str().unwrap_or(""),
-                    short(&active["sha256"]),
-                    active["description"]["name"].as_str().unwrap_or("-"),
-                    h["versions"].as_u64().unwrap_or(0),
-                    active["deployed_by"].as_str().unwrap_or("-")
+                    h.handler,
+                    short(active.map(|a| a.sha256.as_str())),
+                    active.and_then(|a| a.description.as_ref()).map_or("-", |d| d.name.as_str()),
+                    h.versions,
+                    active.map_or("-", |a| a.deployed_by.as_str())
                 );
             }
         }
         PluginCommand::History { handler } => {
             let (pipeline, name) = split(handler)?;
-            let answer = client.get(&format!("/v1/plugins/{pipeline}/{name}"))?;
-            let history = answer["history"].as_array().cloned().unwrap_or_default();
+            let HistoryResponse { history } = client.get(&format!("/v1/plugins/{pipeline}/{name}"))?;
             if history.is_empty() {
                 bail!("no history for {handler}: is it a handler of the running configuration?");
             }
             println!("{:>4}  {:<14} {:<10} {:<24} {:>9}  BY", "#", "SHA256", "ACTION", "DEPLOYED", "BYTES");
             for entry in &history {
-                let r = &entry["record"];
-                let at = r["deployed_at_ms"].as_i64().unwrap_or(0) * 1_000_000;
+                let r = &entry.record;
+                let at = i64::try_from(r.deployed_at_ms).unwrap_or(0).saturating_mul(1_000_000);
                 println!(
                     "{:>4}  {:<14} {:<10} {:<24} {:>9}  {}",
-                    entry["version"].as_u64().unwrap_or(0),
-                    short(&r["sha256"]),
-                    r["action"].as_str().unwrap_or(""),
+                    entry.version,
+                    short(Some(&r.sha256)),
+                    r.action,
                     weir_runtime::envelope::format_time(at),
-                    r["size"].as_u64().unwrap_or(0),
-                    r["deployed_by"].as_str().unwrap_or("")
+                    r.size,
+                    r.deployed_by
                 );
             }
         }
         PluginCommand::Rollback { handler, to, by } => {
             let (pipeline, name) = split(handler)?;
-            let body = json!({ "to": to, "by": actor(by.as_ref()) });
-            let answer = client.post(&format!("/v1/plugins/{pipeline}/{name}/rollback"), &body)?;
+            let body = RollbackRequest { to: to.clone(), by: Some(actor(by.as_ref())) };
+            let answer: DeployResponse = client.post(&format!("/v1/plugins/{pipeline}/{name}/rollback"), &body)?;
             match unchanged(handler, &answer) {
                 Some(line) => println!("{line}"),
                 None => {
-                    println!("{handler}: rolled back to {} (version {})", short(&answer["sha256"]), answer["version"]);
+                    println!("{handler}: rolled back to {} (version {})", short(Some(&answer.sha256)), answer.version);
                 }
             }
         }
@@ -162,6 +162,7 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn short(v: &Value) -> String {
-    v.as_str().map_or_else(|| "-".into(), |s| s.chars().take(12).collect())
+/// A sha256's first 12 characters, or `-`.
+fn short(sha256: Option<&str>) -> String {
+    sha256.map_or_else(|| "-".into(), |s| s.chars().take(12).collect())
 }

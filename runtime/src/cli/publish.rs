@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
+use weir_runtime::envelope::JsonEvent;
+use weir_runtime::http::models::PublishResponse;
 
-use super::client::{Client, ServerArgs, ok};
+use super::client::{Client, ServerArgs};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -49,21 +51,20 @@ pub(crate) struct PublishArgs {
 pub(crate) fn run(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server);
     if let Some(topic) = &args.topic {
-        let mut event = json!({ "topic": topic });
-        if let Some(key) = &args.key {
-            event["key"] = json!(key);
-        }
-        if let Some(data) = &args.data {
-            event["payload"] = serde_json::from_str(data).context("--data is not valid JSON")?;
-        }
-        if let Some(b64) = &args.data_base64 {
-            event["payload_base64"] = json!(b64);
-        }
-        if let Some(k) = &args.idempotency_key {
-            event["idempotency_key"] = json!(k);
-        }
-        let answer = ok(client.post_raw("/v1/events", "application/json", event.to_string().as_bytes())?)?;
-        println!("{}", answer["events"][0]);
+        let payload = match &args.data {
+            Some(data) => Some(serde_json::from_str(data).context("--data is not valid JSON")?),
+            None => None,
+        };
+        let event = JsonEvent {
+            topic: topic.clone(),
+            key: args.key.clone(),
+            payload,
+            payload_base64: args.data_base64.clone(),
+            idempotency_key: args.idempotency_key.clone(),
+            ..JsonEvent::default()
+        };
+        let answer: PublishResponse = client.post("/v1/events", &event)?;
+        println!("{}", serde_json::to_string(&answer.events.first())?);
         return Ok(ExitCode::SUCCESS);
     }
     let Some(file) = &args.file else {
@@ -99,23 +100,20 @@ fn publish_lines(client: &Client, file: &str, batch_size: usize) -> anyhow::Resu
             return Ok(());
         }
         let body = format!("[{}]", batch.join(","));
-        let (status, answer) = client.post_raw("/v1/events", "application/json", body.as_bytes())?;
-        if !(200..300).contains(&status) {
-            let line = answer["error"]["index"].as_u64().map(|i| first_line + i as usize);
-            let message = answer["error"]["message"].as_str().unwrap_or("refused");
+        let answer = client.post_raw("/v1/events", "application/json", body.as_bytes())?;
+        if !answer.is_success() {
+            let error = answer.error();
+            let line = error.as_ref().and_then(|e| e.index).map(|i| first_line + i);
+            let message = error.as_ref().map_or("refused", |e| e.message.as_str());
             match line {
                 Some(line) => bail!("{file}:{line}: {message} (nothing from this batch of {} was stored)", batch.len()),
-                None => bail!("{file}: batch at line {first_line}: server answered {status}: {message}"),
+                None => bail!("{file}: batch at line {first_line}: server answered {}: {message}", answer.status()),
             }
         }
-        let (mut published, mut duplicates) = counts.get();
-        for e in answer["events"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            if e["duplicate"] == Value::Bool(true) {
-                duplicates += 1;
-            }
-            published += 1;
-        }
-        counts.set((published, duplicates));
+        let PublishResponse { events } = answer.into_ok()?;
+        let (published, duplicates) = counts.get();
+        let new_duplicates = events.iter().filter(|e| e.duplicate).count() as u64;
+        counts.set((published + events.len() as u64, duplicates + new_duplicates));
         batch.clear();
         Ok(())
     };

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::Value;
+use serde::Serialize;
+use weir_runtime::http::models::{ReadinessResponse, StatusResponse};
 
 use super::client::{Client, ServerArgs};
 
@@ -30,15 +31,25 @@ pub(crate) struct StatusArgs {
     server: ServerArgs,
 }
 
+/// What `--json` prints: the `/v1/status` answer plus `ready`.
+#[derive(Debug, Serialize)]
+struct Report {
+    #[serde(flatten)]
+    status: StatusResponse,
+    /// `null` when `/ready` gave no readiness.
+    ready: Option<ReadinessResponse>,
+}
+
 pub(crate) fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server);
     let in_place = args.watch && !args.json && std::io::stdout().is_terminal();
     let mut shown = 0u64;
     loop {
-        let mut answer = client.get("/v1/status")?;
+        let status = client.get("/v1/status")?;
         // Readiness is an extra: a server without `/ready` still has a status.
-        answer["ready"] = client.get_raw("/ready").map(|(_, body)| body).unwrap_or(Value::Null);
-        let text = if args.json { format!("{answer}\n") } else { table(&answer) };
+        let ready = client.get_raw("/ready").ok().and_then(|answer| answer.parse());
+        let report = Report { status, ready };
+        let text = if args.json { format!("{}\n", serde_json::to_string(&report)?) } else { table(&report) };
         let mut out = std::io::stdout().lock();
         if in_place {
             // Home and clear: the table redraws where it was.
@@ -56,22 +67,21 @@ pub(crate) fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn ms(v: &Value) -> String {
-    v.as_f64().map_or_else(|| "-".into(), |x| if x < 10.0 { format!("{x:.2}") } else { format!("{x:.0}") })
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |x| if x < 10.0 { format!("{x:.2}") } else { format!("{x:.0}") })
 }
 
 /// The human table: a row per subscription, in configuration order
 /// (so grouped by pipeline). Every row names its pipeline: `grep` works.
-fn table(answer: &Value) -> String {
+fn table(report: &Report) -> String {
     let mut out = String::new();
-    let ready = &answer["ready"];
-    let _ = write!(out, "log head: {}", answer["head"]);
-    if let Some(status) = ready["status"].as_str() {
-        let _ = write!(out, "   ready: {status}");
+    let _ = write!(out, "log head: {}", report.status.head);
+    if let Some(ready) = &report.ready {
+        let _ = write!(out, "   ready: {}", ready.status);
     }
     out.push('\n');
-    for reason in ready["reasons"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let _ = writeln!(out, "  ! {}", reason.as_str().unwrap_or_default());
+    for reason in report.ready.iter().flat_map(|r| &r.reasons) {
+        let _ = writeln!(out, "  ! {reason}");
     }
     let _ = writeln!(
         out,
@@ -88,29 +98,29 @@ fn table(answer: &Value) -> String {
         "HANDLED",
         "PLUGIN@VERSION"
     );
-    for s in answer["subscriptions"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        let name = s["name"].as_str().unwrap_or("");
-        let (pipeline, handler) = match (s["pipeline"].as_str(), s["handler"].as_str()) {
-            (Some(p), Some(h)) => (p, h),
-            _ => name.split_once('/').unwrap_or((name, "")),
+    for s in &report.status.subscriptions {
+        // A server that predates `pipeline` and `handler` sends only the name.
+        let (pipeline, handler) = if s.pipeline.is_empty() && s.handler.is_empty() {
+            s.name.split_once('/').unwrap_or((&s.name, ""))
+        } else {
+            (s.pipeline.as_str(), s.handler.as_str())
         };
-        let rate = &s["rate"];
+        let rate = format!("{:.0}", s.rate.events_per_second);
         let _ = writeln!(
             out,
             "{:<16} {:<16} {:<9} {:>8} {:>7} {:>9} {:>8} {:>8} {:>6} {:>10} {}@{}",
             pipeline,
             handler,
-            s["state"].as_str().unwrap_or(""),
-            n(&s["lag"]),
-            n(&s["parked"]),
-            rate["events_per_second"].as_f64().map_or_else(|| "-".into(), |r| format!("{r:.0}")),
-            ms(&rate["end_to_end_p50_ms"]),
-            ms(&rate["end_to_end_p99_ms"]),
-            n(&s["dlq"]),
-            n(&s["stats"]["handled"]),
-            s["plugin"].as_str().unwrap_or(""),
-            s["plugin_version"].as_str().unwrap_or("").chars().take(12).collect::<String>()
+            s.state,
+            s.lag,
+            s.parked,
+            rate,
+            ms(s.rate.end_to_end_p50_ms),
+            ms(s.rate.end_to_end_p99_ms),
+            s.dlq,
+            s.stats.handled,
+            s.plugin,
+            s.plugin_version.chars().take(12).collect::<String>()
         );
     }
     out

@@ -1,0 +1,370 @@
+//! The HTTP API's request and response bodies, shared by the server and the
+//! `weir` CLI: what one writes, the other reads, with the same types.
+//!
+//! These are the wire format, owned here rather than borrowed from the
+//! runtime's or the store's types, so restructuring those cannot change the
+//! API by accident (`convert.rs` maps them). Field order is the order on
+//! the wire.
+//!
+//! Requests deny unknown fields (a misspelt filter must not widen a purge);
+//! responses do not, so a client tolerates a newer server's additions.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::envelope::JsonEvent;
+
+// ---------------------------------------------------------------- errors
+
+/// Every error answer: `{"error":{"code","message"}}`, plus `index` when
+/// one event of an ingest request is to blame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorInfo,
+}
+
+/// The body of an [`ErrorResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable machine code (`invalid_json`, `not_found`, `store_corrupt`…).
+    pub code: String,
+    /// For people: what happened and, where it helps, what to do.
+    pub message: String,
+    /// Position of the offending event in an ingest request (0-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
+// ------------------------------------------------------- health, status
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// Always `ok`: the process answers.
+    pub status: String,
+}
+
+impl HealthResponse {
+    /// The only answer.
+    #[must_use]
+    pub fn ok() -> Self {
+        Self { status: "ok".into() }
+    }
+}
+
+/// `GET /ready` (200, or 503 when `not_ready`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadinessResponse {
+    /// `ready`, `degraded` (serving, with reasons) or `not_ready`.
+    pub status: String,
+    /// Why it is not plainly ready.
+    pub reasons: Vec<String>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// Sequence number of the newest event in the log.
+    pub head: u64,
+    /// One entry per subscription, in configuration order.
+    pub subscriptions: Vec<SubscriptionInfo>,
+}
+
+/// One subscription in a [`StatusResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionInfo {
+    /// `<pipeline>/<handler>`.
+    pub name: String,
+    /// The pipeline (empty from a server that predates the field).
+    #[serde(default)]
+    pub pipeline: String,
+    /// The handler within it (empty from a server that predates the field).
+    #[serde(default)]
+    pub handler: String,
+    /// The pipeline's topic patterns.
+    pub topics: Vec<String>,
+    /// Plugin name.
+    pub plugin: String,
+    /// sha256 of the active plugin module.
+    pub plugin_version: String,
+    /// Committed cursor.
+    pub cursor: u64,
+    /// Events in the log not yet read by this subscription.
+    pub lag: u64,
+    /// Seconds between the oldest unread event and the newest event.
+    pub lag_seconds: f64,
+    /// Events parked (retrying or waiting behind their key).
+    pub parked: u64,
+    /// DLQ entries.
+    pub dlq: u64,
+    /// Committed counters.
+    pub stats: StatsInfo,
+    /// Invocations since start.
+    pub invocations: u64,
+    /// Last failure since start, `code: message`.
+    pub last_failure: Option<String>,
+    /// `failing`, `retrying` or `ok`.
+    pub state: String,
+    /// Rates and latency quantiles over the last few seconds.
+    pub rate: RateInfo,
+    /// Plugin resource use.
+    pub resources: ResourcesInfo,
+}
+
+/// A subscription's committed counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsInfo {
+    /// Events handled.
+    pub handled: u64,
+    /// Events skipped as duplicates.
+    pub duplicates: u64,
+    /// Failed attempts scheduled for retry.
+    pub retries: u64,
+    /// Events moved to the DLQ.
+    pub dead_lettered: u64,
+    /// Events emitted by the handler.
+    pub emitted: u64,
+}
+
+/// Recent throughput and latency; quantiles are `null` when nothing was
+/// timed in the window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateInfo {
+    /// Seconds the window covers.
+    pub window_seconds: f64,
+    /// Events handled per second over the window.
+    pub events_per_second: f64,
+    /// Median time per invocation, ms.
+    pub processing_p50_ms: Option<f64>,
+    /// 99th percentile time per invocation, ms.
+    pub processing_p99_ms: Option<f64>,
+    /// Median event time → handled, ms.
+    pub end_to_end_p50_ms: Option<f64>,
+    /// 99th percentile event time → handled, ms.
+    pub end_to_end_p99_ms: Option<f64>,
+}
+
+/// A subscription's plugin resource numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesInfo {
+    /// Fuel consumed since start.
+    pub fuel_consumed: u64,
+    /// Largest linear memory of the active version's instances, bytes.
+    pub memory_high_water_bytes: u64,
+    /// Plugin log lines written.
+    pub plugin_log_lines: u64,
+    /// Plugin log lines dropped.
+    pub plugin_log_lines_dropped: u64,
+}
+
+// ---------------------------------------------------------------- ingest
+
+/// `POST /v1/events`: each event of the request, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// One per event sent.
+    pub events: Vec<PublishedEvent>,
+}
+
+/// One event of a [`PublishResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedEvent {
+    /// Its id; for a duplicate, the id stored the first time.
+    pub id: String,
+    /// Its position in the log.
+    pub seq: u64,
+    /// Whether the idempotency key was already known (nothing was stored).
+    pub duplicate: bool,
+}
+
+// ------------------------------------------------------------------- DLQ
+
+/// Which DLQ entries: the query of `GET /v1/dlq`, the body of
+/// `POST /v1/dlq/redrive` and `POST /v1/dlq/purge`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqFilterRequest {
+    /// Only this subscription (`<pipeline>/<handler>`).
+    pub subscription: Option<String>,
+    /// Only this failure code.
+    pub code: Option<String>,
+    /// Only this sequence number.
+    pub seq: Option<u64>,
+    /// Required (true) to redrive or purge every entry without any other
+    /// filter.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl DlqFilterRequest {
+    /// Whether no filter field is given (`all` aside).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.subscription.is_none() && self.code.is_none() && self.seq.is_none()
+    }
+}
+
+/// `GET /v1/dlq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlqListResponse {
+    /// The matching entries.
+    pub entries: Vec<DlqEntryInfo>,
+}
+
+/// One dead letter, without its event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlqEntryInfo {
+    /// The subscription it failed in.
+    pub subscription: String,
+    /// Its sequence number in the log.
+    pub seq: u64,
+    /// The event's id.
+    pub event_id: String,
+    /// The event's topic.
+    pub topic: String,
+    /// The event's key.
+    pub key: Option<String>,
+    /// Failure code (`handler_reject`, `timeout`, …).
+    pub code: String,
+    /// Failure message.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Plugin name.
+    pub plugin: String,
+    /// sha256 of the plugin module that failed it.
+    pub plugin_version: String,
+    /// First failure, RFC 3339.
+    pub first_failure: String,
+    /// Last failure, RFC 3339.
+    pub last_failure: String,
+}
+
+/// `GET /v1/dlq/{pipeline}/{handler}/{seq}`: the entry and its whole event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DlqEntryDetail {
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: DlqEntryInfo,
+    /// The event, in its JSON form.
+    pub event: JsonEvent,
+}
+
+/// `POST /v1/dlq/redrive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedriveResponse {
+    /// Entries moved back to their subscription.
+    pub redriven: usize,
+    /// Entries that matched but were gone by the time.
+    pub missing: usize,
+}
+
+/// `POST /v1/dlq/purge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeResponse {
+    /// Entries deleted.
+    pub purged: usize,
+}
+
+// --------------------------------------------------------------- plugins
+
+/// `GET /v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginsResponse {
+    /// One per handler of the running configuration.
+    pub handlers: Vec<HandlerInfo>,
+}
+
+/// One handler of a [`PluginsResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerInfo {
+    /// `<pipeline>/<handler>`.
+    pub handler: String,
+    /// Its active version.
+    pub active: Option<VersionInfo>,
+    /// Versions in its history.
+    pub versions: usize,
+}
+
+/// One version of a handler's plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// sha256 of the module: the version's identity.
+    pub sha256: String,
+    /// Module size in bytes.
+    pub size: u64,
+    /// ABI version it speaks.
+    pub abi_version: u32,
+    /// What the plugin says about itself.
+    pub description: Option<weir_abi::PluginDescription>,
+    /// When it became active (ms since the Unix epoch).
+    pub deployed_at_ms: u64,
+    /// Who or what deployed it.
+    pub deployed_by: String,
+    /// `config`, `deploy`, `rollback` or `watch`.
+    pub action: String,
+}
+
+/// `GET /v1/plugins/{pipeline}/{handler}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    /// Oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One entry of a [`HistoryResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Its number in the history.
+    pub version: u64,
+    /// The version.
+    pub record: VersionInfo,
+}
+
+/// The query of `PUT /v1/plugins/{pipeline}/{handler}` (the body is the
+/// module). Unknown parameters are ignored, as they always were here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutModuleQuery {
+    /// Who deploys, recorded in the history [default: `http`].
+    pub by: Option<String>,
+}
+
+/// The body of `POST /v1/plugins/{pipeline}/{handler}/deploy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The module, base64 (standard alphabet, padded).
+    pub module_base64: String,
+    /// Who deploys [default: `http`].
+    pub by: Option<String>,
+    /// Samples the candidate must pass first (see `weir plugin deploy`).
+    #[serde(default)]
+    pub test_events: Vec<Value>,
+}
+
+/// The body of `POST /v1/plugins/{pipeline}/{handler}/rollback` (optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// sha256 (or a unique prefix) of the version to run [default: the
+    /// previous one].
+    pub to: Option<String>,
+    /// Who rolls back [default: `http`].
+    pub by: Option<String>,
+}
+
+/// What a deploy or rollback did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployResponse {
+    /// The handler.
+    pub handler: String,
+    /// Its new version number; when nothing changed, the active one's.
+    pub version: u64,
+    /// sha256 of the now active module.
+    pub sha256: String,
+    /// sha256 of the module active before the call.
+    pub previous: Option<String>,
+    /// False when the module was already the active version.
+    pub changed: bool,
+}
