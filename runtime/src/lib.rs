@@ -1,8 +1,26 @@
-//! Weir's runtime: the sandboxed Wasm engine that runs handler plugins, and
-//! (as the runtime grows) the log, pipelines and delivery around it.
+//! Weir's runtime: a durable event log on an embedded redb store, fan-out
+//! pipelines whose handlers are sandboxed WebAssembly plugins, and the host
+//! that enforces idempotency, retries and dead-lettering around every
+//! invocation. The `weir` binary (feature `cli`, on by default) is a thin
+//! shell over this library.
+//!
+//! ```text
+//!  producers ─► ingest (HTTP, CLI, Runtime::publish) ─► store writer ─► log (redb)
+//!                                                                  │
+//!                       one worker thread per subscription ◄───────┘ (own cursor)
+//!                       dedupe → invoke (Wasm) → validate → stage
+//!                       outcomes + emits + idempotency record + cursor ─► one commit
+//! ```
 //!
 //! # Core concepts
 //!
+//! - [`Runtime`]: the running system (store, engine, one worker per
+//!   subscription); start it from a [`config::Config`], publish, read
+//!   status, deploy and roll back plugins, redrive the DLQ.
+//! - [`store::Store`]: the one redb file; a single writer thread commits
+//!   publishes and outcomes in groups (durable before acknowledged).
+//! - [`Invoke`]: what a subscription calls per event; a Wasm [`Handler`] is
+//!   one implementation, answering a neutral [`Attempt`].
 //! - [`Engine`]: compiles modules (with an on-disk artifact cache), ticks the
 //!   epoch clock that enforces deadlines.
 //! - [`Plugin`]: a compiled module that passed validation — only host
@@ -11,6 +29,8 @@
 //!   configuration; [`Handler::invoke`] runs one delivery and returns an
 //!   [`Invocation`] whose failures carry stable codes ([`InvokeError::code`]).
 //! - [`envelope`]: the JSON form of events used by the CLI and HTTP API.
+//!
+//! docs/architecture.md has the source layout and the thread model.
 //!
 //! # Example
 //!
@@ -31,6 +51,11 @@
 //! # }
 //! ```
 
+// Unsafe code is refused crate-wide; the two exceptions (loading a
+// precompiled artifact, one prctl) carry a local allow and a SAFETY note.
+#![deny(unsafe_code)]
+
+mod clock;
 pub mod config;
 mod delivery;
 mod engine;
@@ -38,16 +63,13 @@ pub mod envelope;
 mod error;
 pub mod http;
 mod ids;
+mod names;
 pub mod ingest;
 pub mod metrics;
 pub mod process;
 mod runtime;
 pub mod store;
 pub mod topic;
-
-// Temporary: `runtime/` still names `crate::subscription::…` until its move
-// settles; switch those paths to `crate::delivery::…`, then drop this line.
-pub(crate) use delivery as subscription;
 
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
@@ -57,6 +79,7 @@ pub use engine::{
 };
 pub use error::{EngineError, InvokeError, LoadError};
 pub use ids::IdGenerator;
+pub use names::{BadSubscriptionName, ContentHash, SubscriptionName};
 pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
