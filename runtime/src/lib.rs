@@ -63,14 +63,15 @@ pub mod envelope;
 mod error;
 pub mod http;
 mod ids;
-mod names;
 pub mod ingest;
 pub mod metrics;
+mod names;
 pub mod process;
 mod runtime;
 pub mod store;
 pub mod topic;
 
+pub use delivery::{Attempt, Failure, Invoke, LogLine, SubscriptionCounters, VERSION_HEADER};
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES, DEFAULT_POOL_INSTANCES, Engine, EngineConfig, ExportInfo, Handler,
@@ -84,4 +85,3 @@ pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
 };
-pub use delivery::{Attempt, Failure, Invoke, LogLine, SubscriptionCounters, VERSION_HEADER};

@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::samples::{TestCase, check_sample};
 use super::{Runtime, RuntimeError};
-use crate::names::{ContentHash, SubscriptionName};
 use crate::delivery::Control;
 use crate::engine::PluginInfo;
 use crate::error::LoadError;
+use crate::names::{ContentHash, SubscriptionName};
 use crate::store::{Store, StoreError, VersionRecord, now_ms};
 
 impl Runtime {

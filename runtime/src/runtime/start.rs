@@ -12,13 +12,13 @@ use std::time::Duration;
 use super::deploy::{active_module, version_record};
 use super::status::spawn_sampler;
 use super::{Candidate, Runtime, RuntimeError, Sub};
-use crate::names::SubscriptionName;
 use crate::config::Config;
 use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::LoadError;
 use crate::ids::IdGenerator;
 use crate::metrics::WINDOW;
+use crate::names::SubscriptionName;
 use crate::store::{Store, StoreOptions};
 
 impl Runtime {
