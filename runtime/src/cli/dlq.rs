@@ -110,11 +110,9 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Show { subscription, seq } => {
-            let Some((pipeline, handler)) = subscription.split_once('/') else {
-                bail!("{subscription:?} is not <pipeline>/<handler>");
-            };
+            let name = weir_runtime::SubscriptionName::parse(subscription)?;
             let entry: DlqEntryDetail =
-                client.get(&format!("/v1/dlq/{}/{}/{seq}", encode(pipeline), encode(handler)))?;
+                client.get(&format!("/v1/dlq/{}/{}/{seq}", encode(name.pipeline()), encode(name.handler())))?;
             println!("{}", serde_json::to_string_pretty(&entry)?);
         }
         DlqCommand::Redrive { filter, all } => {

@@ -76,7 +76,10 @@ fn unchanged(handler: &str, answer: &DeployResponse) -> Option<String> {
 }
 
 fn split(handler: &str) -> anyhow::Result<(&str, &str)> {
-    handler.split_once('/').with_context(|| format!("{handler:?} is not <pipeline>/<handler>"))
+    let name = weir_runtime::SubscriptionName::parse(handler)?;
+    // The parts of the parsed name, borrowed from the argument.
+    let cut = name.pipeline().len();
+    Ok((&handler[..cut], &handler[cut + 1..]))
 }
 
 pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {

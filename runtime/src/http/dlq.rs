@@ -9,6 +9,7 @@ use axum::{Json, Router};
 use super::extract::{OptionalJsonBody, Path, Query};
 use super::models::{DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse};
 use super::{ApiError, AppState, auth, blocking};
+use crate::names::SubscriptionName;
 use crate::store::DlqFilter;
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
@@ -33,7 +34,8 @@ async fn show(
     Path((pipeline, handler, seq)): Path<(String, String, u64)>,
 ) -> Result<Json<DlqEntryDetail>, ApiError> {
     let rt = Arc::clone(&state.runtime);
-    let filter = DlqFilter { subscription: Some(format!("{pipeline}/{handler}")), code: None, seq: Some(seq) };
+    let filter =
+        DlqFilter { subscription: Some(SubscriptionName::new(&pipeline, &handler).into()), code: None, seq: Some(seq) };
     let entries = blocking(move || rt.dlq(&filter)).await?;
     match entries.first() {
         Some(entry) => Ok(Json(entry.into())),

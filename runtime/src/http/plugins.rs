@@ -16,6 +16,7 @@ use super::models::{
     RollbackRequest,
 };
 use super::{ApiError, AppState, auth, blocking};
+use crate::names::SubscriptionName;
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let admin = Router::new()
@@ -46,7 +47,7 @@ async fn history(
     Path((pipeline, handler)): Path<(String, String)>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let rt = Arc::clone(&state.runtime);
-    let history = blocking(move || rt.history(&format!("{pipeline}/{handler}"))).await?;
+    let history = blocking(move || rt.history(SubscriptionName::new(&pipeline, &handler).as_str())).await?;
     let history =
         history.into_iter().map(|(version, record)| HistoryEntry { version, record: record.into() }).collect();
     Ok(Json(HistoryResponse { history }))
@@ -61,7 +62,9 @@ async fn put_module(
 ) -> Result<Json<DeployResponse>, ApiError> {
     let rt = Arc::clone(&state.runtime);
     let by = query.by.unwrap_or_else(|| DEFAULT_ACTOR.into());
-    let report = blocking(move || rt.deploy(&format!("{pipeline}/{handler}"), module.to_vec(), &by, &[])).await?;
+    let report =
+        blocking(move || rt.deploy(SubscriptionName::new(&pipeline, &handler).as_str(), module.to_vec(), &by, &[]))
+            .await?;
     Ok(Json(report.into()))
 }
 
@@ -78,7 +81,8 @@ async fn deploy(
     let tests = crate::runtime::parse_test_cases(rt.ids(), &request.test_events)
         .map_err(|e| ApiError::bad_request("invalid_test_event", e))?;
     let by = request.by.unwrap_or_else(|| DEFAULT_ACTOR.into());
-    let report = blocking(move || rt.deploy(&format!("{pipeline}/{handler}"), module, &by, &tests)).await?;
+    let report =
+        blocking(move || rt.deploy(SubscriptionName::new(&pipeline, &handler).as_str(), module, &by, &tests)).await?;
     Ok(Json(report.into()))
 }
 
@@ -89,6 +93,8 @@ async fn rollback(
 ) -> Result<Json<DeployResponse>, ApiError> {
     let rt = Arc::clone(&state.runtime);
     let by = request.by.unwrap_or_else(|| DEFAULT_ACTOR.into());
-    let report = blocking(move || rt.rollback(&format!("{pipeline}/{handler}"), request.to.as_deref(), &by)).await?;
+    let report =
+        blocking(move || rt.rollback(SubscriptionName::new(&pipeline, &handler).as_str(), request.to.as_deref(), &by))
+            .await?;
     Ok(Json(report.into()))
 }

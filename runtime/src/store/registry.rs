@@ -16,8 +16,7 @@ pub(super) const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefini
 pub(super) const ACTIVE: TableDefinition<'_, &str, &str> = TableDefinition::new("active");
 
 pub(super) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    crate::names::ContentHash::of(bytes).into()
 }
 
 /// Record a deployed module: its bytes (once per sha256), a new entry of
