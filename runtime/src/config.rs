@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// and before any producer's resend or a redelivery can arrive
 /// (docs/configuration.md explains the choice).
 pub const MIN_RETENTION: Duration = Duration::from_secs(1);
+/// Longest `idempotency.retention` accepted: 100 years (36500 days). Expiry
+/// times are milliseconds since the epoch in a `u64`; a bound keeps every
+/// one of them far from overflow whatever the text says.
+pub const MAX_RETENTION: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// A configuration problem: the file, the key and the reason.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -313,6 +317,12 @@ impl Config {
                         ),
                     ));
                 }
+                if retention > MAX_RETENTION {
+                    return Err(err(
+                        "idempotency.retention",
+                        format!("{text:?} is longer than the maximum of 36500days (100 years)"),
+                    ));
+                }
                 retention
             }
             None => crate::store::DEFAULT_RETENTION,
@@ -559,6 +569,18 @@ mod tests {
             let c = parse(&format!("[idempotency]\nretention = \"{text}\"")).unwrap();
             assert_eq!(c.retention, Duration::from_secs(secs));
         }
+    }
+
+    #[test]
+    fn a_retention_that_could_overflow_expiry_times_is_refused() {
+        // 584 million years of milliseconds overflow a u64; the bound stops
+        // far below that.
+        for text in ["36501days", "1000000years", "18446744073709551615s"] {
+            let e = parse(&format!("[idempotency]\nretention = \"{text}\"")).unwrap_err();
+            assert_eq!(e.key, "idempotency.retention", "{e}");
+        }
+        let c = parse("[idempotency]\nretention = \"36500days\"").unwrap();
+        assert_eq!(c.retention, MAX_RETENTION);
     }
 
     #[test]

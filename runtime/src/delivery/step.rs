@@ -184,7 +184,7 @@ impl Worker {
             event_id: event.id,
             seq,
             handled_at_ms: now,
-            expires_at_ms: now + self.spec.retention.as_millis() as u64,
+            expires_at_ms: now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX)),
             outcome_digest: digest(&events),
             emitted: events.len() as u32,
             plugin_version: self.version.clone(),

@@ -84,7 +84,7 @@ impl<'t> Writes<'t> {
             ingest_expiry: txn.open_table(INGEST_EXPIRY)?,
             stats: txn.open_table(STATS)?,
             now,
-            expires: now + retention.as_millis() as u64,
+            expires: now.saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX)),
             head,
             ingested: Vec::new(),
             tally: Tally::default(),
