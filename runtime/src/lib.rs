@@ -15,9 +15,9 @@
 //! # Core concepts
 //!
 //! - [`Runtime`]: the running system (store, engine, one worker per
-//!   subscription); start it from a [`config::Config`], publish, read
+//!   subscription); start it from a [`Config`], publish, read
 //!   status, deploy and roll back plugins, redrive the DLQ.
-//! - [`store::Store`]: the one redb file; a single writer thread commits
+//! - [`Store`]: the one redb file; a single writer thread commits
 //!   publishes and outcomes in groups (durable before acknowledged).
 //! - [`Invoke`]: what a subscription calls per event; a Wasm [`Handler`] is
 //!   one implementation, answering a neutral [`Attempt`].
@@ -28,7 +28,9 @@
 //! - [`Handler`]: a plugin instantiated with its [`Limits`] and
 //!   configuration; [`Handler::invoke`] runs one delivery and returns an
 //!   [`Invocation`] whose failures carry stable codes ([`InvokeError::code`]).
-//! - [`envelope`]: the JSON form of events used by the CLI and HTTP API.
+//! - [`JsonEvent`]: the JSON form of events used by the CLI and HTTP API;
+//!   [`models`]: the HTTP API's bodies, shared by server and CLI.
+//! - [`CountersSnapshot`], [`SubscriptionStatus`]: what a subscription did.
 //!
 //! docs/architecture.md has the source layout and the thread model.
 //!
@@ -40,7 +42,7 @@
 //! let engine = Engine::new(EngineConfig::default())?;
 //! let plugin = engine.load_file("order_validator.wasm".as_ref())?;
 //! let mut handler = plugin.handler(Limits::default(), Vec::new(), InstanceMode::Reuse)?;
-//! let event = weir_runtime::envelope::JsonEvent::from_json_line(r#"{"topic":"orders.order.created","payload":{}}"#)?
+//! let event = weir_runtime::JsonEvent::from_json_line(r#"{"topic":"orders.order.created","payload":{}}"#)?
 //!     .into_event(&weir_runtime::IdGenerator::new(), "weir:example")?;
 //! let invocation = handler.invoke(weir_abi::DeliveryRef { event: &event, subscription: "demo/validator", attempt: 1 });
 //! match invocation.result {
@@ -59,29 +61,46 @@ mod clock;
 pub mod config;
 mod delivery;
 mod engine;
-pub mod envelope;
+mod envelope;
 mod error;
-pub mod http;
+mod http;
 mod ids;
-pub mod ingest;
-pub mod metrics;
+mod ingest;
+mod metrics;
 mod names;
-pub mod process;
+mod process;
 mod runtime;
-pub mod store;
-pub mod topic;
+mod store;
+mod topic;
 
-pub use delivery::{Attempt, Failure, Invoke, LogLine, SubscriptionCounters, VERSION_HEADER};
+// The public API, curated: what an embedding program, the `weir` binary and
+// the tests may name. Everything else is an implementation detail that can
+// move between modules without breaking anyone. `config` stays a module: it
+// is the schema of `weir.toml`, one type per section.
+pub use config::Config;
+pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, VERSION_HEADER};
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES, DEFAULT_POOL_INSTANCES, Engine, EngineConfig, ExportInfo, Handler,
     ImportInfo, InstanceMode, Invocation, Limits, LimitsBuilder, Plugin, PluginInfo, PluginLog,
     inspect_imports_exports,
 };
+pub use envelope::{EnvelopeError, JsonEvent, format_time, now_nanos};
 pub use error::{EngineError, InvokeError, LoadError};
+/// The HTTP API's request and response bodies, shared by the server and the
+/// CLI client.
+pub use http::models;
+pub use http::{is_loopback, router};
 pub use ids::IdGenerator;
+pub use ingest::{Ingest, IngestError, cloudevent_key};
 pub use names::{BadSubscriptionName, ContentHash, SubscriptionName};
+pub use process::tune as tune_process;
 pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
 };
+pub use store::{
+    DlqEntry, DlqFilter, FORMAT_VERSION as STORE_FORMAT_VERSION, ParkedEntry, Published, Store, StoreError,
+    StoreOptions, VersionRecord,
+};
+pub use topic::{Pattern as TopicPattern, TopicError, validate as validate_topic};

@@ -10,6 +10,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    weir_runtime::process::tune();
+    weir_runtime::tune_process();
     cli::main()
 }

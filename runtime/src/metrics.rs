@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Bucket upper bounds in seconds, from 50 µs to 10 s.
-pub const BUCKETS: [f64; 14] =
+pub(crate) const BUCKETS: [f64; 14] =
     [0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0];
 
 /// A lock-free histogram of durations.
@@ -58,11 +58,11 @@ impl Histogram {
 }
 
 /// Bucket upper bounds of the group-commit size histogram, in commands.
-pub const SIZE_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+pub(crate) const SIZE_BUCKETS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// A lock-free histogram of counts (group-commit sizes).
 #[derive(Debug, Default)]
-pub struct SizeHistogram {
+pub(crate) struct SizeHistogram {
     buckets: [AtomicU64; SIZE_BUCKETS.len()],
     count: AtomicU64,
     sum: AtomicU64,
@@ -70,7 +70,7 @@ pub struct SizeHistogram {
 
 impl SizeHistogram {
     /// Record one observation.
-    pub fn observe(&self, value: u64) {
+    pub(crate) fn observe(&self, value: u64) {
         if let Some(i) = SIZE_BUCKETS.iter().position(|b| value as f64 <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -79,7 +79,7 @@ impl SizeHistogram {
     }
 
     /// Append this histogram's sample lines for metric `name` with `labels`.
-    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let counts = self.buckets.iter().map(|b| b.load(Ordering::Relaxed));
         let count = self.count.load(Ordering::Relaxed);
         render_buckets(out, name, labels, &SIZE_BUCKETS, counts, count, self.sum.load(Ordering::Relaxed) as f64);
@@ -114,11 +114,11 @@ fn render_buckets(
 }
 
 /// Per-bucket counts of a [`Histogram`], overflow last.
-pub type Buckets = [u64; BUCKETS.len() + 1];
+pub(crate) type Buckets = [u64; BUCKETS.len() + 1];
 
 /// Samples kept per subscription, one a second: rates and quantiles cover
 /// the last `WINDOW` seconds.
-pub const WINDOW: usize = 10;
+pub(crate) const WINDOW: usize = 10;
 
 /// A subscription's counters at one instant.
 #[derive(Debug, Clone)]
@@ -192,7 +192,7 @@ impl Rate {
 /// within its bucket as Prometheus' `histogram_quantile` does; values past
 /// the largest bound report that bound.
 #[must_use]
-pub fn quantile(buckets: &Buckets, q: f64) -> Option<f64> {
+pub(crate) fn quantile(buckets: &Buckets, q: f64) -> Option<f64> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
         return None;
@@ -213,12 +213,12 @@ pub fn quantile(buckets: &Buckets, q: f64) -> Option<f64> {
 
 /// Escape a label value.
 #[must_use]
-pub fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Append `# HELP` and `# TYPE` lines.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// The rule, as error messages state it.
-pub const RULE: &str = "a topic is <domain>.<entity>.<event>: three segments separated by '.', each 1-64 characters of a-z, 0-9, '_' or '-'";
+pub(crate) const RULE: &str = "a topic is <domain>.<entity>.<event>: three segments separated by '.', each 1-64 characters of a-z, 0-9, '_' or '-'";
 
 /// Why a topic or pattern is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,8 +50,8 @@ fn segment_ok(s: &str) -> Result<(), String> {
 /// # Examples
 ///
 /// ```
-/// assert!(weir_runtime::topic::validate("orders.order.created").is_ok());
-/// assert!(weir_runtime::topic::validate("Orders.created").is_err());
+/// assert!(weir_runtime::validate_topic("orders.order.created").is_ok());
+/// assert!(weir_runtime::validate_topic("Orders.created").is_err());
 /// ```
 pub fn validate(topic: &str) -> Result<(), TopicError> {
     let err = |reason: String| TopicError { topic: topic.to_owned(), reason };

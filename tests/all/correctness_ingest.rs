@@ -7,8 +7,8 @@ use std::io::{Read as _, Write as _};
 
 use serde_json::{Value, json};
 use weir_abi::Event;
-use weir_runtime::ingest::cloudevent_key;
-use weir_runtime::store::{Store, StoreOptions};
+use weir_runtime::cloudevent_key;
+use weir_runtime::{Store, StoreOptions};
 use weir_tests::Server;
 
 /// No pipelines: the tests are about what is stored, not what handles it.

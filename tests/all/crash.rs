@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use weir_abi::Event;
 use weir_runtime::Runtime;
-use weir_runtime::store::{Store, StoreOptions};
+use weir_runtime::{Store, StoreOptions};
 use weir_tests::{Server, config, event};
 
 const FAN_OUT: &str = r#"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use weir_abi::Event;
-use weir_runtime::store::DlqFilter;
+use weir_runtime::DlqFilter;
 use weir_runtime::{DeployError, Expect, Runtime, TestCase};
 use weir_tests::{Server, config, event, plugins, weir};
 
@@ -404,7 +404,7 @@ fn watch_redeploys_after_a_real_cargo_build_and_refuses_a_broken_one() {
     assert!(server.terminate().success());
 
     // The outputs say which version handled each event: 1, then 2, then 2.
-    let store = weir_runtime::store::Store::open(&dir.path().join("data/weir.redb"), Default::default()).unwrap();
+    let store = weir_runtime::Store::open(&dir.path().join("data/weir.redb"), Default::default()).unwrap();
     let versions: Vec<u64> = store
         .read_log(0, usize::MAX)
         .unwrap()

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use weir_runtime::IdGenerator;
-use weir_runtime::ingest::Ingest;
-use weir_runtime::store::{DlqFilter, FORMAT_VERSION, Store, StoreOptions};
+use weir_runtime::Ingest;
+use weir_runtime::{DlqFilter, STORE_FORMAT_VERSION as FORMAT_VERSION, Store, StoreOptions};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)

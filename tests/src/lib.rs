@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use weir_abi::{DeliveryRef, Event};
-use weir_runtime::envelope::JsonEvent;
+use weir_runtime::JsonEvent;
 use weir_runtime::{Engine, EngineConfig, Handler, IdGenerator, InstanceMode, Invocation, Limits, Plugin};
 
 /// Paths of the plugins compiled by `build.rs`.
@@ -72,7 +72,7 @@ pub fn weir(args: &[&str], cache_dir: &std::path::Path) -> Output {
 /// A runtime configuration from TOML text in which `{NAME}` stands for the
 /// path of plugin `NAME` (e.g. `{ORDER_VALIDATOR}`), with its data directory
 /// in `dir`.
-pub fn config(dir: &std::path::Path, toml: &str) -> weir_runtime::config::Config {
+pub fn config(dir: &std::path::Path, toml: &str) -> weir_runtime::Config {
     let mut text = format!("data_dir = {:?}\n", dir.join("data").display().to_string());
     text.push_str(toml);
     for (name, path) in plugins::ALL {
@@ -80,7 +80,7 @@ pub fn config(dir: &std::path::Path, toml: &str) -> weir_runtime::config::Config
     }
     let file = dir.join("weir.toml");
     std::fs::write(&file, &text).unwrap();
-    weir_runtime::config::Config::load(&file).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    weir_runtime::Config::load(&file).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// Hex sha256 of `bytes` (a plugin version's identity).

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use weir_runtime::http::models::{ErrorInfo, ErrorResponse};
+use weir_runtime::models::{ErrorInfo, ErrorResponse};
 
 /// Where the server is, and the admin token.
 #[derive(Debug, Clone, Args)]

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use weir_runtime::config::Config;
-use weir_runtime::envelope::JsonEvent;
-use weir_runtime::store::DlqFilter;
+use weir_runtime::Config;
+use weir_runtime::DlqFilter;
+use weir_runtime::JsonEvent;
 use weir_runtime::{IdGenerator, Runtime};
 
 const SAMPLES: &str = include_str!("../../../samples/orders.jsonl");

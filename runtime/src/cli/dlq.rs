@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use weir_runtime::http::models::{DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse};
+use weir_runtime::models::{DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse};
 
 use super::client::{Client, ServerArgs};
 

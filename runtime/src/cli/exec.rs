@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
 use weir_abi::DeliveryRef;
-use weir_runtime::envelope::JsonEvent;
+use weir_runtime::JsonEvent;
 use weir_runtime::{IdGenerator, InstanceMode, Limits};
 
 use super::CacheArgs;

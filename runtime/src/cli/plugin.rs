@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use weir_runtime::http::models::{DeployRequest, DeployResponse, HistoryResponse, PluginsResponse, RollbackRequest};
+use weir_runtime::models::{DeployRequest, DeployResponse, HistoryResponse, PluginsResponse, RollbackRequest};
 
 use super::client::{Client, ServerArgs};
 
@@ -144,7 +144,7 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
                     entry.version,
                     short(Some(&r.sha256)),
                     r.action,
-                    weir_runtime::envelope::format_time(at),
+                    weir_runtime::format_time(at),
                     r.size,
                     r.deployed_by
                 );

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::Value;
-use weir_runtime::envelope::JsonEvent;
-use weir_runtime::http::models::PublishResponse;
+use weir_runtime::JsonEvent;
+use weir_runtime::models::PublishResponse;
 
 use super::client::{Client, ServerArgs};
 

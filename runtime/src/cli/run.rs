@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use weir_runtime::config::Config;
-use weir_runtime::{Runtime, http};
+use weir_runtime::Config;
+use weir_runtime::Runtime;
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -29,7 +29,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if !http::is_loopback(&config.listen) && config.admin_token.is_none() {
+    if !weir_runtime::is_loopback(&config.listen) && config.admin_token.is_none() {
         bail!(
             "refusing to listen on {} without an admin token: set `http.admin_token` or WEIR_ADMIN_TOKEN, or listen on 127.0.0.1",
             config.listen
@@ -65,7 +65,7 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let app = http::router(Arc::clone(&runtime));
+    let app = weir_runtime::router(Arc::clone(&runtime));
     tokio.block_on(async move {
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")
     })?;

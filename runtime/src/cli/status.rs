@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use weir_runtime::http::models::{ReadinessResponse, StatusResponse};
+use weir_runtime::models::{ReadinessResponse, StatusResponse};
 
 use super::client::{Client, ServerArgs};
 

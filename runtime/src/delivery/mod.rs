@@ -79,9 +79,11 @@ pub(crate) use worker::Worker;
 /// Header carrying the plugin version (sha256 prefix) on emitted events.
 pub const VERSION_HEADER: &str = "weir-plugin-version";
 
-/// Live counters of a subscription, for status and tests.
+/// Live counters of a subscription, shared by its worker (the only writer)
+/// and status, metrics and the dashboard. Outside the crate they are read
+/// through [`CountersSnapshot`], never as atomics.
 #[derive(Debug, Default)]
-pub struct SubscriptionCounters {
+pub(crate) struct SubscriptionCounters {
     /// Handler invocations.
     pub invocations: AtomicU64,
     /// Events handled.
@@ -122,10 +124,49 @@ pub struct SubscriptionCounters {
     pub active: Mutex<(String, String)>,
 }
 
+/// A subscription's counters at one moment ([`crate::Runtime::counters`]).
+/// Each field is read on its own, so two fields may be a few events apart
+/// while the worker runs; once the runtime is idle they agree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CountersSnapshot {
+    /// Handler invocations.
+    pub invocations: u64,
+    /// Events handled.
+    pub handled: u64,
+    /// Duplicates skipped.
+    pub duplicates: u64,
+    /// Attempts that ended in a retry.
+    pub retries: u64,
+    /// Events dead-lettered.
+    pub dead_lettered: u64,
+    /// Committed cursor: every log position below it is done.
+    pub cursor: u64,
+    /// Parked events (retrying or waiting behind their key).
+    pub parked: u64,
+    /// Plugin versions switched in by deploy or rollback since start.
+    pub swaps: u64,
+}
+
 impl SubscriptionCounters {
+    /// The counters as plain numbers.
+    pub(crate) fn snapshot(&self) -> CountersSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            invocations: load(&self.invocations),
+            handled: load(&self.handled),
+            duplicates: load(&self.duplicates),
+            retries: load(&self.retries),
+            dead_lettered: load(&self.dead_lettered),
+            cursor: load(&self.cursor),
+            parked: load(&self.parked),
+            swaps: load(&self.swaps),
+        }
+    }
+
     /// The counters the rates and recent quantiles are computed from, now.
     #[must_use]
-    pub fn sample(&self) -> crate::metrics::Sample {
+    pub(crate) fn sample(&self) -> crate::metrics::Sample {
         crate::metrics::Sample::now(self.handled.load(Ordering::Relaxed), &self.processing, &self.end_to_end)
     }
 }

@@ -69,7 +69,7 @@ impl PluginInfo {
 }
 
 /// A compiled, validated plugin module. Cheap to clone. Instantiate it into
-/// [`Handler`]s with [`Plugin::handler`].
+/// [`Handler`](crate::Handler)s with [`Plugin::handler`].
 #[derive(Clone)]
 pub struct Plugin {
     pub(super) inner: Arc<PluginInner>,

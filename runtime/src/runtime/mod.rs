@@ -113,10 +113,10 @@ impl Runtime {
         self.subs.iter().map(|s| s.name.to_string()).collect()
     }
 
-    /// Live counters of a subscription.
+    /// A subscription's counters now; `None` for an unknown name.
     #[must_use]
-    pub fn counters(&self, subscription: &str) -> Option<Arc<SubscriptionCounters>> {
-        self.subs.iter().find(|s| &*s.name == subscription).map(|s| Arc::clone(&s.counters))
+    pub fn counters(&self, subscription: &str) -> Option<crate::CountersSnapshot> {
+        self.subs.iter().find(|s| &*s.name == subscription).map(|s| s.counters.snapshot())
     }
 
     /// Publish durably; blocks until committed.

@@ -39,7 +39,7 @@ use super::subscription::{Purge, Redrive, Results};
 use super::writer::Writes;
 
 /// A reply callback: called once, from the writer thread, after the commit.
-pub type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
 
 /// One kind of store command: what it reads and checks, then what it
 /// writes.

@@ -63,11 +63,11 @@ impl Store {
     /// An event whose idempotency key was already published within the
     /// retention window is not stored again: its answer carries the original
     /// id and `duplicate: true`.
-    pub fn publish(&self, events: Vec<Event>, reply: Reply<Vec<Published>>) {
+    pub(crate) fn publish(&self, events: Vec<Event>, reply: Reply<Vec<Published>>) {
         self.send(Command::Publish(Order::new(Publish { events }, reply)));
     }
 
-    /// [`Store::publish`], waiting for the commit.
+    /// Publish and wait for the commit (the runtime publishes without waiting).
     ///
     /// # Errors
     ///

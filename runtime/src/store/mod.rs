@@ -78,11 +78,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-pub use command::Reply;
+pub(crate) use command::Reply;
 pub use error::StoreError;
-pub use types::{
-    DlqEntry, DlqFilter, IdempotencyRecord, ParkedEntry, Published, ResultItem, SubscriptionStats, VersionRecord,
-};
+pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
+pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats};
 
 use command::{Barrier, Command, Order};
 use error::storage;
@@ -101,11 +100,11 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 pub const FORMAT_VERSION: u64 = 2;
 
 /// Default idempotency and ingest de-duplication window.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Milliseconds since the Unix epoch.
 #[must_use]
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -113,7 +112,7 @@ pub fn now_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// How long idempotency records and ingest de-duplication keys are kept.
-    /// By default 24 h ([`DEFAULT_RETENTION`]).
+    /// By default 24 h.
     pub retention: Duration,
     /// How often expired records are collected. By default every minute.
     pub gc_interval: Duration,
@@ -286,7 +285,7 @@ impl Store {
     /// Why the store cannot take writes (poisoned by a failed commit, or
     /// closed), if so.
     #[must_use]
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         if let Some(reason) = self.shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner).clone() {
             return Some(format!("store poisoned by a failed commit: {reason}"));
         }
@@ -301,13 +300,13 @@ impl Store {
     }
 
     /// Append the commit-latency histogram as metric `name`.
-    pub fn render_commit_latency(&self, out: &mut String, name: &str) {
+    pub(crate) fn render_commit_latency(&self, out: &mut String, name: &str) {
         self.shared.commit_latency.render(out, name, "");
     }
 
     /// Append the group-commit size histogram (commands per commit) as
     /// metric `name`.
-    pub fn render_commit_size(&self, out: &mut String, name: &str) {
+    pub(crate) fn render_commit_size(&self, out: &mut String, name: &str) {
         self.shared.commit_size.render(out, name, "");
     }
 
@@ -319,7 +318,7 @@ impl Store {
 
     /// Call `wake` after each commit that appended events to the log, until
     /// it returns `false`.
-    pub fn watch(&self, wake: Box<dyn Fn() -> bool + Send>) {
+    pub(crate) fn watch(&self, wake: Box<dyn Fn() -> bool + Send>) {
         self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner).push(wake);
     }
 

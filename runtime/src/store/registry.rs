@@ -80,7 +80,12 @@ impl Store {
     /// # Errors
     ///
     /// The commit's error.
-    pub fn deploy_blocking(&self, handler: &str, record: VersionRecord, module: Vec<u8>) -> Result<u64, StoreError> {
+    pub(crate) fn deploy_blocking(
+        &self,
+        handler: &str,
+        record: VersionRecord,
+        module: Vec<u8>,
+    ) -> Result<u64, StoreError> {
         let deploy = Deploy { handler: handler.to_owned(), record: Box::new(record), module };
         self.ask(|reply| Command::Deploy(Order::new(deploy, reply)))
     }
@@ -90,7 +95,7 @@ impl Store {
     /// # Errors
     ///
     /// Storage errors.
-    pub fn active_version(&self, handler: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) fn active_version(&self, handler: &str) -> Result<Option<String>, StoreError> {
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(ACTIVE).map_err(storage)?;
         Ok(table.get(handler).map_err(storage)?.map(|v| v.value().to_owned()))

@@ -67,7 +67,7 @@ impl Store {
     /// # Errors
     ///
     /// Storage errors.
-    pub fn stats(&self, subscription: &str) -> Result<SubscriptionStats, StoreError> {
+    pub(crate) fn stats(&self, subscription: &str) -> Result<SubscriptionStats, StoreError> {
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(STATS).map_err(storage)?;
         let mut stats = SubscriptionStats::default();

@@ -205,14 +205,14 @@ pub(super) fn dlq_record((subscription, seq): (&str, u64)) -> String {
 impl Store {
     /// Commit a subscription's outcomes and (optionally) its new cursor in
     /// one transaction.
-    pub fn submit(&self, subscription: Arc<str>, items: Vec<ResultItem>, cursor: Option<u64>, reply: Reply<()>) {
+    pub(crate) fn submit(&self, subscription: Arc<str>, items: Vec<ResultItem>, cursor: Option<u64>, reply: Reply<()>) {
         self.send(Command::Results(Order::new(Results { subscription, items, cursor }, reply)));
     }
 
     /// Move a DLQ entry back to the subscription's parked events, in one
     /// transaction. Answers `false` when there is no such entry (already
     /// redriven or purged).
-    pub fn redrive(&self, subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool>) {
+    pub(crate) fn redrive(&self, subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool>) {
         self.send(Command::Redrive(Order::new(Redrive { subscription, seq, parked }, reply)));
     }
 
@@ -221,7 +221,7 @@ impl Store {
     /// # Errors
     ///
     /// The commit's error.
-    pub fn purge_blocking(&self, filter: DlqFilter) -> Result<usize, StoreError> {
+    pub(crate) fn purge_blocking(&self, filter: DlqFilter) -> Result<usize, StoreError> {
         self.ask(|reply| Command::Purge(Order::new(Purge { filter }, reply)))
     }
 
@@ -258,7 +258,11 @@ impl Store {
     /// # Errors
     ///
     /// Storage or decoding errors.
-    pub fn idempotency(&self, subscription: &str, keys: &[&str]) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
+    pub(crate) fn idempotency(
+        &self,
+        subscription: &str,
+        keys: &[&str],
+    ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
         let read = self.shared.db.begin_read().map_err(storage)?;
         let table = read.open_table(IDEMPOTENCY).map_err(storage)?;
         let now = now_ms();

@@ -17,7 +17,7 @@ pub struct Published {
 
 /// What a subscription remembers about an idempotency key it handled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
+pub(crate) struct IdempotencyRecord {
     /// The event that was handled.
     pub event_id: EventId,
     /// Its sequence number.
@@ -165,7 +165,7 @@ pub struct SubscriptionStats {
 
 /// One outcome a subscription worker hands to the writer.
 #[derive(Debug, Clone)]
-pub enum ResultItem {
+pub(crate) enum ResultItem {
     /// Handled: record the key, append the emits, drop any parked entry.
     Handled {
         /// Sequence number of the input.

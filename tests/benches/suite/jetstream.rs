@@ -698,7 +698,7 @@ impl Consumer {
             source: "nats:bench".into(),
             key: None,
             schema_version: 1,
-            time: weir_runtime::envelope::now_nanos(),
+            time: weir_runtime::now_nanos(),
             content_type: "application/json".into(),
             headers: Vec::new(),
             idempotency_key: id,

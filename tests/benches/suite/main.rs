@@ -213,7 +213,7 @@ fn thousands(v: f64) -> String {
 fn main() {
     // As the `weir` binary does: no transparent huge pages (see the docs of
     // `tune`); the child runtimes of the memory figures inherit it.
-    weir_runtime::process::tune();
+    weir_runtime::tune_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--child-runtime") {
         let config = args.get(i + 1).map(std::path::PathBuf::from).unwrap_or_default();
@@ -581,6 +581,6 @@ fn targets(r: &mut Report, results: &std::collections::BTreeMap<String, f64>, pl
 
 /// UTC now as `YYYY-MM-DDTHH:MM:SSZ`.
 fn time_now() -> String {
-    let nanos = weir_runtime::envelope::now_nanos();
-    weir_runtime::envelope::format_time(nanos).split('.').next().map_or_else(String::new, |s| format!("{s}Z"))
+    let nanos = weir_runtime::now_nanos();
+    weir_runtime::format_time(nanos).split('.').next().map_or_else(String::new, |s| format!("{s}Z"))
 }

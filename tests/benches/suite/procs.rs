@@ -12,7 +12,7 @@ use weir_tests::plugins;
 /// The child side: start the runtime of `config`, say `ready`, and stop
 /// cleanly when stdin closes.
 pub(crate) fn child(config: &Path) -> anyhow::Result<()> {
-    let config = weir_runtime::config::Config::load(config)?;
+    let config = weir_runtime::Config::load(config)?;
     let rt = weir_runtime::Runtime::start(&config)?;
     println!("ready");
     let mut sink = String::new();

@@ -3,13 +3,12 @@
 //! as over HTTP), and timed until every subscription has committed.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weir_abi::{DeliveryRef, Event};
-use weir_runtime::config::Config;
+use weir_runtime::Config;
 use weir_runtime::{Attempt, Failure, IdGenerator, Invoke, Runtime};
 use weir_sdk::{Context, HandlerError};
 use weir_tests::plugins;
@@ -144,7 +143,7 @@ fn events(ids: &IdGenerator, from: usize, n: usize) -> Vec<Event> {
             source: "weir:bench".into(),
             key: Some(format!("o-{}", i % 1_000)),
             schema_version: 1,
-            time: weir_runtime::envelope::now_nanos(),
+            time: weir_runtime::now_nanos(),
             content_type: "application/json".into(),
             headers: Vec::new(),
             idempotency_key: format!("order-{i}"),
@@ -156,7 +155,7 @@ fn events(ids: &IdGenerator, from: usize, n: usize) -> Vec<Event> {
 }
 
 fn min_cursor(rt: &Runtime, subs: &[&str]) -> u64 {
-    subs.iter().map(|s| rt.counters(s).map_or(0, |c| c.cursor.load(Ordering::Relaxed))).min().unwrap_or(0)
+    subs.iter().map(|s| rt.counters(s).map_or(0, |c| c.cursor)).min().unwrap_or(0)
 }
 
 /// Publish every batch and return once all are acknowledged: up to 16
@@ -356,7 +355,7 @@ pub(crate) fn swaps(n: usize, every: Option<Duration>) -> Swaps {
     };
     let started = Instant::now();
     let (mut first, mut invoked, mut call) = (Vec::new(), Vec::new(), Vec::new());
-    let a = rt.counters("bench/a").expect("bench/a");
+    let a = || rt.counters("bench/a").expect("bench/a");
     let mut next = 1;
     loop {
         if publisher.is_finished() && min_cursor(&rt, &subs) >= rt.store().head() && rt.is_idle() {
@@ -369,7 +368,7 @@ pub(crate) fn swaps(n: usize, every: Option<Duration>) -> Swaps {
         std::thread::sleep(every);
         // Swap only while both subscriptions still have inputs, so the
         // switch happens mid-flow.
-        if subs.iter().any(|s| rt.counters(s).map_or(0, |c| c.handled.load(Ordering::Relaxed)) as usize + n / 10 >= n) {
+        if subs.iter().any(|s| rt.counters(s).map_or(0, |c| c.handled) as usize + n / 10 >= n) {
             continue;
         }
         let t = Instant::now();
@@ -379,15 +378,15 @@ pub(crate) fn swaps(n: usize, every: Option<Duration>) -> Swaps {
         next = 1 - next;
         let returned = Instant::now();
         call.push(returned - t);
-        let handled = a.handled.load(Ordering::Relaxed);
+        let handled = a().handled;
         let give_up = returned + Duration::from_secs(10);
         // Poll gently: a spinning thread would take a core from the workers.
-        while a.handled.load(Ordering::Relaxed) == handled && Instant::now() < give_up {
+        while a().handled == handled && Instant::now() < give_up {
             std::thread::sleep(Duration::from_micros(50));
         }
         invoked.push(returned.elapsed());
-        let cursor = a.cursor.load(Ordering::Relaxed);
-        while a.cursor.load(Ordering::Relaxed) == cursor && Instant::now() < give_up {
+        let cursor = a().cursor;
+        while a().cursor == cursor && Instant::now() < give_up {
             std::thread::sleep(Duration::from_micros(50));
         }
         first.push(returned.elapsed());
