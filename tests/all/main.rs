@@ -9,6 +9,8 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod example_plugins;
+mod faults;
+mod growth;
 mod hot_swap;
 mod http_errors;
 mod limits;

@@ -58,6 +58,9 @@ impl Worker {
         counters: Arc<SubscriptionCounters>,
         rx: Receiver<Control>,
     ) -> Result<Self, StoreError> {
+        // Its batches are refused once a commit fails after this point: a
+        // worker that lost a batch restarts from the committed cursor.
+        let store = store.pinned();
         let cursor = store.cursor(&spec.name)?;
         let parked = Parked::restore(store.parked(&spec.name)?);
         let version = handler.version();

@@ -177,6 +177,15 @@ impl Runtime {
             "Commands per durable group commit (its batch size).",
         );
         self.store.render_commit_size(&mut out, "weir_store_commit_commands");
+        header(
+            &mut out,
+            "weir_store_table_entries",
+            "gauge",
+            "Entries per store table (growth: see docs/operations.md).",
+        );
+        for (table, entries) in self.store.table_sizes()? {
+            let _ = writeln!(out, "weir_store_table_entries{{table=\"{table}\"}} {entries}");
+        }
         let (commits, commands) = self.store.commit_stats();
         header(&mut out, "weir_log_head", "gauge", "Sequence number the next appended event gets.");
         let _ = writeln!(out, "weir_log_head {}", self.store.head());

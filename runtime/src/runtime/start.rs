@@ -62,7 +62,7 @@ impl Runtime {
         store: Option<Store>,
         mut native: HashMap<String, Box<dyn Invoke>>,
     ) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(&config.data_dir)
+        create_data_dir(&config.data_dir)
             .map_err(|error| RuntimeError::DataDir { path: config.data_dir.display().to_string(), error })?;
         let engine = Engine::new(EngineConfig {
             cache_dir: config.artifact_cache.then(|| config.data_dir.join("artifacts")),
@@ -249,4 +249,26 @@ impl Runtime {
         tracing::info!("runtime stopped");
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Create the data directory (and any missing parent) readable by its owner
+/// only (0700): it holds every event and the plugin registry. A directory
+/// that exists is left as it is, with a warning when others may read it.
+pub(crate) fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                mode = format_args!("{:o}", mode & 0o777),
+                "the data directory is accessible to other users; `chmod 700` it"
+            );
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }

@@ -25,9 +25,25 @@ pub enum StoreError {
     /// An I/O or storage-engine error.
     #[error("storage error: {0}")]
     Storage(String),
-    /// A commit failed earlier; no more writes until reopened.
+    /// A commit failed earlier; no more writes until reopened. Not
+    /// answered any more (a failed commit is retried, see
+    /// [`StoreError::Full`] and [`StoreError::Storage`]); kept for its code.
     #[error("the store refused the write: an earlier commit failed ({0}); restart to recover")]
     Poisoned(String),
+    /// The disk (or the user's quota) is full: the write was not stored.
+    /// Reads go on; writes resume by themselves once space is freed.
+    #[error(
+        "the disk holding the store is full ({0}): nothing of this request was stored; writes resume by themselves once space is freed"
+    )]
+    Full(String),
+    /// The store is reopening after a failed commit; retry shortly.
+    #[error("the store is unavailable for a moment: {0}")]
+    Unavailable(String),
+    /// A batch of outcomes built before a commit failed: it is refused so
+    /// that nothing after the lost batch commits; the subscription restarts
+    /// from its committed cursor.
+    #[error("outcomes built before a failed commit are refused; the subscription restarts from its committed cursor")]
+    Interrupted,
     /// The writer has shut down.
     #[error("the store is closed")]
     Closed,
@@ -65,6 +81,9 @@ impl StoreError {
             Self::Corrupt { .. } => "store_corrupt",
             Self::Storage(_) => "storage",
             Self::Poisoned(_) => "store_poisoned",
+            Self::Full(_) => "store_full",
+            Self::Unavailable(_) => "store_unavailable",
+            Self::Interrupted => "store_interrupted",
             Self::Closed => "store_closed",
             Self::Decode(_) => "store_decode",
             Self::RecordCorrupt { .. } => "store_record_corrupt",
@@ -76,5 +95,17 @@ impl StoreError {
 /// A redb error as [`StoreError::Storage`]: for reads and for opening. The
 /// writer classifies its errors itself (`writer::Fatal`).
 pub(super) fn storage(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Storage(e.into().to_string())
+    let e = e.into();
+    if let redb::Error::Io(io) = &e
+        && is_full(io)
+    {
+        return StoreError::Full(e.to_string());
+    }
+    StoreError::Storage(e.to_string())
+}
+
+/// Whether an I/O error says the disk or the quota is full (`ENOSPC`,
+/// `EDQUOT`).
+pub(super) fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }

@@ -1,7 +1,12 @@
 //! Garbage collection: idempotency records and ingest keys whose window is
-//! over, found through their expiry indexes. It runs inside a group, at most
-//! every `StoreOptions::gc_interval`, and does a bounded amount of work per
-//! run ([`GC_BATCHES`] expiry batches of each index).
+//! over, found through their expiry indexes. A pass runs every
+//! `StoreOptions::gc_interval`, between two groups of writes, in
+//! transactions of its own (a failure there never fails a publish): each
+//! transaction collects up to [`GC_BATCHES`] expiry batches of each index,
+//! and the pass goes on until nothing expired is left or its time budget
+//! (`writer::GC_BUDGET`) is spent; then the next pass follows the next
+//! group instead of a whole interval later, so collection keeps up with
+//! any rate of writes.
 
 use redb::ReadableTable as _;
 
@@ -10,22 +15,30 @@ use super::codec::decode;
 use super::command::Fatal;
 use super::writer::Writes;
 
-/// Most expiry batches collected per garbage-collection pass.
-const GC_BATCHES: usize = 64;
+/// Most expiry batches of each index collected per transaction.
+pub(super) const GC_BATCHES: usize = 256;
 
-/// Collect what expired before the group's `now`. A damaged record never
-/// fails the pass: failing here would poison every commit from now on.
+/// Collect what expired before the transaction's `now`, up to
+/// [`GC_BATCHES`] expiry batches of each index. A damaged record never
+/// fails the pass.
+#[cfg(test)]
 pub(super) fn collect(w: &mut Writes<'_>) -> Result<(), Fatal> {
-    let idempotency = idempotency_records(w)?;
-    let ingest = ingest_keys(w)?;
+    collect_some(w).map(drop)
+}
+
+/// [`collect`], answering whether nothing expired is left.
+pub(super) fn collect_some(w: &mut Writes<'_>) -> Result<bool, Fatal> {
+    let (idempotency, idempotency_batches) = idempotency_records(w)?;
+    let (ingest, ingest_batches) = ingest_keys(w)?;
     if idempotency > 0 || ingest > 0 {
         tracing::debug!(idempotency, ingest, "collected expired records");
     }
-    Ok(())
+    Ok(idempotency_batches < GC_BATCHES && ingest_batches < GC_BATCHES)
 }
 
-/// Idempotency records past their window; answers how many.
-fn idempotency_records(w: &mut Writes<'_>) -> Result<usize, Fatal> {
+/// Idempotency records past their window; answers how many, and how many
+/// expiry batches it took.
+fn idempotency_records(w: &mut Writes<'_>) -> Result<(usize, usize), Fatal> {
     let now = w.now;
     let mut batches: Vec<(u64, String, u64, Vec<String>)> = Vec::new();
     for entry in w.idempotency_expiry.range((0, "", 0)..(now, "", 0))?.take(GC_BATCHES) {
@@ -67,11 +80,12 @@ fn idempotency_records(w: &mut Writes<'_>) -> Result<usize, Fatal> {
             }
         }
     }
-    Ok(collected)
+    Ok((collected, batches.len()))
 }
 
-/// Ingest de-duplication keys past their window; answers how many.
-fn ingest_keys(w: &mut Writes<'_>) -> Result<usize, Fatal> {
+/// Ingest de-duplication keys past their window; answers how many, and
+/// how many expiry batches it took.
+fn ingest_keys(w: &mut Writes<'_>) -> Result<(usize, usize), Fatal> {
     let now = w.now;
     let mut ingest_batches: Vec<(u64, u64, Vec<String>)> = Vec::new();
     for entry in w.ingest_expiry.range((0, 0)..(now, 0))?.take(GC_BATCHES) {
@@ -96,12 +110,12 @@ fn ingest_keys(w: &mut Writes<'_>) -> Result<usize, Fatal> {
             }
         }
     }
-    Ok(collected)
+    Ok((collected, ingest_batches.len()))
 }
 
 #[cfg(test)]
 mod tests {
-    use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
+    use redb::{ReadableTable as _, ReadableTableMetadata as _};
 
     use super::*;
     use crate::store::codec::encode;
@@ -142,7 +156,7 @@ mod tests {
 
         write_at(&store, 3_000, collect);
 
-        let read = store.shared.db.begin_read().unwrap();
+        let read = store.shared.begin_read().unwrap();
         let records = read.open_table(IDEMPOTENCY).unwrap();
         let left: Vec<String> = records.iter().unwrap().map(|e| e.unwrap().0.value().1.to_owned()).collect();
         // "stranded" outlives its window: its damaged batch was dropped, and
@@ -172,7 +186,7 @@ mod tests {
             Ok(())
         });
         let left = |store: &crate::store::Store| {
-            let read = store.shared.db.begin_read().unwrap();
+            let read = store.shared.begin_read().unwrap();
             read.open_table(IDEMPOTENCY).unwrap().len().unwrap()
         };
         write_at(&store, 3_000, collect);

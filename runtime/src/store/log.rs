@@ -1,6 +1,6 @@
 //! The log: seq → event, and the publish command that appends to it.
 
-use redb::{ReadableDatabase, TableDefinition};
+use redb::TableDefinition;
 use weir_abi::Event;
 
 use super::codec::{Encoded, Records, decode};
@@ -82,7 +82,7 @@ impl Store {
     ///
     /// Storage or decoding errors.
     pub fn read_log(&self, from: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let log = read.open_table(LOG).map_err(storage)?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for entry in log.range(from..).map_err(storage)?.take(limit) {

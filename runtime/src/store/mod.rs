@@ -72,11 +72,11 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 pub(crate) use command::Reply;
 pub use error::StoreError;
@@ -87,7 +87,7 @@ use command::{Barrier, Command, Order};
 use error::storage;
 use ingest::{INGEST, INGEST_EXPIRY};
 use log::LOG;
-use open::{contain_panics, existing_store, open_error};
+use open::{contain_panics, create_private_file, existing_store, open_error};
 use registry::{ACTIVE, MODULES, VERSIONS};
 use stats::STATS;
 use subscription::{CURSORS, DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, PARKED};
@@ -125,11 +125,22 @@ impl Default for StoreOptions {
 }
 
 struct Shared {
-    db: Database,
+    /// The open database; `None` while the writer reopens it after a
+    /// failed commit (redb refuses every access after an I/O error until
+    /// the database is closed and opened again).
+    db: RwLock<Option<Arc<Database>>>,
+    /// How to open the database again.
+    source: Source,
     path: PathBuf,
     /// Next sequence number to assign = number of the first event not yet in the log.
     head: AtomicU64,
-    poisoned: Mutex<Option<String>>,
+    /// Why writes are refused now, after a failed commit, and when the
+    /// writer tries again.
+    outage: Mutex<Option<Outage>>,
+    /// Failed commits since open. A subscription's outcome batch carries
+    /// the number it started under: a batch built before a failure is
+    /// refused, so nothing after a lost batch can commit.
+    generation: AtomicU64,
     /// Called after every commit that appended to the log; a watcher that
     /// returns `false` is dropped.
     watchers: Mutex<Vec<Box<dyn Fn() -> bool + Send>>>,
@@ -147,6 +158,159 @@ struct Shared {
     batches: AtomicU64,
 }
 
+/// Where the database lives, to open it again after a failed commit.
+enum Source {
+    File(PathBuf),
+    Backend(Arc<dyn redb::StorageBackend>),
+}
+
+/// The writes are refused for now: a commit failed. The writer tries again
+/// at `retry_at` (and answers what arrives before with `error`), waiting
+/// longer after each failure, up to [`MAX_BACKOFF`].
+#[derive(Debug)]
+struct Outage {
+    error: StoreError,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// First wait after a failed commit; it doubles with each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of a failing store.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A storage backend shared with the store's earlier openings: redb closes
+/// its backend when a database is dropped, and a reopened database needs
+/// one again.
+#[derive(Debug)]
+struct SharedBackend(Arc<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for SharedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+}
+
+impl Shared {
+    /// The open database.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or_else(|| {
+            let outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+            let why = outage.as_ref().map_or_else(|| "reopening".to_owned(), |o| o.error.to_string());
+            StoreError::Unavailable(format!("reopening the store after a failed commit: {why}"))
+        })
+    }
+
+    /// A read transaction on the last committed state.
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.database()?.begin_read().map_err(storage)
+    }
+
+    /// While writes are refused: how long until the writer tries again
+    /// (zero once due). `None` when the store takes writes.
+    fn retry_in(&self) -> Option<Duration> {
+        let outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = outage.as_ref()?.retry_at;
+        // Also due when the database is closed and could be reopened.
+        Some(due.saturating_duration_since(Instant::now()))
+    }
+
+    /// Why writes are refused now, if they are.
+    fn outage_reason(&self) -> Option<String> {
+        self.outage.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|o| o.error.to_string())
+    }
+
+    /// A commit failed with `error`: refuse writes for a while, invalidate
+    /// the outcome batches built so far, and reopen the database so reads
+    /// work again.
+    fn failed(&self, error: &StoreError) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+            let backoff = outage.as_ref().map_or(FIRST_BACKOFF, |o| (o.backoff * 2).min(MAX_BACKOFF));
+            if outage.is_none() {
+                tracing::error!(error = %error, "commit failed; writes are refused until a retry commits");
+            }
+            *outage = Some(Outage { error: error.clone(), retry_at: Instant::now() + backoff, backoff });
+        }
+        if let Err(e) = self.reopen() {
+            tracing::warn!(error = %e, "cannot reopen the store yet; retrying");
+        }
+    }
+
+    /// A commit succeeded: writes are taken again.
+    fn recovered(&self) {
+        if self.outage.lock().unwrap_or_else(PoisonError::into_inner).take().is_some() {
+            tracing::info!("the store commits again; writes resume");
+        }
+    }
+
+    /// Before the writer tries a group: the error to answer it with while
+    /// an outage waits for its next try; otherwise the database (reopened
+    /// first if it has to be).
+    fn writable(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(outage) = self.outage.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
+            && Instant::now() < outage.retry_at
+        {
+            return Err(outage.error.clone());
+        }
+        if let Ok(db) = self.database() {
+            return Ok(db);
+        }
+        self.reopen().inspect_err(|e| self.failed(e))?;
+        self.database()
+    }
+
+    /// Close the database and open it again. redb refuses every access
+    /// after an I/O error until then; opening also repairs what the failed
+    /// commit left.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.db.write().unwrap_or_else(PoisonError::into_inner).take();
+        drop(old);
+        // A reader may still hold the old database for a moment.
+        let mut tries = 0;
+        let db = loop {
+            let opened = match &self.source {
+                Source::File(path) => Database::builder().open(path),
+                Source::Backend(backend) => Database::builder().create_with_backend(SharedBackend(Arc::clone(backend))),
+            };
+            match opened {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(redb::DatabaseError::Storage(e)) => return Err(storage(e)),
+                Err(e) => return Err(StoreError::Storage(e.to_string())),
+            }
+        };
+        let head = {
+            let read = db.begin_read().map_err(storage)?;
+            let log = read.open_table(LOG).map_err(storage)?;
+            log.last().map_err(storage)?.map_or(0, |(k, _)| k.value() + 1)
+        };
+        self.head.store(head, Ordering::Release);
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+        Ok(())
+    }
+}
+
 /// Handle to the store. Cheap to clone; the writer stops when
 /// [`Store::close`] is called or the last handle is dropped.
 #[derive(Clone)]
@@ -155,6 +319,9 @@ pub struct Store {
     tx: Sender<Command>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     closed: Arc<AtomicBool>,
+    /// For a subscription's handle ([`Store::pinned`]): the generation its
+    /// outcome batches are built under.
+    since: Option<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -173,6 +340,9 @@ impl Store {
     /// [`StoreError::Storage`] for I/O errors.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let exists = existing_store(path)?;
+        if !exists {
+            create_private_file(path)?;
+        }
         // redb trusts a file that was shut down cleanly and may panic on one
         // damaged outside it; with the check on open it verifies the
         // checksum of every page and reports damage as an error instead.
@@ -185,7 +355,7 @@ impl Store {
             let opened = if exists { builder.open(path) } else { builder.create(path) };
             opened.map_err(|e| open_error(path, e))
         })?;
-        contain_panics(path, || Self::with_database(db, path, options))
+        contain_panics(path, || Self::with_database(db, Source::File(path.to_owned()), path, options))
     }
 
     /// Open a store on a custom redb storage backend (crash tests).
@@ -198,13 +368,14 @@ impl Store {
         label: &Path,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
+        let backend: Arc<dyn redb::StorageBackend> = Arc::new(backend);
         let db = Database::builder()
-            .create_with_backend(backend)
+            .create_with_backend(SharedBackend(Arc::clone(&backend)))
             .map_err(|e| StoreError::Corrupt { path: label.to_owned(), reason: e.to_string() })?;
-        Self::with_database(db, label, options)
+        Self::with_database(db, Source::Backend(backend), label, options)
     }
 
-    fn with_database(db: Database, path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+    fn with_database(db: Database, source: Source, path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         // Create every table up front so readers never meet a missing one,
         // and refuse a store of another layout with a clear message.
         let incompatible = |e: redb::TableError| StoreError::Corrupt {
@@ -253,10 +424,12 @@ impl Store {
             log.last().map_err(storage)?.map_or(0, |(k, _)| k.value() + 1)
         };
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            source,
             path: path.to_owned(),
             head: AtomicU64::new(head),
-            poisoned: Mutex::new(None),
+            outage: Mutex::new(None),
+            generation: AtomicU64::new(0),
             watchers: Mutex::new(Vec::new()),
             commits: AtomicU64::new(0),
             committed_commands: AtomicU64::new(0),
@@ -272,7 +445,13 @@ impl Store {
             .name("weir-writer".into())
             .spawn(move || writer_loop(&writer_shared, &rx, &options))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { shared, tx, writer: Arc::new(Mutex::new(Some(writer))), closed: Arc::new(AtomicBool::new(false)) })
+        Ok(Self {
+            shared,
+            tx,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            closed: Arc::new(AtomicBool::new(false)),
+            since: None,
+        })
     }
 
     /// The next sequence number the log will assign (= number of events ever
@@ -282,14 +461,34 @@ impl Store {
         self.shared.head.load(Ordering::Acquire)
     }
 
-    /// Why the store cannot take writes (poisoned by a failed commit, or
-    /// closed), if so.
+    /// Why the store cannot take writes (a failed commit it has not
+    /// recovered from yet, or closed), if so.
     #[must_use]
     pub(crate) fn failure(&self) -> Option<String> {
-        if let Some(reason) = self.shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner).clone() {
-            return Some(format!("store poisoned by a failed commit: {reason}"));
+        if let Some(reason) = self.shared.outage_reason() {
+            return Some(format!(
+                "store poisoned by a failed commit until a retry commits (retried automatically): {reason}"
+            ));
         }
         self.closed.load(Ordering::Acquire).then(|| "store closed".to_owned())
+    }
+
+    /// A handle for a subscription worker that starts now: the outcome
+    /// batches it submits are refused ([`StoreError::Interrupted`]) once a
+    /// commit has failed after this call, since one of its batches may be
+    /// lost and a later one must not move its cursor past it.
+    #[must_use]
+    pub(crate) fn pinned(&self) -> Self {
+        let mut pinned = self.clone();
+        pinned.since = Some(self.generation());
+        pinned
+    }
+
+    /// Failed commits since open: outcome batches built under an earlier
+    /// number are refused ([`StoreError::Interrupted`]).
+    #[must_use]
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Events published and stored, and publishes answered as duplicates,
@@ -347,20 +546,26 @@ impl Store {
         self.ask(|reply| Command::Sync(Order::new(Barrier, reply)))
     }
 
-    /// Entries per table, for diagnostics: `log`, `parked`, `dlq`,
-    /// `idempotency`, `ingest_dedup`.
+    /// Entries per table: `log`, `parked`, `dlq`, `idempotency`,
+    /// `idempotency_expiry`, `ingest_dedup`, `ingest_expiry`, `modules`,
+    /// `versions`. Each is a count redb keeps, read without walking the
+    /// table (the `weir_store_table_entries` gauge).
     ///
     /// # Errors
     ///
     /// Storage errors.
     pub fn table_sizes(&self) -> Result<Vec<(&'static str, u64)>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         Ok(vec![
             ("log", read.open_table(LOG).map_err(storage)?.len().map_err(storage)?),
             ("parked", read.open_table(PARKED).map_err(storage)?.len().map_err(storage)?),
             ("dlq", read.open_table(DLQ).map_err(storage)?.len().map_err(storage)?),
             ("idempotency", read.open_table(IDEMPOTENCY).map_err(storage)?.len().map_err(storage)?),
+            ("idempotency_expiry", read.open_table(IDEMPOTENCY_EXPIRY).map_err(storage)?.len().map_err(storage)?),
             ("ingest_dedup", read.open_table(INGEST).map_err(storage)?.len().map_err(storage)?),
+            ("ingest_expiry", read.open_table(INGEST_EXPIRY).map_err(storage)?.len().map_err(storage)?),
+            ("modules", read.open_table(MODULES).map_err(storage)?.len().map_err(storage)?),
+            ("versions", read.open_table(VERSIONS).map_err(storage)?.len().map_err(storage)?),
         ])
     }
 

@@ -52,6 +52,22 @@ pub(super) fn existing_store(path: &Path) -> Result<bool, StoreError> {
     }
 }
 
+/// Create the empty file of a new store, readable and writable by its
+/// owner only (0600): redb would create it with the process's umask
+/// (usually 0644), and the store holds every event.
+pub(super) fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Created in between by someone else: opening it decides.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Storage(format!("{}: {e}", path.display()))),
+    }
+}
+
 pub(super) fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
     match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: path.to_owned() },

@@ -1,7 +1,7 @@
 //! The plugin registry: module bytes by sha256, each handler's deploy
 //! history and its active version.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::codec::{Encoded, Records, decode};
 use super::command::{Apply, Command, Failure, Fatal, Order, next_record};
@@ -96,7 +96,7 @@ impl Store {
     ///
     /// Storage errors.
     pub(crate) fn active_version(&self, handler: &str) -> Result<Option<String>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(ACTIVE).map_err(storage)?;
         Ok(table.get(handler).map_err(storage)?.map(|v| v.value().to_owned()))
     }
@@ -109,7 +109,7 @@ impl Store {
     /// Storage errors; [`StoreError::ModuleCorrupt`] when the bytes do not
     /// hash to `sha256` (the file was damaged after the deploy).
     pub fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(MODULES).map_err(storage)?;
         let Some(bytes) = table.get(sha256).map_err(storage)?.map(|v| v.value().to_vec()) else {
             return Ok(None);
@@ -127,7 +127,7 @@ impl Store {
     ///
     /// Storage or decoding errors.
     pub fn history(&self, handler: &str) -> Result<Vec<(u64, VersionRecord)>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(VERSIONS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.range((handler, 0)..=(handler, u64::MAX)).map_err(storage)? {
@@ -140,7 +140,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+    use redb::ReadableTableMetadata as _;
 
     use super::*;
     use crate::store::testing::{temp_store, write_at};
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(store.history("orders/audit").unwrap().len(), 1);
         assert_eq!(store.active_version("orders/validator").unwrap(), Some(sha256_hex(one)));
         assert_eq!(store.active_version("orders/audit").unwrap(), Some(sha256_hex(one)));
-        let read = store.shared.db.begin_read().unwrap();
+        let read = store.shared.begin_read().unwrap();
         assert_eq!(read.open_table(MODULES).unwrap().len().unwrap(), 2);
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition};
 
 use super::command::Fatal;
 use super::{Store, StoreError, SubscriptionStats, storage};
@@ -68,7 +68,7 @@ impl Store {
     ///
     /// Storage errors.
     pub(crate) fn stats(&self, subscription: &str) -> Result<SubscriptionStats, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(STATS).map_err(storage)?;
         let mut stats = SubscriptionStats::default();
         for (name, value) in named(&mut stats) {

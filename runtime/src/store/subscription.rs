@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::codec::{Encoded, Records, decode};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
@@ -35,6 +35,9 @@ pub(super) struct Results {
     pub(super) subscription: Arc<str>,
     pub(super) items: Vec<ResultItem>,
     pub(super) cursor: Option<u64>,
+    /// The store's generation the batch was built under, if its worker
+    /// pinned one ([`Store::pinned`]).
+    pub(super) since: Option<u64>,
 }
 
 impl Apply for Results {
@@ -42,7 +45,10 @@ impl Apply for Results {
     /// The latest expiry of the idempotency records stored, if any are.
     type Checked = Option<u64>;
 
-    fn check(&self, _: &Writes<'_>, encoded: &mut Encoded) -> Result<Option<u64>, Failure> {
+    fn check(&self, w: &Writes<'_>, encoded: &mut Encoded) -> Result<Option<u64>, Failure> {
+        if self.since.is_some_and(|since| since != w.generation) {
+            return Err(Failure::Refused(StoreError::Interrupted));
+        }
         let mut recorded: Vec<&str> = Vec::new();
         let mut latest_expiry = 0;
         for item in &self.items {
@@ -206,7 +212,7 @@ impl Store {
     /// Commit a subscription's outcomes and (optionally) its new cursor in
     /// one transaction.
     pub(crate) fn submit(&self, subscription: Arc<str>, items: Vec<ResultItem>, cursor: Option<u64>, reply: Reply<()>) {
-        self.send(Command::Results(Order::new(Results { subscription, items, cursor }, reply)));
+        self.send(Command::Results(Order::new(Results { subscription, items, cursor, since: self.since }, reply)));
     }
 
     /// Move a DLQ entry back to the subscription's parked events, in one
@@ -231,7 +237,7 @@ impl Store {
     ///
     /// Storage errors.
     pub fn cursor(&self, subscription: &str) -> Result<u64, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(CURSORS).map_err(storage)?;
         Ok(table.get(subscription).map_err(storage)?.map_or(0, |v| v.value()))
     }
@@ -242,7 +248,7 @@ impl Store {
     ///
     /// Storage or decoding errors.
     pub fn parked(&self, subscription: &str) -> Result<Vec<ParkedEntry>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(PARKED).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.range((subscription, 0)..=(subscription, u64::MAX)).map_err(storage)? {
@@ -263,7 +269,7 @@ impl Store {
         subscription: &str,
         keys: &[&str],
     ) -> Result<Vec<Option<IdempotencyRecord>>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(IDEMPOTENCY).map_err(storage)?;
         let now = now_ms();
         keys.iter()
@@ -286,7 +292,7 @@ impl Store {
     ///
     /// Storage errors.
     pub fn dlq_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(DLQ).map_err(storage)?;
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for entry in table.range::<(&str, u64)>(..).map_err(storage)? {
@@ -308,7 +314,7 @@ impl Store {
     ///
     /// Storage or decoding errors.
     pub fn dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StoreError> {
-        let read = self.shared.db.begin_read().map_err(storage)?;
+        let read = self.shared.begin_read()?;
         let table = read.open_table(DLQ).map_err(storage)?;
         let mut out = Vec::new();
         let range = match &filter.subscription {

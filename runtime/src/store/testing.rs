@@ -22,7 +22,8 @@ pub(super) fn temp_store() -> (tempfile::TempDir, Store) {
 /// would, and commit it. For staging records and running a group's parts;
 /// `f` must not append to the log (the store's head is not moved).
 pub(super) fn write_at(store: &Store, now: u64, f: impl FnOnce(&mut Writes<'_>) -> Result<(), Fatal>) {
-    let txn = store.shared.db.begin_write().unwrap();
+    let db = store.shared.database().unwrap();
+    let txn = db.begin_write().unwrap();
     {
         let mut w = Writes::open(&txn, &store.shared.batches, store.head(), now, DEFAULT_RETENTION).unwrap();
         f(&mut w).unwrap();

@@ -21,7 +21,7 @@ use super::ingest::{self, INGEST, INGEST_EXPIRY, IngestEntry};
 use super::log::LOG;
 use super::stats::{STATS, Tally};
 use super::subscription::{CURSORS, DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, PARKED};
-use super::{Shared, StoreError, StoreOptions, gc, now_ms};
+use super::{Shared, StoreOptions, gc, now_ms};
 
 /// Most commands in one group commit.
 const MAX_GROUP: usize = 4096;
@@ -53,6 +53,8 @@ pub(super) struct Writes<'t> {
     /// Events this group stored, and publishes it answered as duplicates.
     pub(super) published: u64,
     pub(super) duplicates: u64,
+    /// The store's failed commits so far ([`super::Store::generation`]).
+    pub(super) generation: u64,
     batches: &'t AtomicU64,
 }
 
@@ -90,6 +92,7 @@ impl<'t> Writes<'t> {
             tally: Tally::default(),
             published: 0,
             duplicates: 0,
+            generation: 0,
             batches,
         })
     }
@@ -110,11 +113,22 @@ impl<'t> Writes<'t> {
 }
 
 pub(super) fn writer_loop(shared: &Shared, rx: &Receiver<Command>, options: &StoreOptions) {
-    let mut next_gc = now_ms() + options.gc_interval.as_millis() as u64;
+    let interval = options.gc_interval;
+    let mut next_gc = Instant::now() + interval;
+    // A pass that ran out of its time budget left work: the next one runs
+    // after the next group instead of a whole interval later.
+    let mut gc_behind = false;
     let mut batch: Vec<Command> = Vec::new();
     let mut encoded = Encoded::default();
     loop {
-        match rx.recv_timeout(options.gc_interval) {
+        let now = Instant::now();
+        let mut wait = if gc_behind { Duration::ZERO } else { next_gc.saturating_duration_since(now) };
+        if let Some(retry) = shared.retry_in() {
+            // Reopen a failed store without waiting for a write, so reads
+            // work again as soon as possible.
+            wait = wait.min(retry);
+        }
+        match rx.recv_timeout(wait) {
             Ok(command) => batch.push(command),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -125,41 +139,49 @@ pub(super) fn writer_loop(shared: &Shared, rx: &Receiver<Command>, options: &Sto
                 Err(_) => break,
             }
         }
-        let gc_due = now_ms() >= next_gc;
-        if batch.is_empty() && !gc_due {
-            continue;
+        if !batch.is_empty() {
+            let mut orders: Vec<&mut dyn Pending> = batch.iter_mut().map(Command::order).collect();
+            run_group(shared, &mut orders, &mut encoded, options);
+            drop(orders);
+            batch.clear();
+        } else if shared.retry_in() == Some(Duration::ZERO) {
+            // Nothing to write, and the store is failing: an empty commit
+            // tells whether it works again, so it resumes by itself.
+            run_group(shared, &mut [], &mut encoded, options);
         }
-        let mut orders: Vec<&mut dyn Pending> = batch.iter_mut().map(Command::order).collect();
-        if run_group(shared, &mut orders, &mut encoded, options, gc_due) && gc_due {
-            next_gc = now_ms() + options.gc_interval.as_millis() as u64;
+        if (gc_behind || Instant::now() >= next_gc) && shared.outage_reason().is_none() {
+            match run_gc(shared, options) {
+                Ok(caught_up) => gc_behind = !caught_up,
+                Err(Fatal(error)) => {
+                    shared.failed(&error);
+                    gc_behind = false;
+                }
+            }
+            next_gc = Instant::now() + interval;
         }
-        drop(orders);
-        batch.clear();
     }
 }
 
-/// Apply `orders` as one group (collecting garbage too with `gc`), commit,
-/// and answer every order. Answers whether the group committed.
-fn run_group(
-    shared: &Shared,
-    orders: &mut [&mut dyn Pending],
-    encoded: &mut Encoded,
-    options: &StoreOptions,
-    gc: bool,
-) -> bool {
-    let poisoned = shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    if let Some(reason) = poisoned {
-        let error = StoreError::Poisoned(reason);
-        for order in orders {
-            order.answer(Err(&error));
+/// Apply `orders` as one group, commit, and answer every order. Answers
+/// whether the group committed. While the store recovers from a failed
+/// commit, the group is answered with that failure without being tried.
+fn run_group(shared: &Shared, orders: &mut [&mut dyn Pending], encoded: &mut Encoded, options: &StoreOptions) -> bool {
+    let db = match shared.writable() {
+        Ok(db) => db,
+        Err(error) => {
+            for order in orders {
+                order.answer(Err(&error));
+            }
+            return false;
         }
-        return false;
-    }
+    };
     let started = Instant::now();
-    let result = commit_group(shared, orders, encoded, options, gc);
+    let result = commit_group(shared, &db, orders, encoded, options);
+    drop(db);
     encoded.trim();
     match result {
         Ok(group) => {
+            shared.recovered();
             let count = orders.len() as u64;
             shared.commit_latency.observe(started.elapsed());
             shared.commit_size.observe(count);
@@ -177,8 +199,9 @@ fn run_group(
             true
         }
         Err(Fatal(error)) => {
-            tracing::error!(error = %error, "commit failed; the store refuses further writes until restarted");
-            *shared.poisoned.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+            // Nothing of the group is stored: each caller hears so, and the
+            // store reopens and takes writes again once a retry commits.
+            shared.failed(&error);
             for order in orders {
                 order.answer(Err(&error));
             }
@@ -189,26 +212,55 @@ fn run_group(
 
 fn commit_group(
     shared: &Shared,
+    db: &redb::Database,
     orders: &mut [&mut dyn Pending],
     encoded: &mut Encoded,
     options: &StoreOptions,
-    gc: bool,
 ) -> Result<Committed, Fatal> {
-    let mut txn = shared.db.begin_write()?;
+    let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let start = shared.head.load(Ordering::Acquire);
     let mut w = Writes::open(&txn, &shared.batches, start, now_ms(), options.retention)?;
+    w.generation = shared.generation.load(Ordering::Acquire);
     for order in orders.iter_mut() {
         order.apply(&mut w, encoded)?;
-    }
-    if gc {
-        gc::collect(&mut w)?;
     }
     let (published, duplicates) = (w.published, w.duplicates);
     let head = w.finish()?;
     txn.commit()?;
     shared.head.store(head, Ordering::Release);
     Ok(Committed { appended: head != start, published, duplicates })
+}
+
+/// Most time one garbage-collection pass spends before it lets the next
+/// group of writes in; what is left is collected right after that group.
+pub(super) const GC_BUDGET: Duration = Duration::from_millis(50);
+
+/// One garbage-collection pass: transactions of its own, each collecting
+/// up to [`gc::GC_BATCHES`] expiry batches of each index, until nothing
+/// expired is left or [`GC_BUDGET`] is spent. Answers whether it caught up.
+fn run_gc(shared: &Shared, options: &StoreOptions) -> Result<bool, Fatal> {
+    let started = Instant::now();
+    let db = shared.database().map_err(Fatal)?;
+    loop {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let caught_up = {
+            let head = shared.head.load(Ordering::Acquire);
+            let mut w = Writes::open(&txn, &shared.batches, head, now_ms(), options.retention)?;
+            let caught_up = gc::collect_some(&mut w)?;
+            w.finish()?;
+            caught_up
+        };
+        txn.commit()?;
+        if caught_up {
+            return Ok(true);
+        }
+        if started.elapsed() >= GC_BUDGET {
+            tracing::debug!("garbage collection out of its time budget; it goes on after the next group");
+            return Ok(false);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +276,7 @@ mod tests {
     use crate::store::log::Publish;
     use crate::store::subscription::{Redrive, Results};
     use crate::store::testing::{answer, dlq_entry, event, record, temp_store, write_at};
-    use crate::store::{DlqEntry, ParkedEntry, ResultItem, Store};
+    use crate::store::{DlqEntry, ParkedEntry, ResultItem, Store, StoreError};
 
     const SUB: &str = "orders/audit";
 
@@ -272,8 +324,10 @@ mod tests {
             parked: false,
         };
         let (reply, results) = answer();
-        let mut submit =
-            Order::new(Results { subscription: Arc::from(SUB), items: vec![handled], cursor: Some(1) }, reply);
+        let mut submit = Order::new(
+            Results { subscription: Arc::from(SUB), items: vec![handled], cursor: Some(1), since: None },
+            reply,
+        );
         let (reply, redriven) = answer();
         let mut redrive =
             Order::new(Redrive { subscription: SUB.into(), seq: 9, parked: ParkedEntry::waiting(9, None) }, reply);
@@ -292,7 +346,7 @@ mod tests {
             &mut take_redriven,
             &mut barrier,
         ];
-        let committed = run_group(&store.shared, &mut orders, &mut Encoded::default(), &StoreOptions::default(), false);
+        let committed = run_group(&store.shared, &mut orders, &mut Encoded::default(), &StoreOptions::default());
         assert!(committed);
 
         let published = published.recv().unwrap().unwrap();
@@ -356,11 +410,12 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_answers_every_command_with_its_error_and_poisons_the_store() {
+    fn a_failed_commit_answers_every_command_with_its_error_and_the_store_recovers() {
         let fail = Arc::new(AtomicBool::new(false));
         let disk = FailingDisk { inner: redb::backends::InMemoryBackend::new(), fail: Arc::clone(&fail) };
         let store = Store::open_with_backend(disk, "failing.redb".as_ref(), StoreOptions::default()).unwrap();
         store.publish_blocking(vec![event("a")]).unwrap();
+        let pinned = store.pinned();
         fail.store(true, Ordering::Relaxed);
 
         let (reply, published) = answer();
@@ -368,16 +423,42 @@ mod tests {
         let (reply, synced) = answer();
         let mut barrier = Order::new(Barrier, reply);
         let mut orders: Vec<&mut dyn Pending> = vec![&mut publish, &mut barrier];
-        let committed = run_group(&store.shared, &mut orders, &mut Encoded::default(), &StoreOptions::default(), false);
+        let committed = run_group(&store.shared, &mut orders, &mut Encoded::default(), &StoreOptions::default());
         assert!(!committed);
         assert_eq!(published.recv().unwrap().unwrap_err().code(), "storage");
         assert_eq!(synced.recv().unwrap().unwrap_err().code(), "storage");
         assert_eq!(store.head(), 1, "the failed group's event was not appended");
-
-        // Poisoned: nothing more is written, even once the disk recovers.
-        fail.store(false, Ordering::Relaxed);
         assert!(store.failure().unwrap().contains("simulated fsync failure"));
-        assert_eq!(store.sync().unwrap_err().code(), "store_poisoned");
-        assert_eq!(store.publish_blocking(vec![event("c")]).unwrap_err().code(), "store_poisoned");
+
+        // Once the disk works again, the store takes writes by itself.
+        fail.store(false, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let seq = loop {
+            match store.publish_blocking(vec![event("c")]) {
+                Ok(published) => break published[0].seq,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the store never recovered: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        assert_eq!(store.failure(), None);
+        assert_eq!(store.head(), seq + 1);
+        // "b" was not acknowledged; this simulated disk kept the bytes its
+        // failed fsync was given, so the reopened store may hold it (a
+        // producer's retry with its key is then a duplicate).
+        let keys: Vec<String> = store.read_log(0, 10).unwrap().into_iter().map(|(_, e)| e.idempotency_key).collect();
+        assert!(keys == ["a", "c"] || keys == ["a", "b", "c"], "{keys:?}");
+
+        // A batch of outcomes built before the failure is refused: one
+        // built with it may be lost, and nothing may commit after it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        pinned.submit(Arc::from(SUB), Vec::new(), Some(5), Box::new(move |r| drop(tx.send(r))));
+        assert_eq!(rx.recv().unwrap().unwrap_err().code(), "store_interrupted");
+        assert_eq!(store.cursor(SUB).unwrap(), 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.pinned().submit(Arc::from(SUB), Vec::new(), Some(5), Box::new(move |r| drop(tx.send(r))));
+        rx.recv().unwrap().unwrap();
+        assert_eq!(store.cursor(SUB).unwrap(), 5);
     }
 }
