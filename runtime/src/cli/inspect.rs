@@ -1,6 +1,6 @@
 //! `weir inspect`: what a module is and whether the runtime accepts it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -24,11 +24,18 @@ pub(crate) struct InspectArgs {
 }
 
 pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.module).with_context(|| format!("cannot read {}", args.module.display()))?;
-    let engine = super::engine(&args.cache, |_| {})?;
+    let accepted = inspect(&args.module, &args.cache, args.json)?;
+    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Print what `module` is and whether the runtime accepts it; answers
+/// whether it does. Shared with `weir build`.
+pub(crate) fn inspect(module: &Path, cache: &CacheArgs, as_json: bool) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let engine = super::engine(cache, |_| {})?;
     let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     let mut report = json!({
-        "file": args.module.display().to_string(),
+        "file": module.display().to_string(),
         "size": bytes.len(),
         "sha256": sha256,
     });
@@ -62,12 +69,12 @@ pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
             false
         }
     };
-    if args.json {
+    if as_json {
         println!("{report}");
     } else {
         print_text(&report);
     }
-    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(accepted)
 }
 
 fn imports_json(imports: &[ImportInfo]) -> Value {

@@ -1,11 +1,13 @@
 //! Command-line parsing and dispatch. Exit codes: 0 success, 1 failure
 //! (stated on stderr), 2 usage error.
 
+mod build;
 mod client;
 mod demo;
 mod dlq;
 mod exec;
 mod inspect;
+mod new;
 mod plugin;
 mod publish;
 mod run;
@@ -42,6 +44,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Scaffold a handler crate: Cargo.toml, a handler with unit tests,
+    /// sample events and a README with the next commands.
+    New(new::NewArgs),
+    /// Build the plugin crate here to Wasm (plugin profile; adds the
+    /// wasm32-unknown-unknown target if missing) and inspect the result.
+    Build(build::BuildArgs),
     /// Run a handler plugin over JSON-lines events and print each outcome as
     /// a JSON line: the quick way to try a handler before deploying it.
     Exec(exec::ExecArgs),
@@ -152,6 +160,8 @@ pub(crate) fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
+        Command::New(args) => new::run(&args),
+        Command::Build(args) => build::run(&args),
         Command::Exec(args) => exec::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Run(args) => run::run(&args),
