@@ -63,6 +63,8 @@ mod delivery;
 mod engine;
 mod envelope;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod ids;
 mod ingest;

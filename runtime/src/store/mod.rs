@@ -56,6 +56,7 @@
 mod codec;
 mod command;
 mod error;
+mod fuzz;
 mod gc;
 mod ingest;
 mod log;
@@ -80,6 +81,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 
 pub(crate) use command::Reply;
 pub use error::StoreError;
+pub(crate) use fuzz::record as fuzz_record;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats};
 

@@ -1,0 +1,4 @@
+//! Fuzz target: see `weir_runtime::fuzzing::guest_output`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weir_runtime::fuzzing::guest_output(data));
