@@ -28,6 +28,10 @@ const PLUGINS: &[(&str, &str)] = &[
     ("duplicator", "DUPLICATOR"),
     ("versioned-v1", "VERSIONED_V1"),
     ("versioned-v2", "VERSIONED_V2"),
+    ("log-flood", "LOG_FLOOD"),
+    ("header-bomb", "HEADER_BOMB"),
+    ("output-flood", "OUTPUT_FLOOD"),
+    ("huge-reason", "HUGE_REASON"),
 ];
 
 fn main() {

@@ -27,6 +27,27 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
+    /// The module is larger than the engine accepts
+    /// (`EngineConfig::max_module_bytes`); checked before compiling.
+    #[error("the module is {size} bytes, over the limit of {limit} bytes")]
+    ModuleTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A function body is larger than the engine compiles
+    /// (`EngineConfig::max_function_bytes`); checked before compiling,
+    /// because compiling costs about 1.3 KB of host memory per byte of body.
+    #[error("function #{index} has a body of {size} bytes, over the limit of {limit} bytes")]
+    FunctionTooLarge {
+        /// Index of the function among the module's defined functions.
+        index: usize,
+        /// Its body's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The bytes are WebAssembly but do not validate or compile.
     #[error("invalid WebAssembly module: {reason}")]
     InvalidModule {
@@ -89,6 +110,8 @@ impl LoadError {
             Self::Io { .. } => "io",
             Self::NotWasm { .. } => "not_wasm",
             Self::InvalidModule { .. } => "invalid_module",
+            Self::ModuleTooLarge { .. } => "module_too_large",
+            Self::FunctionTooLarge { .. } => "function_too_large",
             Self::ForbiddenImport { .. } => "forbidden_import",
             Self::BadExport { .. } => "bad_export",
             Self::AbiMismatch { .. } => "abi_mismatch",
@@ -212,6 +235,16 @@ pub enum EngineError {
         /// The I/O error (in the message, not a `source()`).
         error: std::io::Error,
     },
+    /// The artifact cache directory (or its key) is not this user's own, or
+    /// others may write it: artifacts in it run as native code, so it is
+    /// refused.
+    #[error("refusing the artifact cache {path}: {reason}")]
+    CacheDirInsecure {
+        /// The directory or key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The epoch ticker thread could not be started.
     #[error("cannot start the epoch ticker thread: {0}")]
     Ticker(std::io::Error),
@@ -224,6 +257,7 @@ impl EngineError {
         match self {
             Self::Config { .. } => "engine_config",
             Self::CacheDir { .. } => "cache_dir",
+            Self::CacheDirInsecure { .. } => "cache_dir_insecure",
             Self::Ticker(_) => "ticker",
         }
     }

@@ -87,6 +87,11 @@ pub use engine::{
     ImportInfo, InstanceMode, Invocation, Limits, LimitsBuilder, Plugin, PluginInfo, PluginLog,
     inspect_imports_exports,
 };
+pub use engine::{
+    DEFAULT_MAX_FUNCTION_BYTES, DEFAULT_MAX_HEADER_BYTES_PER_EMIT, DEFAULT_MAX_HEADERS_PER_EMIT, DEFAULT_MAX_LOG_LINES,
+    DEFAULT_MAX_MODULE_BYTES, LOG_LINE_OVERHEAD, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES, POOL_HEADROOM,
+    POOL_INSTANCES_PER_SUBSCRIPTION,
+};
 pub use envelope::{EnvelopeError, JsonEvent, format_time, now_nanos};
 pub use error::{EngineError, InvokeError, LoadError};
 /// The HTTP API's request and response bodies, shared by the server and the

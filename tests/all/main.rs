@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod abi_encoding;
+mod artifact_cache;
 mod cli;
 mod correctness_cli;
 mod correctness_ingest;
@@ -11,6 +12,7 @@ mod delivery;
 mod example_plugins;
 mod faults;
 mod growth;
+mod hostile_plugins;
 mod hot_swap;
 mod http_errors;
 mod limits;

@@ -4,6 +4,7 @@
 //! This is the only module that names bincode, so the encoding can change
 //! with the ABI version without touching anything else.
 
+use core::cell::Cell;
 use core::fmt;
 
 use serde::Serialize;
@@ -86,6 +87,65 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// The decode budget of [`decode_with_budget`] ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetExceeded;
+
+impl fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the decoded message would take more memory than its decode budget")
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
+std::thread_local! {
+    /// What is left of the budget of the [`decode_with_budget`] running on
+    /// this thread; `None` outside one (nothing is charged).
+    static BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Charge `bytes` of in-memory overhead to the running decode's budget.
+pub(crate) fn charge(bytes: usize) -> Result<(), BudgetExceeded> {
+    BUDGET.with(|budget| match budget.get() {
+        None => Ok(()),
+        Some(left) if left >= bytes => {
+            budget.set(Some(left - bytes));
+            Ok(())
+        }
+        Some(_) => Err(BudgetExceeded),
+    })
+}
+
+/// Resets the budget when the decode ends, even by a panic.
+struct BudgetGuard(Option<usize>);
+
+impl Drop for BudgetGuard {
+    fn drop(&mut self) {
+        BUDGET.with(|budget| budget.set(self.0));
+    }
+}
+
+/// [`decode`], with the in-memory overhead of the decoded structures
+/// bounded: every [`Header`](crate::Header) and [`Emit`](crate::Emit)
+/// decoded charges its size (`size_of`, 48 and 232 bytes on 64-bit hosts) to
+/// `budget`, and the decode fails as soon as it is spent. String and payload
+/// bytes are not charged: they are no larger than the message itself. So a
+/// message of `n` bytes decodes into at most about `n + budget` bytes of
+/// memory, where without a budget an emit with a million empty headers (two
+/// bytes each on the wire) would take 24 times its size.
+///
+/// The host decodes guest output with a budget equal to the output cap.
+///
+/// # Errors
+///
+/// As [`decode`], and [`DecodeError`] naming the budget when it runs out.
+pub fn decode_with_budget<T: DeserializeOwned>(bytes: &[u8], budget: usize) -> Result<T, DecodeError> {
+    let previous = BUDGET.with(|b| b.replace(Some(budget)));
+    let _guard = BudgetGuard(previous);
+    decode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +176,32 @@ mod tests {
         let mut bytes = encode(&Outcome::Retry("x".into())).unwrap();
         bytes.push(0);
         assert!(decode::<Outcome>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_budget_bounds_the_decoded_overhead() {
+        use crate::Header;
+        let mut emit = Emit {
+            topic: "a.b.c".into(),
+            key: None,
+            schema_version: 1,
+            content_type: String::new(),
+            headers: vec![Header::new("", ""); 10_000],
+            idempotency_key: None,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![],
+        };
+        let bytes = encode(&Outcome::Ok(vec![emit.clone()])).unwrap();
+        assert!(bytes.len() < 20_100, "two bytes per empty header on the wire");
+        let err = decode_with_budget::<Outcome>(&bytes, 100_000).unwrap_err();
+        assert!(err.to_string().contains("decode budget"), "{err}");
+        assert!(decode_with_budget::<Outcome>(&bytes, 1_000_000).is_ok());
+        // Outside a budgeted decode nothing is charged.
+        assert!(decode::<Outcome>(&bytes).is_ok());
+        emit.headers.truncate(1);
+        let small = encode(&Outcome::Ok(vec![emit])).unwrap();
+        assert!(decode_with_budget::<Outcome>(&small, 1_000).is_ok());
     }
 
     #[test]

@@ -3,12 +3,33 @@ use serde::{Deserialize, Serialize};
 use crate::EventId;
 
 /// One header of an event: a name and a UTF-8 value. Order is kept.
+///
+/// Decoding a header charges its in-memory size to the decode budget of
+/// [`encoding::decode_with_budget`](crate::encoding::decode_with_budget),
+/// when one is set; the bytes on the wire are those of the plain struct.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "HeaderWire")]
 pub struct Header {
     /// Header name, conventionally lowercase (`weir-plugin-version`).
     pub name: String,
     /// Header value.
     pub value: String,
+}
+
+/// [`Header`] as decoded, before its size is charged.
+#[derive(Deserialize)]
+struct HeaderWire {
+    name: String,
+    value: String,
+}
+
+impl TryFrom<HeaderWire> for Header {
+    type Error = crate::encoding::BudgetExceeded;
+
+    fn try_from(wire: HeaderWire) -> Result<Self, Self::Error> {
+        crate::encoding::charge(core::mem::size_of::<Self>())?;
+        Ok(Self { name: wire.name, value: wire.value })
+    }
 }
 
 impl Header {
@@ -92,7 +113,12 @@ pub struct DeliveryRef<'a> {
 ///
 /// The host assigns the id, source and time. Correlation and causation ids the
 /// handler leaves empty are filled in from the event being handled.
+///
+/// Decoding an emit charges its in-memory size to the decode budget of
+/// [`encoding::decode_with_budget`](crate::encoding::decode_with_budget),
+/// when one is set; the bytes on the wire are those of the plain struct.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EmitWire")]
 pub struct Emit {
     /// Topic of the new event.
     pub topic: String,
@@ -113,6 +139,40 @@ pub struct Emit {
     /// The payload bytes.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+}
+
+/// [`Emit`] as decoded, before its size is charged. Same fields, same order.
+#[derive(Deserialize)]
+struct EmitWire {
+    topic: String,
+    key: Option<String>,
+    schema_version: u32,
+    content_type: String,
+    headers: Vec<Header>,
+    idempotency_key: Option<String>,
+    correlation_id: Option<EventId>,
+    causation_id: Option<EventId>,
+    #[serde(with = "serde_bytes")]
+    payload: Vec<u8>,
+}
+
+impl TryFrom<EmitWire> for Emit {
+    type Error = crate::encoding::BudgetExceeded;
+
+    fn try_from(w: EmitWire) -> Result<Self, Self::Error> {
+        crate::encoding::charge(core::mem::size_of::<Self>())?;
+        Ok(Self {
+            topic: w.topic,
+            key: w.key,
+            schema_version: w.schema_version,
+            content_type: w.content_type,
+            headers: w.headers,
+            idempotency_key: w.idempotency_key,
+            correlation_id: w.correlation_id,
+            causation_id: w.causation_id,
+            payload: w.payload,
+        })
+    }
 }
 
 /// The handler's answer to one delivery.

@@ -25,6 +25,13 @@ use crate::store::{IdempotencyRecord, ResultItem, Store, StoreError};
 /// and a crash redoes at most these.
 pub(super) const MAX_IN_FLIGHT: usize = 4;
 
+/// Bytes of emitted events and dead letters the batch being built may hold
+/// before the worker hands it over early, without waiting for the end of
+/// its read batch. Without it a batch of 512 events with 4 MiB of output
+/// each would hold 2 GiB; with it a subscription holds at most about
+/// `MAX_IN_FLIGHT` × (this + one invocation's output).
+pub(super) const FLUSH_BYTES: usize = 8 << 20;
+
 /// A batch handed to the writer: its commit answer, and the idempotency
 /// keys it records.
 struct InFlight {
@@ -45,6 +52,8 @@ pub(super) struct Stage {
     /// The cursor in the last batch handed over: with no new items and no
     /// cursor move there is nothing to hand over.
     submitted_cursor: u64,
+    /// About how many bytes of events the batch being built holds.
+    held_bytes: usize,
 }
 
 impl Stage {
@@ -57,7 +66,19 @@ impl Stage {
             keys: HashSet::new(),
             in_flight: VecDeque::new(),
             submitted_cursor: cursor,
+            held_bytes: 0,
         }
+    }
+
+    /// Whether the batch being built holds [`FLUSH_BYTES`] or more and
+    /// should be handed over now.
+    pub(super) fn is_heavy(&self) -> bool {
+        self.held_bytes >= FLUSH_BYTES
+    }
+
+    /// The cursor of the last batch handed over.
+    pub(super) fn submitted_cursor(&self) -> u64 {
+        self.submitted_cursor
     }
 
     /// Whether `key` was handled by an outcome not committed yet: staged or
@@ -70,11 +91,18 @@ impl Stage {
     /// parked table.
     pub(super) fn handled(&mut self, seq: u64, key: &str, record: IdempotencyRecord, emits: Vec<Event>, parked: bool) {
         self.keys.insert(key.to_owned());
+        self.held_bytes = self.held_bytes.saturating_add(emits.iter().map(event_bytes).sum());
         self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked });
     }
 
     /// Any other outcome: a duplicate, a park, a dead letter.
     pub(super) fn push(&mut self, item: ResultItem) {
+        let bytes = match &item {
+            ResultItem::DeadLetter(entry) => event_bytes(&entry.event) + entry.message.len(),
+            ResultItem::Park(entry) => entry.last_message.as_ref().map_or(0, String::len),
+            _ => 0,
+        };
+        self.held_bytes = self.held_bytes.saturating_add(bytes);
         self.items.push(item);
     }
 
@@ -87,6 +115,7 @@ impl Stage {
         self.wait(MAX_IN_FLIGHT - 1)?;
         let items = std::mem::take(&mut self.items);
         let keys = std::mem::take(&mut self.keys);
+        self.held_bytes = 0;
         let (tx, committed) = mpsc::channel();
         let counters = Arc::clone(&self.counters);
         self.store.submit(
@@ -137,4 +166,17 @@ impl Stage {
         self.flush(cursor)?;
         self.wait(0)
     }
+}
+
+/// About how much memory `event` holds: its variable-length fields.
+fn event_bytes(event: &Event) -> usize {
+    let headers: usize = event.headers.iter().map(|h| h.name.len() + h.value.len() + 48).sum();
+    event.payload.len()
+        + event.topic.len()
+        + event.source.len()
+        + event.key.as_ref().map_or(0, String::len)
+        + event.content_type.len()
+        + event.idempotency_key.len()
+        + headers
+        + 200
 }

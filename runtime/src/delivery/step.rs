@@ -84,6 +84,18 @@ impl Worker {
             Ok(emits) => self.stage_handled(seq, event, emits, prior.is_some()),
             Err(failure) => self.stage_failure(seq, event, prior, attempt, failure),
         }
+        // Bound what the batch being built holds: hand it over early once
+        // its outputs pass `FLUSH_BYTES`. The cursor handed over covers
+        // exactly what is staged: a fresh event is read at the cursor, which
+        // moves past it just before its step; a parked event lies behind the
+        // cursor, which has not moved since the last hand-over.
+        if self.stage.is_heavy() {
+            let cursor = match source {
+                Source::Log => seq + 1,
+                Source::Parked => self.stage.submitted_cursor(),
+            };
+            self.stage.flush(cursor)?;
+        }
         Ok(())
     }
 
@@ -158,9 +170,21 @@ impl Worker {
     /// Emitted events must be valid events: a bad topic or an oversized
     /// payload fails the invocation as `bad_output`, as the engine's own
     /// output checks do.
+    /// Headers under the host's reserved prefix ([`RESERVED_HEADER_PREFIX`])
+    /// fail it too: the host sets those (the plugin version), and a plugin
+    /// must not be able to forge them.
     fn validate(&self, emits: Vec<Emit>) -> Result<Vec<Emit>, Failure> {
         for (i, emit) in emits.iter().enumerate() {
             topic::validate(&emit.topic).map_err(|e| InvokeError::BadOutput { reason: format!("emit #{i}: {e}") })?;
+            if let Some(h) = emit.headers.iter().find(|h| is_reserved_header(&h.name)) {
+                return Err(InvokeError::BadOutput {
+                    reason: format!(
+                        "emit #{i}: header {:?} uses the prefix `{RESERVED_HEADER_PREFIX}`, which only the host may set",
+                        crate::engine::bounded_text(&h.name, 64)
+                    ),
+                }
+                .into());
+            }
             if emit.payload.len() > self.spec.max_payload_bytes {
                 return Err(InvokeError::BadOutput {
                     reason: format!(
@@ -268,6 +292,15 @@ impl Worker {
             payload: emit.payload,
         }
     }
+}
+
+/// Header names starting with this (in any case) are the host's: a plugin
+/// that emits one fails with `bad_output` (docs/abi.md §9).
+pub(crate) const RESERVED_HEADER_PREFIX: &str = "weir-";
+
+/// Whether `name` is under [`RESERVED_HEADER_PREFIX`], in any case.
+fn is_reserved_header(name: &str) -> bool {
+    name.get(..RESERVED_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
 }
 
 /// A digest of what an event emitted, kept in its idempotency record.

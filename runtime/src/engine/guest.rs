@@ -29,6 +29,7 @@ impl Guest {
             memory_limit_hit: false,
             memory: None,
             log_budget: limits.max_log_bytes(),
+            log_lines_left: limits.max_log_lines(),
             logs: Vec::new(),
             logs_dropped: 0,
             fault: None,
@@ -71,6 +72,7 @@ impl Guest {
         state.memory_limit_hit = false;
         state.fault = None;
         state.log_budget = self.limits.max_log_bytes();
+        state.log_lines_left = self.limits.max_log_lines();
         state.logs.clear();
         state.logs_dropped = 0;
         self.store.set_epoch_deadline(self.deadline_ticks);
@@ -150,7 +152,9 @@ impl Guest {
                 ),
             });
         };
-        let value = encoding::decode::<T>(bytes)
+        // The decoded structures' overhead (per header, per emit) is bounded
+        // by the output cap too: a small output cannot become a large value.
+        let value = encoding::decode_with_budget::<T>(bytes, self.limits.max_output_bytes())
             .map_err(|e| InvokeError::BadOutput { reason: format!("{what} is not a valid encoding: {e}") })?;
         self.call(dealloc, (ptr as i32, len as i32))?;
         Ok(value)

@@ -10,6 +10,7 @@ use super::guest::Guest;
 use super::host::PluginLog;
 use super::limits::Limits;
 use super::plugin::Plugin;
+use super::text::{self, MAX_REASON_BYTES};
 use crate::error::{InvokeError, LoadError};
 
 /// Whether a handler keeps its instance between events.
@@ -77,7 +78,7 @@ impl Live {
                 guest.call(&dealloc, (ptr, len)).map_err(fail("weir_init"))?;
             }
             if let InitOutcome::Failed(reason) = outcome {
-                return Err(StartError::Init(reason));
+                return Err(StartError::Init(text::bounded(&reason, MAX_REASON_BYTES)));
             }
         }
         Ok(Self { guest, alloc, dealloc, handle, input: (0, 0) })
@@ -111,12 +112,18 @@ impl Live {
         let packed = self.guest.call(&self.handle, (ptr, len))?;
         let outcome: Outcome = self.guest.take_output(packed, &self.dealloc, "the outcome")?;
         match outcome {
-            Outcome::Ok(emits) if emits.len() > self.guest.limits.max_emits() => Err(InvokeError::BadOutput {
-                reason: format!("{} emitted events, over the cap of {}", emits.len(), self.guest.limits.max_emits()),
-            }),
-            Outcome::Ok(emits) => Ok(emits),
-            Outcome::Retry(reason) => Err(InvokeError::HandlerRetry { reason }),
-            Outcome::Reject(reason) => Err(InvokeError::HandlerReject { reason }),
+            Outcome::Ok(emits) => {
+                check_emits(&emits, &self.guest.limits)?;
+                Ok(emits)
+            }
+            // The plugin's own words: escaped and cut before anything stores,
+            // logs or shows them.
+            Outcome::Retry(reason) => {
+                Err(InvokeError::HandlerRetry { reason: text::bounded(&reason, MAX_REASON_BYTES) })
+            }
+            Outcome::Reject(reason) => {
+                Err(InvokeError::HandlerReject { reason: text::bounded(&reason, MAX_REASON_BYTES) })
+            }
         }
     }
 }
@@ -219,6 +226,37 @@ impl Handler {
         }
         Invocation { result, logs, logs_dropped, fuel_used, memory_bytes }
     }
+}
+
+/// The caps on what one invocation may emit: the number of events, and each
+/// event's headers (count and bytes).
+fn check_emits(emits: &[Emit], limits: &Limits) -> Result<(), InvokeError> {
+    if emits.len() > limits.max_emits() {
+        return Err(InvokeError::BadOutput {
+            reason: format!("{} emitted events, over the cap of {}", emits.len(), limits.max_emits()),
+        });
+    }
+    for (i, emit) in emits.iter().enumerate() {
+        if emit.headers.len() > limits.max_headers_per_emit() {
+            return Err(InvokeError::BadOutput {
+                reason: format!(
+                    "emit #{i} has {} headers, over the cap of {}",
+                    emit.headers.len(),
+                    limits.max_headers_per_emit()
+                ),
+            });
+        }
+        let bytes: usize = emit.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        if bytes > limits.max_header_bytes_per_emit() {
+            return Err(InvokeError::BadOutput {
+                reason: format!(
+                    "emit #{i} has {bytes} bytes of headers, over the cap of {}",
+                    limits.max_header_bytes_per_emit()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn failed(error: InvokeError) -> Invocation {

@@ -5,7 +5,8 @@
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, Trap};
 use weir_abi::LogLevel;
 
-use super::limits::Limits;
+use super::limits::{LOG_LINE_OVERHEAD, Limits};
+use super::text;
 use crate::error::InvokeError;
 
 /// One log line a plugin wrote through the `log` import.
@@ -13,7 +14,8 @@ use crate::error::InvokeError;
 pub struct PluginLog {
     /// Its level.
     pub level: LogLevel,
-    /// The text (invalid UTF-8 replaced).
+    /// The text: invalid UTF-8 replaced, control characters escaped
+    /// (`\n`, `\u{1b}`, …), so it stays one line of the host's log.
     pub message: String,
 }
 
@@ -24,6 +26,8 @@ pub(crate) struct HostState {
     pub(super) memory_limit_hit: bool,
     pub(super) memory: Option<Memory>,
     pub(super) log_budget: usize,
+    /// Lines the current invocation may still log.
+    pub(super) log_lines_left: usize,
     pub(super) logs: Vec<PluginLog>,
     pub(super) logs_dropped: usize,
     /// A guest misbehaviour detected inside a host function; it turns the
@@ -85,12 +89,16 @@ pub(crate) fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime:
                 ));
                 return Err(wasmtime::Error::msg("weir::log given an out-of-bounds buffer"));
             };
-            if len > state.log_budget {
+            // Every line costs its text plus a fixed overhead, and the lines
+            // are counted: an empty line is not free.
+            let cost = len.saturating_add(LOG_LINE_OVERHEAD);
+            if cost > state.log_budget || state.log_lines_left == 0 {
                 state.logs_dropped += 1;
                 return Ok(());
             }
-            state.log_budget -= len;
-            let message = String::from_utf8_lossy(bytes).into_owned();
+            state.log_budget -= cost;
+            state.log_lines_left -= 1;
+            let message = text::escape(&String::from_utf8_lossy(bytes));
             state.logs.push(PluginLog { level: LogLevel::from_i32(level), message });
             Ok(())
         },
@@ -114,7 +122,7 @@ pub(super) fn classify(error: &wasmtime::Error, state: &mut HostState, limits: &
             };
             // The SDK logs a panic's message just before the trap.
             if let Some(panic) = state.logs.iter().rev().find(|l| l.message.starts_with("plugin panicked")) {
-                message = format!("{message} ({})", panic.message);
+                message = format!("{message} ({})", text::bounded(&panic.message, text::MAX_REASON_BYTES));
             }
             InvokeError::Trap { message }
         }

@@ -13,6 +13,18 @@ pub const DEFAULT_MAX_EMITS: usize = 1_000;
 /// Default cap on log bytes one invocation may write; more is dropped and
 /// counted.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 << 10;
+/// Default cap on log lines one invocation may write; more are dropped and
+/// counted.
+pub const DEFAULT_MAX_LOG_LINES: usize = 256;
+/// What each log line costs against [`Limits::max_log_bytes`] on top of its
+/// text: an empty line is not free, so a loop of zero-length `log` calls
+/// cannot grow the host's memory.
+pub const LOG_LINE_OVERHEAD: usize = 64;
+/// Default cap on the headers of one emitted event.
+pub const DEFAULT_MAX_HEADERS_PER_EMIT: usize = 64;
+/// Default cap on the bytes (names and values) of the headers of one
+/// emitted event.
+pub const DEFAULT_MAX_HEADER_BYTES_PER_EMIT: usize = 16 << 10;
 
 /// The limits a handler runs under. Build with [`Limits::builder`].
 ///
@@ -33,6 +45,9 @@ pub struct Limits {
     max_output_bytes: usize,
     max_emits: usize,
     max_log_bytes: usize,
+    max_log_lines: usize,
+    max_headers_per_emit: usize,
+    max_header_bytes_per_emit: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +59,9 @@ impl Default for Limits {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_emits: DEFAULT_MAX_EMITS,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+            max_log_lines: DEFAULT_MAX_LOG_LINES,
+            max_headers_per_emit: DEFAULT_MAX_HEADERS_PER_EMIT,
+            max_header_bytes_per_emit: DEFAULT_MAX_HEADER_BYTES_PER_EMIT,
         }
     }
 }
@@ -89,6 +107,24 @@ impl Limits {
     #[must_use]
     pub fn max_log_bytes(&self) -> usize {
         self.max_log_bytes
+    }
+
+    /// Cap on log lines per invocation.
+    #[must_use]
+    pub fn max_log_lines(&self) -> usize {
+        self.max_log_lines
+    }
+
+    /// Cap on the headers of one emitted event.
+    #[must_use]
+    pub fn max_headers_per_emit(&self) -> usize {
+        self.max_headers_per_emit
+    }
+
+    /// Cap on the header bytes (names and values) of one emitted event.
+    #[must_use]
+    pub fn max_header_bytes_per_emit(&self) -> usize {
+        self.max_header_bytes_per_emit
     }
 }
 
@@ -141,10 +177,36 @@ impl LimitsBuilder {
     }
 
     /// Cap on log bytes per invocation. By default 64 KiB
-    /// ([`DEFAULT_MAX_LOG_BYTES`]).
+    /// ([`DEFAULT_MAX_LOG_BYTES`]). Each line costs its length plus
+    /// [`LOG_LINE_OVERHEAD`].
     #[must_use]
     pub fn max_log_bytes(mut self, bytes: usize) -> Self {
         self.0.max_log_bytes = bytes;
+        self
+    }
+
+    /// Cap on log lines per invocation. By default 256
+    /// ([`DEFAULT_MAX_LOG_LINES`]).
+    #[must_use]
+    pub fn max_log_lines(mut self, lines: usize) -> Self {
+        self.0.max_log_lines = lines;
+        self
+    }
+
+    /// Cap on the headers of one emitted event; more fail the invocation as
+    /// `bad_output`. By default 64 ([`DEFAULT_MAX_HEADERS_PER_EMIT`]).
+    #[must_use]
+    pub fn max_headers_per_emit(mut self, headers: usize) -> Self {
+        self.0.max_headers_per_emit = headers;
+        self
+    }
+
+    /// Cap on the header bytes (names plus values) of one emitted event;
+    /// more fail the invocation as `bad_output`. By default 16 KiB
+    /// ([`DEFAULT_MAX_HEADER_BYTES_PER_EMIT`]).
+    #[must_use]
+    pub fn max_header_bytes_per_emit(mut self, bytes: usize) -> Self {
+        self.0.max_header_bytes_per_emit = bytes;
         self
     }
 

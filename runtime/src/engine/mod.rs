@@ -11,21 +11,25 @@ mod handler;
 mod host;
 mod limits;
 mod plugin;
+mod text;
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use handler::{Handler, InstanceMode, Invocation};
 pub use host::PluginLog;
 pub use limits::{
-    DEFAULT_DEADLINE, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, Limits,
-    LimitsBuilder,
+    DEFAULT_DEADLINE, DEFAULT_MAX_EMITS, DEFAULT_MAX_HEADER_BYTES_PER_EMIT, DEFAULT_MAX_HEADERS_PER_EMIT,
+    DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_LINES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, LOG_LINE_OVERHEAD,
+    Limits, LimitsBuilder,
 };
 pub(crate) use plugin::hex;
 pub use plugin::{ExportInfo, ImportInfo, Plugin, PluginInfo, inspect_imports_exports};
+pub(crate) use text::bounded as bounded_text;
+pub use text::{MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
 
 use crate::error::EngineError;
 
@@ -35,6 +39,20 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const DEFAULT_MAX_WASM_STACK: usize = 512 << 10;
 /// Default number of instance slots of the pooling allocator.
 pub const DEFAULT_POOL_INSTANCES: u32 = 128;
+/// Default largest module the engine compiles: 16 MiB.
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 << 20;
+/// Default largest function body the engine compiles: 256 KiB. Cranelift
+/// takes about 1.3 KB of host memory per byte of one function's body (a
+/// 1.8 MB function took 2.26 GB and 23 s), so this bounds a compile to a few
+/// hundred MB; the largest function of the example plugins is far smaller.
+pub const DEFAULT_MAX_FUNCTION_BYTES: usize = 256 << 10;
+/// Pool slots kept for each subscription by
+/// [`EngineConfig::pool_instances_for`]: its running instance, and a
+/// replacement or a deploy candidate started beside it.
+pub const POOL_INSTANCES_PER_SUBSCRIPTION: u32 = 2;
+/// Pool slots on top of those: load probes, `weir exec`, several deploys at
+/// once.
+pub const POOL_HEADROOM: u32 = 16;
 
 /// How the engine is set up. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -55,6 +73,26 @@ pub struct EngineConfig {
     pub pool_instances: u32,
     /// Largest linear memory a pooled slot holds. By default 64 MiB.
     pub pool_max_memory_bytes: usize,
+    /// Largest module accepted, checked before compiling
+    /// ([`LoadError::ModuleTooLarge`](crate::LoadError::ModuleTooLarge)).
+    /// By default 16 MiB ([`DEFAULT_MAX_MODULE_BYTES`]).
+    pub max_module_bytes: usize,
+    /// Largest function body accepted, checked before compiling
+    /// ([`LoadError::FunctionTooLarge`](crate::LoadError::FunctionTooLarge)).
+    /// By default 256 KiB ([`DEFAULT_MAX_FUNCTION_BYTES`]).
+    pub max_function_bytes: usize,
+}
+
+impl EngineConfig {
+    /// Pool slots for a runtime with `subscriptions` subscriptions:
+    /// [`POOL_INSTANCES_PER_SUBSCRIPTION`] each plus [`POOL_HEADROOM`].
+    #[must_use]
+    pub fn pool_instances_for(subscriptions: usize) -> u32 {
+        u32::try_from(subscriptions)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(POOL_INSTANCES_PER_SUBSCRIPTION)
+            .saturating_add(POOL_HEADROOM)
+    }
 }
 
 impl Default for EngineConfig {
@@ -67,6 +105,8 @@ impl Default for EngineConfig {
             pooling: false,
             pool_instances: DEFAULT_POOL_INSTANCES,
             pool_max_memory_bytes: DEFAULT_MEMORY_BYTES,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            max_function_bytes: DEFAULT_MAX_FUNCTION_BYTES,
         }
     }
 }
@@ -83,6 +123,9 @@ struct Inner {
     config: EngineConfig,
     cache: Option<cache::ArtifactCache>,
     stop_ticker: Arc<AtomicBool>,
+    /// Held while Cranelift compiles: one compile at a time per engine, so
+    /// concurrent deploys cannot multiply a compile's memory.
+    compiling: Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -109,10 +152,15 @@ impl Engine {
         wt.epoch_interruption(true)
             .consume_fuel(config.consume_fuel)
             .max_wasm_stack(config.max_wasm_stack)
-            // Plugins are plain core modules with one 32-bit memory: refuse
-            // proposals that would break that at load, not at run.
-            .wasm_memory64(false)
-            .wasm_multi_memory(false);
+            // Relaxed SIMD is off (below); were it on, its results would
+            // not depend on the machine.
+            .relaxed_simd_deterministic(true);
+        // Plugins are plain core modules with one 32-bit memory, single
+        // threaded, deterministic: every proposal the ABI does not need is
+        // off, so a module using one is refused at load (docs/abi.md §9.3).
+        for proposal in DISABLED_PROPOSALS {
+            wt.wasm_features(proposal, false);
+        }
         if config.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             pool.total_core_instances(config.pool_instances)
@@ -124,10 +172,7 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&wt).map_err(|e| EngineError::Config { reason: format!("{e:#}") })?;
 
         let cache = match &config.cache_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|error| EngineError::CacheDir { path: dir.clone(), error })?;
-                Some(cache::ArtifactCache::new(dir.clone(), fingerprint(&wasmtime)))
-            }
+            Some(dir) => Some(cache::ArtifactCache::open(dir.clone(), fingerprint(&wasmtime))?),
             None => None,
         };
 
@@ -145,7 +190,7 @@ impl Engine {
             })
             .map_err(EngineError::Ticker)?;
 
-        Ok(Self { inner: Arc::new(Inner { wasmtime, config, cache, stop_ticker }) })
+        Ok(Self { inner: Arc::new(Inner { wasmtime, config, cache, stop_ticker, compiling: Mutex::new(()) }) })
     }
 
     /// The configuration the engine was built with.
@@ -162,6 +207,44 @@ impl Engine {
         self.inner.cache.as_ref()
     }
 
+    /// The compile lock: see [`Inner::compiling`].
+    pub(crate) fn compile_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.compiling.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remove from the artifact cache every artifact that is not for one of
+    /// `keep` (module sha256s, hex), every artifact of another wasmtime or
+    /// engine configuration, and temp files a crash left behind. Call it
+    /// with every version a registry may still run (the active ones and the
+    /// rollback history). Answers how many files were removed (0 without a
+    /// cache).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of listing the cache directory.
+    pub fn evict_artifacts<'a>(&self, keep: impl IntoIterator<Item = &'a str>) -> std::io::Result<usize> {
+        match self.cache() {
+            Some(cache) => cache.evict_except(&keep.into_iter().collect()),
+            None => Ok(0),
+        }
+    }
+
+    /// Remove from the artifact cache every artifact not loaded or written
+    /// for `max_age` (a use refreshes its modification time), and every
+    /// artifact of another wasmtime or engine configuration: for a cache
+    /// shared by many `weir exec` runs, which has no registry to ask.
+    /// Answers how many files were removed (0 without a cache).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of listing the cache directory.
+    pub fn evict_artifacts_unused_for(&self, max_age: Duration) -> std::io::Result<usize> {
+        match self.cache() {
+            Some(cache) => cache.evict_unused_for(max_age),
+            None => Ok(0),
+        }
+    }
+
     /// Ticks of the epoch clock that cover `deadline`: never early, at most
     /// two ticks late (rounded up to whole ticks, plus one for the partial
     /// tick already under way).
@@ -171,6 +254,28 @@ impl Engine {
         u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
     }
 }
+
+/// The Wasm proposals turned off: everything wasmtime would accept beyond
+/// what plugins built for `wasm32-unknown-unknown` (Rust's and clang's
+/// default features: mutable globals, sign extension, non-trapping
+/// float-to-int, multi-value, bulk memory, reference types) and fixed-width
+/// SIMD use.
+pub(crate) const DISABLED_PROPOSALS: [wasmtime::WasmFeatures; 14] = [
+    wasmtime::WasmFeatures::THREADS,
+    wasmtime::WasmFeatures::SHARED_EVERYTHING_THREADS,
+    wasmtime::WasmFeatures::RELAXED_SIMD,
+    wasmtime::WasmFeatures::TAIL_CALL,
+    wasmtime::WasmFeatures::MULTI_MEMORY,
+    wasmtime::WasmFeatures::MEMORY64,
+    wasmtime::WasmFeatures::EXCEPTIONS,
+    wasmtime::WasmFeatures::LEGACY_EXCEPTIONS,
+    wasmtime::WasmFeatures::FUNCTION_REFERENCES,
+    wasmtime::WasmFeatures::GC,
+    wasmtime::WasmFeatures::STACK_SWITCHING,
+    wasmtime::WasmFeatures::WIDE_ARITHMETIC,
+    wasmtime::WasmFeatures::CUSTOM_PAGE_SIZES,
+    wasmtime::WasmFeatures::EXTENDED_CONST,
+];
 
 /// A short, stable name for the engine's compilation settings and wasmtime
 /// version: part of each cached artifact's file name.

@@ -117,6 +117,7 @@ impl Engine {
     /// A [`LoadError`] whose [`code`](LoadError::code) names the problem.
     pub fn load(&self, bytes: &[u8]) -> Result<Plugin, LoadError> {
         check_magic(bytes)?;
+        check_sizes(bytes, self.config())?;
         let sha256 = String::from(ContentHash::of(bytes));
         let started = Instant::now();
         let (module, from_cache) = self.compile(bytes, &sha256)?;
@@ -170,8 +171,14 @@ impl Engine {
             }
         }
         if info.exports.iter().any(|e| e.name == exports::DESCRIBE) {
-            info.description =
-                Some(probe.describe().map_err(|error| LoadError::Sandbox { stage: "weir_describe", error })?);
+            let described = probe.describe().map_err(|error| LoadError::Sandbox { stage: "weir_describe", error })?;
+            info.description = Some(bounded_description(described));
+        }
+        // Only a module that passed validation (imports, exports, version, description) is cached.
+        if !info.from_cache
+            && let Some(cache) = self.cache()
+        {
+            cache.put(&module, &info.sha256);
         }
         Ok(Plugin { inner: Arc::new(PluginInner { engine: self.clone(), pre, info }) })
     }
@@ -180,11 +187,10 @@ impl Engine {
         if let Some(module) = self.cache().and_then(|c| c.get(self.wasmtime(), sha256)) {
             return Ok((module, true));
         }
+        // One compile at a time: each may take hundreds of MB.
+        let _compiling = self.compile_lock();
         let module =
             Module::new(self.wasmtime(), bytes).map_err(|e| LoadError::InvalidModule { reason: format!("{e:#}") })?;
-        if let Some(cache) = self.cache() {
-            cache.put(&module, sha256);
-        }
         Ok((module, false))
     }
 }
@@ -197,6 +203,20 @@ impl Plugin {
     }
 }
 
+/// A description with every plugin-chosen text escaped and cut to its
+/// documented size (`text.rs`): the name becomes a metric label, a log field
+/// and a column of `weir status`.
+fn bounded_description(d: PluginDescription) -> PluginDescription {
+    use super::text::{MAX_DESCRIBED_ITEMS, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_VERSION_BYTES, bounded};
+    PluginDescription {
+        name: bounded(&d.name, MAX_NAME_BYTES),
+        version: bounded(&d.version, MAX_VERSION_BYTES),
+        description: bounded(&d.description, MAX_DESCRIPTION_BYTES),
+        topics: d.topics.iter().take(MAX_DESCRIBED_ITEMS).map(|t| bounded(t, MAX_NAME_BYTES)).collect(),
+        schema_versions: d.schema_versions.into_iter().take(MAX_DESCRIBED_ITEMS).collect(),
+    }
+}
+
 fn check_magic(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err(LoadError::NotWasm { reason: "the file does not start with the Wasm magic bytes `\\0asm`".into() });
@@ -205,6 +225,27 @@ fn check_magic(bytes: &[u8]) -> Result<(), LoadError> {
         return Err(LoadError::NotWasm {
             reason: "not a core module (version field is not 1): components and other layers are not plugins".into(),
         });
+    }
+    Ok(())
+}
+
+/// The module's size and its largest function body against the engine's
+/// limits, read with wasmparser before anything is compiled. A module that
+/// does not parse is left to the compiler, which names the problem.
+fn check_sizes(bytes: &[u8], config: &super::EngineConfig) -> Result<(), LoadError> {
+    if bytes.len() > config.max_module_bytes {
+        return Err(LoadError::ModuleTooLarge { size: bytes.len(), limit: config.max_module_bytes });
+    }
+    let mut index = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { return Ok(()) };
+        if let wasmparser::Payload::CodeSectionEntry(body) = payload {
+            let size = body.range().len();
+            if size > config.max_function_bytes {
+                return Err(LoadError::FunctionTooLarge { index, size, limit: config.max_function_bytes });
+            }
+            index += 1;
+        }
     }
     Ok(())
 }
@@ -237,6 +278,7 @@ fn describe_module(module: &Module) -> (Vec<ImportInfo>, Vec<ExportInfo>) {
 /// [`LoadError::NotWasm`] or [`LoadError::InvalidModule`].
 pub fn inspect_imports_exports(engine: &Engine, bytes: &[u8]) -> Result<(Vec<ImportInfo>, Vec<ExportInfo>), LoadError> {
     check_magic(bytes)?;
+    check_sizes(bytes, engine.config())?;
     let sha256 = String::from(ContentHash::of(bytes));
     let (module, _) = engine.compile(bytes, &sha256)?;
     Ok(describe_module(&module))
