@@ -3,9 +3,15 @@
 //! the HTTP API and `weir publish`. Documented in docs/events.md.
 
 use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use weir_abi::Event;
 
@@ -48,7 +54,66 @@ pub enum IngestError {
     /// The request holds no events.
     #[error("the request holds no events")]
     Empty,
+    /// The request holds more events than [`MAX_EVENTS_PER_REQUEST`].
+    #[error("the request holds more than {max} events: send them in several requests")]
+    TooManyEvents {
+        /// The limit.
+        max: usize,
+    },
+    /// A field of event number `index` is over its limit.
+    #[error("event {index}: `{field}` is {size} bytes, over the maximum of {max} bytes")]
+    FieldTooLarge {
+        /// Position in the request.
+        index: usize,
+        /// Which field (`key`, `source`, `headers.<name>`…).
+        field: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Event number `index` has more headers than [`MAX_HEADERS`].
+    #[error("event {index}: more than {max} headers")]
+    TooManyHeaders {
+        /// Position in the request.
+        index: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Event number `index` sets a header only the host may set.
+    #[error(
+        "event {index}: header {name:?}: names beginning with `weir-` are reserved for the host (it sets `weir-plugin-version` on what a plugin emits)"
+    )]
+    ReservedHeader {
+        /// Position in the request.
+        index: usize,
+        /// The header.
+        name: String,
+    },
 }
+
+/// Most events one request may hold.
+pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
+/// Longest `source`, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 512;
+/// Longest `key` (a CloudEvent's `subject`), in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest `idempotency_key`, in bytes (a CloudEvent's is `ce:`, its
+/// escaped source, `#` and its id).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 4096;
+/// Longest `content_type`, in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+/// Most headers of one event (a CloudEvent's extension attributes).
+pub const MAX_HEADERS: usize = 64;
+/// Longest header name, in bytes.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+/// Longest header value, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+/// Most bytes of one event's headers, names and values together.
+pub const MAX_HEADERS_BYTES: usize = 16 << 10;
+/// Header names with this prefix (in any case) are the host's: a producer
+/// cannot set them.
+pub const RESERVED_HEADER_PREFIX: &str = "weir-";
 
 impl IngestError {
     /// Stable code.
@@ -60,6 +125,10 @@ impl IngestError {
             Self::TooLarge { .. } => "payload_too_large",
             Self::Body(_) => "invalid_json",
             Self::Empty => "empty",
+            Self::TooManyEvents { .. } => "too_many_events",
+            Self::FieldTooLarge { .. } => "field_too_large",
+            Self::TooManyHeaders { .. } => "too_many_headers",
+            Self::ReservedHeader { .. } => "reserved_header",
         }
     }
 
@@ -67,7 +136,12 @@ impl IngestError {
     #[must_use]
     pub fn index(&self) -> Option<usize> {
         match self {
-            Self::Invalid { index, .. } | Self::CloudEvent { index, .. } | Self::TooLarge { index, .. } => Some(*index),
+            Self::Invalid { index, .. }
+            | Self::CloudEvent { index, .. }
+            | Self::TooLarge { index, .. }
+            | Self::FieldTooLarge { index, .. }
+            | Self::TooManyHeaders { index, .. }
+            | Self::ReservedHeader { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -117,21 +191,21 @@ impl Ingest<'_> {
         if event.payload.len() > self.max_payload_bytes {
             return Err(IngestError::TooLarge { index, size: event.payload.len(), max: self.max_payload_bytes });
         }
+        check_fields(index, &event)?;
         Ok(event)
     }
 
-    /// Events in the JSON envelope form: one object or an array.
+    /// Events in the JSON envelope form: one object or an array. Parsed
+    /// straight into events (no intermediate JSON tree), at most
+    /// [`MAX_EVENTS_PER_REQUEST`], each payload size-checked before it is
+    /// parsed.
     ///
     /// # Errors
     ///
     /// The first invalid event, by index.
     pub fn json(&self, body: &[u8]) -> Result<Vec<Event>, IngestError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| IngestError::Body(e.to_string()))?;
-        let items = match value {
-            Value::Array(items) => items,
-            Value::Object(_) => vec![value],
-            _ => return Err(IngestError::Body("expected a JSON object or array".into())),
-        };
+        let items: Vec<WireEvent> = batch(body, true)
+            .map_err(|e| e.into_ingest(|index, e| IngestError::Invalid { index, source: EnvelopeError::Json(e) }))?;
         if items.is_empty() {
             return Err(IngestError::Empty);
         }
@@ -139,8 +213,7 @@ impl Ingest<'_> {
             .into_iter()
             .enumerate()
             .map(|(index, item)| {
-                let json: JsonEvent = serde_json::from_value(item)
-                    .map_err(|e| IngestError::Invalid { index, source: EnvelopeError::Json(e) })?;
+                let json = item.into_json(index, self.max_payload_bytes)?;
                 self.finish(index, json)
             })
             .collect()
@@ -152,38 +225,56 @@ impl Ingest<'_> {
     ///
     /// If it is not a valid CloudEvent or not a valid Weir event.
     pub fn cloudevent(&self, body: &[u8]) -> Result<Vec<Event>, IngestError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| IngestError::Body(e.to_string()))?;
-        let Value::Object(object) = value else {
-            return Err(IngestError::Body("a structured CloudEvent is a JSON object".into()));
-        };
-        Ok(vec![self.structured(0, object)?])
+        HEADERS_OVER.set(false);
+        let attributes: Attributes = serde_json::from_slice(body).map_err(|e| {
+            if HEADERS_OVER.take() {
+                IngestError::TooManyHeaders { index: 0, max: MAX_HEADERS }
+            } else {
+                IngestError::Body(e.to_string())
+            }
+        })?;
+        Ok(vec![self.structured(0, attributes)?])
     }
 
-    /// A batch of CloudEvents (`application/cloudevents-batch+json`).
+    /// A batch of CloudEvents (`application/cloudevents-batch+json`), at most
+    /// [`MAX_EVENTS_PER_REQUEST`].
     ///
     /// # Errors
     ///
     /// The first invalid event, by index.
     pub fn cloudevent_batch(&self, body: &[u8]) -> Result<Vec<Event>, IngestError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| IngestError::Body(e.to_string()))?;
-        let Value::Array(items) = value else {
-            return Err(IngestError::Body("a CloudEvents batch is a JSON array".into()));
-        };
+        let items: Vec<Attributes> = batch(body, false)
+            .map_err(|e| e.into_ingest(|index, e| IngestError::CloudEvent { index, reason: e.to_string() }))?;
         if items.is_empty() {
             return Err(IngestError::Empty);
         }
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| match item {
-                Value::Object(object) => self.structured(index, object),
-                _ => Err(IngestError::CloudEvent { index, reason: "not a JSON object".into() }),
-            })
-            .collect()
+        items.into_iter().enumerate().map(|(index, item)| self.structured(index, item)).collect()
     }
 
-    fn structured(&self, index: usize, mut ce: Map<String, Value>) -> Result<Event, IngestError> {
+    fn structured(&self, index: usize, attributes: Attributes) -> Result<Event, IngestError> {
         let bad = |reason: String| IngestError::CloudEvent { index, reason };
+        // Every attribute but `data` as JSON: strings cost their size, and
+        // anything else is bounded before it is parsed. `data` is the
+        // payload, size-checked before it is parsed.
+        let mut data: Option<Box<RawValue>> = None;
+        let mut ce = Map::new();
+        for (name, raw) in attributes.0 {
+            if name == "data" {
+                data = Some(raw);
+                continue;
+            }
+            let text = raw.get();
+            if !text.starts_with('"') && text.len() > MAX_HEADER_VALUE_BYTES {
+                let size = text.len();
+                return Err(IngestError::FieldTooLarge { index, field: name, size, max: MAX_HEADER_VALUE_BYTES });
+            }
+            let value: Value = serde_json::from_str(text).map_err(|e| bad(format!("`{name}`: {e}")))?;
+            ce.insert(name, value);
+        }
+        let data = match data {
+            None => None,
+            Some(raw) => Some(parse_payload(index, &raw, self.max_payload_bytes)?),
+        };
         let take_str =
             |ce: &mut Map<String, Value>, name: &str, required: bool| -> Result<Option<String>, IngestError> {
                 match ce.remove(name) {
@@ -204,7 +295,6 @@ impl Ingest<'_> {
         let time = take_str(&mut ce, "time", false)?;
         let content_type = take_str(&mut ce, "datacontenttype", false)?;
         let dataschema = take_str(&mut ce, "dataschema", false)?;
-        let data = ce.remove("data");
         let data_base64 = take_str(&mut ce, "data_base64", false)?;
         let schema_version = match ce.remove("schemaversion") {
             None => None,
@@ -311,6 +401,284 @@ impl Ingest<'_> {
         };
         Ok(vec![self.finish(0, json)?])
     }
+}
+
+/// The limits on an event's fields other than its payload, and the
+/// reserved header prefix.
+fn check_fields(index: usize, event: &Event) -> Result<(), IngestError> {
+    let over = |field: &str, size: usize, max: usize| {
+        (size > max).then(|| IngestError::FieldTooLarge { index, field: field.to_owned(), size, max })
+    };
+    let fields = [
+        over("source", event.source.len(), MAX_SOURCE_BYTES),
+        over("key", event.key.as_ref().map_or(0, String::len), MAX_KEY_BYTES),
+        over("idempotency_key", event.idempotency_key.len(), MAX_IDEMPOTENCY_KEY_BYTES),
+        over("content_type", event.content_type.len(), MAX_CONTENT_TYPE_BYTES),
+    ];
+    if let Some(error) = fields.into_iter().flatten().next() {
+        return Err(error);
+    }
+    if event.headers.len() > MAX_HEADERS {
+        return Err(IngestError::TooManyHeaders { index, max: MAX_HEADERS });
+    }
+    let mut total = 0usize;
+    for header in &event.headers {
+        if header.name.len() >= RESERVED_HEADER_PREFIX.len()
+            && header.name.as_bytes()[..RESERVED_HEADER_PREFIX.len()]
+                .eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
+        {
+            return Err(IngestError::ReservedHeader { index, name: header.name.clone() });
+        }
+        let field = format!("headers.{}", header.name.chars().take(64).collect::<String>());
+        if let Some(error) = over(&format!("{field} (its name)"), header.name.len(), MAX_HEADER_NAME_BYTES)
+            .or_else(|| over(&field, header.value.len(), MAX_HEADER_VALUE_BYTES))
+        {
+            return Err(error);
+        }
+        total = total.saturating_add(header.name.len() + header.value.len());
+    }
+    if let Some(error) = over("headers", total, MAX_HEADERS_BYTES) {
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// The length `raw` JSON has without the whitespace between its tokens:
+/// about the size of the payload it becomes, known before it is parsed.
+fn compact_len(raw: &str) -> usize {
+    let (mut n, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in raw.as_bytes() {
+        if in_string {
+            n += 1;
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            n += 1;
+            in_string = b == b'"';
+        }
+    }
+    n
+}
+
+/// A JSON payload, refused by its size before it is parsed (a payload of
+/// `[0,0,…]` takes ~35 times its size as a JSON tree).
+fn parse_payload(index: usize, raw: &RawValue, max: usize) -> Result<Value, IngestError> {
+    let size = compact_len(raw.get());
+    if size > max {
+        return Err(IngestError::TooLarge { index, size, max });
+    }
+    serde_json::from_str(raw.get()).map_err(|e| IngestError::Invalid { index, source: EnvelopeError::Json(e) })
+}
+
+thread_local! {
+    /// Set when a header map or attribute object went over [`MAX_HEADERS`]
+    /// while being parsed (serde's error cannot say which limit it was).
+    static HEADERS_OVER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// An event in the JSON envelope, as parsed: [`JsonEvent`] with its payload
+/// still JSON text and its headers bounded.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireEvent {
+    #[serde(default)]
+    id: Option<String>,
+    topic: String,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    time: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default, deserialize_with = "bounded_headers")]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    causation_id: Option<String>,
+    /// Present (even as `null`) or not.
+    #[serde(default, deserialize_with = "present_raw")]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+}
+
+impl WireEvent {
+    fn into_json(self, index: usize, max_payload: usize) -> Result<JsonEvent, IngestError> {
+        let payload = match self.payload {
+            None => None,
+            Some(raw) => Some(parse_payload(index, &raw, max_payload)?),
+        };
+        Ok(JsonEvent {
+            id: self.id,
+            topic: self.topic,
+            source: self.source,
+            key: self.key,
+            schema_version: self.schema_version,
+            time: self.time,
+            content_type: self.content_type,
+            headers: self.headers,
+            idempotency_key: self.idempotency_key,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            payload,
+            payload_base64: self.payload_base64,
+        })
+    }
+}
+
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// A header object of at most [`MAX_HEADERS`] entries.
+fn bounded_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Headers;
+    impl<'de> Visitor<'de> for Headers {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of string header values")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut headers = BTreeMap::new();
+            while let Some((name, value)) = map.next_entry::<String, String>()? {
+                if headers.len() >= MAX_HEADERS && !headers.contains_key(&name) {
+                    HEADERS_OVER.set(true);
+                    return Err(de::Error::custom(format_args!("more than {MAX_HEADERS} headers")));
+                }
+                headers.insert(name, value);
+            }
+            Ok(headers)
+        }
+    }
+    d.deserialize_map(Headers)
+}
+
+/// A structured CloudEvent's attributes, as JSON text each, at most
+/// [`MAX_HEADERS`] + 16 of them.
+struct Attributes(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Attributes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CloudEvent (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
+                let mut attributes: Vec<(String, Box<RawValue>)> = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    // A name given twice: the last value wins, as in a JSON object.
+                    if let Some(slot) = attributes.iter_mut().find(|(n, _)| *n == name) {
+                        slot.1 = value;
+                        continue;
+                    }
+                    if attributes.len() >= MAX_HEADERS + 16 {
+                        HEADERS_OVER.set(true);
+                        return Err(de::Error::custom(format_args!("more than {} attributes", MAX_HEADERS + 16)));
+                    }
+                    attributes.push((name, value));
+                }
+                Ok(Attributes(attributes))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// Why [`batch`] failed.
+enum BatchError {
+    /// More than [`MAX_EVENTS_PER_REQUEST`].
+    TooMany,
+    /// Item `index` could not be parsed; whether it had too many headers.
+    Item(usize, serde_json::Error, bool),
+    /// The body as a whole is not what was expected.
+    Body(serde_json::Error),
+}
+
+impl BatchError {
+    fn into_ingest(self, item: impl FnOnce(usize, serde_json::Error) -> IngestError) -> IngestError {
+        match self {
+            Self::TooMany => IngestError::TooManyEvents { max: MAX_EVENTS_PER_REQUEST },
+            Self::Item(index, _, true) => IngestError::TooManyHeaders { index, max: MAX_HEADERS },
+            Self::Item(index, e, false) => item(index, e),
+            Self::Body(e) => IngestError::Body(e.to_string()),
+        }
+    }
+}
+
+/// An array of up to [`MAX_EVENTS_PER_REQUEST`] `T` (or, with `single`,
+/// one `T` as an object), parsed straight from `body`: past the limit the
+/// parse stops, so a huge batch never lives in memory whole.
+fn batch<'de, T: Deserialize<'de>>(body: &'de [u8], single: bool) -> Result<Vec<T>, BatchError> {
+    struct Items<'c, T> {
+        single: bool,
+        at: &'c Cell<Option<usize>>,
+        too_many: &'c Cell<bool>,
+        item: PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Items<'_, T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(if self.single { "an event (a JSON object) or an array of events" } else { "a JSON array" })
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            loop {
+                if items.len() == MAX_EVENTS_PER_REQUEST {
+                    if seq.next_element::<IgnoredAny>()?.is_some() {
+                        self.too_many.set(true);
+                        return Err(de::Error::custom("too many events"));
+                    }
+                    return Ok(items);
+                }
+                self.at.set(Some(items.len()));
+                match seq.next_element::<T>()? {
+                    Some(item) => items.push(item),
+                    None => {
+                        self.at.set(None);
+                        return Ok(items);
+                    }
+                }
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            if !self.single {
+                return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+            }
+            self.at.set(Some(0));
+            let item = T::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            self.at.set(None);
+            Ok(vec![item])
+        }
+    }
+    let (at, too_many) = (Cell::new(None), Cell::new(false));
+    HEADERS_OVER.set(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = de
+        .deserialize_any(Items { single, at: &at, too_many: &too_many, item: PhantomData })
+        .and_then(|items| de.end().map(|()| items));
+    parsed.map_err(|e| {
+        if too_many.get() {
+            BatchError::TooMany
+        } else if let Some(index) = at.get() {
+            BatchError::Item(index, e, HEADERS_OVER.take())
+        } else {
+            BatchError::Body(e)
+        }
+    })
 }
 
 /// Decode one binary-mode `ce-*` header value (CloudEvents HTTP binding

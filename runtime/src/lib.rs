@@ -97,9 +97,13 @@ pub use error::{EngineError, InvokeError, LoadError};
 /// The HTTP API's request and response bodies, shared by the server and the
 /// CLI client.
 pub use http::models;
-pub use http::{is_loopback, router};
+pub use http::{is_loopback, router, serve};
 pub use ids::IdGenerator;
-pub use ingest::{Ingest, IngestError, cloudevent_key};
+pub use ingest::{
+    Ingest, IngestError, MAX_CONTENT_TYPE_BYTES, MAX_EVENTS_PER_REQUEST, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES,
+    MAX_HEADERS, MAX_HEADERS_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEY_BYTES, MAX_SOURCE_BYTES, RESERVED_HEADER_PREFIX,
+    cloudevent_key,
+};
 pub use names::{BadSubscriptionName, ContentHash, SubscriptionName};
 pub use process::tune as tune_process;
 pub use runtime::{

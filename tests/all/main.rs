@@ -15,6 +15,7 @@ mod growth;
 mod hostile_plugins;
 mod hot_swap;
 mod http_errors;
+mod http_hardening;
 mod limits;
 mod loading;
 mod metrics;

@@ -8,14 +8,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_runtime::models::{ErrorInfo, ErrorResponse};
 
-/// Where the server is, and the admin token.
+/// Where the server is, and the token.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
     /// URL of the running `weir run` [env: WEIR_SERVER; default: http://127.0.0.1:7070].
     #[arg(long, value_name = "URL", global = true)]
     server: Option<String>,
-    /// Admin token, for the endpoints that need one (DLQ redrive and purge)
-    /// [env: WEIR_ADMIN_TOKEN].
+    /// API token, sent with every request: on loopback the admin actions
+    /// need one when the server has tokens; off loopback every endpoint but
+    /// /health and /ready does [env: WEIR_TOKEN, else WEIR_ADMIN_TOKEN].
     #[arg(long, value_name = "TOKEN", global = true)]
     token: Option<String>,
 }
@@ -33,7 +34,8 @@ impl Client {
             .clone()
             .or_else(|| std::env::var("WEIR_SERVER").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "http://127.0.0.1:7070".into());
-        let token = args.token.clone().or_else(|| std::env::var("WEIR_ADMIN_TOKEN").ok().filter(|s| !s.is_empty()));
+        let env = |name: &str| std::env::var(name).ok().filter(|s| !s.is_empty());
+        let token = args.token.clone().or_else(|| env("WEIR_TOKEN")).or_else(|| env("WEIR_ADMIN_TOKEN"));
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
@@ -41,10 +43,7 @@ impl Client {
         Self { agent: ureq::Agent::new_with_config(config), base: base.trim_end_matches('/').to_owned(), token }
     }
 
-    fn auth(
-        &self,
-        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
-    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+    fn auth<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match &self.token {
             Some(t) => request.header("authorization", format!("Bearer {t}")),
             None => request,
@@ -68,7 +67,8 @@ impl Client {
 
     /// GET; the answer whatever its status.
     pub(crate) fn get_raw(&self, path: &str) -> anyhow::Result<Answer> {
-        let response = self.agent.get(format!("{}{path}", self.base)).call().map_err(|e| self.unreachable(e))?;
+        let response =
+            self.auth(self.agent.get(format!("{}{path}", self.base))).call().map_err(|e| self.unreachable(e))?;
         Self::answer(response)
     }
 

@@ -29,9 +29,10 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if !weir_runtime::is_loopback(&config.listen) && config.admin_token.is_none() {
+    // Off loopback every route but /health and /ready needs a token.
+    if !weir_runtime::is_loopback(&config.listen) && config.http.tokens.is_empty() {
         bail!(
-            "refusing to listen on {} without an admin token: set `http.admin_token` or WEIR_ADMIN_TOKEN, or listen on 127.0.0.1",
+            "refusing to listen on {} without an admin token: set `http.admin_token` or WEIR_ADMIN_TOKEN (or `[[http.tokens]]` / WEIR_TOKENS), or listen on 127.0.0.1",
             config.listen
         );
     }
@@ -66,8 +67,11 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let app = weir_runtime::router(Arc::clone(&runtime));
+    // weir_runtime::serve: axum's router with header/idle and body timeouts
+    // and a connection cap (`[http]` in the configuration).
+    let http = config.http.clone();
     tokio.block_on(async move {
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")
+        weir_runtime::serve(listener, app, &http, shutdown_signal()).await.context("HTTP server failed")
     })?;
     drop(tokio);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);

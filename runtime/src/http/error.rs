@@ -8,7 +8,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use super::MAX_BODY;
 use super::models::{ErrorInfo, ErrorResponse};
 use crate::ingest::IngestError;
 use crate::runtime::{DeployError, RuntimeError};
@@ -21,11 +20,36 @@ pub(crate) struct ApiError {
     code: &'static str,
     message: String,
     index: Option<usize>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), index: None }
+        Self { status, code, message: message.into(), index: None, retry_after: None }
+    }
+
+    /// `503 overloaded`, to retry after `seconds`.
+    pub(crate) fn overloaded(message: impl Into<String>, seconds: u32) -> Self {
+        Self { retry_after: Some(seconds), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message) }
+    }
+
+    /// `413 body_too_large`.
+    pub(crate) fn body_too_large(max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds the maximum of {max} bytes (http.max_body_bytes)"),
+        )
+    }
+
+    /// A body that could not be read: over `max` (413), or broken off.
+    pub(crate) fn from_body(e: &BytesRejection, max: usize) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::body_too_large(max)
+        } else {
+            Self::new(e.status(), "invalid_body", e.body_text())
+        }
     }
 
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -46,7 +70,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
             ErrorResponse { error: ErrorInfo { code: self.code.into(), message: self.message, index: self.index } };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -71,14 +99,16 @@ impl From<tokio::task::JoinError> for ApiError {
     }
 }
 
-/// A refused ingest request: 413 for a payload over `max_payload_bytes`,
-/// else 400, naming the event to blame when there is one.
+/// A refused ingest request: 413 for a payload, a field or a request over
+/// its limit, else 400, naming the event to blame when there is one.
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
-        let status = if matches!(e, IngestError::TooLarge { .. }) {
-            StatusCode::PAYLOAD_TOO_LARGE
-        } else {
-            StatusCode::BAD_REQUEST
+        let status = match e {
+            IngestError::TooLarge { .. }
+            | IngestError::TooManyEvents { .. }
+            | IngestError::FieldTooLarge { .. }
+            | IngestError::TooManyHeaders { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
         };
         Self { index: e.index(), ..Self::new(status, e.code(), e.to_string()) }
     }
@@ -108,21 +138,6 @@ impl From<DeployError> for ApiError {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, e.code(), e.to_string())
-    }
-}
-
-/// The body could not be read: over [`MAX_BODY`] (413), or broken off.
-impl From<BytesRejection> for ApiError {
-    fn from(e: BytesRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body exceeds the maximum of {MAX_BODY} bytes ({} MiB)", MAX_BODY >> 20),
-            )
-        } else {
-            Self::new(e.status(), "invalid_body", e.body_text())
-        }
     }
 }
 

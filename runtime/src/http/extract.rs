@@ -3,9 +3,11 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use super::error::ApiError;
 
 /// The query string as `T` (axum's `Query`); `400 invalid_query`.
@@ -34,27 +36,41 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     }
 }
 
-/// The whole body, up to the body limit; `413 body_too_large` over it.
+/// The whole body, up to the body limit (`413 body_too_large`), within
+/// `http.body_timeout` (`408 body_timeout`).
 #[derive(Debug)]
 pub(super) struct Body(pub(super) Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        Ok(Self(Bytes::from_request(request, state).await?))
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let timeout = state.runtime.config().http.body_timeout;
+        match tokio::time::timeout(timeout, Bytes::from_request(request, state)).await {
+            Ok(bytes) => {
+                Ok(Self(bytes.map_err(|e| ApiError::from_body(&e, state.runtime.config().http.max_body_bytes))?))
+            }
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} (http.body_timeout)",
+                    humantime::format_duration(timeout)
+                ),
+            )),
+        }
     }
 }
 
-/// The body as JSON `T`, whatever the content type says (the admin
-/// endpoints never required one); `400 invalid_json`.
+/// The body as JSON `T` (the guard has checked the content type);
+/// `400 invalid_json`.
 #[derive(Debug)]
 pub(super) struct JsonBody<T>(pub(super) T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let Body(bytes) = Body::from_request(request, state).await?;
         parse(&bytes).map(Self)
     }
@@ -64,10 +80,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 #[derive(Debug)]
 pub(super) struct OptionalJsonBody<T>(pub(super) T);
 
-impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         let Body(bytes) = Body::from_request(request, state).await?;
         if bytes.is_empty() { Ok(Self(T::default())) } else { parse(&bytes).map(Self) }
     }

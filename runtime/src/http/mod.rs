@@ -4,7 +4,9 @@
 //! so no Wasm and no fsync ever runs on an I/O thread.
 //!
 //! One router per resource ([`events`], [`dlq`], [`plugins`], [`status`]),
-//! merged here; the admin routes among them sit behind [`auth`]'s layer.
+//! merged here; every route but `/health` and `/ready` sits behind
+//! [`auth`]'s guard (host, origin, token scope, content type), and
+//! [`serve`] runs the server with timeouts and a connection cap.
 //! Every error, axum's own rejections included, answers in one JSON shape
 //! ([`error::ApiError`]); the bodies are the [`models`], which the `weir` CLI
 //! reads too.
@@ -17,6 +19,7 @@ mod events;
 mod extract;
 pub mod models;
 mod plugins;
+mod serve;
 mod status;
 
 use std::net::SocketAddr;
@@ -24,31 +27,53 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
 
+use crate::config::Scope;
 use crate::runtime::Runtime;
+use auth::{Accept, Rule};
 use error::ApiError;
-
-/// Largest request body: a batch of events, or a module to deploy.
-const MAX_BODY: usize = 64 << 20;
+pub use serve::serve;
 
 #[derive(Clone)]
 struct AppState {
     runtime: Arc<Runtime>,
+    /// The configured listen address, for the `Host` check.
+    listen: SocketAddr,
+    /// Admission control of `POST /v1/events`.
+    admission: Arc<events::Admission>,
 }
 
 /// Build the router for `runtime`.
 pub fn router(runtime: Arc<Runtime>) -> Router {
-    let state = AppState { runtime };
+    let http = &runtime.config().http;
+    let admission = Arc::new(events::Admission::new(http));
+    let max_body = http.max_body_bytes;
+    let state = AppState { listen: runtime.config().listen, runtime, admission };
+    // dlq.rs guards its admin routes itself; the reads need `read`.
+    let dlq = auth::guard(
+        dlq::router(&state),
+        &state,
+        Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body: Accept::Json },
+    );
     Router::new()
-        .merge(status::router())
-        .merge(events::router())
-        .merge(dlq::router(&state))
+        .merge(status::router(&state))
+        .merge(events::router(&state))
+        .merge(dlq)
         .merge(plugins::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.
         .method_not_allowed_fallback(error::wrong_method)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// Every answer: its content type is the one it says.
+async fn nosniff(mut response: Response) -> Response {
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// Whether `addr` only accepts local connections.

@@ -10,23 +10,29 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 
+use super::auth::{self, Accept, Rule};
 use super::extract::{Body, JsonBody, OptionalJsonBody, Path, Query};
 use super::models::{
     DeployRequest, DeployResponse, HandlerInfo, HistoryEntry, HistoryResponse, PluginsResponse, PutModuleQuery,
     RollbackRequest,
 };
-use super::{ApiError, AppState, auth, blocking};
+use super::{ApiError, AppState, blocking};
+use crate::config::Scope;
 use crate::names::SubscriptionName;
 
+/// Reads need `read` off loopback; deploys and rollbacks `admin`, a deploy
+/// of the module itself with its media type, the others with JSON.
 pub(super) fn router(state: &AppState) -> Router<AppState> {
-    let admin = Router::new()
-        .route("/v1/plugins/{pipeline}/{handler}", put(put_module))
+    let reads = Router::new().route("/v1/plugins", get(list)).route("/v1/plugins/{pipeline}/{handler}", get(history));
+    let module = Router::new().route("/v1/plugins/{pipeline}/{handler}", put(put_module));
+    let json = Router::new()
         .route("/v1/plugins/{pipeline}/{handler}/deploy", post(deploy))
         .route("/v1/plugins/{pipeline}/{handler}/rollback", post(rollback));
+    let admin = |body| Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body };
     Router::new()
-        .route("/v1/plugins", get(list))
-        .route("/v1/plugins/{pipeline}/{handler}", get(history))
-        .merge(auth::admin(admin, state))
+        .merge(auth::guard(reads, state, admin(Accept::Any)))
+        .merge(auth::guard(module, state, admin(Accept::Module)))
+        .merge(auth::guard(json, state, admin(Accept::Json)))
 }
 
 /// Who is recorded in the history when the request does not say.

@@ -9,16 +9,21 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
+use super::auth::{self, Accept, Rule};
 use super::models::{HealthResponse, ReadinessResponse, StatusResponse};
 use super::{ApiError, AppState, blocking};
+use crate::config::Scope;
 
-pub(super) fn router() -> Router<AppState> {
+/// `/health` and `/ready` open to anyone (probes); the page behind the
+/// `Host` check; the rest need `read` off loopback.
+pub(super) fn router(state: &AppState) -> Router<AppState> {
+    let page = Router::new().route("/", get(dashboard));
+    let reads = Router::new().route("/metrics", get(metrics)).route("/v1/status", get(status));
     Router::new()
-        .route("/", get(dashboard))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
+        .merge(auth::guard(page, state, Rule { read: None, write: None, body: Accept::Any }))
+        .merge(auth::guard(reads, state, Rule { read: Some(Scope::Read), write: None, body: Accept::Any }))
 }
 
 /// The operator's dashboard: one self-contained page (inline CSS and JS, no
@@ -26,8 +31,37 @@ pub(super) fn router() -> Router<AppState> {
 /// API it talks to.
 const DASHBOARD_HTML: &str = include_str!("../../assets/dashboard.html");
 
+/// The page's Content-Security-Policy: its one inline script by hash, its
+/// inline styles, requests to this server only, no framing, no forms, no
+/// plugins.
+fn content_security_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let script = DASHBOARD_HTML
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map_or("", |(script, _)| script);
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script.as_bytes()));
+        format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+    })
+}
+
 async fn dashboard() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], DASHBOARD_HTML)
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, content_security_policy()),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        DASHBOARD_HTML,
+    )
 }
 
 async fn health() -> Json<HealthResponse> {
