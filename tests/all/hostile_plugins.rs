@@ -380,3 +380,34 @@ fn the_pool_is_sized_from_the_subscriptions() {
     );
     assert_eq!(EngineConfig::pool_instances_for(usize::MAX), u32::MAX);
 }
+
+/// The bound on `weir run` handling 48 events of 4 MiB output each: about
+/// 425 MiB with the batch handed over every 8 MiB, most of it the store's
+/// page cache, which grows with what is written (about twice the bytes, up
+/// to redb's default cache of 1 GiB). A worker that held its whole read
+/// batch peaked at about 760 MiB.
+const OUTPUT_RSS_BOUND: u64 = 576 << 20;
+
+#[test]
+fn weir_run_hands_large_outputs_over_in_bounded_batches() {
+    let toml = r#"
+[[pipelines]]
+name = "output"
+topics = ["hostile.output.flood"]
+[[pipelines.handlers]]
+name = "h"
+plugin = "{OUTPUT_FLOOD}"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), toml);
+    let events: Vec<_> =
+        (0..48).map(|i| json!({ "topic": "hostile.output.flood", "key": format!("k{i}"), "payload": {} })).collect();
+    let (status, body) = server.post("/v1/events", &json!(events));
+    assert!(status == 200 || status == 201 || status == 202, "{status} {body}");
+    assert!(server.wait_idle(Duration::from_secs(180)), "{}", server.stderr());
+    let peak = memory_of(server.pid(), "VmHWM:");
+    eprintln!("weir run peaked at {} MiB resident (bound {} MiB)", peak >> 20, OUTPUT_RSS_BOUND >> 20);
+    assert!(peak < OUTPUT_RSS_BOUND, "weir run peaked at {} MiB resident", peak >> 20);
+    let (_, status) = server.get("/v1/status");
+    assert_eq!(status["subscriptions"][0]["stats"]["handled"], 48, "{status}");
+}

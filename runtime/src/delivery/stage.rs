@@ -180,3 +180,53 @@ fn event_bytes(event: &Event) -> usize {
         + headers
         + 200
 }
+
+#[cfg(test)]
+mod tests {
+    use weir_abi::EventId;
+
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn big_event(bytes: usize) -> Event {
+        Event {
+            id: EventId([0; 16]),
+            topic: "a.b.c".into(),
+            source: "weir://t/s".into(),
+            key: None,
+            schema_version: 1,
+            time: 0,
+            content_type: String::new(),
+            headers: Vec::new(),
+            idempotency_key: "k".into(),
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![0; bytes],
+        }
+    }
+
+    #[test]
+    fn a_batch_holding_flush_bytes_of_output_is_heavy_and_handing_it_over_empties_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("weir.redb"), StoreOptions::default()).unwrap();
+        let counters = Arc::new(SubscriptionCounters::default());
+        let mut stage = Stage::new(store, Arc::from("p/h"), counters, 0);
+        let record = |seq| IdempotencyRecord {
+            event_id: EventId([0; 16]),
+            seq,
+            handled_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            outcome_digest: String::new(),
+            emitted: 1,
+            plugin_version: "v".into(),
+        };
+        stage.handled(0, "k0", record(0), vec![big_event(FLUSH_BYTES / 2)], false);
+        assert!(!stage.is_heavy());
+        stage.handled(1, "k1", record(1), vec![big_event(FLUSH_BYTES / 2)], false);
+        assert!(stage.is_heavy(), "two halves of FLUSH_BYTES of output make a heavy batch");
+        stage.flush(2).unwrap();
+        assert!(!stage.is_heavy(), "handed over: the next batch starts empty");
+        assert_eq!(stage.submitted_cursor(), 2);
+        stage.commit_all(2).unwrap();
+    }
+}
