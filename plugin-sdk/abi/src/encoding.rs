@@ -128,7 +128,7 @@ impl Drop for BudgetGuard {
 
 /// [`decode`], with the in-memory overhead of the decoded structures
 /// bounded: every [`Header`](crate::Header) and [`Emit`](crate::Emit)
-/// decoded charges its size (`size_of`, 48 and 232 bytes on 64-bit hosts) to
+/// decoded charges its size (`size_of`, 48 and 184 bytes on 64-bit hosts) to
 /// `budget`, and the decode fails as soon as it is spent. String and payload
 /// bytes are not charged: they are no larger than the message itself. So a
 /// message of `n` bytes decodes into at most about `n + budget` bytes of
@@ -202,6 +202,13 @@ mod tests {
         emit.headers.truncate(1);
         let small = encode(&Outcome::Ok(vec![emit])).unwrap();
         assert!(decode_with_budget::<Outcome>(&small, 1_000).is_ok());
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn the_charged_sizes_are_the_documented_ones() {
+        assert_eq!(core::mem::size_of::<crate::Header>(), 48);
+        assert_eq!(core::mem::size_of::<Emit>(), 184);
     }
 
     #[test]
