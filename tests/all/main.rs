@@ -3,6 +3,7 @@
 
 mod abi_encoding;
 mod artifact_cache;
+mod c_plugin;
 mod cli;
 mod correctness_cli;
 mod correctness_ingest;
