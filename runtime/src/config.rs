@@ -149,6 +149,9 @@ struct RawLimits {
     memory_mib: Option<usize>,
     max_output_bytes: Option<usize>,
     max_emits: Option<usize>,
+    max_log_lines: Option<usize>,
+    max_headers_per_emit: Option<usize>,
+    max_header_bytes_per_emit: Option<usize>,
     instance: Option<String>,
     log_lines_per_second: Option<u32>,
 }
@@ -661,6 +664,15 @@ fn limits(raw: &RawLimits, fuel_enabled: bool) -> Result<(Limits, InstanceMode),
     }
     if let Some(e) = raw.max_emits {
         b = b.max_emits(e);
+    }
+    if let Some(n) = raw.max_log_lines {
+        b = b.max_log_lines(n);
+    }
+    if let Some(n) = raw.max_headers_per_emit {
+        b = b.max_headers_per_emit(n);
+    }
+    if let Some(n) = raw.max_header_bytes_per_emit {
+        b = b.max_header_bytes_per_emit(n);
     }
     let mode = match raw.instance.as_deref() {
         None | Some("reuse") => InstanceMode::Reuse,

@@ -411,3 +411,32 @@ plugin = "{OUTPUT_FLOOD}"
     let (_, status) = server.get("/v1/status");
     assert_eq!(status["subscriptions"][0]["stats"]["handled"], 48, "{status}");
 }
+
+#[test]
+fn the_new_caps_are_handler_limits_in_weir_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[pipelines]]
+name = "p"
+topics = ["a.b.c"]
+[[pipelines.handlers]]
+name = "h"
+plugin = "{FILTER}"
+limits = { max_log_lines = 7, max_headers_per_emit = 3, max_header_bytes_per_emit = 99 }
+[[pipelines.handlers]]
+name = "d"
+plugin = "{FILTER}"
+"#;
+    let config = config(dir.path(), toml);
+    let limits = &config.pipelines[0].handlers[0].limits;
+    assert_eq!((limits.max_log_lines(), limits.max_headers_per_emit(), limits.max_header_bytes_per_emit()), (7, 3, 99));
+    let defaults = &config.pipelines[0].handlers[1].limits;
+    assert_eq!(
+        (defaults.max_log_lines(), defaults.max_headers_per_emit(), defaults.max_header_bytes_per_emit()),
+        (
+            DEFAULT_MAX_LOG_LINES,
+            weir_runtime::DEFAULT_MAX_HEADERS_PER_EMIT,
+            weir_runtime::DEFAULT_MAX_HEADER_BYTES_PER_EMIT
+        )
+    );
+}
