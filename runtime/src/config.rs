@@ -803,6 +803,44 @@ mod tests {
     }
 
     #[test]
+    fn tokens_get_their_scopes_and_the_admin_token_gets_every_scope() {
+        let c = parse(
+            "[http]\nadmin_token = \"adm\"\n[[http.tokens]]\ntoken = \"p\"\nscopes = [\"publish\"]\n[[http.tokens]]\ntoken = \"r\"\nscopes = [\"read\", \"admin\"]",
+        )
+        .unwrap();
+        let tokens: Vec<(&str, &[Scope])> = c.http.tokens.iter().map(|t| (t.token.as_str(), &t.scopes[..])).collect();
+        assert_eq!(
+            tokens,
+            [("adm", &Scope::ALL[..]), ("p", &[Scope::Publish][..]), ("r", &[Scope::Read, Scope::Admin][..])]
+        );
+        assert!(!format!("{:?}", c.http.tokens).contains("adm\""), "a token's Debug shows its secret");
+        for (text, key) in [
+            ("[[http.tokens]]\ntoken = \"t\"\nscopes = [\"write\"]", "http.tokens[0].scopes"),
+            ("[[http.tokens]]\ntoken = \"t\"\nscopes = []", "http.tokens[0].scopes"),
+            ("[[http.tokens]]\ntoken = \"\"\nscopes = [\"read\"]", "http.tokens[0].token"),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            ("[http]\nheader_timeout = \"0s\"", "http.header_timeout"),
+            ("[http]\nbody_timeout = \"soon\"", "http.body_timeout"),
+        ] {
+            assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+        }
+        let d = parse("").unwrap().http;
+        assert_eq!((d.max_body_bytes, d.header_timeout, d.max_connections), (64 << 20, Duration::from_secs(10), 1024));
+    }
+
+    #[test]
+    fn weir_tokens_entries_name_their_scopes() {
+        let tokens = env_tokens("publish:a; read+admin:b:c\n").unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!((tokens[0].token.as_str(), &tokens[0].scopes[..]), ("a", &[Scope::Publish][..]));
+        assert_eq!((tokens[1].token.as_str(), &tokens[1].scopes[..]), ("b:c", &[Scope::Read, Scope::Admin][..]));
+        assert!(env_tokens("nocolon").is_err());
+        assert!(env_tokens("write:x").is_err());
+        assert!(env_tokens("read:").is_err());
+        assert!(env_tokens("").unwrap().is_empty());
+    }
+
+    #[test]
     fn backoff_grows_and_caps() {
         let p = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
         assert_eq!(p.base_backoff(1), Duration::from_millis(100));

@@ -762,6 +762,50 @@ mod tests {
     }
 
     #[test]
+    fn compact_len_skips_whitespace_between_tokens_only() {
+        assert_eq!(compact_len(r#" { "a" : [ 1 , 2 ] } "#), r#"{"a":[1,2]}"#.len());
+        assert_eq!(compact_len(r#""a b \" c""#), r#""a b \" c""#.len());
+        assert_eq!(compact_len("\"\\\\\" "), 4);
+    }
+
+    #[test]
+    fn payloads_keep_their_meaning_through_the_raw_parse() {
+        let ids = IdGenerator::new();
+        let e = &ingest(&ids).json(br#"{"topic":"a.b.c","payload":null}"#).unwrap()[0];
+        assert_eq!(e.payload, b"null");
+        let e = &ingest(&ids).json(br#"{"topic":"a.b.c"}"#).unwrap()[0];
+        assert!(e.payload.is_empty());
+        // Whitespace does not count against the limit; the stored form is compact.
+        let pretty = format!("{{\"topic\":\"a.b.c\",\"payload\":{{ {} \"x\" :  1 }}}}", " ".repeat(500));
+        let e = &ingest(&ids).json(pretty.as_bytes()).unwrap()[0];
+        assert_eq!(e.payload, br#"{"x":1}"#);
+        let ce = br#"{"specversion":"1.0","type":"a.b.c","source":"/s","id":"1","data":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}"#;
+        let e = ingest(&ids).cloudevent(ce).unwrap_err();
+        assert_eq!((e.code(), e.index()), ("payload_too_large", Some(0)));
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_event_limit_and_headers_at_theirs() {
+        let ids = IdGenerator::new();
+        let at_limit = format!("[{}]", vec![r#"{"topic":"a.b.c"}"#; MAX_EVENTS_PER_REQUEST].join(","));
+        assert_eq!(ingest(&ids).json(at_limit.as_bytes()).unwrap().len(), MAX_EVENTS_PER_REQUEST);
+        let over = format!("[{}]", vec![r#"{"topic":"a.b.c"}"#; MAX_EVENTS_PER_REQUEST + 1].join(","));
+        assert_eq!(ingest(&ids).json(over.as_bytes()).unwrap_err().code(), "too_many_events");
+        let ce = r#"{"specversion":"1.0","type":"a.b.c","source":"/s","id":"1"}"#;
+        let over = format!("[{}]", vec![ce; MAX_EVENTS_PER_REQUEST + 1].join(","));
+        assert_eq!(ingest(&ids).cloudevent_batch(over.as_bytes()).unwrap_err().code(), "too_many_events");
+        let headers: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("\"h{i}\":\"v\"")).collect();
+        let body = format!(r#"[{{"topic":"a.b.c"}},{{"topic":"a.b.c","headers":{{{}}}}}]"#, headers.join(","));
+        let e = ingest(&ids).json(body.as_bytes()).unwrap_err();
+        assert_eq!((e.code(), e.index()), ("too_many_headers", Some(1)));
+        // A parse error after a header limit was hit elsewhere is not blamed on headers.
+        let e = ingest(&ids).json(br#"[{"topic":"a.b.c","nope":1}]"#).unwrap_err();
+        assert_eq!((e.code(), e.index()), ("invalid_json", Some(0)));
+        let e = ingest(&ids).json(br#"[{"topic":"a.b.c","headers":{"Weir-X":"1"}}]"#).unwrap_err();
+        assert_eq!((e.code(), e.index()), ("reserved_header", Some(0)));
+    }
+
+    #[test]
     fn json_single_and_batch() {
         let ids = IdGenerator::new();
         assert_eq!(ingest(&ids).json(br#"{"topic":"a.b.c"}"#).unwrap().len(), 1);
