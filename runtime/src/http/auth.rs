@@ -80,7 +80,7 @@ pub(super) fn check(state: &AppState, rule: Rule, method: &Method, headers: &Hea
     let host = host_allowed(headers, &state.listen, &config.http.allowed_hosts)?;
     let changes_state = !matches!(*method, Method::GET | Method::HEAD);
     if changes_state {
-        same_origin(headers, host)?;
+        same_origin(headers, host, &config.http.allowed_hosts)?;
     }
     if let Some(scope) = if changes_state { rule.write } else { rule.read } {
         let needed =
@@ -178,8 +178,10 @@ fn host_allowed<'h>(
     if ok { Ok(Some(text)) } else { Err(refuse(text)) }
 }
 
-/// A state-changing request must not come from another site's page.
-fn same_origin(headers: &HeaderMap, host: Option<&str>) -> Result<(), ApiError> {
+/// A state-changing request must not come from another site's page: its
+/// `Origin`, when it has one, is this server as the request names it, or a
+/// name of `http.allowed_hosts` (a proxy in front may pass its own `Host`).
+fn same_origin(headers: &HeaderMap, host: Option<&str>, allowed: &[String]) -> Result<(), ApiError> {
     let refuse = |why: String| ApiError::new(StatusCode::FORBIDDEN, "cross_origin", why);
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("").trim().to_ascii_lowercase();
@@ -193,7 +195,12 @@ fn same_origin(headers: &HeaderMap, host: Option<&str>) -> Result<(), ApiError> 
         let origin = origin.to_str().unwrap_or("").trim().to_ascii_lowercase();
         let own = host.map(|h| h.trim().to_ascii_lowercase());
         let same = own.is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
-        if !same {
+        let named = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .map(host_name)
+            .is_some_and(|name| allowed.iter().any(|a| *a == name));
+        if !same && !named {
             return Err(refuse(format!(
                 "a request from the page of origin {origin:?} may not change anything here; only this server's own pages may"
             )));
@@ -319,11 +326,11 @@ mod tests {
 
     #[test]
     fn foreign_origins_and_cross_site_fetches_are_refused() {
-        assert!(same_origin(&HeaderMap::new(), Some("127.0.0.1:7070")).is_ok());
-        assert!(same_origin(&with(header::ORIGIN, "http://127.0.0.1:7070"), Some("127.0.0.1:7070")).is_ok());
+        assert!(same_origin(&HeaderMap::new(), Some("127.0.0.1:7070"), &[]).is_ok());
+        assert!(same_origin(&with(header::ORIGIN, "http://127.0.0.1:7070"), Some("127.0.0.1:7070"), &[]).is_ok());
         let site = header::HeaderName::from_static("sec-fetch-site");
-        assert!(same_origin(&with(site.clone(), "same-origin"), Some("h")).is_ok());
-        assert!(same_origin(&with(site.clone(), "none"), Some("h")).is_ok());
+        assert!(same_origin(&with(site.clone(), "same-origin"), Some("h"), &[]).is_ok());
+        assert!(same_origin(&with(site.clone(), "none"), Some("h"), &[]).is_ok());
         for (name, value) in [
             (header::ORIGIN, "http://evil.example"),
             (header::ORIGIN, "null"),
@@ -331,8 +338,12 @@ mod tests {
             (site.clone(), "cross-site"),
             (site, "same-site"),
         ] {
-            let error = same_origin(&with(name, value), Some("127.0.0.1:7070")).unwrap_err();
+            let error = same_origin(&with(name, value), Some("127.0.0.1:7070"), &["*".into()]).unwrap_err();
             assert_eq!(error.status(), StatusCode::FORBIDDEN, "{value}");
         }
+        // Behind a proxy that passes its own Host, the public name is allowed by name.
+        let public = with(header::ORIGIN, "https://weir.example.com");
+        assert!(same_origin(&public, Some("127.0.0.1:7070"), &["weir.example.com".into()]).is_ok());
+        assert!(same_origin(&public, Some("127.0.0.1:7070"), &["other.example.com".into()]).is_err());
     }
 }
