@@ -15,6 +15,7 @@ use super::logs::Origin;
 use super::worker::Worker;
 use crate::clock::now_nanos;
 use crate::error::InvokeError;
+use crate::ingest::RESERVED_HEADER_PREFIX;
 use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StoreError, now_ms};
 use crate::topic;
 
@@ -294,11 +295,9 @@ impl Worker {
     }
 }
 
-/// Header names starting with this (in any case) are the host's: a plugin
-/// that emits one fails with `bad_output` (docs/abi.md §9).
-pub(crate) const RESERVED_HEADER_PREFIX: &str = "weir-";
-
-/// Whether `name` is under [`RESERVED_HEADER_PREFIX`], in any case.
+/// Whether `name` is under [`RESERVED_HEADER_PREFIX`] (the host's headers,
+/// refused from producers at ingest too), in any case: a plugin that emits
+/// one fails with `bad_output` (docs/abi.md §9).
 fn is_reserved_header(name: &str) -> bool {
     name.get(..RESERVED_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
 }
