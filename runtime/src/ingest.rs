@@ -204,7 +204,7 @@ impl Ingest<'_> {
     ///
     /// The first invalid event, by index.
     pub fn json(&self, body: &[u8]) -> Result<Vec<Event>, IngestError> {
-        let items: Vec<WireEvent> = batch(body, true)
+        let items: Vec<WireEvent<'_>> = batch(body, true)
             .map_err(|e| e.into_ingest(|index, e| IngestError::Invalid { index, source: EnvelopeError::Json(e) }))?;
         if items.is_empty() {
             return Err(IngestError::Empty);
@@ -226,7 +226,7 @@ impl Ingest<'_> {
     /// If it is not a valid CloudEvent or not a valid Weir event.
     pub fn cloudevent(&self, body: &[u8]) -> Result<Vec<Event>, IngestError> {
         HEADERS_OVER.set(false);
-        let attributes: Attributes = serde_json::from_slice(body).map_err(|e| {
+        let attributes: Attributes<'_> = serde_json::from_slice(body).map_err(|e| {
             if HEADERS_OVER.take() {
                 IngestError::TooManyHeaders { index: 0, max: MAX_HEADERS }
             } else {
@@ -243,7 +243,7 @@ impl Ingest<'_> {
     ///
     /// The first invalid event, by index.
     pub fn cloudevent_batch(&self, body: &[u8]) -> Result<Vec<Event>, IngestError> {
-        let items: Vec<Attributes> = batch(body, false)
+        let items: Vec<Attributes<'_>> = batch(body, false)
             .map_err(|e| e.into_ingest(|index, e| IngestError::CloudEvent { index, reason: e.to_string() }))?;
         if items.is_empty() {
             return Err(IngestError::Empty);
@@ -251,12 +251,12 @@ impl Ingest<'_> {
         items.into_iter().enumerate().map(|(index, item)| self.structured(index, item)).collect()
     }
 
-    fn structured(&self, index: usize, attributes: Attributes) -> Result<Event, IngestError> {
+    fn structured(&self, index: usize, attributes: Attributes<'_>) -> Result<Event, IngestError> {
         let bad = |reason: String| IngestError::CloudEvent { index, reason };
         // Every attribute but `data` as JSON: strings cost their size, and
         // anything else is bounded before it is parsed. `data` is the
         // payload, size-checked before it is parsed.
-        let mut data: Option<Box<RawValue>> = None;
+        let mut data: Option<&RawValue> = None;
         let mut ce = Map::new();
         for (name, raw) in attributes.0 {
             if name == "data" {
@@ -273,7 +273,7 @@ impl Ingest<'_> {
         }
         let data = match data {
             None => None,
-            Some(raw) => Some(parse_payload(index, &raw, self.max_payload_bytes)?),
+            Some(raw) => Some(parse_payload(index, raw, self.max_payload_bytes)?),
         };
         let take_str =
             |ce: &mut Map<String, Value>, name: &str, required: bool| -> Result<Option<String>, IngestError> {
@@ -482,10 +482,11 @@ thread_local! {
 }
 
 /// An event in the JSON envelope, as parsed: [`JsonEvent`] with its payload
-/// still JSON text and its headers bounded.
+/// still JSON text (borrowed from the body, never copied) and its headers
+/// bounded.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WireEvent {
+struct WireEvent<'a> {
     #[serde(default)]
     id: Option<String>,
     topic: String,
@@ -508,17 +509,17 @@ struct WireEvent {
     #[serde(default)]
     causation_id: Option<String>,
     /// Present (even as `null`) or not.
-    #[serde(default, deserialize_with = "present_raw")]
-    payload: Option<Box<RawValue>>,
+    #[serde(default, borrow, deserialize_with = "present_raw")]
+    payload: Option<&'a RawValue>,
     #[serde(default)]
     payload_base64: Option<String>,
 }
 
-impl WireEvent {
+impl WireEvent<'_> {
     fn into_json(self, index: usize, max_payload: usize) -> Result<JsonEvent, IngestError> {
         let payload = match self.payload {
             None => None,
-            Some(raw) => Some(parse_payload(index, &raw, max_payload)?),
+            Some(raw) => Some(parse_payload(index, raw, max_payload)?),
         };
         Ok(JsonEvent {
             id: self.id,
@@ -538,8 +539,8 @@ impl WireEvent {
     }
 }
 
-fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// A header object of at most [`MAX_HEADERS`] entries.
@@ -567,19 +568,19 @@ fn bounded_headers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, S
 
 /// A structured CloudEvent's attributes, as JSON text each, at most
 /// [`MAX_HEADERS`] + 16 of them.
-struct Attributes(Vec<(String, Box<RawValue>)>);
+struct Attributes<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for Attributes {
+impl<'de: 'a, 'a> Deserialize<'de> for Attributes<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Object;
         impl<'de> Visitor<'de> for Object {
-            type Value = Attributes;
+            type Value = Attributes<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a CloudEvent (a JSON object)")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
-                let mut attributes: Vec<(String, Box<RawValue>)> = Vec::new();
-                while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes<'de>, A::Error> {
+                let mut attributes: Vec<(String, &'de RawValue)> = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, &'de RawValue>()? {
                     // A name given twice: the last value wins, as in a JSON object.
                     if let Some(slot) = attributes.iter_mut().find(|(n, _)| *n == name) {
                         slot.1 = value;
