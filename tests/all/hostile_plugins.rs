@@ -138,6 +138,27 @@ retry = { max_attempts = 1 }
 }
 
 #[test]
+fn a_failure_message_quoting_the_plugin_is_cut_before_it_is_stored() {
+    let toml = r#"
+[[pipelines]]
+name = "topic"
+topics = ["hostile.header.topic"]
+[[pipelines.handlers]]
+name = "h"
+plugin = "{HEADER_BOMB}"
+retry = { max_attempts = 2, initial_backoff = "1ms" }
+"#;
+    let (_dir, rt) = run(toml, vec![keyed("hostile.header.topic", "topic")]);
+    let dlq = rt.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].code, "bad_output");
+    assert!(dlq[0].message.contains("invalid topic"), "{}", &dlq[0].message[..200.min(dlq[0].message.len())]);
+    assert!(dlq[0].message.len() <= 2048 + 64, "{} bytes stored", dlq[0].message.len());
+    assert!(!dlq[0].message.contains('\n'));
+    rt.shutdown().unwrap();
+}
+
+#[test]
 fn a_stored_reject_reason_is_cut() {
     let toml = r#"
 [[pipelines]]

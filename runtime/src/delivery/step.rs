@@ -228,6 +228,10 @@ impl Worker {
     fn stage_failure(&mut self, seq: u64, event: &Event, prior: Option<Prior>, attempt: u32, failure: Failure) {
         let now = now_ms();
         let Failure { code, message, retryable } = failure;
+        // Any failure message may quote the plugin (an invalid topic it
+        // emitted, its panic line): escaped and cut before it is counted,
+        // logged, parked or dead-lettered.
+        let message = crate::engine::bounded_text(&message, MAX_FAILURE_MESSAGE_BYTES);
         *self.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).entry(code).or_default() += 1;
         *self.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{code}: {message}"));
         let first_failure = prior.and_then(|p| p.first_failure_ms).unwrap_or(now);
@@ -294,6 +298,10 @@ impl Worker {
         }
     }
 }
+
+/// Largest failure message kept with a parked or dead-lettered event, in
+/// bytes: a handler's reason (at most `MAX_REASON_BYTES`) with room to spare.
+pub(crate) const MAX_FAILURE_MESSAGE_BYTES: usize = 2048;
 
 /// Whether `name` is under [`RESERVED_HEADER_PREFIX`] (the host's headers,
 /// refused from producers at ingest too), in any case: a plugin that emits

@@ -20,6 +20,10 @@ pub fn handle(event: &Event, _ctx: &mut Context) -> Result<Vec<Emit>, HandlerErr
         let emit = (0..65).fold(event.emit("adversarial.headers.count"), |e, i| e.header(format!("h{i}"), "v"));
         return Ok(vec![emit]);
     }
+    if event.key.as_deref() == Some("topic") {
+        // An invalid topic of 1 MiB full of newlines: the host's error quotes it.
+        return Ok(vec![event.emit("\n".repeat(1 << 20))]);
+    }
     if event.key.as_deref() == Some("bytes") {
         return Ok(vec![event.emit("adversarial.headers.bytes").header("big", "x".repeat(20 << 10))]);
     }
