@@ -4,7 +4,9 @@
 //! allocate without bound; results are dropped, since any answer, `Ok` or a
 //! classified error, is a correct one.
 
-use weir_abi::encoding::decode;
+use weir_abi::encoding::decode_with_budget;
+
+use crate::DEFAULT_MAX_OUTPUT_BYTES;
 use weir_abi::{InitOutcome, Outcome, PluginDescription};
 
 use crate::{IdGenerator, Ingest};
@@ -12,13 +14,15 @@ use crate::{IdGenerator, Ingest};
 /// The host's decoding of guest output: the first byte picks the message
 /// (`Outcome` of `weir_handle`, `InitOutcome` of `weir_init`,
 /// `PluginDescription` of `weir_describe`), the rest is what the guest
-/// returned.
+/// returned. Decoded as the host does: with a memory budget equal to the
+/// output cap (`max_output_bytes`, at its default).
 pub fn guest_output(data: &[u8]) {
     let Some((&kind, bytes)) = data.split_first() else { return };
+    let budget = DEFAULT_MAX_OUTPUT_BYTES;
     match kind % 3 {
-        0 => drop(decode::<Outcome>(bytes)),
-        1 => drop(decode::<InitOutcome>(bytes)),
-        _ => drop(decode::<PluginDescription>(bytes)),
+        0 => drop(decode_with_budget::<Outcome>(bytes, budget)),
+        1 => drop(decode_with_budget::<InitOutcome>(bytes, budget)),
+        _ => drop(decode_with_budget::<PluginDescription>(bytes, budget)),
     }
 }
 
