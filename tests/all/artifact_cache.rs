@@ -134,3 +134,16 @@ fn artifacts_nobody_uses_are_evicted() {
     assert_eq!(engine.evict_artifacts_unused_for(std::time::Duration::ZERO).unwrap(), 1);
     assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
 }
+
+#[test]
+fn the_cli_warns_and_runs_without_an_insecure_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("artifacts");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = weir_tests::weir(&["inspect", plugins::FILTER], &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("continuing without the artifact cache"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing is written to a directory others may write");
+}

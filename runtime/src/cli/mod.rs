@@ -113,10 +113,11 @@ impl CacheArgs {
 fn engine(cache: &CacheArgs, configure: impl FnOnce(&mut EngineConfig)) -> anyhow::Result<Engine> {
     let mut config = EngineConfig { cache_dir: cache.resolve(), ..EngineConfig::default() };
     configure(&mut config);
-    // An unusable cache directory only costs compile time: fall back to none.
+    // An unusable cache directory only costs compile time: fall back to
+    // none. An insecure one (others may write it) is never read: same.
     match Engine::new(config.clone()) {
         Ok(engine) => Ok(engine),
-        Err(e @ weir_runtime::EngineError::CacheDir { .. }) => {
+        Err(e @ (weir_runtime::EngineError::CacheDir { .. } | weir_runtime::EngineError::CacheDirInsecure { .. })) => {
             tracing::warn!("{e}; continuing without the artifact cache");
             Ok(Engine::new(EngineConfig { cache_dir: None, ..config })?)
         }
