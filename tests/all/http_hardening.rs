@@ -438,6 +438,20 @@ fn a_client_that_never_finishes_its_head_and_an_idle_connection_are_dropped_afte
     assert_eq!(server.get("/health").0, 200);
 }
 
+#[test]
+fn a_body_that_stops_arriving_is_answered_408_after_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &format!("body_timeout = \"1s\"\n{PIPELINE}"));
+    let mut stream = stalled_publish(&server.url, 1000);
+    // A failsafe far above the timeout.
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let answer = read_answer(&mut BufReader::new(stream));
+    assert_eq!((answer.status, answer.code()), (408, "body_timeout"), "{answer:?}");
+    // Its admission was given back: publishing works.
+    let (status, _) = server.post("/v1/events", &json!({ "topic": "orders.order.created", "payload": {} }));
+    assert_eq!(status, 200);
+}
+
 /// Open a publish that announces `length` bytes of body and sends none of
 /// it: the request holds its admission until the connection closes.
 fn stalled_publish(url: &str, length: usize) -> TcpStream {
