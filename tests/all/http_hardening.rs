@@ -442,7 +442,7 @@ fn a_client_that_never_finishes_its_head_and_an_idle_connection_are_dropped_afte
 fn a_body_that_stops_arriving_is_answered_408_after_the_body_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &format!("body_timeout = \"1s\"\n{PIPELINE}"));
-    let mut stream = stalled_publish(&server.url, 1000);
+    let stream = stalled_publish(&server.url, 1000);
     // A failsafe far above the timeout.
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let answer = read_answer(&mut BufReader::new(stream));

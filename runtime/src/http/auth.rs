@@ -199,7 +199,7 @@ fn same_origin(headers: &HeaderMap, host: Option<&str>, allowed: &[String]) -> R
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"))
             .map(host_name)
-            .is_some_and(|name| allowed.iter().any(|a| *a == name));
+            .is_some_and(|name| allowed.contains(&name));
         if !same && !named {
             return Err(refuse(format!(
                 "a request from the page of origin {origin:?} may not change anything here; only this server's own pages may"
