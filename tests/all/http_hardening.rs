@@ -245,6 +245,9 @@ impl Drop for Proc {
     }
 }
 
+/// A route, a body for it, the token that may call it and tokens that may not.
+type Route<'a> = (&'a str, &'a str, &'a [u8], &'a str, &'a [&'a str]);
+
 #[test]
 fn off_loopback_every_route_but_health_and_ready_needs_a_token_with_its_scope() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,8 +266,7 @@ fn off_loopback_every_route_but_health_and_ready_needs_a_token_with_its_scope() 
     }
     let event = br#"{"topic":"orders.order.created","payload":{}}"#;
     let purge = br#"{"all":true}"#;
-    // (method, path, body, the token that may, tokens that may not).
-    let routes: [(&str, &str, &[u8], &str, &[&str]); 7] = [
+    let routes: [Route<'_>; 7] = [
         ("GET", "/v1/status", b"", "Bearer rd", &["Bearer pub"]),
         ("GET", "/metrics", b"", "Bearer rd", &["Bearer pub"]),
         ("GET", "/v1/dlq", b"", "Bearer rd", &["Bearer pub"]),
