@@ -120,6 +120,28 @@ impl LoadError {
             Self::FuelNotEnabled => "config",
         }
     }
+
+    /// Which step of loading refused the module: `read`, `validate` (before
+    /// any plugin code runs), `instantiate`, `weir_abi_version`,
+    /// `weir_init`, `weir_describe`, or `config` (the host's own settings).
+    /// With [`code`](Self::code), what `weir exec`, `weir inspect` and a
+    /// deploy's `422` report.
+    #[must_use]
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "read",
+            Self::NotWasm { .. }
+            | Self::InvalidModule { .. }
+            | Self::ModuleTooLarge { .. }
+            | Self::FunctionTooLarge { .. }
+            | Self::ForbiddenImport { .. }
+            | Self::BadExport { .. }
+            | Self::AbiMismatch { .. } => "validate",
+            Self::InitFailed { .. } => "weir_init",
+            Self::Sandbox { stage, .. } => stage,
+            Self::FuelNotEnabled => "config",
+        }
+    }
 }
 
 /// Why one invocation did not produce an `Ok` outcome. The

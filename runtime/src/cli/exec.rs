@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use weir_abi::DeliveryRef;
 use weir_runtime::JsonEvent;
-use weir_runtime::{IdGenerator, InstanceMode, Limits};
+use weir_runtime::{IdGenerator, InstanceMode, Limits, LoadError};
 
 use super::CacheArgs;
 
@@ -63,8 +63,25 @@ pub(crate) struct ExecArgs {
     /// reused instance.
     #[arg(long)]
     fresh_instance: bool,
+    /// When the plugin is refused (at load or in `weir_init`), print the
+    /// refusal as one JSON object on stdout, `{"outcome":"refused","code",
+    /// "stage","message"}`, as `weir inspect --json` and a deploy's 422 do.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     cache: CacheArgs,
+}
+
+/// Report a plugin that could not be loaded or started: its stable code,
+/// the stage that refused it and the reason (stated once). Exit 1.
+pub(crate) fn refused(path: &std::path::Path, e: &LoadError, as_json: bool) -> ExitCode {
+    if as_json {
+        let record = json!({ "outcome": "refused", "code": e.code(), "stage": e.stage(), "message": e.to_string() });
+        println!("{record}");
+    } else {
+        eprintln!("error: plugin {} was refused [{}]: {e}", path.display(), e.code());
+    }
+    ExitCode::FAILURE
 }
 
 pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
@@ -95,12 +112,12 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         c.pooling = args.fresh_instance;
         c.pool_max_memory_bytes = memory_bytes;
     })?;
-    let plugin =
-        engine.load_file(&args.plugin).with_context(|| format!("plugin {} was refused", args.plugin.display()))?;
     let mode = if args.fresh_instance { InstanceMode::FreshPerEvent } else { InstanceMode::Reuse };
-    let mut handler = plugin
-        .handler(limits, config, mode)
-        .with_context(|| format!("plugin {} could not start", args.plugin.display()))?;
+    let started = engine.load_file(&args.plugin).and_then(|plugin| Ok((plugin.handler(limits, config, mode)?, plugin)));
+    let (mut handler, plugin) = match started {
+        Ok(started) => started,
+        Err(e) => return Ok(refused(&args.plugin, &e, args.json)),
+    };
     let subscription = args.subscription.clone().unwrap_or_else(|| format!("exec/{}", plugin.info().name()));
 
     let reader: Box<dyn BufRead> = if args.input == "-" {
@@ -144,10 +161,7 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
             Ok(emits) => {
                 ok += 1;
                 record["outcome"] = json!("ok");
-                record["emits"] = emits
-                    .iter()
-                    .map(|e| serde_json::to_value(JsonEvent::from_emit(e)))
-                    .collect::<Result<Value, _>>()?;
+                record["emits"] = emits.iter().map(emit_json).collect::<Result<Value, _>>()?;
             }
             Err(e) => {
                 failed += 1;
@@ -176,4 +190,19 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(if invalid > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// An emit exactly as the plugin returned it: the JSON envelope, with the
+/// headers as an ordered list of `{"name","value"}` (a repeated name is kept,
+/// the plugin's order is kept), not the envelope's object.
+fn emit_json(emit: &weir_abi::Emit) -> Result<Value, serde_json::Error> {
+    let mut value = serde_json::to_value(JsonEvent::from_emit(emit))?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("headers");
+        if !emit.headers.is_empty() {
+            let headers = emit.headers.iter().map(|h| json!({ "name": h.name, "value": h.value })).collect();
+            object.insert("headers".into(), Value::Array(headers));
+        }
+    }
+    Ok(value)
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use weir_runtime::{ExportInfo, ImportInfo, LoadError, inspect_imports_exports};
+use weir_runtime::{ExportInfo, ImportInfo, InstanceMode, Limits, LoadError, inspect_imports_exports};
 
 use super::CacheArgs;
 
@@ -19,18 +19,46 @@ pub(crate) struct InspectArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also run the plugin's `weir_init` with this configuration (a JSON
+    /// value, as in weir.toml's `config`), under the default limits, so a
+    /// configuration it refuses shows before a deploy.
+    #[arg(long, value_name = "JSON", conflicts_with = "config_file")]
+    config: Option<String>,
+    /// As --config, read from a JSON file.
+    #[arg(long, value_name = "FILE")]
+    config_file: Option<PathBuf>,
     #[command(flatten)]
     cache: CacheArgs,
 }
 
 pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let accepted = inspect(&args.module, &args.cache, args.json)?;
+    let config = match (&args.config, &args.config_file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(path)) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let init = match config {
+        Some(text) => {
+            let value: Value = serde_json::from_str(&text).context("--config is not valid JSON")?;
+            Some(serde_json::to_vec(&value)?)
+        }
+        None => None,
+    };
+    let accepted = inspect_with(&args.module, &args.cache, args.json, init)?;
     Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Print what `module` is and whether the runtime accepts it; answers
 /// whether it does. Shared with `weir build`.
 pub(crate) fn inspect(module: &Path, cache: &CacheArgs, as_json: bool) -> anyhow::Result<bool> {
+    inspect_with(module, cache, as_json, None)
+}
+
+/// As [`inspect`]; with `init`, also run `weir_init` with that
+/// configuration and report its refusal like a load refusal.
+fn inspect_with(module: &Path, cache: &CacheArgs, as_json: bool, init: Option<Vec<u8>>) -> anyhow::Result<bool> {
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
     let engine = super::engine(cache, |_| {})?;
     let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
@@ -52,8 +80,25 @@ pub(crate) fn inspect(module: &Path, cache: &CacheArgs, as_json: bool) -> anyhow
                     "topics": d.topics, "schema_versions": d.schema_versions,
                 });
             }
-            report["accepted"] = json!(true);
-            true
+            match init.map(|config| plugin.handler(Limits::default(), config, InstanceMode::Reuse)) {
+                None => {
+                    report["accepted"] = json!(true);
+                    true
+                }
+                Some(Ok(_)) => {
+                    report["init_config"] = json!("accepted");
+                    report["accepted"] = json!(true);
+                    true
+                }
+                Some(Err(error)) => {
+                    report["init_config"] = json!("refused");
+                    report["accepted"] = json!(false);
+                    report["code"] = json!(error.code());
+                    report["stage"] = json!(error.stage());
+                    report["reason"] = json!(error.to_string());
+                    false
+                }
+            }
         }
         Err(error) => {
             if let LoadError::AbiMismatch { found, .. } = &error {
@@ -65,6 +110,7 @@ pub(crate) fn inspect(module: &Path, cache: &CacheArgs, as_json: bool) -> anyhow
             }
             report["accepted"] = json!(false);
             report["code"] = json!(error.code());
+            report["stage"] = json!(error.stage());
             report["reason"] = json!(error.to_string());
             false
         }
@@ -102,6 +148,9 @@ fn print_text(report: &Value) {
     if let Some(init) = report.get("init") {
         println!("init hook:    {}", if init.as_bool() == Some(true) { "yes" } else { "no" });
     }
+    if let Some(config) = report.get("init_config") {
+        println!("init config:  {}", s(config));
+    }
     for (title, key) in [("imports", "imports"), ("exports", "exports")] {
         if let Some(list) = report[key].as_array() {
             println!("{title}:{}", if list.is_empty() { "      (none)" } else { "" });
@@ -116,6 +165,7 @@ fn print_text(report: &Value) {
     if report["accepted"].as_bool() == Some(true) {
         println!("accepted:     yes");
     } else {
+        println!("refused at:   {}", s(&report["stage"]));
         println!("accepted:     no [{}] {}", s(&report["code"]), s(&report["reason"]));
     }
 }

@@ -116,13 +116,20 @@ impl Guest {
         Ok((ptr, len))
     }
 
+    /// What a `weir_alloc(requested)` that returned 0 means: the memory cap
+    /// was hit, or the plugin failed to allocate. Names the size the host
+    /// asked for, which may be more than the bytes it then writes.
+    pub(super) fn alloc_failed(&self, requested: usize) -> InvokeError {
+        if self.store.data().memory_limit_hit {
+            InvokeError::MemoryLimit { limit: self.limits.memory_bytes() }
+        } else {
+            InvokeError::BadOutput { reason: format!("weir_alloc({requested}) returned 0") }
+        }
+    }
+
     pub(super) fn write_at(&mut self, ptr: i32, bytes: &[u8]) -> Result<(), InvokeError> {
         if ptr == 0 {
-            return Err(if self.store.data().memory_limit_hit {
-                InvokeError::MemoryLimit { limit: self.limits.memory_bytes() }
-            } else {
-                InvokeError::BadOutput { reason: format!("weir_alloc({}) returned 0", bytes.len()) }
-            });
+            return Err(self.alloc_failed(bytes.len()));
         }
         self.memory.write(&mut self.store, ptr as u32 as usize, bytes).map_err(|_| InvokeError::BadOutput {
             reason: format!("weir_alloc returned {ptr:#x}, outside the plugin's memory"),

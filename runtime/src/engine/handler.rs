@@ -98,11 +98,7 @@ impl Live {
                 i32::try_from(cap).map_err(|_| InvokeError::BadOutput { reason: "input over 2 GiB".into() })?;
             let ptr = self.guest.call(&self.alloc, cap_i32)?;
             if ptr == 0 {
-                return Err(self
-                    .guest
-                    .write_at(0, encoded)
-                    .err()
-                    .unwrap_or(InvokeError::BadOutput { reason: "weir_alloc returned 0".into() }));
+                return Err(self.guest.alloc_failed(cap));
             }
             self.input = (ptr, cap);
         }

@@ -1,7 +1,8 @@
 //! Adversarial: on key `reserved` emits an event with a `weir-plugin-version`
 //! header (the host's prefix); on `count` one with 65 small headers (over the
 //! default cap of 64); on `bytes` one with a 20 KiB header (over the default
-//! 16 KiB); on any other key emits one event with a
+//! 16 KiB); on `ordered` one with the headers `h=1, h=2, a=3` (a repeated
+//! name, out of alphabetical order); on any other key emits one event with a
 //! million empty headers: two bytes each on the wire, well under the output
 //! cap, but about 48 MB once decoded by a host that does not bound it.
 
@@ -23,6 +24,9 @@ pub fn handle(event: &Event, _ctx: &mut Context) -> Result<Vec<Emit>, HandlerErr
     if event.key.as_deref() == Some("topic") {
         // An invalid topic of 1 MiB full of newlines: the host's error quotes it.
         return Ok(vec![event.emit("\n".repeat(1 << 20))]);
+    }
+    if event.key.as_deref() == Some("ordered") {
+        return Ok(vec![event.emit("adversarial.headers.ordered").header("h", "1").header("h", "2").header("a", "3")]);
     }
     if event.key.as_deref() == Some("bytes") {
         return Ok(vec![event.emit("adversarial.headers.bytes").header("big", "x".repeat(20 << 10))]);
