@@ -11,10 +11,72 @@
 //! The set mirrors the store's `parked` table: the worker changes both in
 //! step (the table through staged outcomes), and rebuilds this from the
 //! table at start.
+//!
+//! # Clocks
+//!
+//! The store keeps each retry's time on the wall clock (milliseconds since
+//! the Unix epoch, shown to operators). This set schedules on a monotonic
+//! clock instead ([`Clock::Monotonic`]): an entry's wall time becomes "so
+//! many milliseconds from now" when it enters, so a step of the wall clock
+//! (NTP, a VM resumed) neither stalls a retry nor fires it early. The wait
+//! left is capped by the wait the entry was scheduled with, so an entry
+//! restored after a restart during which the clock went back waits no
+//! longer than its backoff.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::OnceLock;
+use std::time::Instant;
 
-use crate::store::ParkedEntry;
+use crate::store::{ParkedEntry, now_ms};
+
+/// Which clock the due times of a [`Parked`] set count in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Clock {
+    /// Due times are taken as given, in whatever clock the caller uses
+    /// (unit tests).
+    #[default]
+    AsGiven,
+    /// Due times are converted from the wall clock on entry, and compared
+    /// with [`monotonic_ms`].
+    Monotonic,
+    /// As [`Clock::Monotonic`], with the two clocks fixed (tests).
+    #[cfg(test)]
+    Fixed { wall: u64, monotonic: u64 },
+}
+
+/// Milliseconds on a clock that never goes back, from an arbitrary start.
+pub(super) fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Clock {
+    /// Now, on this clock.
+    pub(super) fn now(self) -> u64 {
+        match self {
+            Self::AsGiven => now_ms(),
+            Self::Monotonic => monotonic_ms(),
+            #[cfg(test)]
+            Self::Fixed { monotonic, .. } => monotonic,
+        }
+    }
+
+    /// `entry` with its due time on this clock.
+    fn adopt(self, mut entry: ParkedEntry) -> ParkedEntry {
+        let (wall, monotonic) = match self {
+            Self::AsGiven => return entry,
+            Self::Monotonic => (now_ms(), monotonic_ms()),
+            #[cfg(test)]
+            Self::Fixed { wall, monotonic } => (wall, monotonic),
+        };
+        // The wait it was scheduled with: from its last failure to its due
+        // time (none for an entry that only waits for its turn).
+        let scheduled = entry.last_failure_ms.map_or(0, |at| entry.next_attempt_at_ms.saturating_sub(at));
+        let left = entry.next_attempt_at_ms.saturating_sub(wall).min(scheduled);
+        entry.next_attempt_at_ms = monotonic.saturating_add(left);
+        entry
+    }
+}
 
 /// The parked events of a subscription in per-key order.
 ///
@@ -26,6 +88,8 @@ pub(super) struct Parked {
     entries: BTreeMap<u64, ParkedEntry>,
     /// Per key, its parked events in the order they must run.
     queues: HashMap<String, VecDeque<u64>>,
+    /// The clock of the due times in `entries`.
+    clock: Clock,
 }
 
 /// What the next attempt of a parked event needs from its last one: two
@@ -40,13 +104,30 @@ pub(super) struct Prior {
 
 impl Parked {
     /// Rebuild from the store's `parked` table, read in seq order: each
-    /// key's queue is its events in log order.
+    /// key's queue is its events in log order (due times as given).
+    #[cfg(test)]
     pub(super) fn restore(entries: Vec<ParkedEntry>) -> Self {
-        let mut parked = Self::default();
+        Self::restore_with(Clock::AsGiven, entries)
+    }
+
+    /// [`Parked::restore`], scheduling on `clock`.
+    pub(super) fn restore_with(clock: Clock, entries: Vec<ParkedEntry>) -> Self {
+        let mut parked = Self { clock, ..Self::default() };
         for entry in entries {
             parked.redrive(entry);
         }
         parked
+    }
+
+    /// Now, on the clock the due times count in: what [`Parked::due`],
+    /// [`Parked::next_due_in`] and [`Parked::finish`] take.
+    pub(super) fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The clock the due times count in.
+    pub(super) fn clock(&self) -> Clock {
+        self.clock
     }
 
     pub(super) fn len(&self) -> usize {
@@ -66,7 +147,7 @@ impl Parked {
         let queue = self.queues.get_mut(key)?;
         queue.push_back(seq);
         let entry = ParkedEntry::waiting(seq, Some(key.to_owned()));
-        self.entries.insert(seq, entry.clone());
+        self.entries.insert(seq, self.clock.adopt(entry.clone()));
         Some(entry)
     }
 
@@ -80,7 +161,7 @@ impl Parked {
         {
             self.queues.entry(key.clone()).or_default().push_front(entry.seq);
         }
-        self.entries.insert(entry.seq, entry);
+        self.entries.insert(entry.seq, self.clock.adopt(entry));
     }
 
     /// A dead-lettered event is back: it joins the back of its key's queue,
@@ -89,7 +170,7 @@ impl Parked {
         if let Some(key) = &entry.key {
             self.queues.entry(key.clone()).or_default().push_back(entry.seq);
         }
-        self.entries.insert(entry.seq, entry);
+        self.entries.insert(entry.seq, self.clock.adopt(entry));
     }
 
     /// `seq` is done with (handled, duplicate, dead-lettered): it leaves the
@@ -244,6 +325,29 @@ mod tests {
         assert_eq!(parked.next_due_in(80), Some(0));
         assert_eq!(parked.next_due_in(0), Some(0), "a waiting head is due at once");
         parked.check_invariants();
+    }
+
+    #[test]
+    fn a_step_of_the_wall_clock_neither_stalls_nor_hastens_a_retry() {
+        // Failed at wall time 10_000_000, retried 100 ms later; the
+        // monotonic clock reads 10 then.
+        let retry = ParkedEntry { last_failure_ms: Some(10_000_000), ..failed(1, Some("a"), 1, 10_000_100) };
+        let mut parked = Parked::restore_with(Clock::Fixed { wall: 10_000_000, monotonic: 10 }, Vec::new());
+        parked.retry(retry.clone());
+        // Whatever the wall clock does now (back an hour, or forward), the
+        // retry is due 100 ms later on the monotonic clock.
+        assert_eq!(parked.due(109, usize::MAX), Vec::<u64>::new());
+        assert_eq!(parked.due(110, usize::MAX), vec![1]);
+        assert_eq!(parked.next_due_in(10), Some(100));
+
+        // Restored while the wall clock is an hour behind the stored time:
+        // it waits its backoff, not an hour more.
+        let behind = Parked::restore_with(Clock::Fixed { wall: 6_400_000, monotonic: 50 }, vec![retry]);
+        assert_eq!(behind.next_due_in(50), Some(100));
+        // And restored after its time: due at once.
+        let late = ParkedEntry { last_failure_ms: Some(10_000_000), ..failed(2, None, 1, 10_000_100) };
+        let after = Parked::restore_with(Clock::Fixed { wall: 20_000_000, monotonic: 70 }, vec![late]);
+        assert_eq!(after.due(70, usize::MAX), vec![2]);
     }
 
     #[test]

@@ -122,6 +122,14 @@ pub(crate) struct SubscriptionCounters {
     /// truth for status and metrics: only the worker writes it, when it
     /// starts and when it applies a swap, so what is shown is what runs.
     pub active: Mutex<(String, String)>,
+    /// Why the worker is not running now (it died and waits for its
+    /// restart, or cannot be restarted); `None` while it runs.
+    pub stopped: Mutex<Option<String>>,
+    /// Times the supervisor restarted the worker since start.
+    pub restarts: AtomicU64,
+    /// The log record that did not decode when a worker last met it (it
+    /// died of it): met again by the restarted worker, it is quarantined.
+    pub damaged: Mutex<Option<u64>>,
 }
 
 /// A subscription's counters at one moment ([`crate::Runtime::counters`]).
@@ -183,10 +191,14 @@ pub(crate) enum Control {
     Redrive { seqs: Vec<u64>, reply: Sender<Result<usize, StoreError>> },
     /// Commit what is pending and return.
     Stop,
+    /// Panic on the worker's thread (fault-injection tests: the supervisor
+    /// must report and restart it).
+    Panic,
 }
 
 /// What a subscription is: its name, what it reads, and the rules its
 /// outcomes follow.
+#[derive(Clone)]
 pub(crate) struct Spec {
     pub(crate) name: Arc<str>,
     pub(crate) plugin_name: String,

@@ -4,12 +4,12 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use weir_abi::Event;
 
-use super::keyed::Parked;
+use super::keyed::{Clock, Parked};
 use super::logs::PluginLogs;
 use super::stage::Stage;
 use super::step::Source;
@@ -19,6 +19,8 @@ use crate::store::{ParkedEntry, Store, StoreError, now_ms};
 
 /// Events read from the log per batch.
 const BATCH: usize = 512;
+/// DLQ entries moved back per redrive command.
+const REDRIVE_CHUNK: usize = 1024;
 /// Longest sleep when idle (a safety net; wakes normally come from commits).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -37,7 +39,8 @@ pub(crate) struct Worker {
     pub(super) version_short: String,
     pub(super) ids: Arc<IdGenerator>,
     pub(super) counters: Arc<SubscriptionCounters>,
-    rx: Receiver<Control>,
+    /// Shared with the supervisor, which keeps it across restarts.
+    rx: Arc<Mutex<Receiver<Control>>>,
     /// Where the next read starts; handed to the writer with each batch.
     cursor: u64,
     pub(super) parked: Parked,
@@ -56,13 +59,13 @@ impl Worker {
         handler: Box<dyn Invoke>,
         ids: Arc<IdGenerator>,
         counters: Arc<SubscriptionCounters>,
-        rx: Receiver<Control>,
+        rx: Arc<Mutex<Receiver<Control>>>,
     ) -> Result<Self, StoreError> {
         // Its batches are refused once a commit fails after this point: a
         // worker that lost a batch restarts from the committed cursor.
         let store = store.pinned();
         let cursor = store.cursor(&spec.name)?;
-        let parked = Parked::restore(store.parked(&spec.name)?);
+        let parked = Parked::restore_with(Clock::Monotonic, store.parked(&spec.name)?);
         let version = handler.version();
         *counters.active.lock().unwrap_or_else(PoisonError::into_inner) = (handler.name(), version.clone());
         counters.cursor.store(cursor, Ordering::Relaxed);
@@ -124,13 +127,16 @@ impl Worker {
                 self.swap(invoker);
                 let _ = reply.send(());
             }
+            Control::Panic => panic!("fault injection: subscription {} killed", self.spec.name),
         }
     }
 
     /// Take waiting control messages without blocking; the answer is
     /// whether to stop.
     fn poll_control(&mut self) -> bool {
-        while let Ok(control) = self.rx.try_recv() {
+        let rx = Arc::clone(&self.rx);
+        let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Ok(control) = rx.try_recv() {
             self.handle(control);
         }
         self.stop
@@ -139,8 +145,9 @@ impl Worker {
     /// Nothing to do: sleep until a message (a commit's wake, above all) or
     /// until the first parked event is due.
     fn idle(&mut self) {
-        let wait = self.parked.next_due_in(now_ms()).map_or(IDLE_WAIT, Duration::from_millis).min(IDLE_WAIT);
-        match self.rx.recv_timeout(wait) {
+        let wait = self.parked.next_due_in(self.parked.now()).map_or(IDLE_WAIT, Duration::from_millis).min(IDLE_WAIT);
+        let received = self.rx.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(wait);
+        match received {
             Ok(control) => self.handle(control),
             Err(RecvTimeoutError::Timeout) => {}
             // The runtime is gone: nobody is left to say stop.
@@ -169,7 +176,7 @@ impl Worker {
             if self.stop {
                 return Ok(progressed);
             }
-            let due = self.parked.due(now_ms(), BATCH);
+            let due = self.parked.due(self.parked.now(), BATCH);
             if due.is_empty() {
                 return Ok(progressed);
             }
@@ -178,12 +185,20 @@ impl Worker {
                 if self.poll_control() {
                     return Ok(progressed);
                 }
-                let Some(event) = self.store.event(seq)? else {
-                    // The log never loses events; a missing one means the
-                    // parked entry is stale: drop it rather than spin.
-                    tracing::error!(subscription = %self.spec.name, seq, "parked event missing from the log");
-                    self.unpark(seq);
-                    continue;
+                let event = match self.store.event(seq) {
+                    Ok(Some(event)) => event,
+                    Ok(None) => {
+                        // The log never loses events; a missing one means the
+                        // parked entry is stale: drop it rather than spin.
+                        tracing::error!(subscription = %self.spec.name, seq, "parked event missing from the log");
+                        self.unpark(seq);
+                        continue;
+                    }
+                    Err(error @ StoreError::RecordCorrupt { .. }) => {
+                        self.damaged(seq, error)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 };
                 self.step(seq, &event, Source::Parked)?;
             }
@@ -194,10 +209,30 @@ impl Worker {
     /// The next batch of the log from the cursor. Answers whether there was
     /// any; on stop it returns early, the rest re-read after restart.
     fn run_new(&mut self) -> Result<bool, StoreError> {
-        let events = self.store.read_log(self.cursor, BATCH)?;
-        let Some(read_end) = events.last().map(|(seq, _)| seq + 1) else {
+        let entries = self.store.read_log_each(self.cursor, BATCH)?;
+        let Some(mut read_end) = entries.last().map(|(seq, _)| seq + 1) else {
             return Ok(false);
         };
+        // The batch ends before a record that does not decode. Once it is
+        // first, at the cursor, the worker dies of it once (the read is
+        // retried after the supervisor's wait), and then quarantines it:
+        // its topic cannot be read, so every subscription that reaches it
+        // dead-letters it rather than stop there.
+        let mut events = Vec::with_capacity(entries.len());
+        for (seq, entry) in entries {
+            match entry {
+                Ok(event) => events.push((seq, event)),
+                Err(error) if events.is_empty() => {
+                    self.damaged(seq, error)?;
+                    self.cursor = seq + 1;
+                    return Ok(true);
+                }
+                Err(_) => {
+                    read_end = seq;
+                    break;
+                }
+            }
+        }
         let wanted: Vec<(u64, Event)> =
             events.into_iter().filter(|(_, e)| self.spec.patterns.iter().any(|p| p.matches(&e.topic))).collect();
         // One read transaction for the whole batch's idempotency keys.
@@ -219,10 +254,68 @@ impl Worker {
         Ok(true)
     }
 
+    /// A log record at `seq` does not decode. The first time, the worker
+    /// dies of it: it is reported `stopped` with the reason, and the read
+    /// is tried again by the restarted worker after the supervisor's wait
+    /// (a read error may pass). A record still damaged then is quarantined.
+    fn damaged(&mut self, seq: u64, error: StoreError) -> Result<(), StoreError> {
+        let mut damaged = self.counters.damaged.lock().unwrap_or_else(PoisonError::into_inner);
+        if *damaged == Some(seq) {
+            *damaged = None;
+            drop(damaged);
+            self.quarantine(seq, &error);
+            return Ok(());
+        }
+        *damaged = Some(seq);
+        Err(error)
+    }
+
+    /// Dead-letter a log record that cannot be decoded (code
+    /// `record_corrupt`), so the subscription goes on past it. The entry
+    /// holds what the error says and a stand-in event: the topic
+    /// `weir.record.corrupt`, no payload.
+    fn quarantine(&mut self, seq: u64, error: &StoreError) {
+        const CODE: &str = "record_corrupt";
+        tracing::error!(subscription = %self.spec.name, seq, error = %error, "quarantined an undecodable log record");
+        let now = now_ms();
+        *self.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).entry(CODE).or_default() += 1;
+        *self.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{CODE}: {error}"));
+        self.unpark(seq);
+        let event = Event {
+            id: weir_abi::EventId([0; 16]),
+            topic: "weir.record.corrupt".into(),
+            source: format!("weir://{}", self.spec.name),
+            key: None,
+            schema_version: 0,
+            time: 0,
+            content_type: "application/octet-stream".into(),
+            headers: Vec::new(),
+            idempotency_key: format!("weir-corrupt-record-{seq}"),
+            correlation_id: None,
+            causation_id: None,
+            payload: Vec::new(),
+        };
+        self.stage.push(crate::store::ResultItem::DeadLetter(Box::new(crate::store::DlqEntry {
+            subscription: self.spec.name.to_string(),
+            seq,
+            event,
+            plugin: self.spec.plugin_name.clone(),
+            plugin_version: self.version.clone(),
+            code: CODE.to_owned(),
+            message: error.to_string(),
+            attempts: 0,
+            first_failure_ms: now,
+            last_failure_ms: now,
+        })));
+        self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Remove `seq` from the parked events, keeping the gauge in step.
     /// Answers whether it was parked.
     pub(super) fn unpark(&mut self, seq: u64) -> bool {
-        let was_parked = self.parked.finish(seq, now_ms);
+        // The clock is read only when a next event of the key needs it.
+        let clock = self.parked.clock();
+        let was_parked = self.parked.finish(seq, || clock.now());
         self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
         was_parked
     }
@@ -239,15 +332,36 @@ impl Worker {
 
     fn redrive(&mut self, seqs: &[u64]) -> Result<usize, StoreError> {
         self.stage.commit_all(self.cursor)?;
-        let mut moved = 0;
-        for &seq in seqs {
-            let Some(event) = self.store.event(seq)? else { continue };
-            let entry = ParkedEntry::waiting(seq, event.key.clone());
+        // Every chunk is sent before any answer is awaited, so the writer
+        // commits them in as few groups as it can: a large DLQ costs a few
+        // fsyncs, not one per entry.
+        let mut pending = Vec::new();
+        for chunk in seqs.chunks(REDRIVE_CHUNK) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for &seq in chunk {
+                match self.store.event(seq) {
+                    Ok(Some(event)) => entries.push(ParkedEntry::waiting(seq, event.key.clone())),
+                    // A quarantined record that still does not decode stays
+                    // in the DLQ (counted as missing).
+                    Ok(None) | Err(StoreError::RecordCorrupt { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
             let (tx, rx) = mpsc::channel();
-            self.store.redrive(self.spec.name.to_string(), seq, entry.clone(), Box::new(move |r| drop(tx.send(r))));
-            if rx.recv().map_err(|_| StoreError::Closed)?? {
-                self.parked.redrive(entry);
-                moved += 1;
+            self.store.redrive(self.spec.name.to_string(), entries.clone(), Box::new(move |r| drop(tx.send(r))));
+            pending.push((entries, rx));
+        }
+        let mut moved = 0;
+        for (entries, rx) in pending {
+            let answers = rx.recv().map_err(|_| StoreError::Closed)??;
+            for (entry, existed) in entries.into_iter().zip(answers) {
+                if existed {
+                    self.parked.redrive(entry);
+                    moved += 1;
+                }
             }
         }
         self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);

@@ -3,7 +3,8 @@
 //!
 //! | file | concern |
 //! |---|---|
-//! | `start.rs` | the supervisor: start (plugins validated before the store opens), stop |
+//! | `start.rs` | start (plugins validated before the store opens), stop |
+//! | `supervise.rs` | each subscription's supervisor: a dead worker is reported and restarted with backoff |
 //! | `status.rs` | status lines, readiness, the sampler thread |
 //! | `prometheus.rs` | the `/metrics` exposition |
 //! | `deploy.rs` | deploy, rollback, the plugin registry |
@@ -18,6 +19,7 @@ mod prometheus;
 mod samples;
 mod start;
 mod status;
+mod supervise;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -64,8 +66,6 @@ struct Sub {
     /// Held through a deploy or rollback, so two of them on one handler do
     /// not interleave (each compares with the active version first).
     switching: Mutex<()>,
-    /// Why the worker stopped, if it stopped on an error.
-    stopped: Arc<Mutex<Option<String>>>,
 }
 
 /// The runtime: open store, loaded plugins, running subscriptions.
@@ -77,6 +77,8 @@ pub struct Runtime {
     sampler: Option<(Sender<()>, JoinHandle<()>)>,
     config: Config,
     engine: Engine,
+    /// Set by shutdown, so the supervisors stop instead of restarting.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -131,6 +133,15 @@ impl Runtime {
     /// Publish durably; `reply` runs after the commit.
     pub fn publish(&self, events: Vec<Event>, reply: crate::store::Reply<Vec<Published>>) {
         self.store.publish(events, reply);
+    }
+
+    /// Fault injection for tests: make `subscription`'s worker panic
+    /// between two events, as a bug in the host would. Its supervisor
+    /// reports it `stopped` and restarts it. Answers whether the message was
+    /// delivered.
+    #[doc(hidden)]
+    pub fn inject_worker_panic(&self, subscription: &str) -> bool {
+        self.subs.iter().find(|s| &*s.name == subscription).is_some_and(|s| s.control.send(Control::Panic).is_ok())
     }
 
     /// Whether every subscription has read the whole log and committed, with

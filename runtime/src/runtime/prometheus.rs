@@ -51,6 +51,20 @@ impl Runtime {
                 writeln!(out, "weir_subscription_lag_seconds{{subscription=\"{}\"}} {}", label(&s.name), s.lag_seconds);
         }
         per_sub(&mut out, "weir_subscription_dlq_depth", "gauge", "Events in the dead-letter queue.", &|s| s.dlq);
+        per_sub(
+            &mut out,
+            "weir_subscription_up",
+            "gauge",
+            "1 while the subscription's worker runs, 0 while it is stopped (waiting for its restart).",
+            &|s| u64::from(s.stopped.is_none()),
+        );
+        per_sub(
+            &mut out,
+            "weir_subscription_restarts_total",
+            "counter",
+            "Times the subscription's worker was restarted after dying, since start.",
+            &|s| s.restarts,
+        );
         per_sub(&mut out, "weir_subscription_invocations_total", "counter", "Handler invocations since start.", &|s| {
             s.invocations
         });

@@ -5,12 +5,14 @@
 //! its invocation and commit, then closes the store.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::deploy::{active_module, version_record};
 use super::status::spawn_sampler;
+use super::supervise::{Rebuild, Supervised};
 use super::{Candidate, Runtime, RuntimeError, Sub};
 use crate::config::Config;
 use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
@@ -129,7 +131,7 @@ impl Runtime {
         for (name, pipeline, handler, candidate) in loaded {
             let (bytes, configured_plugin, configured) = match candidate {
                 Candidate::Native(invoker) => {
-                    prepared.push((name, pipeline, handler, invoker));
+                    prepared.push((name, pipeline, handler, invoker, false));
                     continue;
                 }
                 Candidate::File { bytes, plugin, instance } => (bytes, plugin, instance),
@@ -160,11 +162,12 @@ impl Runtime {
                     *configured
                 }
             };
-            prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>));
+            prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>, true));
         }
         let ids = Arc::new(IdGenerator::new());
+        let stopping = Arc::new(AtomicBool::new(false));
         let mut subs = Vec::new();
-        for (name, pipeline, handler, invoker) in prepared {
+        for (name, pipeline, handler, invoker, rebuildable) in prepared {
             let name: Arc<str> = Arc::from(name);
             let (tx, rx) = mpsc::channel();
             let counters = Arc::new(SubscriptionCounters::default());
@@ -179,22 +182,33 @@ impl Runtime {
                 log_lines_per_second: handler.log_lines_per_second,
                 timing: config.metrics,
             };
-            let worker = Worker::new(spec, store.clone(), invoker, Arc::clone(&ids), Arc::clone(&counters), rx)?;
+            let rx = Arc::new(Mutex::new(rx));
+            let worker = Worker::new(
+                spec.clone(),
+                store.clone(),
+                invoker,
+                Arc::clone(&ids),
+                Arc::clone(&counters),
+                Arc::clone(&rx),
+            )?;
             let wake = tx.clone();
             store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
-            let stopped = Arc::new(Mutex::new(None));
-            let stopped_by = Arc::clone(&stopped);
-            let worker_name = Arc::clone(&name);
+            let supervised = Supervised {
+                spec,
+                store: store.clone(),
+                ids: Arc::clone(&ids),
+                counters: Arc::clone(&counters),
+                rx,
+                rebuild: if rebuildable {
+                    Rebuild::Registry { engine: engine.clone(), settings: Box::new(handler.clone()) }
+                } else {
+                    Rebuild::Never
+                },
+                stopping: Arc::clone(&stopping),
+            };
             let join = std::thread::Builder::new()
                 .name(format!("weir-sub-{name}"))
-                .spawn(move || {
-                    let result = worker.run();
-                    if let Err(e) = &result {
-                        tracing::error!(subscription = %worker_name, error = %e, "subscription worker stopped");
-                        *stopped_by.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
-                    }
-                    result
-                })
+                .spawn(move || supervised.run(worker))
                 .map_err(|e| RuntimeError::Worker(e.to_string()))?;
             subs.push(Sub {
                 name,
@@ -207,12 +221,11 @@ impl Runtime {
                 counters,
                 join: Some(join),
                 switching: Mutex::new(()),
-                stopped,
             });
         }
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
-        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine })
+        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping })
     }
 
     /// Stop: every worker finishes its current invocation and commits, then
@@ -226,6 +239,7 @@ impl Runtime {
             drop(stop);
             let _ = join.join();
         }
+        self.stopping.store(true, Ordering::Release);
         for sub in &self.subs {
             let _ = sub.control.send(Control::Stop);
         }

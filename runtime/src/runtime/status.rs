@@ -47,8 +47,13 @@ pub struct SubscriptionStatus {
     pub invocations: u64,
     /// Last failure since start, `code: message`.
     pub last_failure: Option<String>,
-    /// `failing` (dead letters waiting), `retrying` (events parked) or `ok`.
+    /// `stopped` (the worker died and waits for its restart), `failing`
+    /// (dead letters waiting), `retrying` (events parked) or `ok`.
     pub state: &'static str,
+    /// Why the worker is stopped, while it is.
+    pub stopped: Option<String>,
+    /// Times the worker was restarted after dying, since start.
+    pub restarts: u64,
     /// Rates and latency quantiles over the last few seconds.
     pub rate: crate::metrics::Rate,
     /// Plugin resource use.
@@ -106,7 +111,10 @@ impl Runtime {
                 let cursor = s.counters.cursor.load(Ordering::Relaxed);
                 let parked = s.counters.parked.load(Ordering::Relaxed);
                 let dlq = dlq_counts.get(&*s.name as &str).copied().unwrap_or(0);
-                let state = if dlq > 0 {
+                let stopped = s.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let state = if stopped.is_some() {
+                    "stopped"
+                } else if dlq > 0 {
                     "failing"
                 } else if parked > 0 {
                     "retrying"
@@ -114,10 +122,16 @@ impl Runtime {
                     "ok"
                 };
                 let lag_seconds = match head_time {
-                    Some(newest) if cursor < head => self
-                        .store
-                        .event(cursor)?
-                        .map_or(0.0, |oldest| newest.saturating_sub(oldest.time).max(0) as f64 / 1e9),
+                    // A damaged event at the cursor (the worker stopped on it,
+                    // or is about to quarantine it) leaves the lag in seconds
+                    // unknown (0), as for the newest event above.
+                    Some(newest) if cursor < head => match self.store.event(cursor) {
+                        Ok(oldest) => {
+                            oldest.map_or(0.0, |oldest| newest.saturating_sub(oldest.time).max(0) as f64 / 1e9)
+                        }
+                        Err(StoreError::RecordCorrupt { .. }) => 0.0,
+                        Err(e) => return Err(e),
+                    },
                     _ => 0.0,
                 };
                 let c = &s.counters;
@@ -127,6 +141,8 @@ impl Runtime {
                 let (plugin, plugin_version) = c.active.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 Ok(SubscriptionStatus {
                     state,
+                    stopped,
+                    restarts: c.restarts.load(Ordering::Relaxed),
                     name: s.name.to_string(),
                     pipeline: s.pipeline.clone(),
                     handler: s.handler.clone(),
@@ -167,11 +183,11 @@ impl Runtime {
             reasons.push(failure);
         }
         for sub in &self.subs {
-            if sub.join.as_ref().is_none_or(JoinHandle::is_finished) {
-                match sub.stopped.lock().unwrap_or_else(PoisonError::into_inner).as_deref() {
-                    Some(why) => reasons.push(format!("subscription {} has stopped: {why}", sub.name)),
-                    None => reasons.push(format!("subscription {} has stopped", sub.name)),
-                }
+            let stopped = sub.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if let Some(why) = stopped {
+                reasons.push(format!("subscription {} has stopped (restarting): {why}", sub.name));
+            } else if sub.join.as_ref().is_none_or(JoinHandle::is_finished) {
+                reasons.push(format!("subscription {} has stopped", sub.name));
             }
         }
         if !reasons.is_empty() {

@@ -47,6 +47,9 @@ impl Apply for Publish {
     }
 }
 
+/// A log position and its event, or why the record there does not decode.
+pub(crate) type LogEntry = (u64, Result<Event, StoreError>);
+
 /// Append one encoded event at the head of the log; answers its seq.
 pub(super) fn append(w: &mut Writes<'_>, event: &[u8]) -> Result<u64, Fatal> {
     let seq = w.head;
@@ -88,6 +91,24 @@ impl Store {
         for entry in log.range(from..).map_err(storage)?.take(limit) {
             let (k, v) = entry.map_err(storage)?;
             out.push((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` log entries from sequence number `from` on, each
+    /// decoded on its own: a record that does not decode is answered as its
+    /// error, in its place, so a reader can set it aside and go on.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub(crate) fn read_log_each(&self, from: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let log = read.open_table(LOG).map_err(storage)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in log.range(from..).map_err(storage)?.take(limit) {
+            let (k, v) = entry.map_err(storage)?;
+            out.push((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))));
         }
         Ok(out)
     }

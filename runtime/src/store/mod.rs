@@ -82,6 +82,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 pub(crate) use command::Reply;
 pub use error::StoreError;
 pub(crate) use fuzz::record as fuzz_record;
+pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats};
 

@@ -127,29 +127,39 @@ impl Apply for Results {
     }
 }
 
-/// Move a DLQ entry back to the subscription's parked events.
+/// Move DLQ entries of one subscription back to its parked events: a whole
+/// batch in one command, so a large redrive costs one commit, not one per
+/// entry.
 pub(super) struct Redrive {
     pub(super) subscription: String,
-    pub(super) seq: u64,
-    pub(super) parked: ParkedEntry,
+    /// The parked entry each comes back as (its seq names the DLQ entry).
+    pub(super) entries: Vec<ParkedEntry>,
 }
 
 impl Apply for Redrive {
-    /// Whether the entry was there.
-    type Answer = bool;
+    /// For each entry, whether it was there.
+    type Answer = Vec<bool>;
     type Checked = ();
 
     fn check(&self, _: &Writes<'_>, encoded: &mut Encoded) -> Result<(), Failure> {
-        Ok(encoded.push(&self.parked)?)
+        for entry in &self.entries {
+            encoded.push(entry)?;
+        }
+        Ok(())
     }
 
-    fn write(self, (): (), w: &mut Writes<'_>, mut records: Records<'_>) -> Result<bool, Fatal> {
-        let key = (self.subscription.as_str(), self.seq);
-        let existed = w.dlq.remove(key)?.is_some();
-        if existed {
-            w.parked.insert(key, next_record(&mut records)?)?;
+    fn write(self, (): (), w: &mut Writes<'_>, mut records: Records<'_>) -> Result<Vec<bool>, Fatal> {
+        let mut moved = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            let key = (self.subscription.as_str(), entry.seq);
+            let record = next_record(&mut records)?;
+            let existed = w.dlq.remove(key)?.is_some();
+            if existed {
+                w.parked.insert(key, record)?;
+            }
+            moved.push(existed);
         }
-        Ok(existed)
+        Ok(moved)
     }
 }
 
@@ -165,9 +175,16 @@ impl Apply for Purge {
     type Checked = Vec<(String, u64)>;
 
     fn check(&self, w: &Writes<'_>, _: &mut Encoded) -> Result<Vec<(String, u64)>, Failure> {
+        use std::ops::Bound::{Included, Unbounded};
         let filter = &self.filter;
         let mut doomed = Vec::new();
-        for entry in w.dlq.iter()? {
+        // Only the key range the filter selects is read.
+        let range = match (&filter.subscription, filter.seq) {
+            (Some(s), Some(seq)) => (Included((s.as_str(), seq)), Included((s.as_str(), seq))),
+            (Some(s), None) => (Included((s.as_str(), 0)), Included((s.as_str(), u64::MAX))),
+            (None, _) => (Unbounded, Unbounded),
+        };
+        for entry in w.dlq.range::<(&str, u64)>(range)? {
             let (k, v) = entry?;
             let (sub, seq) = k.value();
             if !filter.matches_key(sub, seq) {
@@ -202,6 +219,10 @@ impl Apply for Purge {
     }
 }
 
+/// A page of DLQ entries, and the key of the last one when more follow
+/// ([`Store::dlq_page`]).
+pub type DlqPage = (Vec<DlqEntry>, Option<(String, u64)>);
+
 pub(super) fn dlq_record((subscription, seq): (&str, u64)) -> String {
     format!(
         "dlq entry {subscription} seq {seq} (purge it with `weir dlq purge --subscription {subscription} --seq {seq}`)"
@@ -215,11 +236,11 @@ impl Store {
         self.send(Command::Results(Order::new(Results { subscription, items, cursor, since: self.since }, reply)));
     }
 
-    /// Move a DLQ entry back to the subscription's parked events, in one
-    /// transaction. Answers `false` when there is no such entry (already
-    /// redriven or purged).
-    pub(crate) fn redrive(&self, subscription: String, seq: u64, parked: ParkedEntry, reply: Reply<bool>) {
-        self.send(Command::Redrive(Order::new(Redrive { subscription, seq, parked }, reply)));
+    /// Move DLQ entries back to the subscription's parked events (as
+    /// `entries`, which name them by seq), in one transaction. Answers, for
+    /// each, whether it was there (not already redriven or purged).
+    pub(crate) fn redrive(&self, subscription: String, entries: Vec<ParkedEntry>, reply: Reply<Vec<bool>>) {
+        self.send(Command::Redrive(Order::new(Redrive { subscription, entries }, reply)));
     }
 
     /// Delete the DLQ entries `filter` selects; answers how many.
@@ -314,14 +335,40 @@ impl Store {
     ///
     /// Storage or decoding errors.
     pub fn dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StoreError> {
+        Ok(self.dlq_page(filter, None, usize::MAX)?.0)
+    }
+
+    /// Up to `limit` DLQ entries passing `filter`, by subscription and
+    /// sequence number, after the entry `after` (exclusive); and the key
+    /// to continue after when more entries pass. Only the entries of the
+    /// page (and one more, to know there is more) are decoded, and a filter
+    /// on the subscription (and seq) reads only its key range.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn dlq_page(
+        &self,
+        filter: &DlqFilter,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<DlqPage, StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let read = self.shared.begin_read()?;
         let table = read.open_table(DLQ).map_err(storage)?;
-        let mut out = Vec::new();
-        let range = match &filter.subscription {
-            Some(s) => table.range((s.as_str(), 0)..=(s.as_str(), u64::MAX)).map_err(storage)?,
-            None => table.range::<(&str, u64)>(..).map_err(storage)?,
+        let start = match (after, &filter.subscription, filter.seq) {
+            (Some(after), _, _) => Excluded(after),
+            (None, Some(s), Some(seq)) => Included((s.as_str(), seq)),
+            (None, Some(s), None) => Included((s.as_str(), 0)),
+            (None, None, _) => Unbounded,
         };
-        for entry in range {
+        let end = match (&filter.subscription, filter.seq) {
+            (Some(s), Some(seq)) => Included((s.as_str(), seq)),
+            (Some(s), None) => Included((s.as_str(), u64::MAX)),
+            (None, _) => Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in table.range::<(&str, u64)>((start, end)).map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             // Select by key before decoding: one damaged entry must not
             // hide the others from a lookup by seq.
@@ -329,10 +376,29 @@ impl Store {
                 continue;
             }
             let entry: DlqEntry = decode(v.value(), || dlq_record(k.value()))?;
-            if filter.matches(&entry) {
-                out.push(entry);
+            if !filter.matches(&entry) {
+                continue;
             }
+            if out.len() == limit {
+                let next = out.last().map(|last: &DlqEntry| (last.subscription.clone(), last.seq));
+                return Ok((out, next));
+            }
+            out.push(entry);
         }
-        Ok(out)
+        Ok((out, None))
+    }
+
+    /// One DLQ entry, looked up by its key.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn dlq_entry(&self, subscription: &str, seq: u64) -> Result<Option<DlqEntry>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let table = read.open_table(DLQ).map_err(storage)?;
+        let Some(v) = table.get((subscription, seq)).map_err(storage)? else {
+            return Ok(None);
+        };
+        decode(v.value(), || dlq_record((subscription, seq))).map(Some)
     }
 }

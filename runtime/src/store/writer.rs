@@ -330,7 +330,7 @@ mod tests {
         );
         let (reply, redriven) = answer();
         let mut redrive =
-            Order::new(Redrive { subscription: SUB.into(), seq: 9, parked: ParkedEntry::waiting(9, None) }, reply);
+            Order::new(Redrive { subscription: SUB.into(), entries: vec![ParkedEntry::waiting(9, None)] }, reply);
         // Applied after the redrive in the same group: the entry is gone.
         let (reply, taken_after) = answer();
         let mut take_redriven = Order::new(TakeDlq(9), reply);
@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(damaged.recv().unwrap().unwrap_err().code(), "store_record_corrupt");
         assert!(missing.recv().unwrap().unwrap_err().to_string().contains("no dlq entry"));
         results.recv().unwrap().unwrap();
-        assert!(redriven.recv().unwrap().unwrap());
+        assert_eq!(redriven.recv().unwrap().unwrap(), [true]);
         assert!(taken_after.recv().unwrap().unwrap_err().to_string().contains("no dlq entry"));
         synced.recv().unwrap().unwrap();
 

@@ -1,0 +1,185 @@
+//! The supervisor of one subscription: its thread runs the worker, and when
+//! the worker dies (a panic, or an error such as a failed commit) it says
+//! so in status and metrics (`stopped`, with the reason), waits, and starts
+//! a new worker from what is committed: the cursor, the parked events, and
+//! the handler's active version in the registry. The wait doubles with each
+//! death in a row, from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]; a worker that
+//! ran for [`HEALTHY_AFTER`] starts the count again.
+//!
+//! While no worker runs, the supervisor answers the control messages
+//! itself: a stop ends the thread, a swap is answered at once (the restart
+//! loads the registry's active version, which the deploy already
+//! recorded), and a redrive is refused with the reason.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::deploy::active_module;
+use crate::config::HandlerConfig;
+use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
+use crate::engine::Engine;
+use crate::ids::IdGenerator;
+use crate::store::{Store, StoreError};
+
+/// First wait before a restart.
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two restarts.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A worker that ran this long before dying restarts after [`FIRST_BACKOFF`]
+/// again.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Least wait after a worker died of a log record that does not decode:
+/// the restarted worker reads it again and quarantines it if it is still
+/// damaged, so the death stays visible for a while first.
+pub(crate) const DAMAGED_RECORD_WAIT: Duration = Duration::from_secs(1);
+
+/// How to build the handler again for a restart.
+pub(super) enum Rebuild {
+    /// From the handler's active version in the registry.
+    Registry { engine: Engine, settings: Box<HandlerConfig> },
+    /// Native code cannot be rebuilt: a dead worker stays stopped.
+    Never,
+}
+
+/// Everything a subscription's thread needs to run and restart its worker.
+pub(super) struct Supervised {
+    pub(super) spec: Spec,
+    pub(super) store: Store,
+    pub(super) ids: Arc<IdGenerator>,
+    pub(super) counters: Arc<SubscriptionCounters>,
+    pub(super) rx: Arc<Mutex<Receiver<Control>>>,
+    pub(super) rebuild: Rebuild,
+    /// Set by shutdown: a worker that returns then is not restarted.
+    pub(super) stopping: Arc<AtomicBool>,
+}
+
+impl Supervised {
+    /// Run `worker`, restarting it after each death, until told to stop.
+    /// Answers how the last worker ended.
+    pub(super) fn run(self, worker: Worker) -> Result<(), StoreError> {
+        let mut worker = Some(worker);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let mut least = Duration::ZERO;
+            let result = match worker.take() {
+                Some(worker) => {
+                    self.set_stopped(None);
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())) {
+                        Ok(Ok(())) => return Ok(()),
+                        Ok(Err(e)) if self.stopping.load(Ordering::Acquire) => return Err(e),
+                        Ok(Err(e @ StoreError::RecordCorrupt { .. })) => {
+                            least = DAMAGED_RECORD_WAIT;
+                            e.to_string()
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(panic) => format!("the worker panicked: {}", panic_message(&*panic)),
+                    }
+                }
+                None => match self.rebuild() {
+                    Ok(rebuilt) => {
+                        worker = Some(rebuilt);
+                        self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(subscription = %self.spec.name, "subscription worker restarted");
+                        continue;
+                    }
+                    Err(why) => why,
+                },
+            };
+            if self.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if started.elapsed() >= HEALTHY_AFTER {
+                backoff = FIRST_BACKOFF;
+            }
+            let wait = backoff.max(least);
+            tracing::error!(
+                subscription = %self.spec.name,
+                error = %result,
+                retry_in = ?wait,
+                "subscription worker stopped; restarting it"
+            );
+            self.set_stopped(Some(result));
+            if self.wait(wait) {
+                return Ok(());
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn set_stopped(&self, why: Option<String>) {
+        *self.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner) = why;
+    }
+
+    /// A new worker from what is committed, running the registry's active
+    /// version.
+    fn rebuild(&self) -> Result<Worker, String> {
+        let Rebuild::Registry { engine, settings } = &self.rebuild else {
+            return Err("its native handler cannot be restarted".to_owned());
+        };
+        let name = &self.spec.name;
+        let sha256 = self
+            .store
+            .active_version(name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no active version of {name} in the registry"))?;
+        let bytes = active_module(&self.store, name, &sha256).map_err(|e| e.to_string())?;
+        let plugin = engine.load(&bytes).map_err(|e| format!("its active version does not load: {e}"))?;
+        let handler = plugin
+            .handler(settings.limits.clone(), settings.config.clone(), settings.mode)
+            .map_err(|e| format!("its active version does not start: {e}"))?;
+        let invoker: Box<dyn Invoke> = Box::new(handler);
+        let mut spec = self.spec.clone();
+        spec.plugin_name = invoker.name();
+        Worker::new(
+            spec,
+            self.store.clone(),
+            invoker,
+            Arc::clone(&self.ids),
+            Arc::clone(&self.counters),
+            Arc::clone(&self.rx),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Wait `backoff`, answering control messages as no worker runs.
+    /// Answers whether to stop.
+    fn wait(&self, backoff: Duration) -> bool {
+        let deadline = Instant::now() + backoff;
+        let rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.stopping.load(Ordering::Acquire);
+            }
+            match rx.recv_timeout(left) {
+                Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return true,
+                Ok(Control::Swap { reply, .. }) => {
+                    // The deploy recorded the version first: the restart
+                    // runs it.
+                    let _ = reply.send(());
+                }
+                Ok(Control::Redrive { reply, .. }) => {
+                    let why = self.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    let _ = reply.send(Err(StoreError::Unavailable(format!(
+                        "subscription {} is restarting after a failure ({}); redrive again in a moment",
+                        self.spec.name,
+                        why.unwrap_or_default()
+                    ))));
+                }
+                Ok(Control::Wake | Control::Panic) | Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+/// The text a panic carries, if it carries text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
