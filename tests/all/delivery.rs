@@ -298,3 +298,110 @@ retry = { max_attempts = 2, initial_backoff = "10ms" }
     assert!(status.iter().all(|s| s.stats.handled == 2), "{status:?}");
     rt.shutdown().unwrap();
 }
+
+/// A poison order: no items, so the validator rejects it (to the DLQ).
+fn poison(i: usize) -> Event {
+    event(
+        &json!({ "topic": "orders.order.created", "key": format!("p-{i}"),
+                   "payload": { "order_id": format!("p-{i}"), "items": [] } })
+        .to_string(),
+    )
+}
+
+/// The DLQ is read a page at a time, each page after the last entry of
+/// the one before, and an entry is looked up by its key.
+#[test]
+fn the_dlq_is_read_page_by_page_and_an_entry_by_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&config(dir.path(), weir_tests::ORDERS)).unwrap();
+    rt.publish_blocking((0..25).map(poison).collect()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let all = rt.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(all.len(), 25);
+
+    for filter in
+        [DlqFilter::default(), DlqFilter { subscription: Some("orders/validator".into()), ..DlqFilter::default() }]
+    {
+        let mut seen = Vec::new();
+        let mut after: Option<(String, u64)> = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = rt.dlq_page(&filter, after.as_ref().map(|(s, q)| (s.as_str(), *q)), 10).unwrap();
+            pages += 1;
+            assert!(page.len() <= 10);
+            seen.extend(page.iter().map(|e| (e.subscription.clone(), e.seq)));
+            match next {
+                Some(next) => {
+                    assert_eq!(Some(&next), seen.last(), "a page continues after its last entry");
+                    after = Some(next);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3, "10 + 10 + 5");
+        let expected: Vec<(String, u64)> = all.iter().map(|e| (e.subscription.clone(), e.seq)).collect();
+        assert_eq!(seen, expected, "every entry once, in key order");
+    }
+    // A page exactly as long as what is left says there is no more.
+    let (page, next) = rt.dlq_page(&DlqFilter::default(), None, 25).unwrap();
+    assert_eq!((page.len(), next), (25, None));
+
+    let entry = &all[7];
+    assert_eq!(rt.dlq_entry(&entry.subscription, entry.seq).unwrap().as_ref(), Some(entry));
+    assert_eq!(rt.dlq_entry(&entry.subscription, u64::MAX).unwrap(), None);
+    assert_eq!(rt.dlq_entry("orders/audit", entry.seq).unwrap(), None);
+    rt.shutdown().unwrap();
+}
+
+/// Over HTTP: `GET /v1/dlq` answers a bounded page with `next`, refuses a
+/// page size out of range, and `weir dlq list` follows the pages (or stops
+/// at `--limit`).
+#[test]
+fn the_dlq_list_api_and_the_cli_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = weir_tests::Server::start(dir.path(), weir_tests::ORDERS);
+    let events: Vec<Value> = (0..25)
+        .map(|i| {
+            json!({ "topic": "orders.order.created", "key": format!("p-{i}"),
+                         "payload": { "order_id": format!("p-{i}"), "items": [] } })
+        })
+        .collect();
+    let (status, body) = server.post("/v1/events", &json!(events));
+    assert_eq!(status, 200, "{body}");
+    assert!(server.wait_idle(IDLE));
+
+    let (status, first) = server.get("/v1/dlq?limit=10");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["entries"].as_array().unwrap().len(), 10);
+    let next = first["next"].as_str().unwrap().to_owned();
+    let last = &first["entries"][9];
+    assert_eq!(next, format!("{}/{}", last["subscription"].as_str().unwrap(), last["seq"]));
+    let (_, second) = server.get(&format!("/v1/dlq?limit=20&after={}", next.replace('/', "%2F")));
+    assert_eq!(second["entries"].as_array().unwrap().len(), 15);
+    assert!(second.get("next").is_none(), "{second}");
+    // By default one page of at most 100 entries.
+    let (_, all) = server.get("/v1/dlq");
+    assert_eq!(all["entries"].as_array().unwrap().len(), 25);
+    for bad in ["limit=0", "limit=1001", "after=nonsense", "after=orders%2Fvalidator%2Fx"] {
+        let (status, answer) = server.get(&format!("/v1/dlq?{bad}"));
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_query")), "{bad}: {answer}");
+    }
+    // The detail of one entry.
+    let seq = last["seq"].as_u64().unwrap();
+    let (status, detail) = server.get(&format!("/v1/dlq/orders/validator/{seq}"));
+    assert_eq!((status, detail["seq"].as_u64()), (200, Some(seq)), "{detail}");
+    let (status, _) = server.get("/v1/dlq/orders/validator/999999");
+    assert_eq!(status, 404);
+
+    let list = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["dlq", "list", "--json", "--server", server.url.as_str()];
+        args.extend_from_slice(extra);
+        let out = weir_tests::weir(&args, dir.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    };
+    assert_eq!(list(&[]).len(), 25);
+    let seven = list(&["--limit", "7"]);
+    assert_eq!(seven.len(), 7);
+    assert_eq!(seven[6]["seq"], all["entries"][6]["seq"]);
+}

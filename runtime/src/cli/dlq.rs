@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use weir_runtime::models::{DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse};
+use weir_runtime::models::{
+    DLQ_PAGE_MAX, DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse,
+};
 
 use super::client::{Client, ServerArgs};
 
@@ -41,10 +43,13 @@ impl Filter {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// List dead-lettered events.
+    /// List dead-lettered events (every page, or the first `--limit`).
     List {
         #[command(flatten)]
         filter: Filter,
+        /// At most this many entries (by default all, read page by page).
+        #[arg(long)]
+        limit: Option<usize>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -80,7 +85,7 @@ enum DlqCommand {
 pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server);
     match &args.command {
-        DlqCommand::List { filter, json } => {
+        DlqCommand::List { filter, limit, json } => {
             let mut query = Vec::new();
             if let Some(s) = &filter.subscription {
                 query.push(format!("subscription={}", encode(s)));
@@ -91,7 +96,27 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
             if let Some(s) = filter.seq {
                 query.push(format!("seq={s}"));
             }
-            let DlqListResponse { entries } = client.get(&format!("/v1/dlq?{}", query.join("&")))?;
+            // Page after page (each a bounded answer), until the server
+            // says there is no more or the limit is reached.
+            let mut entries = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let want = limit.map_or(DLQ_PAGE_MAX, |l| (l - entries.len()).min(DLQ_PAGE_MAX));
+                if want == 0 {
+                    break;
+                }
+                let mut page_query = query.clone();
+                page_query.push(format!("limit={want}"));
+                if let Some(after) = &after {
+                    page_query.push(format!("after={}", encode(after)));
+                }
+                let page: DlqListResponse = client.get(&format!("/v1/dlq?{}", page_query.join("&")))?;
+                entries.extend(page.entries);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
             if *json {
                 println!("{}", serde_json::to_string(&entries)?);
             } else if entries.is_empty() {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Runtime, RuntimeError};
 use crate::delivery::Control;
-use crate::store::{DlqEntry, DlqFilter, StoreError};
+use crate::store::{DlqEntry, DlqFilter, DlqPage, StoreError};
 
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,6 +28,31 @@ impl Runtime {
     /// Storage errors.
     pub fn dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StoreError> {
         self.store.dlq(filter)
+    }
+
+    /// A page of the DLQ entries passing `filter`: up to `limit`, after
+    /// the entry `after` (exclusive), and where the next page starts when
+    /// there is one ([`Store::dlq_page`](crate::Store::dlq_page)).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn dlq_page(
+        &self,
+        filter: &DlqFilter,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<DlqPage, StoreError> {
+        self.store.dlq_page(filter, after, limit)
+    }
+
+    /// One DLQ entry, looked up by its key.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn dlq_entry(&self, subscription: &str, seq: u64) -> Result<Option<DlqEntry>, StoreError> {
+        self.store.dlq_entry(subscription, seq)
     }
 
     /// Send the DLQ entries passing `filter` back through their
