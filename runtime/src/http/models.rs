@@ -205,11 +205,37 @@ impl DlqFilterRequest {
     }
 }
 
-/// `GET /v1/dlq`.
+/// Entries per page of `GET /v1/dlq` when `limit` is not given.
+pub const DLQ_PAGE_DEFAULT: usize = 100;
+/// Largest `limit` of `GET /v1/dlq`.
+pub const DLQ_PAGE_MAX: usize = 1000;
+
+/// The query of `GET /v1/dlq`: the filter, and which page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqListQuery {
+    /// Only this subscription (`<pipeline>/<handler>`).
+    pub subscription: Option<String>,
+    /// Only this failure code.
+    pub code: Option<String>,
+    /// Only this sequence number.
+    pub seq: Option<u64>,
+    /// Entries per page: 1 to [`DLQ_PAGE_MAX`], by default
+    /// [`DLQ_PAGE_DEFAULT`].
+    pub limit: Option<usize>,
+    /// Start after this entry: the `next` of the previous page
+    /// (`<pipeline>/<handler>/<seq>`).
+    pub after: Option<String>,
+}
+
+/// `GET /v1/dlq`: one page of entries, by subscription and seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DlqListResponse {
-    /// The matching entries.
+    /// The matching entries of this page.
     pub entries: Vec<DlqEntryInfo>,
+    /// When more entries match: the `after` of the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One dead letter, without its event.
