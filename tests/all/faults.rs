@@ -305,3 +305,107 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     }
     rt.shutdown().unwrap();
 }
+
+const SWAP: &str = r#"
+[[pipelines]]
+name = "swap"
+topics = ["jobs.job.created"]
+[[pipelines.handlers]]
+name = "a"
+plugin = "{VERSIONED_V1}"
+"#;
+
+/// Rollbacks of one handler at the same moment run one after the other,
+/// each from what the one before left: two rollbacks from v2 go to v1 and
+/// back to v2, and the registry and the running version agree at the end.
+#[test]
+fn concurrent_rollbacks_of_one_handler_are_serialized() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(Runtime::start(&config(dir.path(), SWAP)).unwrap());
+    let v2 = std::fs::read(weir_tests::plugins::VERSIONED_V2).unwrap();
+    let v2_sha = weir_tests::sha256(&v2);
+    let v1_sha = weir_tests::sha256(&std::fs::read(weir_tests::plugins::VERSIONED_V1).unwrap());
+    assert!(rt.deploy("swap/a", v2, "test", &[]).unwrap().changed);
+
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let rollbacks: Vec<_> = (0..2)
+        .map(|_| {
+            let (rt, barrier) = (Arc::clone(&rt), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                rt.rollback("swap/a", None, "test").unwrap()
+            })
+        })
+        .collect();
+    let reports: Vec<_> = rollbacks.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(reports.iter().all(|r| r.changed), "each rollback changed the version: {reports:?}");
+    let mut targets: Vec<&str> = reports.iter().map(|r| r.sha256.as_str()).collect();
+    targets.sort_unstable();
+    let mut expected = [v1_sha.as_str(), v2_sha.as_str()];
+    expected.sort_unstable();
+    assert_eq!(targets, expected, "one went to v1, the next back to v2");
+
+    let (_, active, history) = rt.plugins().unwrap().into_iter().find(|(n, _, _)| n == "swap/a").unwrap();
+    assert_eq!(history, 4, "config, deploy, two rollbacks");
+    let active = active.unwrap().sha256;
+    assert_eq!(active, v2_sha);
+    let running = rt.status().unwrap().into_iter().find(|s| s.name == "swap/a").unwrap().plugin_version;
+    assert_eq!(running, active, "the registry and the running version agree");
+    Arc::try_unwrap(rt).unwrap().shutdown().unwrap();
+}
+
+const STUCK: &str = r#"
+[[pipelines]]
+name = "stuck"
+topics = ["jobs.job.created"]
+[[pipelines.handlers]]
+name = "looper"
+plugin = "{LOOPER}"
+limits = { deadline = "20s" }
+"#;
+
+/// An event the looper spins on (its key is `evil`).
+fn job() -> Event {
+    event(&json!({ "topic": "jobs.job.created", "key": "evil", "payload": {} }).to_string())
+}
+
+/// Shutdown has a deadline: a worker stuck in a 20 s invocation is left
+/// behind after it, with an error naming it, instead of holding the
+/// process.
+#[test]
+fn shutdown_gives_up_on_a_stuck_worker_after_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&config(dir.path(), STUCK)).unwrap();
+    rt.publish_blocking(vec![job()]).unwrap();
+    // The invocation count moves when the call returns: wait a moment for
+    // the worker to be inside it.
+    std::thread::sleep(Duration::from_millis(500));
+    let error = rt.shutdown_within(Duration::from_millis(300)).unwrap_err();
+    assert_eq!(error.code(), "shutdown_timeout", "{error}");
+    assert!(error.to_string().contains("stuck/looper"), "{error}");
+}
+
+/// `weir run`: the first SIGINT stops cleanly (here it waits for a stuck
+/// invocation), a second one exits at once with status 130.
+#[cfg(unix)]
+#[test]
+fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = weir_tests::Server::start(dir.path(), STUCK);
+    let (status, body) =
+        server.post("/v1/events", &json!({ "topic": "jobs.job.created", "key": "evil", "payload": {} }));
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill").args([name, &server.pid().to_string()]).status().unwrap();
+        assert!(sent.success());
+    };
+    signal("-INT");
+    std::thread::sleep(Duration::from_millis(500));
+    signal("-INT");
+    // terminate() sends one more SIGTERM (harmless to an exited process)
+    // and waits: the exit status is that of the second SIGINT.
+    let exit = server.terminate();
+    assert_eq!(exit.code(), Some(130), "{exit:?}: {}", server.stderr());
+    assert!(server.stderr().contains("second signal"), "{}", server.stderr());
+}

@@ -85,7 +85,31 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The first SIGINT or SIGTERM: stop cleanly (the HTTP server drains, the
+/// workers commit, within the runtime's shutdown deadline). From then on a
+/// second one exits at once.
 async fn shutdown_signal() {
+    signal().await;
+    eprintln!("weir: stopping; a second Ctrl-C (or SIGTERM) exits at once");
+    exit_on_second_signal();
+}
+
+/// Exit at once on the next SIGINT or SIGTERM, from a thread of its own
+/// (the server's async runtime is gone by then). Crash-safe: what is not
+/// committed yet is redone at the next start, as after a crash.
+fn exit_on_second_signal() {
+    let _ = std::thread::Builder::new().name("weir-signal".into()).spawn(|| {
+        let Ok(tokio) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        tokio.block_on(signal());
+        eprintln!("weir: second signal: exiting now; uncommitted work is redone at the next start");
+        std::process::exit(130);
+    });
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

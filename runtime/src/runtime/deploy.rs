@@ -50,6 +50,11 @@ impl Runtime {
     ///
     /// [`DeployError`]; on any error the running version keeps serving.
     pub fn rollback(&self, handler: &str, to: Option<&str>, by: &str) -> Result<DeployReport, DeployError> {
+        let sub = self.subs.iter().find(|s| &*s.name == handler);
+        // Held from reading the active version to the swap: two rollbacks
+        // (or a rollback and a deploy) of one handler run one after the
+        // other, each from what the one before left.
+        let _switching = sub.map(|sub| sub.switching.lock().unwrap_or_else(PoisonError::into_inner));
         let history = self.store.history(handler)?;
         if history.is_empty() {
             return Err(DeployError::UnknownHandler(handler.to_owned()));
@@ -82,7 +87,7 @@ impl Runtime {
         };
         let module =
             self.store.module(&target.sha256)?.ok_or_else(|| DeployError::NoSuchVersion(target.sha256.clone()))?;
-        self.switch(handler, module, by, "rollback", &[])
+        self.switch_locked(handler, module, by, "rollback", &[])
     }
 
     /// Each handler with its active version and history length.
@@ -125,6 +130,25 @@ impl Runtime {
             .iter()
             .find(|s| &*s.name == handler)
             .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
+        let _switching = sub.switching.lock().unwrap_or_else(PoisonError::into_inner);
+        self.switch_locked(handler, module, by, action, tests)
+    }
+
+    /// [`Runtime::switch`] with the handler's `switching` lock held by the
+    /// caller.
+    fn switch_locked(
+        &self,
+        handler: &str,
+        module: Vec<u8>,
+        by: &str,
+        action: &str,
+        tests: &[TestCase],
+    ) -> Result<DeployReport, DeployError> {
+        let sub = self
+            .subs
+            .iter()
+            .find(|s| &*s.name == handler)
+            .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
         let settings = self
             .config
             .pipelines
@@ -133,7 +157,6 @@ impl Runtime {
             .find(|(name, _)| name.as_str() == handler)
             .map(|(_, h)| h.clone())
             .ok_or_else(|| DeployError::UnknownHandler(handler.to_owned()))?;
-        let _switching = sub.switching.lock().unwrap_or_else(PoisonError::into_inner);
         // The version that is already active: nothing to validate, record or
         // swap, and no history entry.
         let sha256 = String::from(ContentHash::of(&module));

@@ -51,6 +51,18 @@ pub enum RuntimeError {
     /// A worker thread could not be started or died.
     #[error("subscription worker failed: {0}")]
     Worker(String),
+    /// Shutdown gave up after its deadline on what had not stopped; what
+    /// they had not committed is redone at the next start.
+    #[error(
+        "shutdown deadline of {deadline:?} passed before these stopped: {}; what they had not committed is redone at the next start",
+        pending.join(", ")
+    )]
+    ShutdownTimeout {
+        /// The deadline.
+        deadline: std::time::Duration,
+        /// What had not stopped (subscriptions, the store's last commit).
+        pending: Vec<String>,
+    },
 }
 
 impl RuntimeError {
@@ -65,6 +77,7 @@ impl RuntimeError {
             Self::StoredModule { error, .. } => error.code(),
             Self::UnknownSubscription(_) => "unknown_subscription",
             Self::Worker(_) => "worker",
+            Self::ShutdownTimeout { .. } => "shutdown_timeout",
         }
     }
 }

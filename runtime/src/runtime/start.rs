@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::deploy::{active_module, version_record};
 use super::status::spawn_sampler;
@@ -229,12 +229,26 @@ impl Runtime {
     }
 
     /// Stop: every worker finishes its current invocation and commits, then
-    /// the store commits and closes.
+    /// the store commits and closes; within 30 seconds
+    /// ([`Runtime::shutdown_within`] for another deadline).
     ///
     /// # Errors
     ///
     /// The first worker or store error met while stopping.
-    pub fn shutdown(mut self) -> Result<(), RuntimeError> {
+    pub fn shutdown(self) -> Result<(), RuntimeError> {
+        self.shutdown_within(SHUTDOWN_DEADLINE)
+    }
+
+    /// [`Runtime::shutdown`], giving up after `deadline`: a worker stuck in
+    /// an invocation, or a store whose last commit does not return, is left
+    /// behind with the error [`RuntimeError::ShutdownTimeout`]. That is
+    /// crash-safe: what was not committed is redone at the next start.
+    ///
+    /// # Errors
+    ///
+    /// The first worker or store error met while stopping, or the timeout.
+    pub fn shutdown_within(mut self, deadline: Duration) -> Result<(), RuntimeError> {
+        let until = Instant::now() + deadline;
         if let Some((stop, join)) = self.sampler.take() {
             drop(stop);
             let _ = join.join();
@@ -244,26 +258,57 @@ impl Runtime {
             let _ = sub.control.send(Control::Stop);
         }
         let mut first_error = None;
+        let mut left_behind = Vec::new();
         for sub in &mut self.subs {
-            if let Some(join) = sub.join.take() {
-                match join.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        first_error.get_or_insert(RuntimeError::Store(e));
-                    }
-                    Err(_) => {
-                        first_error.get_or_insert(RuntimeError::Worker(format!("{} panicked", sub.name)));
-                    }
+            let Some(join) = sub.join.take() else { continue };
+            while !join.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !join.is_finished() {
+                left_behind.push(sub.name.to_string());
+                continue;
+            }
+            match join.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(RuntimeError::Store(e));
+                }
+                Err(_) => {
+                    first_error.get_or_insert(RuntimeError::Worker(format!("{} panicked", sub.name)));
                 }
             }
         }
-        if let Err(e) = self.store.close() {
-            first_error.get_or_insert(RuntimeError::Store(e));
+        // The last commit, on a thread of its own so a disk that does not
+        // answer cannot hold the process past the deadline.
+        let (tx, rx) = mpsc::channel();
+        let store = self.store.clone();
+        let closing = std::thread::Builder::new().name("weir-close".into()).spawn(move || {
+            let _ = tx.send(store.close());
+        });
+        match closing {
+            Ok(_) => match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(RuntimeError::Store(e));
+                }
+                Err(_) => left_behind.push("the store's last commit".to_owned()),
+            },
+            Err(e) => {
+                first_error.get_or_insert(RuntimeError::Worker(e.to_string()));
+            }
+        }
+        if !left_behind.is_empty() {
+            tracing::error!(?deadline, pending = ?left_behind, "shutdown deadline passed; stopping without them");
+            return Err(RuntimeError::ShutdownTimeout { deadline, pending: left_behind });
         }
         tracing::info!("runtime stopped");
         first_error.map_or(Ok(()), Err)
     }
 }
+
+/// How long [`Runtime::shutdown`] waits for the workers and the last
+/// commit.
+pub(crate) const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Create the data directory (and any missing parent) readable by its owner
 /// only (0700): it holds every event and the plugin registry. A directory
