@@ -60,7 +60,15 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    plugins: RawPlugins,
+    #[serde(default)]
     pipelines: Vec<RawPipeline>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    keep_versions: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,9 +298,17 @@ pub struct Config {
     /// Time invocations and commits for the latency histograms (`[metrics]
     /// enabled`, default on). Counters are kept either way: status needs them.
     pub metrics: bool,
+    /// How many of each handler's latest deploy-history entries keep their
+    /// module in the registry (`[plugins] keep_versions`); older modules no
+    /// kept entry (and no active version) uses are deleted at the next
+    /// deploy.
+    pub keep_versions: usize,
     /// The pipelines.
     pub pipelines: Vec<PipelineConfig>,
 }
+
+/// Default of `[plugins] keep_versions`.
+pub const DEFAULT_KEEP_VERSIONS: usize = 10;
 
 impl Config {
     /// Read and validate `path`.
@@ -420,6 +436,13 @@ impl Config {
             pipelines.push(PipelineConfig { name: rp.name, topics, handlers });
         }
 
+        let keep_versions = raw.plugins.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS);
+        if keep_versions == 0 {
+            return Err(err(
+                "plugins.keep_versions",
+                "must be at least 1: the active version's module is always kept".to_owned(),
+            ));
+        }
         Ok(Self {
             source: path.to_owned(),
             data_dir: resolve(&raw.data_dir.unwrap_or_else(|| PathBuf::from("weir-data"))),
@@ -431,6 +454,7 @@ impl Config {
             artifact_cache: raw.engine.artifact_cache.unwrap_or(true),
             fuel: raw.engine.fuel.unwrap_or(false),
             metrics: raw.metrics.enabled.unwrap_or(true),
+            keep_versions,
             pipelines,
         })
     }
@@ -762,6 +786,13 @@ mod tests {
         }
         let e = parse("bogus = 1").unwrap_err();
         assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn keep_versions_defaults_to_ten_and_is_at_least_one() {
+        assert_eq!(parse("").unwrap().keep_versions, DEFAULT_KEEP_VERSIONS);
+        assert_eq!(parse("[plugins]\nkeep_versions = 3").unwrap().keep_versions, 3);
+        assert_eq!(parse("[plugins]\nkeep_versions = 0").unwrap_err().key, "plugins.keep_versions");
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl Runtime {
                 .ok_or_else(|| DeployError::NothingToRollBack(handler.to_owned()))?,
         };
         let module =
-            self.store.module(&target.sha256)?.ok_or_else(|| DeployError::NoSuchVersion(target.sha256.clone()))?;
+            self.store.module(&target.sha256)?.ok_or_else(|| DeployError::ModulePruned(target.sha256.clone()))?;
         self.switch_locked(handler, module, by, "rollback", &[])
     }
 
@@ -288,6 +288,12 @@ pub enum DeployError {
     /// active one.
     #[error("{0} has only one version in its history; there is nothing to roll back to")]
     NothingToRollBack(String),
+    /// The version is in the history, but its module was pruned from the
+    /// registry (`[plugins] keep_versions`).
+    #[error(
+        "version {0} is in the history but its module was pruned (only each handler's latest `plugins.keep_versions` versions keep theirs); deploy its file again"
+    )]
+    ModulePruned(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -305,7 +311,10 @@ impl DeployError {
             Self::Invalid(e) => e.code(),
             Self::SampleFailed { .. } => "sample_failed",
             // One code for all three, as before they were told apart.
-            Self::NoSuchVersion(_) | Self::AmbiguousVersion { .. } | Self::NothingToRollBack(_) => "no_such_version",
+            Self::NoSuchVersion(_)
+            | Self::AmbiguousVersion { .. }
+            | Self::NothingToRollBack(_)
+            | Self::ModulePruned(_) => "no_such_version",
             Self::Store(e) => e.code(),
             Self::Runtime(_) => "worker",
         }

@@ -119,11 +119,15 @@ pub struct StoreOptions {
     pub retention: Duration,
     /// How often expired records are collected. By default every minute.
     pub gc_interval: Duration,
+    /// How many of each handler's latest deploy-history entries keep their
+    /// module: a deploy deletes the modules that neither these nor an
+    /// active version use. By default 10; at least 1 is used.
+    pub keep_versions: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { retention: DEFAULT_RETENTION, gc_interval: Duration::from_secs(60) }
+        Self { retention: DEFAULT_RETENTION, gc_interval: Duration::from_secs(60), keep_versions: 10 }
     }
 }
 
@@ -159,6 +163,8 @@ struct Shared {
     /// Names expiry batches; starts at the open time in nanoseconds so names
     /// never repeat across restarts.
     batches: AtomicU64,
+    /// [`StoreOptions::keep_versions`].
+    keep_versions: usize,
 }
 
 /// Where the database lives, to open it again after a failed commit.
@@ -441,6 +447,7 @@ impl Store {
             published: AtomicU64::new(0),
             published_duplicates: AtomicU64::new(0),
             batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
+            keep_versions: options.keep_versions.max(1),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);

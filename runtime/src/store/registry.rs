@@ -1,6 +1,8 @@
 //! The plugin registry: module bytes by sha256, each handler's deploy
 //! history and its active version.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use redb::{ReadableTable, TableDefinition};
 
 use super::codec::{Encoded, Records, decode};
@@ -25,6 +27,9 @@ pub(super) struct Deploy {
     pub(super) handler: String,
     pub(super) record: Box<VersionRecord>,
     pub(super) module: Vec<u8>,
+    /// Each handler's latest history entries that keep their module
+    /// ([`super::StoreOptions::keep_versions`]).
+    pub(super) keep: usize,
 }
 
 /// What the check of a [`Deploy`] read.
@@ -68,8 +73,57 @@ impl Apply for Deploy {
         }
         w.txn.open_table(VERSIONS)?.insert((handler, checked.number), next_record(&mut records)?)?;
         w.txn.open_table(ACTIVE)?.insert(handler, sha256)?;
+        let pruned = prune(w, self.keep)?;
+        if pruned > 0 {
+            tracing::info!(pruned, keep_versions = self.keep, "deleted plugin modules no recent version uses");
+        }
         Ok(checked.number)
     }
+}
+
+/// Delete the modules that neither an active version nor one of each
+/// handler's latest `keep` history entries uses; answers how many. The
+/// history entries stay (they are small); rolling back to one whose module
+/// is gone is refused. A history entry that does not decode stops the
+/// pruning: what it names cannot be known.
+fn prune(w: &mut Writes<'_>, keep: usize) -> Result<usize, Fatal> {
+    let mut latest: HashMap<String, VecDeque<String>> = HashMap::new();
+    {
+        let versions = w.txn.open_table(VERSIONS)?;
+        for entry in versions.iter()? {
+            let (k, v) = entry?;
+            let (handler, n) = k.value();
+            let Ok(record) = decode::<VersionRecord>(v.value(), || format!("deploy history {handler} #{n}")) else {
+                tracing::warn!(handler, n, "a damaged deploy history entry: no plugin module is pruned");
+                return Ok(0);
+            };
+            let shas = latest.entry(handler.to_owned()).or_default();
+            shas.push_back(record.sha256);
+            if shas.len() > keep {
+                shas.pop_front();
+            }
+        }
+    }
+    let mut used: HashSet<String> = latest.into_values().flatten().collect();
+    for entry in w.txn.open_table(ACTIVE)?.iter()? {
+        used.insert(entry?.1.value().to_owned());
+    }
+    let doomed: Vec<String> = {
+        let modules = w.txn.open_table(MODULES)?;
+        let mut doomed = Vec::new();
+        for entry in modules.iter()? {
+            let (k, _) = entry?;
+            if !used.contains(k.value()) {
+                doomed.push(k.value().to_owned());
+            }
+        }
+        doomed
+    };
+    let mut modules = w.txn.open_table(MODULES)?;
+    for sha256 in &doomed {
+        modules.remove(sha256.as_str())?;
+    }
+    Ok(doomed.len())
 }
 
 impl Store {
@@ -86,7 +140,8 @@ impl Store {
         record: VersionRecord,
         module: Vec<u8>,
     ) -> Result<u64, StoreError> {
-        let deploy = Deploy { handler: handler.to_owned(), record: Box::new(record), module };
+        let deploy =
+            Deploy { handler: handler.to_owned(), record: Box::new(record), module, keep: self.shared.keep_versions };
         self.ask(|reply| Command::Deploy(Order::new(deploy, reply)))
     }
 
@@ -143,6 +198,7 @@ mod tests {
     use redb::ReadableTableMetadata as _;
 
     use super::*;
+    use crate::store::StoreOptions;
     use crate::store::testing::{temp_store, write_at};
 
     fn version(module: &[u8], action: &str) -> VersionRecord {
@@ -178,6 +234,34 @@ mod tests {
         assert_eq!(store.active_version("orders/audit").unwrap(), Some(sha256_hex(one)));
         let read = store.shared.begin_read().unwrap();
         assert_eq!(read.open_table(MODULES).unwrap().len().unwrap(), 2);
+    }
+
+    #[test]
+    fn modules_beyond_each_handlers_latest_versions_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { keep_versions: 2, ..StoreOptions::default() };
+        let store = Store::open(&dir.path().join("weir.redb"), options).unwrap();
+        let modules: Vec<Vec<u8>> = (0..5).map(|i| format!("module {i}").into_bytes()).collect();
+        let deploy = |handler: &str, i: usize| {
+            store.deploy_blocking(handler, version(&modules[i], "deploy"), modules[i].clone()).unwrap();
+        };
+        // Another handler's only version is module 0: it stays.
+        deploy("orders/audit", 0);
+        for i in 0..5 {
+            deploy("orders/validator", i);
+        }
+        let stored = |store: &Store| -> Vec<bool> {
+            modules.iter().map(|m| store.module(&sha256_hex(m)).unwrap().is_some()).collect()
+        };
+        assert_eq!(stored(&store), [true, false, false, true, true], "the validator keeps its latest two");
+        // The history itself is kept whole.
+        assert_eq!(store.history("orders/validator").unwrap().len(), 5);
+        // A rollback to module 3 (a new entry) keeps 3 and 4 in reach.
+        deploy("orders/validator", 3);
+        assert_eq!(stored(&store), [true, false, false, true, true]);
+        // Deploying module 1 again stores it again.
+        deploy("orders/validator", 1);
+        assert_eq!(stored(&store), [true, true, false, true, false]);
     }
 
     #[test]
