@@ -22,7 +22,8 @@
 //!   applied and committed as if it had not been sent.
 //! - [`Fatal`]: redb failed (I/O, a full disk, a failed commit). The
 //!   transaction is abandoned, every command of the group is answered with
-//!   the error, and the store refuses all further writes until reopened.
+//!   the error, and the store refuses writes until a retry commits (the
+//!   writer reopens the database and backs off first).
 //!
 //! redb cannot undo one command inside a group instead: it refuses a
 //! savepoint in a transaction that has already written
@@ -78,8 +79,8 @@ pub(super) enum Failure {
     Fatal(Fatal),
 }
 
-/// A storage failure inside a group's transaction: the group fails and the
-/// store is poisoned.
+/// A storage failure inside a group's transaction: the group fails, and the
+/// store refuses writes until a retry commits.
 #[derive(Debug)]
 pub(super) struct Fatal(pub(super) StoreError);
 

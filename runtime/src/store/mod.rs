@@ -10,8 +10,11 @@
 //! write transaction and commits with immediate durability (fsync): group
 //! commit. A caller's reply is sent only after the commit that holds its
 //! command returned, so an acknowledged publish survives `kill -9`. After a
-//! failed commit the writer refuses every further write until the store is
-//! reopened.
+//! failed commit (a full disk, an I/O error) the writer closes and reopens
+//! the database, so reads go on; it refuses writes with the failure while it
+//! backs off, then tries again, and the first commit that succeeds ends the
+//! outage. Outcome batches built before the failure are refused
+//! ([`StoreError::Interrupted`]), so nothing commits after a lost batch.
 //!
 //! # Layout
 //!
@@ -47,7 +50,7 @@
 //! log's head, answers each command and wakes the log's watchers. A command
 //! its own check refuses (a record that does not encode or decode) gets its
 //! error while the rest of its group commits; a storage failure fails the
-//! group and poisons the store.
+//! group, and writes are refused until a retry commits (see Durability).
 //!
 //! Readers (`read_log`, `idempotency`, `dlq`, …) open their own read
 //! transaction on the calling thread: they see the last committed group,

@@ -5,7 +5,9 @@
 //! transaction ([`Writes`]), commits it with immediate durability and only
 //! then answers each command. A command refused by its check is answered
 //! with its own error and the rest of the group commits; a storage failure
-//! fails the group and poisons the store (see [`super::command`]).
+//! fails the group, the database is reopened, and writes are refused (with
+//! that failure) until a retry commits (see [`super::command`]). Garbage
+//! collection runs between groups, in transactions of its own ([`super::gc`]).
 
 use std::mem;
 use std::sync::PoisonError;
