@@ -284,7 +284,12 @@ impl Runtime {
         let (tx, rx) = mpsc::channel();
         let store = self.store.clone();
         let closing = std::thread::Builder::new().name("weir-close".into()).spawn(move || {
-            let _ = tx.send(store.close());
+            let closed = store.close();
+            // This handle goes before the answer: the runtime's own is then
+            // the last, and dropping it joins the writer and closes the file
+            // before shutdown returns (a restart can open it at once).
+            drop(store);
+            let _ = tx.send(closed);
         });
         match closing {
             Ok(_) => match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
