@@ -26,3 +26,4 @@ mod raw_abi;
 mod server;
 mod store_damage;
 mod store_format;
+mod tutorial;

@@ -46,6 +46,17 @@ times out, or does not produce what it expects refuses the deploy; the running v
         /// `<pipeline>/<handler>`.
         handler: String,
     },
+    /// Wait until a handler runs the given module (after `weir run --watch`
+    /// picked up a build, or a deploy from elsewhere); exit 1 on timeout.
+    Wait {
+        /// `<pipeline>/<handler>`.
+        handler: String,
+        /// The module (.wasm) the handler should be running.
+        file: PathBuf,
+        /// Give up after this long.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Switch back to an earlier version (the previous one by default).
     Rollback {
         /// `<pipeline>/<handler>`.
@@ -148,6 +159,32 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
                     r.size,
                     r.deployed_by
                 );
+            }
+        }
+        PluginCommand::Wait { handler, file, timeout } => {
+            let module = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let want = weir_runtime::ContentHash::of(&module).to_string();
+            let give_up = std::time::Instant::now() + *timeout;
+            loop {
+                let answer: PluginsResponse = client.get("/v1/plugins")?;
+                let Some(info) = answer.handlers.iter().find(|h| h.handler == *handler) else {
+                    bail!("no handler named {handler} in the running configuration");
+                };
+                let active = info.active.as_ref().map(|a| a.sha256.as_str());
+                if active == Some(want.as_str()) {
+                    println!("{handler}: running {} ({})", short(Some(&want)), file.display());
+                    break;
+                }
+                if std::time::Instant::now() >= give_up {
+                    eprintln!(
+                        "error: {handler} still runs {} after {timeout:?}, not {} ({})",
+                        short(active),
+                        short(Some(&want)),
+                        file.display()
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         PluginCommand::Rollback { handler, to, by } => {

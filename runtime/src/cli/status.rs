@@ -27,6 +27,14 @@ pub(crate) struct StatusArgs {
     /// With --watch, stop after this many refreshes.
     #[arg(long, value_name = "N", requires = "watch")]
     count: Option<u64>,
+    /// Wait until the server answers and every subscription has caught up
+    /// with the log (no lag, nothing retrying or waiting), then print the
+    /// table once. For scripts: publish, then `weir status --wait-idle`.
+    #[arg(long, conflicts_with = "watch")]
+    wait_idle: bool,
+    /// With --wait-idle, give up after this long (exit 1).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -44,6 +52,35 @@ pub(crate) fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server);
     let in_place = args.watch && !args.json && std::io::stdout().is_terminal();
     let mut shown = 0u64;
+    if args.wait_idle {
+        let give_up = std::time::Instant::now() + args.timeout;
+        loop {
+            // A server still starting is not an error yet: wait for it too.
+            let status: StatusResponse = match client.get("/v1/status") {
+                Ok(status) => status,
+                Err(e) if std::time::Instant::now() < give_up => {
+                    tracing::debug!("waiting for the server: {e:#}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if status.subscriptions.iter().all(|s| s.lag == 0 && s.parked == 0) {
+                break;
+            }
+            if std::time::Instant::now() >= give_up {
+                let busy: Vec<String> = status
+                    .subscriptions
+                    .iter()
+                    .filter(|s| s.lag > 0 || s.parked > 0)
+                    .map(|s| format!("{} (lag {}, parked {})", s.name, s.lag, s.parked))
+                    .collect();
+                eprintln!("error: not idle after {:?}: {}", args.timeout, busy.join(", "));
+                return Ok(ExitCode::FAILURE);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     loop {
         let status = client.get("/v1/status")?;
         // Readiness is an extra: a server without `/ready` still has a status.
