@@ -88,3 +88,19 @@ fn a_load_refusal_has_the_same_code_and_stage_in_exec_and_inspect() {
     assert_eq!(report["stage"], refusal["stage"]);
     assert_eq!(report["reason"], refusal["message"]);
 }
+
+#[test]
+fn a_refused_deploy_answers_the_same_code_and_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = weir_tests::Server::start(dir.path(), weir_tests::ORDERS);
+    let module = std::fs::read(plugins::WASI_IMPORT).unwrap();
+    let (status, answer) =
+        server.put_with("/v1/plugins/orders/validator", &[("content-type", "application/wasm")], &module);
+    assert_eq!(status, 422, "{answer}");
+    let (_, report) = inspect_json(plugins::WASI_IMPORT, &[]);
+    assert_eq!(answer["error"]["code"], report["code"]);
+    assert_eq!(answer["error"]["stage"], report["stage"]);
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.ends_with(report["reason"].as_str().unwrap()), "{message} vs {report}");
+    assert_eq!(message.matches("wasi_snapshot_preview1").count(), 1, "the reason is stated once: {message}");
+}

@@ -20,13 +20,15 @@ pub(crate) struct ApiError {
     code: &'static str,
     message: String,
     index: Option<usize>,
+    /// The loading step of a refused module.
+    stage: Option<&'static str>,
     /// Seconds for a `Retry-After` header.
     retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), index: None, retry_after: None }
+        Self { status, code, message: message.into(), index: None, stage: None, retry_after: None }
     }
 
     /// `503 overloaded`, to retry after `seconds`.
@@ -68,8 +70,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            ErrorResponse { error: ErrorInfo { code: self.code.into(), message: self.message, index: self.index } };
+        let body = ErrorResponse {
+            error: ErrorInfo {
+                code: self.code.into(),
+                message: self.message,
+                index: self.index,
+                stage: self.stage.map(str::to_owned),
+            },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
@@ -133,11 +141,16 @@ impl From<DeployError> for ApiError {
             DeployError::UnknownHandler(_)
             | DeployError::NoSuchVersion(_)
             | DeployError::AmbiguousVersion { .. }
-            | DeployError::NothingToRollBack(_) => StatusCode::NOT_FOUND,
+            | DeployError::NothingToRollBack(_)
+            | DeployError::ModulePruned(_) => StatusCode::NOT_FOUND,
             DeployError::Invalid(_) | DeployError::SampleFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        Self::new(status, e.code(), e.to_string())
+        let stage = match &e {
+            DeployError::Invalid(load) => Some(load.stage()),
+            _ => None,
+        };
+        Self { stage, ..Self::new(status, e.code(), e.to_string()) }
     }
 }
 

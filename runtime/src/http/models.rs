@@ -34,6 +34,11 @@ pub struct ErrorInfo {
     /// Position of the offending event in an ingest request (0-based).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+    /// For a refused module (a deploy's `422`): the loading step that
+    /// refused it, as `weir inspect` and `weir exec` report it (`validate`,
+    /// `instantiate`, `weir_init`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 // ------------------------------------------------------- health, status
