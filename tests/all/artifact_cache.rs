@@ -147,3 +147,26 @@ fn the_cli_warns_and_runs_without_an_insecure_cache() {
     assert!(stderr.contains("continuing without the artifact cache"), "{stderr}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing is written to a directory others may write");
 }
+
+#[test]
+fn the_runtime_evicts_artifacts_of_modules_no_handler_uses_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("data").join("artifacts");
+    let both = "[[pipelines]]\nname = \"p\"\ntopics = [\"orders.order.created\"]\n[[pipelines.handlers]]\nname = \"f\"\nplugin = \"{FILTER}\"\n[[pipelines.handlers]]\nname = \"a\"\nplugin = \"{AUDIT_LOGGER}\"\n";
+    let rt = weir_runtime::Runtime::start(&weir_tests::config(dir.path(), both)).unwrap();
+    rt.shutdown().unwrap();
+    assert!(artifact(&artifacts, plugins::FILTER).is_file());
+    assert!(artifact(&artifacts, plugins::AUDIT_LOGGER).is_file());
+
+    // The audit handler leaves the configuration: its artifact goes at the
+    // next start, the filter's stays.
+    let one = "[[pipelines]]\nname = \"p\"\ntopics = [\"orders.order.created\"]\n[[pipelines.handlers]]\nname = \"f\"\nplugin = \"{FILTER}\"\n";
+    let rt = weir_runtime::Runtime::start(&weir_tests::config(dir.path(), one)).unwrap();
+    rt.shutdown().unwrap();
+    assert!(artifact(&artifacts, plugins::FILTER).is_file());
+    let audit = sha256(&std::fs::read(plugins::AUDIT_LOGGER).unwrap());
+    let left: Vec<String> =
+        std::fs::read_dir(&artifacts).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!left[0].starts_with(&audit), "an artifact no handler uses is evicted: {left:?}");
+}

@@ -82,6 +82,9 @@ impl Runtime {
                 .map(|h| h.limits.memory_bytes())
                 .max()
                 .unwrap_or(crate::DEFAULT_MEMORY_BYTES),
+            // Pool slots from the number of subscriptions, with headroom for
+            // deploy probes and swaps, instead of a fixed count.
+            pool_instances: EngineConfig::pool_instances_for(config.pipelines.iter().map(|p| p.handlers.len()).sum()),
             ..EngineConfig::default()
         })?;
         // Load every configured plugin file before the store is opened (or
@@ -164,6 +167,17 @@ impl Runtime {
                 }
             };
             prepared.push((name, pipeline, handler, Box::new(instance) as Box<dyn Invoke>, true));
+        }
+        // Compiled artifacts of modules no handler's history holds any more
+        // are removed: the cache does not grow with every deploy ever made.
+        let mut keep: Vec<String> = Vec::new();
+        for (name, ..) in &prepared {
+            keep.extend(store.history(name)?.into_iter().map(|(_, record)| record.sha256));
+        }
+        match engine.evict_artifacts(keep.iter().map(String::as_str)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "evicted compiled artifacts no handler uses"),
+            Err(e) => tracing::warn!(error = %e, "could not evict unused compiled artifacts"),
         }
         let ids = Arc::new(IdGenerator::new());
         let stopping = Arc::new(AtomicBool::new(false));
