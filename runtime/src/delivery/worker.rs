@@ -19,6 +19,9 @@ use crate::store::{ParkedEntry, Store, StoreError, now_ms};
 
 /// Events read from the log per batch.
 const BATCH: usize = 512;
+/// Stored bytes read from the log per batch (at least one event): 512
+/// events of a few MiB each would otherwise be held at once.
+const BATCH_BYTES: usize = 8 << 20;
 /// DLQ entries moved back per redrive command.
 const REDRIVE_CHUNK: usize = 1024;
 /// Longest sleep when idle (a safety net; wakes normally come from commits).
@@ -209,7 +212,7 @@ impl Worker {
     /// The next batch of the log from the cursor. Answers whether there was
     /// any; on stop it returns early, the rest re-read after restart.
     fn run_new(&mut self) -> Result<bool, StoreError> {
-        let entries = self.store.read_log_each(self.cursor, BATCH)?;
+        let entries = self.store.read_log_each(self.cursor, BATCH, BATCH_BYTES)?;
         let Some(mut read_end) = entries.last().map(|(seq, _)| seq + 1) else {
             return Ok(false);
         };

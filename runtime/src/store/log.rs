@@ -95,19 +95,27 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` log entries from sequence number `from` on, each
-    /// decoded on its own: a record that does not decode is answered as its
-    /// error, in its place, so a reader can set it aside and go on.
+    /// Up to `limit` log entries from sequence number `from` on, and no more
+    /// than about `max_bytes` of stored records (always at least one entry,
+    /// so a single large event still moves the reader on), each decoded on
+    /// its own: a record that does not decode is answered as its error, in
+    /// its place, so a reader can set it aside and go on. The byte bound
+    /// keeps a batch of large events from holding hundreds of megabytes.
     ///
     /// # Errors
     ///
     /// Storage errors.
-    pub(crate) fn read_log_each(&self, from: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+    pub(crate) fn read_log_each(&self, from: u64, limit: usize, max_bytes: usize) -> Result<Vec<LogEntry>, StoreError> {
         let read = self.shared.begin_read()?;
         let log = read.open_table(LOG).map_err(storage)?;
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0usize;
         for entry in log.range(from..).map_err(storage)?.take(limit) {
+            if !out.is_empty() && bytes >= max_bytes {
+                break;
+            }
             let (k, v) = entry.map_err(storage)?;
+            bytes = bytes.saturating_add(v.value().len());
             out.push((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))));
         }
         Ok(out)
@@ -120,5 +128,29 @@ impl Store {
     /// Storage or decoding errors.
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
         Ok(self.read_log(seq, 1)?.into_iter().find(|(s, _)| *s == seq).map(|(_, e)| e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{event, temp_store};
+
+    #[test]
+    fn a_read_batch_is_bounded_by_bytes_but_always_moves_on() {
+        let (_dir, store) = temp_store();
+        let mut big = Vec::new();
+        for i in 0..10 {
+            let mut e = event(&format!("k{i}"));
+            e.payload = vec![7; 100_000];
+            big.push(e);
+        }
+        store.publish_blocking(big).unwrap();
+        // 10 records of ~100 kB: a 250 kB bound stops after 3.
+        assert_eq!(store.read_log_each(0, 512, 250_000).unwrap().len(), 3);
+        // The count bound still holds, and a bound below one record gives one.
+        assert_eq!(store.read_log_each(0, 2, usize::MAX).unwrap().len(), 2);
+        let one = store.read_log_each(4, 512, 1).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].0, 4);
     }
 }
