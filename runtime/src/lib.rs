@@ -111,7 +111,7 @@ pub use runtime::{
     TestCase, parse_test_cases,
 };
 pub use store::{
-    DlqEntry, DlqFilter, DlqPage, FORMAT_VERSION as STORE_FORMAT_VERSION, ParkedEntry, Published, Store, StoreError,
-    StoreOptions, VersionRecord,
+    DlqEntry, DlqFilter, DlqPage, FORMAT_VERSION as STORE_FORMAT_VERSION, PUBLISH_OVERHEAD, ParkedEntry, Published,
+    Store, StoreError, StoreOptions, VersionRecord,
 };
 pub use topic::{Pattern as TopicPattern, TopicError, validate as validate_topic};

@@ -90,6 +90,9 @@ impl IntoResponse for ApiError {
 /// closed, I/O) a 503.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Overloaded { .. } = e {
+            return Self::overloaded(e.to_string(), 1);
+        }
         let status = match e {
             StoreError::RecordCorrupt { .. } | StoreError::ModuleCorrupt { .. } | StoreError::Corrupt { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -125,6 +125,7 @@ impl Runtime {
                     // Collect at least twice per retention window.
                     gc_interval: (config.retention / 2).clamp(Duration::from_millis(10), Duration::from_secs(60)),
                     keep_versions: config.keep_versions,
+                    ..StoreOptions::default()
                 },
             )?,
         };

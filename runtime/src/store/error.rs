@@ -47,6 +47,14 @@ pub enum StoreError {
     /// The writer has shut down.
     #[error("the store is closed")]
     Closed,
+    /// Admission control: too many publish bytes wait for the writer.
+    #[error("the store's writer is busy: {queued} bytes of publishes wait, the bound is {limit} (retry shortly)")]
+    Overloaded {
+        /// Bytes waiting when the publish came.
+        queued: usize,
+        /// `max_queued_publish_bytes`.
+        limit: usize,
+    },
     /// A record could not be encoded, or a stored module is missing.
     #[error("stored record is undecodable: {0}")]
     Decode(String),
@@ -85,6 +93,7 @@ impl StoreError {
             Self::Unavailable(_) => "store_unavailable",
             Self::Interrupted => "store_interrupted",
             Self::Closed => "store_closed",
+            Self::Overloaded { .. } => "overloaded",
             Self::Decode(_) => "store_decode",
             Self::RecordCorrupt { .. } => "store_record_corrupt",
             Self::ModuleCorrupt { .. } => "store_module_corrupt",

@@ -1,5 +1,8 @@
 //! The log: seq → event, and the publish command that appends to it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use redb::TableDefinition;
 use weir_abi::Event;
 
@@ -14,6 +17,50 @@ pub(super) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("lo
 /// Append events, each unless its producer key is a known duplicate.
 pub(super) struct Publish {
     pub(super) events: Vec<Event>,
+    /// The publish's share of the admission bound, given back when the
+    /// command is dropped: applied, refused or never run.
+    pub(super) _admitted: Admitted,
+}
+
+/// Bytes of a publish counted against `max_queued_publish_bytes` while it
+/// waits for the writer.
+pub(super) struct Admitted {
+    queued: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+#[cfg(test)]
+impl Publish {
+    /// A publish outside admission control, for the writer's unit tests.
+    pub(super) fn unadmitted(events: Vec<Event>) -> Self {
+        Self { events, _admitted: Admitted { queued: Arc::new(AtomicUsize::new(0)), bytes: 0 } }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Store {
+    /// Count `events` against the admission bound, or refuse them.
+    fn admit(&self, events: &[Event]) -> Result<Admitted, StoreError> {
+        let bytes = events.iter().map(|e| e.payload.len().saturating_add(super::PUBLISH_OVERHEAD)).sum::<usize>();
+        let queued = &self.shared.queued_publish_bytes;
+        let limit = self.shared.max_queued_publish_bytes;
+        let mut now = queued.load(Ordering::Acquire);
+        loop {
+            // An oversized publish still passes when nothing else waits.
+            if now > 0 && now.saturating_add(bytes) > limit {
+                return Err(StoreError::Overloaded { queued: now, limit });
+            }
+            match queued.compare_exchange_weak(now, now.saturating_add(bytes), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(Admitted { queued: Arc::clone(queued), bytes }),
+                Err(actual) => now = actual,
+            }
+        }
+    }
 }
 
 impl Apply for Publish {
@@ -67,7 +114,10 @@ impl Store {
     /// retention window is not stored again: its answer carries the original
     /// id and `duplicate: true`.
     pub(crate) fn publish(&self, events: Vec<Event>, reply: Reply<Vec<Published>>) {
-        self.send(Command::Publish(Order::new(Publish { events }, reply)));
+        match self.admit(&events) {
+            Ok(admitted) => self.send(Command::Publish(Order::new(Publish { events, _admitted: admitted }, reply))),
+            Err(refused) => reply(Err(refused)),
+        }
     }
 
     /// Publish and wait for the commit (the runtime publishes without waiting).
@@ -76,7 +126,8 @@ impl Store {
     ///
     /// The commit's error.
     pub fn publish_blocking(&self, events: Vec<Event>) -> Result<Vec<Published>, StoreError> {
-        self.ask(|reply| Command::Publish(Order::new(Publish { events }, reply)))
+        let admitted = self.admit(&events)?;
+        self.ask(|reply| Command::Publish(Order::new(Publish { events, _admitted: admitted }, reply)))
     }
 
     /// Up to `limit` events from sequence number `from` on.
@@ -134,6 +185,35 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{event, temp_store};
+    use super::super::{PUBLISH_OVERHEAD, Store, StoreError, StoreOptions};
+
+    #[test]
+    fn publishes_past_the_queued_bytes_bound_are_refused_until_the_queue_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { max_queued_publish_bytes: 1000, ..StoreOptions::default() };
+        let store = Store::open(&dir.path().join("weir.redb"), options).unwrap();
+        let sized = |n: usize| {
+            let mut e = event("k");
+            e.payload = vec![0; n];
+            e
+        };
+        // A publish held by the queue counts; the next one that would pass
+        // the bound is refused at once, naming both numbers.
+        let held = store.admit(&[sized(600 - PUBLISH_OVERHEAD)]).unwrap();
+        match store.admit(&[sized(600 - PUBLISH_OVERHEAD)]) {
+            Err(StoreError::Overloaded { queued: 600, limit: 1000 }) => {}
+            other => panic!("expected overloaded, got {:?}", other.map(|_| ())),
+        }
+        let refused = store.publish_blocking(vec![sized(600 - PUBLISH_OVERHEAD)]).unwrap_err();
+        assert_eq!(refused.code(), "overloaded");
+        assert_eq!(store.head(), 0, "nothing of a refused publish is stored");
+        // Once the held publish is applied (here: dropped), room is back.
+        drop(held);
+        assert_eq!(store.publish_blocking(vec![sized(600 - PUBLISH_OVERHEAD)]).unwrap().len(), 1);
+        // A publish bigger than the whole bound passes when nothing waits.
+        assert_eq!(store.publish_blocking(vec![sized(5000)]).unwrap().len(), 1);
+        assert_eq!(store.shared.queued_publish_bytes.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
 
     #[test]
     fn a_read_batch_is_bounded_by_bytes_but_always_moves_on() {

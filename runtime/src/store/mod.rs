@@ -126,11 +126,28 @@ pub struct StoreOptions {
     /// module: a deploy deletes the modules that neither these nor an
     /// active version use. By default 10; at least 1 is used.
     pub keep_versions: usize,
+    /// Admission control for publishes: the most event bytes (payloads plus
+    /// [`PUBLISH_OVERHEAD`] per event) waiting for the writer at once. A
+    /// publish that would pass it is refused at once with
+    /// [`StoreError::Overloaded`] (HTTP `503` with `Retry-After`) instead of
+    /// queueing without bound. By default 256 MiB; a single publish larger
+    /// than the bound is admitted when nothing else waits, so it can never
+    /// be refused forever.
+    pub max_queued_publish_bytes: usize,
 }
+
+/// What one queued event is charged for admission beyond its payload: its
+/// other fields and the queue's own bookkeeping, roughly.
+pub const PUBLISH_OVERHEAD: usize = 256;
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { retention: DEFAULT_RETENTION, gc_interval: Duration::from_secs(60), keep_versions: 10 }
+        Self {
+            retention: DEFAULT_RETENTION,
+            gc_interval: Duration::from_secs(60),
+            keep_versions: 10,
+            max_queued_publish_bytes: 256 << 20,
+        }
     }
 }
 
@@ -163,6 +180,9 @@ struct Shared {
     /// Events published (stored) and publishes refused as duplicates.
     published: AtomicU64,
     published_duplicates: AtomicU64,
+    /// Event bytes of publishes sent to the writer and not yet applied.
+    queued_publish_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued_publish_bytes: usize,
     /// Names expiry batches; starts at the open time in nanoseconds so names
     /// never repeat across restarts.
     batches: AtomicU64,
@@ -449,6 +469,8 @@ impl Store {
             commit_size: crate::metrics::SizeHistogram::default(),
             published: AtomicU64::new(0),
             published_duplicates: AtomicU64::new(0),
+            queued_publish_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_queued_publish_bytes: options.max_queued_publish_bytes,
             batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
             keep_versions: options.keep_versions.max(1),
         });

@@ -313,7 +313,7 @@ mod tests {
         });
 
         let (reply, published) = answer();
-        let mut publish = Order::new(Publish { events: vec![event("a"), event("b")] }, reply);
+        let mut publish = Order::new(Publish::unadmitted(vec![event("a"), event("b")]), reply);
         let (reply, damaged) = answer();
         let mut take_damaged = Order::new(TakeDlq(7), reply);
         let (reply, missing) = answer();
@@ -421,7 +421,7 @@ mod tests {
         fail.store(true, Ordering::Relaxed);
 
         let (reply, published) = answer();
-        let mut publish = Order::new(Publish { events: vec![event("b")] }, reply);
+        let mut publish = Order::new(Publish::unadmitted(vec![event("b")]), reply);
         let (reply, synced) = answer();
         let mut barrier = Order::new(Barrier, reply);
         let mut orders: Vec<&mut dyn Pending> = vec![&mut publish, &mut barrier];
