@@ -72,6 +72,7 @@ mod metrics;
 mod names;
 mod process;
 mod runtime;
+mod sink;
 mod store;
 mod topic;
 

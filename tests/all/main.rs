@@ -24,6 +24,7 @@ mod metrics;
 mod plugin_authoring;
 mod raw_abi;
 mod server;
+mod sinks;
 mod store_damage;
 mod store_format;
 mod tutorial;

@@ -16,6 +16,11 @@ pub use http::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_PUBLISH_BYTES, HttpConfig, Scope,
 };
 use http::{RawHttp, http_config};
+mod sinks;
+pub use sinks::{
+    DEFAULT_SINK_TIMEOUT, MAX_SINK_TIMEOUT, SINK_PIPELINE, SinkConfig, SinkFormat, SinkSecret, SinkUrl,
+};
+use sinks::RawSink;
 
 /// Default HTTP listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -70,6 +75,8 @@ struct RawConfig {
     plugins: RawPlugins,
     #[serde(default)]
     pipelines: Vec<RawPipeline>,
+    #[serde(default)]
+    sinks: Vec<RawSink>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +296,8 @@ pub struct Config {
     pub keep_versions: usize,
     /// The pipelines.
     pub pipelines: Vec<PipelineConfig>,
+    /// The webhook sinks (`[[sinks]]`), each a subscription `sinks/<name>`.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// Default of `[plugins] keep_versions`.
@@ -420,6 +429,21 @@ impl Config {
             pipelines.push(PipelineConfig { name: rp.name, topics, handlers });
         }
 
+        let sinks = sinks::sinks(raw.sinks, &|name| std::env::var(name).ok()).map_err(|(key, e)| err(&key, e))?;
+        // A sink's subscription is `sinks/<name>`: a pipeline of that name
+        // must not have a handler of the same name.
+        if let Some(clash) = pipelines
+            .iter()
+            .filter(|p| p.name == SINK_PIPELINE)
+            .flat_map(|p| &p.handlers)
+            .find(|h| sinks.iter().any(|s| s.name == h.name))
+        {
+            return Err(err(
+                "sinks",
+                format!("sink {:?} and handler sinks/{0} would share the subscription name sinks/{0}", clash.name),
+            ));
+        }
+
         let keep_versions = raw.plugins.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS);
         if keep_versions == 0 {
             return Err(err(
@@ -440,6 +464,7 @@ impl Config {
             metrics: raw.metrics.enabled.unwrap_or(true),
             keep_versions,
             pipelines,
+            sinks,
         })
     }
 }

@@ -62,13 +62,24 @@ pub struct Failure {
     /// Whether another attempt may succeed. `false` dead-letters the event
     /// at once; `true` retries it until the retry policy gives up.
     pub retryable: bool,
+    /// When the next attempt should come, if the failure says (a webhook
+    /// receiver's `Retry-After`): it replaces the retry policy's backoff for
+    /// this wait. `None` for every engine failure.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Failure {
     /// A failure with this code and message.
     #[must_use]
     pub fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Self {
-        Self { code, message: message.into(), retryable }
+        Self { code, message: message.into(), retryable, retry_after: None }
+    }
+
+    /// This failure, with the next attempt asked for after `wait`.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     /// The handler asked to be called again later (`handler_retry`).
@@ -92,9 +103,9 @@ impl From<InvokeError> for Failure {
         let code = error.code();
         match error {
             // Moved, not cloned: this is the handler's reason verbatim.
-            InvokeError::HandlerRetry { reason } => Self { code, message: reason, retryable: true },
-            InvokeError::HandlerReject { reason } => Self { code, message: reason, retryable: false },
-            other => Self { code, message: other.to_string(), retryable: true },
+            InvokeError::HandlerRetry { reason } => Self::new(code, reason, true),
+            InvokeError::HandlerReject { reason } => Self::new(code, reason, false),
+            other => Self::new(code, other.to_string(), true),
         }
     }
 }

@@ -130,6 +130,28 @@ pub(crate) struct SubscriptionCounters {
     /// The log record that did not decode when a worker last met it (it
     /// died of it): met again by the restarted worker, it is quarantined.
     pub damaged: Mutex<Option<u64>>,
+    /// Why the subscription turned itself off ([`Disabler`]); it stays off
+    /// until the runtime starts again.
+    pub disabled: Mutex<Option<String>>,
+}
+
+/// What an [`Invoke`] holds to turn its own subscription off for good: the
+/// target it delivers to is gone (a webhook receiver's 410). The worker
+/// finishes the event in hand, commits, and stops; status shows the
+/// subscription `disabled` with the reason. What it has not delivered stays
+/// where it is (cursor, parked events) for the next start.
+#[derive(Clone)]
+pub(crate) struct Disabler {
+    pub(crate) control: Sender<Control>,
+    pub(crate) counters: Arc<SubscriptionCounters>,
+}
+
+impl Disabler {
+    /// Record why and ask the worker to stop after the current event.
+    pub(crate) fn disable(&self, why: String) {
+        *self.counters.disabled.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+        let _ = self.control.send(Control::Stop);
+    }
 }
 
 /// A subscription's counters at one moment ([`crate::Runtime::counters`]).

@@ -227,7 +227,7 @@ impl Worker {
     /// the failure is final or the retries are used up.
     fn stage_failure(&mut self, seq: u64, event: &Event, prior: Option<Prior>, attempt: u32, failure: Failure) {
         let now = now_ms();
-        let Failure { code, message, retryable } = failure;
+        let Failure { code, message, retryable, retry_after } = failure;
         // Any failure message may quote the plugin (an invalid topic it
         // emitted, its panic line): escaped and cut before it is counted,
         // logged, parked or dead-lettered.
@@ -253,7 +253,9 @@ impl Worker {
             self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let wait = self.spec.retry.backoff(attempt);
+        // A failure that says when to come back (a receiver's Retry-After)
+        // is taken at its word instead of the policy's backoff.
+        let wait = retry_after.unwrap_or_else(|| self.spec.retry.backoff(attempt));
         tracing::debug!(subscription = %self.spec.name, seq, code, attempt, ?wait, "retrying: {message}");
         let entry = ParkedEntry {
             seq,

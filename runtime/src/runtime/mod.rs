@@ -17,6 +17,7 @@ mod dlq;
 mod error;
 mod prometheus;
 mod samples;
+mod sinks;
 mod start;
 mod status;
 mod supervise;

@@ -239,6 +239,10 @@ impl Runtime {
                 switching: Mutex::new(()),
             });
         }
+        // Webhook sinks: subscriptions `sinks/<name>` like any handler's.
+        for sink in &config.sinks {
+            subs.push(super::sinks::start_sink(sink, config, &store, &ids, &stopping)?);
+        }
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
         Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping })

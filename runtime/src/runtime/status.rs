@@ -47,7 +47,9 @@ pub struct SubscriptionStatus {
     pub invocations: u64,
     /// Last failure since start, `code: message`.
     pub last_failure: Option<String>,
-    /// `stopped` (the worker died and waits for its restart), `failing`
+    /// `disabled` (it turned itself off: a webhook sink whose receiver
+    /// answered 410 Gone; `stopped` says why), `stopped` (the worker died
+    /// and waits for its restart), `failing`
     /// (dead letters waiting), `retrying` (events parked) or `ok`.
     pub state: &'static str,
     /// Why the worker is stopped, while it is.
@@ -111,8 +113,11 @@ impl Runtime {
                 let cursor = s.counters.cursor.load(Ordering::Relaxed);
                 let parked = s.counters.parked.load(Ordering::Relaxed);
                 let dlq = dlq_counts.get(&*s.name as &str).copied().unwrap_or(0);
+                let disabled = s.counters.disabled.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 let stopped = s.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                let state = if stopped.is_some() {
+                let state = if disabled.is_some() {
+                    "disabled"
+                } else if stopped.is_some() {
                     "stopped"
                 } else if dlq > 0 {
                     "failing"
@@ -141,7 +146,9 @@ impl Runtime {
                 let (plugin, plugin_version) = c.active.lock().unwrap_or_else(PoisonError::into_inner).clone();
                 Ok(SubscriptionStatus {
                     state,
-                    stopped,
+                    // A disabled subscription's worker has stopped, for the
+                    // reason it gave.
+                    stopped: stopped.or(disabled),
                     restarts: c.restarts.load(Ordering::Relaxed),
                     name: s.name.to_string(),
                     pipeline: s.pipeline.clone(),
@@ -182,7 +189,14 @@ impl Runtime {
         if let Some(failure) = self.store.failure() {
             reasons.push(failure);
         }
+        let mut disabled = Vec::new();
         for sub in &self.subs {
+            // Turned off on purpose (a sink whose receiver is gone): the rest
+            // serves on, so degraded, not not-ready.
+            if let Some(why) = sub.counters.disabled.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+                disabled.push(format!("subscription {} is disabled: {why}", sub.name));
+                continue;
+            }
             let stopped = sub.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner).clone();
             if let Some(why) = stopped {
                 reasons.push(format!("subscription {} has stopped (restarting): {why}", sub.name));
@@ -197,6 +211,7 @@ impl Runtime {
             Ok(status) => status,
             Err(e) => return Readiness { status: "not_ready", reasons: vec![format!("reading status: {e}")] },
         };
+        reasons.extend(disabled);
         for (s, sub) in status.iter().zip(&self.subs) {
             if s.dlq > sub.ready.max_dlq {
                 reasons.push(format!("{}: {} DLQ entries, over the threshold of {}", s.name, s.dlq, sub.ready.max_dlq));

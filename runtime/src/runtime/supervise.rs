@@ -41,6 +41,9 @@ pub(super) enum Rebuild {
     Registry { engine: Engine, settings: Box<HandlerConfig> },
     /// Native code cannot be rebuilt: a dead worker stays stopped.
     Never,
+    /// Native code that can be built again (a webhook sink from its
+    /// configuration).
+    Native(Box<dyn Fn() -> Box<dyn Invoke> + Send>),
 }
 
 /// Everything a subscription's thread needs to run and restart its worker.
@@ -116,8 +119,10 @@ impl Supervised {
     /// A new worker from what is committed, running the registry's active
     /// version.
     fn rebuild(&self) -> Result<Worker, String> {
-        let Rebuild::Registry { engine, settings } = &self.rebuild else {
-            return Err("its native handler cannot be restarted".to_owned());
+        let (engine, settings) = match &self.rebuild {
+            Rebuild::Registry { engine, settings } => (engine, settings),
+            Rebuild::Never => return Err("its native handler cannot be restarted".to_owned()),
+            Rebuild::Native(build) => return self.worker(build()),
         };
         let name = &self.spec.name;
         let sha256 = self
@@ -130,7 +135,11 @@ impl Supervised {
         let handler = plugin
             .handler(settings.limits.clone(), settings.config.clone(), settings.mode)
             .map_err(|e| format!("its active version does not start: {e}"))?;
-        let invoker: Box<dyn Invoke> = Box::new(handler);
+        self.worker(Box::new(handler))
+    }
+
+    /// A worker running `invoker` from what is committed.
+    fn worker(&self, invoker: Box<dyn Invoke>) -> Result<Worker, String> {
         let mut spec = self.spec.clone();
         spec.plugin_name = invoker.name();
         Worker::new(

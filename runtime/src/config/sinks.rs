@@ -1,0 +1,288 @@
+//! `[[sinks]]`: webhook sinks, each a subscription named `sinks/<name>`
+//! whose invocation is one signed HTTP POST (runtime/src/sink/).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::*;
+
+/// Default `timeout` of a sink: the whole request, connect to answer.
+pub const DEFAULT_SINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `timeout` accepted: a worker waits this long at most per attempt.
+pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(300);
+/// The pipeline part of a sink's subscription name: `sinks/<name>`.
+pub const SINK_PIPELINE: &str = "sinks";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSink {
+    name: String,
+    topics: Vec<String>,
+    url: String,
+    /// The name of the environment variable holding the secret.
+    secret_env: String,
+    timeout: Option<String>,
+    format: Option<String>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    ready: RawReady,
+}
+
+/// What a sink sends as the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SinkFormat {
+    /// The event's JSON envelope (docs/events.md), `application/json`.
+    #[default]
+    Envelope,
+    /// A structured-mode CloudEvent, `application/cloudevents+json`.
+    CloudEvent,
+}
+
+/// A sink's signing secret. Its `Debug` shows nothing of it, so a
+/// configuration can be logged whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SinkSecret(Vec<u8>);
+
+impl SinkSecret {
+    /// A secret as Standard Webhooks writes it: `whsec_<base64>` is the
+    /// base64-decoded bytes; any other text is used as its bytes.
+    ///
+    /// # Errors
+    ///
+    /// Empty text, or `whsec_` followed by something that is not base64.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bytes = match text.strip_prefix("whsec_") {
+            Some(b64) => {
+                BASE64.decode(b64.trim()).map_err(|e| format!("the part after `whsec_` is not base64 ({e})"))?
+            }
+            None => text.as_bytes().to_vec(),
+        };
+        if bytes.is_empty() {
+            return Err("the secret is empty".to_owned());
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The key bytes HMAC is computed with.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SinkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SinkSecret(<redacted>)")
+    }
+}
+
+/// Where a sink posts: a plain `http://` URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkUrl {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port (80 when the URL names none).
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub path: String,
+    /// The URL as given, for messages.
+    pub text: String,
+}
+
+impl SinkUrl {
+    /// Parse `http://host[:port][/path][?query]`.
+    ///
+    /// # Errors
+    ///
+    /// Anything else: another scheme (`https` included: not supported),
+    /// user info, a fragment, an empty host or a bad port.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("https://") {
+            return Err(format!(
+                "{text:?}: https is not supported yet; post to a local TLS-terminating proxy over http"
+            ));
+        }
+        let rest = text.strip_prefix("http://").ok_or_else(|| format!("{text:?} is not an http:// URL"))?;
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) || text.contains('#') {
+            return Err(format!("{text:?}: no spaces, control characters or fragment allowed"));
+        }
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest, "/".to_owned()),
+        };
+        if authority.contains('@') {
+            return Err(format!("{text:?}: user info in the URL is not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| format!("{text:?}: unclosed '['"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{text:?}: bad port {p:?}"))?,
+            None => 80,
+        };
+        Ok(Self { host: host.to_owned(), port, path, text: text.to_owned() })
+    }
+}
+
+/// One `[[sinks]]` entry, validated, its secret read from the environment.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Sink name; its subscription is `sinks/<name>`.
+    pub name: String,
+    /// Topic patterns it receives.
+    pub topics: Vec<Pattern>,
+    /// Where it posts.
+    pub url: SinkUrl,
+    /// The environment variable the secret was read from (for messages).
+    pub secret_env: String,
+    /// The signing secret.
+    pub secret: SinkSecret,
+    /// Per request, connect to answer. Default [`DEFAULT_SINK_TIMEOUT`].
+    pub timeout: Duration,
+    /// The body's form. Default the JSON envelope.
+    pub format: SinkFormat,
+    /// Retries of 408, 429, 5xx, timeouts and connection errors.
+    pub retry: RetryPolicy,
+    /// When `GET /ready` calls the sink degraded.
+    pub ready: ReadyThresholds,
+}
+
+/// Validate `[[sinks]]`. The secret comes from `env` (the process
+/// environment outside tests).
+pub(super) fn sinks(
+    raw: Vec<RawSink>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<SinkConfig>, (String, String)> {
+    let mut out: Vec<SinkConfig> = Vec::with_capacity(raw.len());
+    for (i, rs) in raw.into_iter().enumerate() {
+        let key = format!("sinks[{i}]");
+        let at = |field: &str| format!("{key}.{field}");
+        check_name(&rs.name).map_err(|e| (at("name"), e))?;
+        if out.iter().any(|s| s.name == rs.name) {
+            return Err((at("name"), format!("sink {:?} is defined twice", rs.name)));
+        }
+        if rs.topics.is_empty() {
+            return Err((at("topics"), "give at least one topic pattern".into()));
+        }
+        let topics = rs
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(t, text)| Pattern::parse(text).map_err(|e| (format!("{key}.topics[{t}]"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = SinkUrl::parse(&rs.url).map_err(|e| (at("url"), e))?;
+        if rs.secret_env.is_empty() {
+            return Err((at("secret_env"), "name the environment variable that holds the secret".into()));
+        }
+        // The message names the variable, never its value.
+        let secret = match env(&rs.secret_env) {
+            Some(text) => SinkSecret::parse(&text)
+                .map_err(|e| (at("secret_env"), format!("environment variable {}: {e}", rs.secret_env)))?,
+            None => {
+                return Err((at("secret_env"), format!("environment variable {} is not set", rs.secret_env)));
+            }
+        };
+        let timeout = match &rs.timeout {
+            Some(text) => {
+                let t = duration(text).map_err(|e| (at("timeout"), e))?;
+                if t.is_zero() || t > MAX_SINK_TIMEOUT {
+                    return Err((at("timeout"), format!("{text:?} is outside (0s, 5m]")));
+                }
+                t
+            }
+            None => DEFAULT_SINK_TIMEOUT,
+        };
+        let format = match rs.format.as_deref() {
+            None | Some("envelope") => SinkFormat::Envelope,
+            Some("cloudevent") => SinkFormat::CloudEvent,
+            Some(other) => {
+                return Err((at("format"), format!("{other:?} is not \"envelope\" or \"cloudevent\"")));
+            }
+        };
+        let retry = retry(&rs.retry).map_err(|(field, reason)| (format!("{key}.retry.{field}"), reason))?;
+        let mut ready = ReadyThresholds::default();
+        if let Some(n) = rs.ready.max_dlq {
+            ready.max_dlq = n;
+        }
+        if let Some(text) = &rs.ready.max_lag {
+            ready.max_lag = duration(text).map_err(|e| (at("ready.max_lag"), e))?;
+        }
+        out.push(SinkConfig {
+            name: rs.name,
+            topics,
+            url,
+            secret_env: rs.secret_env,
+            secret,
+            timeout,
+            format,
+            retry,
+            ready,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<SinkConfig>, (String, String)> {
+        #[derive(Deserialize)]
+        struct Doc {
+            sinks: Vec<RawSink>,
+        }
+        let doc: Doc = toml::from_str(text).map_err(|e| (String::new(), e.to_string()))?;
+        sinks(doc.sinks, env)
+    }
+
+    const ONE: &str = r#"
+        [[sinks]]
+        name = "audit"
+        topics = ["orders.>"]
+        url = "http://127.0.0.1:9000/hook?x=1"
+        secret_env = "HOOK_SECRET"
+        timeout = "2s"
+        format = "cloudevent"
+        retry = { max_attempts = 3, initial_backoff = "10ms" }
+    "#;
+
+    #[test]
+    fn a_sink_reads_its_secret_from_the_environment_and_never_shows_it() {
+        let env = |name: &str| (name == "HOOK_SECRET").then(|| "whsec_c2VjcmV0LWJ5dGVz".to_owned());
+        let sink = parse(ONE, &env).unwrap().remove(0);
+        assert_eq!(sink.secret.bytes(), b"secret-bytes");
+        assert_eq!((sink.url.host.as_str(), sink.url.port, sink.url.path.as_str()), ("127.0.0.1", 9000, "/hook?x=1"));
+        assert_eq!(
+            (sink.timeout, sink.format, sink.retry.max_attempts),
+            (Duration::from_secs(2), SinkFormat::CloudEvent, 3)
+        );
+        let shown = format!("{sink:?}");
+        assert!(!shown.contains("c2VjcmV0") && !shown.contains("secret-bytes"), "{shown}");
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_and_a_bad_url_refused() {
+        let (key, reason) = parse(ONE, &|_| None).unwrap_err();
+        assert_eq!(key, "sinks[0].secret_env");
+        assert!(reason.contains("HOOK_SECRET is not set"), "{reason}");
+        let env = |_: &str| Some("whsec_!!".to_owned());
+        let (_, reason) = parse(ONE, &env).unwrap_err();
+        assert!(reason.contains("not base64") && !reason.contains("!!"), "{reason}");
+        for bad in ["https://x/y", "ftp://x", "http://:80/", "http://h:0/", "http://u@h/", "http://h/#f"] {
+            assert!(SinkUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(SinkUrl::parse("http://[::1]:81").unwrap().host, "::1");
+        assert_eq!(SinkUrl::parse("http://h").unwrap().path, "/");
+    }
+}
