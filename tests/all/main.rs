@@ -23,6 +23,7 @@ mod loading;
 mod metrics;
 mod plugin_authoring;
 mod raw_abi;
+mod read_log;
 mod server;
 mod sinks;
 mod store_damage;

@@ -34,7 +34,7 @@ fn cloudevent(source: &str, id: &str, key: &str) -> weir_abi::Event {
 
 #[test]
 fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
-    assert_eq!(FORMAT_VERSION, 2, "add a fixture for the new format and extend this test");
+    assert_eq!(FORMAT_VERSION, 3, "add a fixture for the new format and extend this test");
     let (_dir, path) = copy_of("store-format-1.redb");
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     // Everything the format 1 release wrote is read back.
@@ -56,6 +56,9 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     assert!(store.module(&history[0].1.sha256).unwrap().is_some(), "the module verifies against its sha256");
     let parked = store.parked("orders/validator").unwrap();
     assert!(parked.is_empty(), "{parked:?}");
+    // Format 3's indexes were built from the log: every event is found by
+    // its id, and every emitted event under its cause.
+    assert_indexed(&store, &log);
 
     // The CloudEvent sent before the upgrade is still a duplicate after it,
     // now under its injective key; a different event whose format 1 key
@@ -69,7 +72,7 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     store.close().unwrap();
     drop(store);
 
-    // Reopened, it is format 2 and needs no second migration.
+    // Reopened, it is format 3 and needs no second migration.
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     assert_eq!(store.head(), head);
     assert_eq!(store.read_log(0, 1000).unwrap().len() as u64, head);
@@ -77,7 +80,7 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     let db = redb::Database::open(&path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
-    assert_eq!(meta.get("format").unwrap().unwrap().value(), 2);
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 3);
     for table in ["log.migrating", "dlq.migrating", "parked.migrating"] {
         assert!(txn.open_table(redb::TableDefinition::<u64, &[u8]>::new(table)).is_err(), "{table} is left behind");
     }
@@ -94,5 +97,52 @@ fn a_store_of_a_newer_format_is_refused() {
     }
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
     assert_eq!(err.code(), "store_corrupt");
-    assert!(err.to_string().contains("store format 99, this Weir reads format 2"), "{err}");
+    assert!(err.to_string().contains("store format 99, this Weir reads format 3"), "{err}");
+}
+
+/// Every event of `log` is found by its id (the first event with an id
+/// keeps it), and each one with a cause is listed under it.
+fn assert_indexed(store: &Store, log: &[(u64, weir_abi::Event)]) {
+    let mut emitted = 0;
+    for (seq, event) in log {
+        let first = log.iter().find(|(_, e)| e.id == event.id).map(|(s, _)| *s);
+        assert_eq!(store.seq_of(event.id).unwrap(), first, "event at {seq}");
+        if let Some(cause) = event.causation_id {
+            assert!(store.caused_by(cause, 1000).unwrap().contains(seq), "event at {seq} under its cause");
+            emitted += 1;
+        }
+    }
+    assert!(emitted > 0, "the fixture holds emitted events");
+}
+
+#[test]
+fn a_format_2_store_gets_its_indexes_built_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.redb");
+    let ids = IdGenerator::new();
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let cause = weir_tests::keyed("orders.order.created", "o-1");
+    let mut effect = weir_tests::keyed("orders.order.validated", "o-1");
+    effect.causation_id = Some(cause.id);
+    effect.id = ids.next_id();
+    store.publish_blocking(vec![cause.clone(), effect.clone()]).unwrap();
+    store.close().unwrap();
+    drop(store);
+    // What a format 2 store is: this layout without the two indexes.
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(redb::TableDefinition::<u128, u64>::new("event_ids")).unwrap();
+        txn.delete_table(redb::TableDefinition::<(u128, u64), ()>::new("caused")).unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap().insert("format", 2).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.seq_of(cause.id).unwrap(), Some(0));
+    assert_eq!(store.seq_of(effect.id).unwrap(), Some(1));
+    assert_eq!(store.caused_by(cause.id, 10).unwrap(), [1]);
+    // And appends after the migration are indexed as they commit.
+    let later = weir_tests::keyed("orders.order.created", "o-2");
+    store.publish_blocking(vec![later.clone()]).unwrap();
+    assert_eq!(store.seq_of(later.id).unwrap(), Some(2));
 }

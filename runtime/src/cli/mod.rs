@@ -7,6 +7,7 @@ mod demo;
 mod dlq;
 mod exec;
 mod inspect;
+mod log;
 mod new;
 mod plugin;
 mod publish;
@@ -63,6 +64,9 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Inspect, redrive and purge the dead-letter queue of a running server.
     Dlq(dlq::DlqArgs),
+    /// Read the log of a running server, follow it (`tail`), show an event
+    /// and its lineage.
+    Log(log::LogArgs),
     /// One table of the pipelines and subscriptions of a running server: state,
     /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
@@ -168,6 +172,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Publish(args) => publish::run(&args),
         Command::Dlq(args) => dlq::run(&args),
+        Command::Log(args) => log::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),
         Command::Demo(args) => demo::run(&args),

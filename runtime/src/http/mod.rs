@@ -17,6 +17,7 @@ mod dlq;
 mod error;
 mod events;
 mod extract;
+mod log;
 pub mod models;
 mod plugins;
 mod serve;
@@ -62,6 +63,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .merge(events::router(&state))
         .merge(dlq)
         .merge(plugins::router(&state))
+        .merge(log::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.
         .method_not_allowed_fallback(error::wrong_method)

@@ -21,6 +21,11 @@ use crate::config::HttpConfig;
 /// the request is answered `431`.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// Set when the server stops: the request extension a long request (an
+/// event stream, a long-poll) watches to end in time.
+#[derive(Clone)]
+pub(crate) struct Stopping(pub(crate) watch::Receiver<bool>);
+
 /// Serve `app` on `listener` with the limits of `http`, until `shutdown`
 /// completes; then stop accepting, let every connection finish the request
 /// it is serving, and return once they are closed.
@@ -37,6 +42,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(http.max_connections.min(Semaphore::MAX_PERMITS)));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Requests that could go on for long (a stream, a long-poll) end when
+    // the server stops, or the drain below would wait for them.
+    let app = app.layer(axum::Extension(Stopping(stop_rx.clone())));
     let mut connections = JoinSet::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(http.header_timeout).max_buf_size(MAX_HEAD_BYTES);

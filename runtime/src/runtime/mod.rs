@@ -10,11 +10,13 @@
 //! | `deploy.rs` | deploy, rollback, the plugin registry |
 //! | `samples.rs` | sample events a deploy runs first |
 //! | `dlq.rs` | DLQ list, redrive, purge |
+//! | `log.rs` | reading the log: filtered pages, lookups by position and id, lineage |
 //! | `error.rs` | [`RuntimeError`] |
 
 mod deploy;
 mod dlq;
 mod error;
+mod log;
 mod prometheus;
 mod samples;
 mod sinks;
@@ -34,6 +36,10 @@ use weir_abi::Event;
 pub use deploy::{DeployError, DeployReport};
 pub use dlq::RedriveReport;
 pub use error::RuntimeError;
+pub use log::{
+    LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
+    LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
+};
 pub use samples::{Expect, TestCase, parse_test_cases};
 pub use status::{Readiness, Resources, SubscriptionStatus};
 

@@ -1,18 +1,26 @@
-//! The log: seq → event, and the publish command that appends to it.
+//! The log: seq → event, its two indexes (event id → seq, and causation id
+//! → the seqs of the events it caused), the publish command that appends to
+//! it, and the reads: by position, by id, by cause, and filtered scans.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use redb::TableDefinition;
-use weir_abi::Event;
+use redb::{Table, TableDefinition};
+use weir_abi::{Event, EventId};
 
 use super::codec::{Encoded, Records, decode};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
 use super::writer::Writes;
-use super::{Published, Store, StoreError, ingest, storage};
+use super::{ParkedEntry, Published, Store, StoreError, ingest, storage};
 
 /// seq → encoded [`Event`].
 pub(super) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// event id → seq of the first event stored with it (`GET /v1/events/{id}`).
+/// Written in the transaction of each append (format 3 on).
+pub(super) const EVENT_IDS: TableDefinition<'_, u128, u64> = TableDefinition::new("event_ids");
+/// (causation id, seq) → nothing: the events each event caused, for
+/// lineage. Written in the transaction of each append (format 3 on).
+pub(super) const CAUSED: TableDefinition<'_, (u128, u64), ()> = TableDefinition::new("caused");
 
 /// Append events, each unless its producer key is a known duplicate.
 pub(super) struct Publish {
@@ -85,7 +93,7 @@ impl Apply for Publish {
                 out.push(original);
                 continue;
             }
-            let seq = append(w, bytes)?;
+            let seq = append(w, bytes, &event)?;
             w.published += 1;
             w.ingested.push(event.idempotency_key);
             out.push(Published { id: event.id, seq, duplicate: false });
@@ -97,12 +105,59 @@ impl Apply for Publish {
 /// A log position and its event, or why the record there does not decode.
 pub(crate) type LogEntry = (u64, Result<Event, StoreError>);
 
-/// Append one encoded event at the head of the log; answers its seq.
-pub(super) fn append(w: &mut Writes<'_>, event: &[u8]) -> Result<u64, Fatal> {
+/// Append one encoded event (`record`, the encoding of `event`) at the head
+/// of the log and index it; answers its seq.
+pub(super) fn append(w: &mut Writes<'_>, record: &[u8], event: &Event) -> Result<u64, Fatal> {
     let seq = w.head;
-    w.log.insert(seq, event)?;
+    w.log.insert(seq, record)?;
+    index(&mut w.event_ids, &mut w.caused, seq, event)?;
     w.head += 1;
     Ok(seq)
+}
+
+/// Index the event at `seq`: its id (the first event stored with an id
+/// keeps it: a producer may reuse an id under another idempotency key), and
+/// its cause.
+pub(super) fn index(
+    ids: &mut Table<'_, u128, u64>,
+    caused: &mut Table<'_, (u128, u64), ()>,
+    seq: u64,
+    event: &Event,
+) -> Result<(), redb::StorageError> {
+    let id = event.id.as_u128();
+    let earlier = ids.insert(id, seq)?.map(|v| v.value());
+    if let Some(earlier) = earlier
+        && earlier < seq
+    {
+        ids.insert(id, earlier)?;
+    }
+    if let Some(cause) = event.causation_id {
+        caused.insert((cause.as_u128(), seq), ())?;
+    }
+    Ok(())
+}
+
+/// What [`Store::scan_log`] found: the matching events, the last position
+/// it looked at (where the next scan resumes, exclusive), and whether it got
+/// to the head of the log.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub(crate) events: Vec<(u64, Event)>,
+    pub(crate) last: Option<u64>,
+    pub(crate) at_head: bool,
+}
+
+/// How much one [`Store::scan_log`] may read and answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanBounds {
+    /// Matching events to answer.
+    pub(crate) limit: usize,
+    /// Stored bytes of the answered events (always at least one event).
+    pub(crate) max_answer_bytes: usize,
+    /// Log entries to look at, matching or not.
+    pub(crate) max_scanned: usize,
+    /// Stored bytes to look at, matching or not (always at least one entry).
+    pub(crate) max_scanned_bytes: usize,
 }
 
 impl Store {
@@ -172,6 +227,101 @@ impl Store {
         Ok(out)
     }
 
+    /// The events after `after` (from the start when `None`) that `keep`
+    /// selects, within `bounds`: a sparse filter stops after
+    /// `max_scanned` entries and answers the position it got to, so the
+    /// next scan resumes there instead of reading the same entries again.
+    /// A record that does not decode is skipped (with a warning): a reader
+    /// must get past it.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub(crate) fn scan_log(
+        &self,
+        after: Option<u64>,
+        bounds: ScanBounds,
+        keep: &dyn Fn(&Event) -> bool,
+    ) -> Result<Scan, StoreError> {
+        let from = match after {
+            Some(after) => match after.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(Scan { events: Vec::new(), last: Some(after), at_head: true }),
+            },
+            None => 0,
+        };
+        let read = self.shared.begin_read()?;
+        let log = read.open_table(LOG).map_err(storage)?;
+        let mut scan = Scan { events: Vec::new(), last: after, at_head: true };
+        let (mut scanned, mut scanned_bytes, mut answer_bytes) = (0usize, 0usize, 0usize);
+        for entry in log.range(from..).map_err(storage)? {
+            if scan.events.len() >= bounds.limit
+                || (!scan.events.is_empty() && answer_bytes >= bounds.max_answer_bytes)
+                || scanned >= bounds.max_scanned
+                || (scanned > 0 && scanned_bytes >= bounds.max_scanned_bytes)
+            {
+                scan.at_head = false;
+                break;
+            }
+            let (k, v) = entry.map_err(storage)?;
+            let (seq, bytes) = (k.value(), v.value());
+            scanned += 1;
+            scanned_bytes = scanned_bytes.saturating_add(bytes.len());
+            scan.last = Some(seq);
+            match decode::<Event>(bytes, || format!("log seq {seq}")) {
+                Ok(event) if keep(&event) => {
+                    answer_bytes = answer_bytes.saturating_add(bytes.len());
+                    scan.events.push((seq, event));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "a log reader skips a record that does not decode"),
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The position of the event with this id, through the id index.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn seq_of(&self, id: EventId) -> Result<Option<u64>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let ids = read.open_table(EVENT_IDS).map_err(storage)?;
+        Ok(ids.get(id.as_u128()).map_err(storage)?.map(|v| v.value()))
+    }
+
+    /// Positions of up to `limit` events caused by the event `id` (their
+    /// `causation_id`), in log order, through the causation index.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn caused_by(&self, id: EventId, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let caused = read.open_table(CAUSED).map_err(storage)?;
+        let cause = id.as_u128();
+        let mut out = Vec::new();
+        for entry in caused.range((cause, 0)..=(cause, u64::MAX)).map_err(storage)?.take(limit) {
+            let (k, _) = entry.map_err(storage)?;
+            out.push(k.value().1);
+        }
+        Ok(out)
+    }
+
+    /// The parked (retrying or waiting) entry of `subscription` at `seq`,
+    /// looked up by its key (a lineage asks for one; `parked` reads all).
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub(crate) fn parked_entry(&self, subscription: &str, seq: u64) -> Result<Option<ParkedEntry>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let table = read.open_table(super::subscription::PARKED).map_err(storage)?;
+        let Some(v) = table.get((subscription, seq)).map_err(storage)? else { return Ok(None) };
+        decode(v.value(), || format!("parked {subscription} seq {seq}")).map(Some)
+    }
+
     /// One event by sequence number.
     ///
     /// # Errors
@@ -213,6 +363,50 @@ mod tests {
         // A publish bigger than the whole bound passes when nothing waits.
         assert_eq!(store.publish_blocking(vec![sized(5000)]).unwrap().len(), 1);
         assert_eq!(store.shared.queued_publish_bytes.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn the_indexes_find_events_by_id_and_by_cause_and_a_bounded_scan_resumes() {
+        use super::ScanBounds;
+        let (_dir, store) = temp_store();
+        let a = event("a");
+        let mut b = event("b");
+        b.causation_id = Some(a.id);
+        b.topic = "orders.order.validated".into();
+        let mut c = event("c");
+        c.causation_id = Some(a.id);
+        store.publish_blocking(vec![a.clone(), b.clone(), c]).unwrap();
+        assert_eq!(store.seq_of(b.id).unwrap(), Some(1));
+        assert_eq!(store.seq_of(weir_abi::EventId([9; 16])).unwrap(), None);
+        assert_eq!(store.caused_by(a.id, 10).unwrap(), [1, 2]);
+        assert_eq!(store.caused_by(a.id, 1).unwrap(), [1]);
+        assert_eq!(store.caused_by(b.id, 10).unwrap(), Vec::<u64>::new());
+        // An id used again (another idempotency key) keeps its first position.
+        let mut again = event("d");
+        again.id = a.id;
+        store.publish_blocking(vec![again]).unwrap();
+        assert_eq!(store.seq_of(a.id).unwrap(), Some(0));
+
+        // A scan that may look at 2 entries stops there and says where.
+        let bounds =
+            ScanBounds { limit: 10, max_answer_bytes: usize::MAX, max_scanned: 2, max_scanned_bytes: usize::MAX };
+        let validated = |e: &weir_abi::Event| e.topic == "orders.order.validated";
+        let first = store.scan_log(None, bounds, &validated).unwrap();
+        assert_eq!(first.events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1]);
+        assert_eq!((first.last, first.at_head), (Some(1), false));
+        let second = store.scan_log(first.last, bounds, &validated).unwrap();
+        assert!(second.events.is_empty());
+        assert_eq!((second.last, second.at_head), (Some(3), true));
+        // Past the head: nothing, and the position stays.
+        let third = store.scan_log(Some(3), bounds, &|_| true).unwrap();
+        assert_eq!((third.events.len(), third.last, third.at_head), (0, Some(3), true));
+        // The limit and the answer's bytes bound (at least one event).
+        let everything = ScanBounds { limit: 2, ..bounds };
+        let everything = ScanBounds { max_scanned: 100, ..everything };
+        let page = store.scan_log(None, everything, &|_| true).unwrap();
+        assert_eq!((page.events.len(), page.last, page.at_head), (2, Some(1), false));
+        let tiny = ScanBounds { limit: 10, max_answer_bytes: 1, max_scanned: 100, max_scanned_bytes: usize::MAX };
+        assert_eq!(store.scan_log(None, tiny, &|_| true).unwrap().events.len(), 1);
     }
 
     #[test]

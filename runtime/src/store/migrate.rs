@@ -12,6 +12,10 @@
 //!   and again after it is still answered as a duplicate. Events already in
 //!   the log keep the key they were stored with: the log is never rewritten
 //!   in meaning, only re-framed.
+//!
+//! Format 2 → 3: the log's indexes, `event_ids` (event id → seq) and
+//! `caused` (causation id, seq), built from the log. A record that does not
+//! decode is left out of them (with a warning), as readers skip it.
 
 use std::time::Instant;
 
@@ -20,9 +24,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_abi::Event;
 
-use super::codec::{decode_v1, encode};
+use super::codec::{decode, decode_v1, encode};
 use super::ingest::{INGEST, INGEST_EXPIRY, IngestEntry};
-use super::log::LOG;
+use super::log::{CAUSED, EVENT_IDS, LOG, index};
 use super::registry::VERSIONS;
 use super::subscription::{DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, PARKED};
 use super::types::{DlqEntry, IdempotencyRecord, ParkedEntry, VersionRecord};
@@ -54,6 +58,37 @@ pub(super) fn v1_to_v2(txn: &WriteTransaction) -> Result<Migrated, StoreError> {
         "migrated the store from format 1 to format 2"
     );
     Ok(done)
+}
+
+/// Migrate a format 2 store to format 3 within `txn`: index every event of
+/// the log by id and by cause. Answers the number of events indexed.
+pub(super) fn v2_to_v3(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let started = Instant::now();
+    let log = txn.open_table(LOG).map_err(storage)?;
+    let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+    let mut caused = txn.open_table(CAUSED).map_err(storage)?;
+    let (mut indexed, mut skipped) = (0u64, 0u64);
+    for entry in log.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let seq = k.value();
+        match decode::<Event>(v.value(), || format!("log seq {seq}")) {
+            Ok(event) => {
+                index(&mut ids, &mut caused, seq, &event).map_err(storage)?;
+                indexed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "migration to format 3: a log record that does not decode is not indexed");
+                skipped += 1;
+            }
+        }
+    }
+    tracing::info!(
+        indexed,
+        skipped,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "migrated the store from format 2 to format 3 (event id and causation indexes)"
+    );
+    Ok(indexed)
 }
 
 /// Copy `table` into a new table with every value re-framed, then put the

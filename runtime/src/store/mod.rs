@@ -21,7 +21,9 @@
 //! Each family of tables lives in one file with its table definitions, the
 //! commands that write it and the `Store` methods that read it:
 //!
-//! - `log.rs`: `log` (seq → event); the publish command.
+//! - `log.rs`: `log` (seq → event) and its indexes `event_ids` (id → seq)
+//!   and `caused` (causation id, seq), written with each append; the
+//!   publish command; filtered scans.
 //! - `ingest.rs`: `ingest_dedup` and `ingest_expiry`, the producer keys
 //!   published within the retention window.
 //! - `subscription.rs`: `cursors`, `parked`, `dlq`, `idempotency` and
@@ -92,7 +94,8 @@ pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats};
 use command::{Barrier, Command, Order};
 use error::storage;
 use ingest::{INGEST, INGEST_EXPIRY};
-use log::LOG;
+use log::{CAUSED, EVENT_IDS, LOG};
+pub(crate) use log::ScanBounds;
 use open::{contain_panics, create_private_file, existing_store, open_error};
 use registry::{ACTIVE, MODULES, VERSIONS};
 use stats::STATS;
@@ -102,8 +105,9 @@ use writer::writer_loop;
 /// name → value: `format` holds [`FORMAT_VERSION`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The store layout this build reads and writes. Format 1 (no record
-/// checksums, ambiguous CloudEvents keys) is migrated on open.
-pub const FORMAT_VERSION: u64 = 2;
+/// checksums, ambiguous CloudEvents keys) and format 2 (no event id and
+/// causation indexes) are migrated on open.
+pub const FORMAT_VERSION: u64 = 3;
 
 /// Default idempotency and ingest de-duplication window.
 pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -421,6 +425,11 @@ impl Store {
             match found {
                 Some(1) => {
                     migrate::v1_to_v2(&txn)?;
+                    migrate::v2_to_v3(&txn)?;
+                    meta.insert("format", FORMAT_VERSION).map_err(storage)?;
+                }
+                Some(2) => {
+                    migrate::v2_to_v3(&txn)?;
                     meta.insert("format", FORMAT_VERSION).map_err(storage)?;
                 }
                 Some(v) if v != FORMAT_VERSION => {
@@ -437,6 +446,8 @@ impl Store {
         }
         {
             txn.open_table(LOG).map_err(incompatible)?;
+            txn.open_table(EVENT_IDS).map_err(incompatible)?;
+            txn.open_table(CAUSED).map_err(incompatible)?;
             txn.open_table(CURSORS).map_err(incompatible)?;
             txn.open_table(PARKED).map_err(incompatible)?;
             txn.open_table(DLQ).map_err(incompatible)?;

@@ -85,8 +85,8 @@ impl Apply for Results {
                     // redo cannot emit them twice, and duplicates a plugin
                     // emits itself are caught by the idempotency check of
                     // each subscription downstream.
-                    for _ in emits {
-                        log::append(w, next_record(&mut records)?)?;
+                    for event in emits {
+                        log::append(w, next_record(&mut records)?, event)?;
                     }
                     if *parked {
                         w.parked.remove((sub, *seq))?;

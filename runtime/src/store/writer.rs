@@ -20,7 +20,7 @@ use redb::{Durability, Table, WriteTransaction};
 use super::codec::Encoded;
 use super::command::{Command, Fatal, Pending};
 use super::ingest::{self, INGEST, INGEST_EXPIRY, IngestEntry};
-use super::log::LOG;
+use super::log::{CAUSED, EVENT_IDS, LOG};
 use super::stats::{STATS, Tally};
 use super::subscription::{CURSORS, DLQ, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, PARKED};
 use super::{Shared, StoreOptions, gc, now_ms};
@@ -34,6 +34,9 @@ pub(super) struct Writes<'t> {
     /// For the tables only some commands open (the registry's).
     pub(super) txn: &'t WriteTransaction,
     pub(super) log: Table<'t, u64, &'static [u8]>,
+    /// The log's indexes, written with each append ([`super::log::append`]).
+    pub(super) event_ids: Table<'t, u128, u64>,
+    pub(super) caused: Table<'t, (u128, u64), ()>,
     pub(super) cursors: Table<'t, &'static str, u64>,
     pub(super) parked: Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) dlq: Table<'t, (&'static str, u64), &'static [u8]>,
@@ -79,6 +82,8 @@ impl<'t> Writes<'t> {
         Ok(Self {
             txn,
             log: txn.open_table(LOG)?,
+            event_ids: txn.open_table(EVENT_IDS)?,
+            caused: txn.open_table(CAUSED)?,
             cursors: txn.open_table(CURSORS)?,
             parked: txn.open_table(PARKED)?,
             dlq: txn.open_table(DLQ)?,

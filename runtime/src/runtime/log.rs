@@ -1,0 +1,240 @@
+//! Reading the log: filtered pages by position, lookups by position and by
+//! id, and an event's lineage (what caused it, what it caused). Every read
+//! is bounded: a page by its `limit` and its bytes, a scan by the entries
+//! and bytes it may look at, a lineage by its depth and its fan-out.
+
+use weir_abi::{Event, EventId};
+
+use super::Runtime;
+use crate::store::{DlqEntry, ParkedEntry, ScanBounds, StoreError};
+use crate::topic::Pattern;
+
+/// Log entries one read may look at, matching or not: a sparse filter
+/// answers with the position it got to (`next`) after this many, rather
+/// than scan the whole log in one request.
+pub const LOG_MAX_SCANNED: usize = 10_000;
+/// Stored bytes one read may look at (at least one entry).
+pub const LOG_MAX_SCANNED_BYTES: usize = 64 << 20;
+/// Stored bytes of the events one read answers (at least one event).
+pub const LOG_MAX_ANSWER_BYTES: usize = 8 << 20;
+/// Topic patterns in one filter.
+pub const LOG_MAX_TOPIC_PATTERNS: usize = 32;
+/// Causes a lineage follows upward.
+pub const LINEAGE_MAX_DEPTH: usize = 64;
+/// Events caused by one event that a lineage lists.
+pub const LINEAGE_MAX_CAUSED: usize = 1000;
+
+/// Which events a read answers: any of the topic patterns (all topics
+/// when there is none) and, if given, this key.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Topic patterns (`*` one segment, `>` the rest); empty: every topic.
+    pub topics: Vec<Pattern>,
+    /// Only events with this key.
+    pub key: Option<String>,
+}
+
+impl LogFilter {
+    /// Whether `event` passes.
+    #[must_use]
+    pub fn matches(&self, event: &Event) -> bool {
+        (self.topics.is_empty() || self.topics.iter().any(|p| p.matches(&event.topic)))
+            && self.key.as_ref().is_none_or(|k| event.key.as_ref() == Some(k))
+    }
+}
+
+/// One page of the log.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    /// The matching events, by position.
+    pub events: Vec<(u64, Event)>,
+    /// Where the next read resumes (its `after`): the last position looked
+    /// at, matching or not. `None` only when nothing was looked at and no
+    /// position was given (the log is empty).
+    pub next: Option<u64>,
+    /// Whether the read got to the head of the log.
+    pub caught_up: bool,
+    /// The log's head when read: the position the next event will get.
+    pub head: u64,
+}
+
+/// Where an event stands in one subscription.
+#[derive(Debug, Clone)]
+pub struct SubscriptionLineage {
+    /// `<pipeline>/<handler>`.
+    pub subscription: String,
+    /// `handled`, `duplicate` (its idempotency key was handled before, at
+    /// another position), `retrying`, `waiting` (behind an earlier event
+    /// with its key), `dead_lettered` or `pending`.
+    pub state: &'static str,
+    /// The plugin version (sha256) that handled it, while its idempotency
+    /// record is kept; else the version named by what it emitted.
+    pub plugin_version: Option<String>,
+    /// When it was handled (ms since the Unix epoch), while its record is
+    /// kept.
+    pub handled_at_ms: Option<u64>,
+    /// What it emitted, by position.
+    pub emitted: Vec<(u64, Event)>,
+    /// Its retry state, when parked.
+    pub parked: Option<ParkedEntry>,
+    /// Its DLQ entry, when dead-lettered.
+    pub dlq: Option<DlqEntry>,
+}
+
+/// An event's lineage: the chain of causes up to the producer's event, and
+/// per subscription what became of it.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    /// The event's position.
+    pub seq: u64,
+    /// The event.
+    pub event: Event,
+    /// Its causes, nearest first, up to [`LINEAGE_MAX_DEPTH`].
+    pub causes: Vec<(u64, Event)>,
+    /// A cause the log does not hold (named by an emit, or removed).
+    pub missing_cause: Option<EventId>,
+    /// The subscriptions whose topics match it, and those that emitted
+    /// something caused by it.
+    pub subscriptions: Vec<SubscriptionLineage>,
+}
+
+impl Runtime {
+    /// The events after `after` (from the start when `None`) that `filter`
+    /// selects: up to `limit`, within the bounds of this module.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn read_log_page(&self, after: Option<u64>, filter: &LogFilter, limit: usize) -> Result<LogPage, StoreError> {
+        let head = self.store.head();
+        let bounds = ScanBounds {
+            limit,
+            max_answer_bytes: LOG_MAX_ANSWER_BYTES,
+            max_scanned: LOG_MAX_SCANNED,
+            max_scanned_bytes: LOG_MAX_SCANNED_BYTES,
+        };
+        let scan = self.store.scan_log(after, bounds, &|e| filter.matches(e))?;
+        Ok(LogPage { events: scan.events, next: scan.last, caught_up: scan.at_head, head })
+    }
+
+    /// The event at position `seq`.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn log_event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        self.store.event(seq)
+    }
+
+    /// The event with this id and its position, through the id index.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn event_by_id(&self, id: EventId) -> Result<Option<(u64, Event)>, StoreError> {
+        let Some(seq) = self.store.seq_of(id)? else { return Ok(None) };
+        Ok(self.store.event(seq)?.map(|e| (seq, e)))
+    }
+
+    /// The lineage of the event with this id; `None` when the log does not
+    /// hold it.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors.
+    pub fn lineage(&self, id: EventId) -> Result<Option<Lineage>, StoreError> {
+        let Some((seq, event)) = self.event_by_id(id)? else { return Ok(None) };
+        // Upward: each cause through the id index.
+        let mut causes = Vec::new();
+        let mut missing_cause = None;
+        let mut cause = event.causation_id;
+        while let Some(cause_id) = cause {
+            if causes.len() >= LINEAGE_MAX_DEPTH {
+                break;
+            }
+            match self.event_by_id(cause_id)? {
+                Some((s, e)) => {
+                    cause = e.causation_id;
+                    causes.push((s, e));
+                }
+                None => {
+                    missing_cause = Some(cause_id);
+                    break;
+                }
+            }
+        }
+        // Downward: what it caused, by the subscription that emitted it
+        // (an emit's source is `weir://<subscription>`).
+        let mut caused: Vec<(String, u64, Event)> = Vec::new();
+        for s in self.store.caused_by(id, LINEAGE_MAX_CAUSED)? {
+            if let Some(e) = self.store.event(s)? {
+                let by = e.source.strip_prefix("weir://").unwrap_or("").to_owned();
+                caused.push((by, s, e));
+            }
+        }
+        let mut names: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|s| s.topics.iter().any(|t| Pattern::parse(t).is_ok_and(|p| p.matches(&event.topic))))
+            .map(|s| s.name.to_string())
+            .collect();
+        for (by, _, _) in &caused {
+            if !by.is_empty() && !names.contains(by) {
+                names.push(by.clone());
+            }
+        }
+        let mut subscriptions = Vec::with_capacity(names.len());
+        for name in names {
+            let emitted: Vec<(u64, Event)> =
+                caused.iter().filter(|(by, _, _)| *by == name).map(|(_, s, e)| (*s, e.clone())).collect();
+            subscriptions.push(self.subscription_lineage(name, seq, &event, emitted)?);
+        }
+        Ok(Some(Lineage { seq, event, causes, missing_cause, subscriptions }))
+    }
+
+    /// Where the event at `seq` stands in `subscription`.
+    fn subscription_lineage(
+        &self,
+        subscription: String,
+        seq: u64,
+        event: &Event,
+        emitted: Vec<(u64, Event)>,
+    ) -> Result<SubscriptionLineage, StoreError> {
+        let dlq = self.store.dlq_entry(&subscription, seq)?;
+        let parked = self.store.parked_entry(&subscription, seq)?;
+        let record = self.store.idempotency(&subscription, &[event.idempotency_key.as_str()])?.pop().flatten();
+        let cursor = self.store.cursor(&subscription)?;
+        let emitted_version = emitted.iter().find_map(|(_, e)| {
+            e.headers.iter().find(|h| h.name == crate::delivery::VERSION_HEADER).map(|h| h.value.clone())
+        });
+        let mut lineage = SubscriptionLineage {
+            subscription,
+            state: "pending",
+            plugin_version: emitted_version,
+            handled_at_ms: None,
+            emitted,
+            parked: None,
+            dlq: None,
+        };
+        if let Some(entry) = dlq {
+            lineage.state = "dead_lettered";
+            lineage.plugin_version = Some(entry.plugin_version.clone());
+            lineage.dlq = Some(entry);
+        } else if let Some(entry) = parked {
+            lineage.state = if entry.attempts > 0 { "retrying" } else { "waiting" };
+            lineage.parked = Some(entry);
+        } else if let Some(record) = record {
+            if record.seq == seq {
+                lineage.state = "handled";
+                lineage.plugin_version = Some(record.plugin_version);
+                lineage.handled_at_ms = Some(record.handled_at_ms);
+            } else {
+                lineage.state = "duplicate";
+            }
+        } else if cursor > seq {
+            // Past the cursor and its record expired (or never kept).
+            lineage.state = "handled";
+        }
+        Ok(lineage)
+    }
+}
