@@ -13,6 +13,7 @@ mod plugin;
 mod publish;
 mod run;
 mod status;
+mod subscription;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,6 +68,9 @@ enum Command {
     /// Read the log of a running server, follow it (`tail`), show an event
     /// and its lineage.
     Log(log::LogArgs),
+    /// Subscriptions of a running server, configured and orphaned (data a
+    /// removed handler left in the store): list, delete an orphan's data.
+    Subscription(subscription::SubscriptionArgs),
     /// One table of the pipelines and subscriptions of a running server: state,
     /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
@@ -173,6 +177,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&args),
         Command::Dlq(args) => dlq::run(&args),
         Command::Log(args) => log::run(&args),
+        Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),
         Command::Demo(args) => demo::run(&args),

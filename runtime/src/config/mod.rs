@@ -74,9 +74,29 @@ struct RawConfig {
     #[serde(default)]
     plugins: RawPlugins,
     #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
     pipelines: Vec<RawPipeline>,
     #[serde(default)]
     sinks: Vec<RawSink>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    default: Option<String>,
+    interval: Option<String>,
+    #[serde(default)]
+    topics: Vec<RawRetentionTopic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetentionTopic {
+    pattern: String,
+    retention: Option<String>,
+    #[serde(default)]
+    compact: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +151,7 @@ struct RawHandler {
     retry: RawRetry,
     #[serde(default)]
     ready: RawReady,
+    from: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +253,9 @@ pub struct HandlerConfig {
     pub log_lines_per_second: u32,
     /// When `GET /ready` calls this subscription degraded.
     pub ready: ReadyThresholds,
+    /// Where the subscription starts when it has no cursor yet (`from`).
+    /// By default the beginning of the log.
+    pub from: crate::store::StartPosition,
 }
 
 /// Default plugin log lines per second per subscription.
@@ -294,11 +318,20 @@ pub struct Config {
     /// kept entry (and no active version) uses are deleted at the next
     /// deploy.
     pub keep_versions: usize,
+    /// The log's retention (`[retention]`). By default everything is kept
+    /// forever.
+    pub log_retention: crate::store::RetentionPolicy,
+    /// How often the retention pass runs (`[retention] interval`). By
+    /// default [`DEFAULT_RETENTION_INTERVAL`].
+    pub retention_interval: Duration,
     /// The pipelines.
     pub pipelines: Vec<PipelineConfig>,
     /// The webhook sinks (`[[sinks]]`), each a subscription `sinks/<name>`.
     pub sinks: Vec<SinkConfig>,
 }
+
+/// Default of `[retention] interval`.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default of `[plugins] keep_versions`.
 pub const DEFAULT_KEEP_VERSIONS: usize = 10;
@@ -412,7 +445,14 @@ impl Config {
                 if let Some(text) = &rh.ready.max_lag {
                     ready.max_lag = duration(text).map_err(|e| err(&format!("{key}.ready.max_lag"), e))?;
                 }
+                let from = match &rh.from {
+                    Some(text) => {
+                        crate::store::StartPosition::parse(text).map_err(|e| err(&format!("{key}.from"), e))?
+                    }
+                    None => crate::store::StartPosition::Beginning,
+                };
                 handlers.push(HandlerConfig {
+                    from,
                     name: rh.name,
                     plugin,
                     config,
@@ -451,7 +491,10 @@ impl Config {
                 "must be at least 1: the active version's module is always kept".to_owned(),
             ));
         }
+        let (log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
         Ok(Self {
+            log_retention,
+            retention_interval,
             source: path.to_owned(),
             data_dir: resolve(&raw.data_dir.unwrap_or_else(|| PathBuf::from("weir-data"))),
             listen,
@@ -467,6 +510,36 @@ impl Config {
             sinks,
         })
     }
+}
+
+/// `[retention]`: the default, the interval and the per-pattern rules.
+fn log_retention(raw: &RawRetention) -> Result<(crate::store::RetentionPolicy, Duration), (String, String)> {
+    use crate::store::{Keep, RetentionPolicy, RetentionRule};
+    let default = match &raw.default {
+        Some(text) => Keep::parse(text).map_err(|e| ("retention.default".to_owned(), e))?,
+        None => Keep::Forever,
+    };
+    let interval = match &raw.interval {
+        Some(text) => {
+            let d = duration(text).map_err(|e| ("retention.interval".to_owned(), e))?;
+            if d < Duration::from_millis(10) {
+                return Err(("retention.interval".to_owned(), format!("{text:?} is shorter than 10ms")));
+            }
+            d
+        }
+        None => DEFAULT_RETENTION_INTERVAL,
+    };
+    let mut rules = Vec::with_capacity(raw.topics.len());
+    for (i, t) in raw.topics.iter().enumerate() {
+        let key = format!("retention.topics[{i}]");
+        let pattern = Pattern::parse(&t.pattern).map_err(|e| (format!("{key}.pattern"), e.to_string()))?;
+        let keep = match &t.retention {
+            Some(text) => Keep::parse(text).map_err(|e| (format!("{key}.retention"), e))?,
+            None => Keep::Forever,
+        };
+        rules.push(RetentionRule { pattern, keep, compact: t.compact });
+    }
+    Ok((RetentionPolicy { rules, default }, interval))
 }
 
 fn check_name(name: &str) -> Result<(), String> {

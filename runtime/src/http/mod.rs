@@ -22,6 +22,7 @@ pub mod models;
 mod plugins;
 mod serve;
 mod status;
+mod subscriptions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,11 +59,18 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         &state,
         Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body: Accept::Json },
     );
+    // The list needs `read`; deleting guards itself (admin).
+    let subscriptions = auth::guard(
+        subscriptions::router(&state),
+        &state,
+        Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body: Accept::Json },
+    );
     Router::new()
         .merge(status::router(&state))
         .merge(events::router(&state))
         .merge(dlq)
         .merge(plugins::router(&state))
+        .merge(subscriptions)
         .merge(log::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.

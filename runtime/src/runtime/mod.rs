@@ -11,6 +11,7 @@
 //! | `samples.rs` | sample events a deploy runs first |
 //! | `dlq.rs` | DLQ list, redrive, purge |
 //! | `log.rs` | reading the log: filtered pages, lookups by position and id, lineage |
+//! | `subscriptions.rs` | where a new subscription starts, retention readers, orphans: list and delete |
 //! | `error.rs` | [`RuntimeError`] |
 
 mod deploy;
@@ -22,6 +23,7 @@ mod samples;
 mod sinks;
 mod start;
 mod status;
+mod subscriptions;
 mod supervise;
 
 use std::collections::VecDeque;
@@ -42,6 +44,7 @@ pub use log::{
 };
 pub use samples::{Expect, TestCase, parse_test_cases};
 pub use status::{Readiness, Resources, SubscriptionStatus};
+pub use subscriptions::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
 
 use crate::config::{Config, ReadyThresholds};
 use crate::delivery::{Control, Invoke, SubscriptionCounters};

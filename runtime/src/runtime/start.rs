@@ -123,7 +123,10 @@ impl Runtime {
                 StoreOptions {
                     retention: config.retention,
                     // Collect at least twice per retention window.
-                    gc_interval: (config.retention / 2).clamp(Duration::from_millis(10), Duration::from_secs(60)),
+                    // The log's retention pass runs with it.
+                    gc_interval: (config.retention / 2)
+                        .clamp(Duration::from_millis(10), Duration::from_secs(60))
+                        .min(config.retention_interval),
                     keep_versions: config.keep_versions,
                     ..StoreOptions::default()
                 },
@@ -199,6 +202,7 @@ impl Runtime {
                 timing: config.metrics,
             };
             let rx = Arc::new(Mutex::new(rx));
+            super::subscriptions::prepare(&store, &name, &pipeline.topics, handler.from)?;
             let worker = Worker::new(
                 spec.clone(),
                 store.clone(),
@@ -243,6 +247,7 @@ impl Runtime {
         for sink in &config.sinks {
             subs.push(super::sinks::start_sink(sink, config, &store, &ids, &stopping)?);
         }
+        super::subscriptions::apply_retention(&store, &subs, config);
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
         Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping })

@@ -34,6 +34,7 @@ use std::mem;
 
 use super::StoreError;
 use super::codec::{Encoded, Records};
+use super::lifecycle::DeleteSubscription;
 use super::log::Publish;
 use super::registry::Deploy;
 use super::subscription::{Purge, Redrive, Results};
@@ -223,6 +224,8 @@ pub(super) enum Command {
     Deploy(Order<Deploy>),
     /// Nothing, answered after the commit: [`Store::sync`](super::Store::sync).
     Sync(Order<Barrier>),
+    /// Part of a subscription's data: [`Store::delete_subscription_blocking`](super::Store::delete_subscription_blocking).
+    DeleteSubscription(Order<DeleteSubscription>),
 }
 
 impl Command {
@@ -235,6 +238,7 @@ impl Command {
             Self::Purge(order) => order,
             Self::Deploy(order) => order,
             Self::Sync(order) => order,
+            Self::DeleteSubscription(order) => order,
         }
     }
 }

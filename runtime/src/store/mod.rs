@@ -64,10 +64,12 @@ mod error;
 mod fuzz;
 mod gc;
 mod ingest;
+mod lifecycle;
 mod log;
 mod migrate;
 mod open;
 mod registry;
+mod retention;
 mod stats;
 mod subscription;
 #[cfg(test)]
@@ -87,6 +89,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 pub(crate) use command::Reply;
 pub use error::StoreError;
 pub(crate) use fuzz::record as fuzz_record;
+pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
+pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition};
 pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats};
@@ -192,6 +196,8 @@ struct Shared {
     batches: AtomicU64,
     /// [`StoreOptions::keep_versions`].
     keep_versions: usize,
+    /// The log's retention policy, its readers and what the pass reports.
+    retention: retention::RetentionState,
 }
 
 /// Where the database lives, to open it again after a failed commit.
@@ -459,6 +465,12 @@ impl Store {
             txn.open_table(MODULES).map_err(incompatible)?;
             txn.open_table(VERSIONS).map_err(incompatible)?;
             txn.open_table(ACTIVE).map_err(incompatible)?;
+            // Added without a format change: absent, they start empty (the
+            // time index then covers what is appended from now on).
+            txn.open_table(retention::LOG_TIME).map_err(incompatible)?;
+            txn.open_table(retention::RETENTION_STATE).map_err(incompatible)?;
+            txn.open_table(retention::RETENTION_BYTES).map_err(incompatible)?;
+            txn.open_table(retention::COMPACT_LATEST).map_err(incompatible)?;
         }
         txn.commit().map_err(storage)?;
         let head = {
@@ -484,6 +496,7 @@ impl Store {
             max_queued_publish_bytes: options.max_queued_publish_bytes,
             batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
             keep_versions: options.keep_versions.max(1),
+            retention: retention::RetentionState::default(),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);

@@ -44,7 +44,7 @@ pub(super) struct Writes<'t> {
     pub(super) idempotency_expiry: Table<'t, (u64, &'static str, u64), &'static [u8]>,
     pub(super) ingest: Table<'t, &'static str, IngestEntry>,
     pub(super) ingest_expiry: Table<'t, (u64, u64), &'static [u8]>,
-    stats: Table<'t, (&'static str, &'static str), u64>,
+    pub(super) stats: Table<'t, (&'static str, &'static str), u64>,
     /// When the group started (ms since the Unix epoch).
     pub(super) now: u64,
     /// When ingest keys indexed by this group expire.
@@ -227,13 +227,15 @@ fn commit_group(
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let start = shared.head.load(Ordering::Acquire);
-    let mut w = Writes::open(&txn, &shared.batches, start, now_ms(), options.retention)?;
+    let now = now_ms();
+    let mut w = Writes::open(&txn, &shared.batches, start, now, options.retention)?;
     w.generation = shared.generation.load(Ordering::Acquire);
     for order in orders.iter_mut() {
         order.apply(&mut w, encoded)?;
     }
     let (published, duplicates) = (w.published, w.duplicates);
     let head = w.finish()?;
+    super::retention::index_time(&txn, start, head, now)?;
     txn.commit()?;
     shared.head.store(head, Ordering::Release);
     Ok(Committed { appended: head != start, published, duplicates })
@@ -255,8 +257,10 @@ fn run_gc(shared: &Shared, options: &StoreOptions) -> Result<bool, Fatal> {
         let caught_up = {
             let head = shared.head.load(Ordering::Acquire);
             let mut w = Writes::open(&txn, &shared.batches, head, now_ms(), options.retention)?;
-            let caught_up = gc::collect_some(&mut w)?;
+            let collected = gc::collect_some(&mut w)?;
+            let swept = super::retention::sweep(&mut w, &shared.retention)?;
             w.finish()?;
+            let caught_up = collected && swept;
             caught_up
         };
         txn.commit()?;

@@ -1,0 +1,243 @@
+//! Log retention: it never drops an event a subscription still needs (not
+//! read yet, parked or dead-lettered; an orphan's cursor holds too), and
+//! removes it once every reader has moved past; size-based retention keeps
+//! the newest; compaction keeps the last event per key. Orphans are listed
+//! and deleted, and a configured subscription cannot be deleted.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weir_abi::Event;
+use weir_runtime::{DlqFilter, Runtime, SubscriptionError};
+use weir_tests::{config, event};
+
+const IDLE: Duration = Duration::from_secs(30);
+const TOPIC: &str = "orders.order.created";
+
+fn order(id: &str, currency: &str) -> Event {
+    event(
+        &json!({ "topic": TOPIC, "key": id,
+                 "payload": { "order_id": id, "customer": "c", "currency": currency,
+                              "items": [{ "sku": "a", "qty": 1, "price_cents": 100 }] } })
+        .to_string(),
+    )
+}
+
+/// Seqs of the log's events of `TOPIC`.
+fn orders_in_log(rt: &Runtime) -> Vec<u64> {
+    rt.store().read_log(0, usize::MAX).unwrap().into_iter().filter(|(_, e)| e.topic == TOPIC).map(|(s, _)| s).collect()
+}
+
+/// Wait until `done` holds (retention runs in the background), or fail
+/// with what `show` says.
+fn eventually(what: &str, mut done: impl FnMut() -> bool, show: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} never happened: {}", show());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pipeline(name: &str, handler: &str, plugin: &str) -> String {
+    format!(
+        "[[pipelines]]\nname = \"{name}\"\ntopics = [\"{TOPIC}\"]\n[[pipelines.handlers]]\nname = \"{handler}\"\nplugin = \"{{{plugin}}}\"\n"
+    )
+}
+
+const FAST: &str = "[retention]\ninterval = \"50ms\"\n";
+
+#[test]
+fn retention_waits_for_a_dead_lettered_event_and_removes_it_once_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{FAST}[[retention.topics]]\npattern = \"{TOPIC}\"\nretention = \"1s\"\n{}{}",
+        pipeline("orders", "validator", "ORDER_VALIDATOR"),
+        pipeline("audit", "audit", "AUDIT_LOGGER"),
+    );
+    let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
+    // Seq 3 is rejected by the validator: it sits in its DLQ.
+    let events = vec![
+        order("o-0", "EUR"),
+        order("o-1", "EUR"),
+        order("o-2", "EUR"),
+        order("o-3", "DOGE"),
+        order("o-4", "EUR"),
+        order("o-5", "EUR"),
+    ];
+    rt.publish_blocking(events).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    assert_eq!(rt.dlq(&DlqFilter::default()).unwrap().len(), 1);
+
+    // Older than a second and read by both: 0 to 2 go. The validator's DLQ
+    // entry holds 3 and everything after it back.
+    eventually(
+        "removal of the handled events",
+        || orders_in_log(&rt) == [3, 4, 5],
+        || format!("{:?}", orders_in_log(&rt)),
+    );
+    // Several passes later, still there.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(orders_in_log(&rt), [3, 4, 5], "a dead-lettered event and what follows are kept");
+    let held = rt.store().retention_held();
+    assert_eq!(held.get("orders/validator").map(|h| h.since_seq), Some(3), "{held:?}");
+    assert!(!held.contains_key("audit/audit"), "{held:?}");
+    let listed = rt.subscription_list().unwrap();
+    let validator = listed.iter().find(|s| s.name == "orders/validator").unwrap();
+    assert!(validator.configured);
+    assert_eq!(validator.holdings.dlq, 1);
+    assert!(validator.retention_held.is_some_and(|h| h.events >= 3));
+    // Other topics fall under the default: forever.
+    assert!(rt.store().read_log(0, usize::MAX).unwrap().iter().any(|(_, e)| e.topic == "audit.event.recorded"));
+
+    // Once the entry is gone, nothing holds the rest.
+    assert_eq!(rt.purge(DlqFilter::default()).unwrap(), 1);
+    eventually("removal after the purge", || orders_in_log(&rt).is_empty(), || format!("{:?}", orders_in_log(&rt)));
+    eventually(
+        "the hold to clear",
+        || !rt.store().retention_held().contains_key("orders/validator"),
+        || format!("{:?}", rt.store().retention_held()),
+    );
+    assert!(rt.store().log_bytes() > 0, "the log's size gauge counts what is left");
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn a_stopped_orphan_holds_retention_until_it_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two subscriptions read the first three orders.
+    let both = format!("{}{}", pipeline("a", "audit", "AUDIT_LOGGER"), pipeline("b", "audit", "AUDIT_LOGGER"));
+    let rt = Runtime::start(&config(dir.path(), &both)).unwrap();
+    rt.publish_blocking((0..3).map(|i| order(&format!("o-{i}"), "EUR")).collect()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let b_cursor = rt.counters("b/audit").unwrap().cursor;
+    rt.shutdown().unwrap();
+
+    // b leaves the configuration: it stops where it was, and its cursor
+    // holds what came after (an orphan is taken to read every topic).
+    let one = format!(
+        "{FAST}[[retention.topics]]\npattern = \"{TOPIC}\"\nretention = \"1s\"\n{}",
+        pipeline("a", "audit", "AUDIT_LOGGER")
+    );
+    let rt = Runtime::start(&config(dir.path(), &one)).unwrap();
+    rt.publish_blocking((3..6).map(|i| order(&format!("o-{i}"), "EUR")).collect()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let before: Vec<u64> = orders_in_log(&rt).into_iter().filter(|s| *s >= b_cursor).collect();
+    assert_eq!(before.len(), 3);
+    eventually("removal of what both read", || orders_in_log(&rt) == before, || format!("{:?}", orders_in_log(&rt)));
+    // Once they are old enough to go, the orphan is reported holding them.
+    eventually(
+        "the orphan's hold to be reported",
+        || rt.store().retention_held().get("b/audit").map(|h| h.since_seq) == Some(b_cursor),
+        || format!("{:?}", rt.store().retention_held()),
+    );
+    assert_eq!(orders_in_log(&rt), before, "the orphan's unread events are kept");
+
+    let listed = rt.subscription_list().unwrap();
+    let orphan = listed.iter().find(|s| s.name == "b/audit").expect("the orphan is listed");
+    assert!(!orphan.configured);
+    assert_eq!(orphan.holdings.cursor, Some(b_cursor));
+    assert_eq!(orphan.holdings.idempotency, 3);
+    assert!(orphan.holdings.versions >= 1);
+    assert!(listed.iter().any(|s| s.name == "a/audit" && s.configured));
+
+    // A configured one is refused; the orphan goes, and so do its events.
+    let refused = rt.delete_subscription("a/audit").unwrap_err();
+    assert_eq!(refused.code(), "subscription_configured");
+    assert!(matches!(refused, SubscriptionError::Configured(_)));
+    assert!(rt.subscription_list().unwrap().iter().any(|s| s.name == "a/audit" && s.holdings.cursor.is_some()));
+    let deleted = rt.delete_subscription("b/audit").unwrap();
+    assert_eq!(deleted.cursor, Some(b_cursor));
+    assert!(!rt.subscription_list().unwrap().iter().any(|s| s.name == "b/audit"));
+    assert!(rt.store().history("b/audit").unwrap().is_empty());
+    assert_eq!(rt.delete_subscription("b/audit").unwrap_err().code(), "subscription_not_found");
+    eventually("removal after the delete", || orders_in_log(&rt).is_empty(), || format!("{:?}", orders_in_log(&rt)));
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn size_retention_keeps_the_newest_events_within_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{FAST}[[retention.topics]]\npattern = \"{TOPIC}\"\nretention = \"4KiB\"\n{}",
+        pipeline("audit", "audit", "AUDIT_LOGGER")
+    );
+    let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
+    let events: Vec<Event> = (0..40).map(|i| order(&format!("o-{i:02}"), "EUR")).collect();
+    let published = rt.publish_blocking(events).unwrap();
+    let last = published.last().unwrap().seq;
+    assert!(rt.wait_idle(IDLE));
+    eventually("size-based removal", || orders_in_log(&rt).len() < 40, || format!("{:?}", orders_in_log(&rt)));
+    std::thread::sleep(Duration::from_millis(300));
+    let kept = orders_in_log(&rt);
+    assert!(!kept.is_empty());
+    // The newest are kept, with no gap: the oldest go first.
+    assert_eq!(*kept.last().unwrap(), last);
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+    let payloads: usize = rt
+        .store()
+        .read_log(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| e.topic == TOPIC)
+        .map(|(_, e)| e.payload.len())
+        .sum();
+    assert!(payloads <= 4096, "{payloads} payload bytes kept under a 4KiB rule");
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn size_retention_never_drops_what_a_subscription_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // The validator dead-letters the first event: nothing of the topic from
+    // there on may go, whatever the size says.
+    let toml = format!(
+        "{FAST}[[retention.topics]]\npattern = \"{TOPIC}\"\nretention = \"1B\"\n{}",
+        pipeline("orders", "validator", "ORDER_VALIDATOR")
+    );
+    let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
+    let mut events = vec![order("o-bad", "DOGE")];
+    events.extend((0..5).map(|i| order(&format!("o-{i}"), "EUR")));
+    rt.publish_blocking(events).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    eventually(
+        "the hold to be reported",
+        || rt.store().retention_held().contains_key("orders/validator"),
+        || format!("{:?}", rt.store().retention_held()),
+    );
+    assert_eq!(orders_in_log(&rt), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(rt.purge(DlqFilter::default()).unwrap(), 1);
+    // Over 1 byte, everything read may go; the last one too.
+    eventually("removal", || orders_in_log(&rt).is_empty(), || format!("{:?}", orders_in_log(&rt)));
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn compaction_keeps_the_last_event_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{FAST}[[retention.topics]]\npattern = \"{TOPIC}\"\ncompact = true\n{}",
+        pipeline("audit", "audit", "AUDIT_LOGGER")
+    );
+    let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
+    let mut events = Vec::new();
+    for (i, key) in ["a", "b", "a", "c", "b", "a"].iter().enumerate() {
+        let mut e = order(key, "EUR");
+        e.idempotency_key = format!("k-{i}");
+        events.push(e);
+    }
+    let published = rt.publish_blocking(events).unwrap();
+    let seqs: Vec<u64> = published.iter().map(|p| p.seq).collect();
+    assert!(rt.wait_idle(IDLE));
+    let expected = vec![seqs[3], seqs[4], seqs[5]];
+    eventually("compaction", || orders_in_log(&rt) == expected, || format!("{:?}", orders_in_log(&rt)));
+    let keys: Vec<Option<String>> = rt
+        .store()
+        .read_log(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.topic == TOPIC)
+        .map(|(_, e)| e.key)
+        .collect();
+    assert_eq!(keys, [Some("c".to_owned()), Some("b".to_owned()), Some("a".to_owned())]);
+    rt.shutdown().unwrap();
+}
