@@ -59,6 +59,7 @@
 
 mod clock;
 pub mod config;
+mod consumer;
 mod delivery;
 mod engine;
 mod envelope;
@@ -81,6 +82,7 @@ mod topic;
 // move between modules without breaking anyone. `config` stays a module: it
 // is the schema of `weir.toml`, one type per section.
 pub use config::Config;
+pub use consumer::ConsumerError;
 pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, VERSION_HEADER};
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,

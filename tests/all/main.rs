@@ -7,6 +7,7 @@ mod c_plugin;
 mod cli;
 mod correctness_cli;
 mod correctness_ingest;
+mod consumers;
 mod crash;
 mod dashboard;
 mod delivery;

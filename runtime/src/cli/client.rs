@@ -79,6 +79,23 @@ impl Client {
         Self::answer(response)
     }
 
+    /// PUT `body` as JSON; the answer whatever its status.
+    pub(crate) fn put_raw<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<Answer> {
+        let request =
+            self.auth(self.agent.put(format!("{}{path}", self.base)).header("content-type", "application/json"));
+        let response = request.send(serde_json::to_vec(body)?.as_slice()).map_err(|e| self.unreachable(e))?;
+        Self::answer(response)
+    }
+
+    /// DELETE (with the JSON content type the server's guard asks of every
+    /// state-changing request); the answer whatever its status.
+    pub(crate) fn delete_raw(&self, path: &str) -> anyhow::Result<Answer> {
+        let request =
+            self.auth(self.agent.delete(format!("{}{path}", self.base)).header("content-type", "application/json"));
+        let response = request.call().map_err(|e| self.unreachable(e))?;
+        Self::answer(response)
+    }
+
     /// POST `body` as JSON, the answer as `T`; an error answer is an error.
     pub(crate) fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
         self.post_raw(path, "application/json", &serde_json::to_vec(body)?)?.into_ok()

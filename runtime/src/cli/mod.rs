@@ -3,6 +3,7 @@
 
 mod build;
 mod client;
+mod consumer;
 mod demo;
 mod dlq;
 mod exec;
@@ -68,6 +69,9 @@ enum Command {
     /// Read the log of a running server, follow it (`tail`), show an event
     /// and its lineage.
     Log(log::LogArgs),
+    /// Durable consumers of a running server: create, list, fetch, ack,
+    /// info, reset, delete.
+    Consumer(consumer::ConsumerArgs),
     /// Subscriptions of a running server, configured and orphaned (data a
     /// removed handler left in the store): list, delete an orphan's data.
     Subscription(subscription::SubscriptionArgs),
@@ -177,6 +181,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&args),
         Command::Dlq(args) => dlq::run(&args),
         Command::Log(args) => log::run(&args),
+        Command::Consumer(args) => consumer::run(&args),
         Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),

@@ -79,6 +79,31 @@ struct RawConfig {
     pipelines: Vec<RawPipeline>,
     #[serde(default)]
     sinks: Vec<RawSink>,
+    #[serde(default)]
+    consumers: RawConsumers,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumers {
+    max_consumers: Option<usize>,
+    max_waiting_fetches: Option<usize>,
+}
+
+/// Bounds of the durable consumers (`[consumers]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumersConfig {
+    /// Most consumers this server holds. Default 64.
+    pub max_consumers: usize,
+    /// Most fetches waiting (long-polling) at once, over all consumers;
+    /// more are answered `503 overloaded`. Default 256.
+    pub max_waiting_fetches: usize,
+}
+
+impl Default for ConsumersConfig {
+    fn default() -> Self {
+        Self { max_consumers: 64, max_waiting_fetches: 256 }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +353,8 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// The webhook sinks (`[[sinks]]`), each a subscription `sinks/<name>`.
     pub sinks: Vec<SinkConfig>,
+    /// The durable consumers' bounds (`[consumers]`).
+    pub consumers: ConsumersConfig,
 }
 
 /// Default of `[retention] interval`.
@@ -508,6 +535,13 @@ impl Config {
             keep_versions,
             pipelines,
             sinks,
+            consumers: ConsumersConfig {
+                max_consumers: raw.consumers.max_consumers.unwrap_or(ConsumersConfig::default().max_consumers),
+                max_waiting_fetches: raw
+                    .consumers
+                    .max_waiting_fetches
+                    .unwrap_or(ConsumersConfig::default().max_waiting_fetches),
+            },
         })
     }
 }

@@ -12,6 +12,7 @@
 //! reads too.
 
 mod auth;
+mod consumers;
 mod convert;
 mod dlq;
 mod error;
@@ -72,6 +73,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .merge(plugins::router(&state))
         .merge(subscriptions)
         .merge(log::router(&state))
+        .merge(consumers::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.
         .method_not_allowed_fallback(error::wrong_method)

@@ -70,6 +70,7 @@ impl Runtime {
     pub fn redrive(&self, filter: &DlqFilter) -> Result<RedriveReport, RuntimeError> {
         if let Some(name) = &filter.subscription
             && !self.subs.iter().any(|s| &*s.name == name)
+            && !name.starts_with(crate::consumer::DLQ_PREFIX)
         {
             return Err(RuntimeError::UnknownSubscription(name.clone()));
         }
@@ -79,6 +80,19 @@ impl Runtime {
         }
         let mut report = RedriveReport::default();
         for (name, seqs) in by_sub {
+            // A durable consumer's entries go back to its pending deliveries.
+            if let Some(consumer) = name.strip_prefix(crate::consumer::DLQ_PREFIX) {
+                let total = seqs.len();
+                let moved = match self.consumers.redrive_blocking(consumer, seqs) {
+                    Ok(moved) => moved,
+                    Err(crate::consumer::ConsumerError::NotFound(_)) => 0,
+                    Err(crate::consumer::ConsumerError::Store(e)) => return Err(RuntimeError::Store(e)),
+                    Err(e) => return Err(RuntimeError::Worker(format!("{name}: {e}"))),
+                };
+                report.redriven += moved;
+                report.missing += total - moved;
+                continue;
+            }
             let Some(sub) = self.subs.iter().find(|s| *s.name == name) else {
                 // A subscription removed from the config: nothing can run it.
                 report.missing += seqs.len();

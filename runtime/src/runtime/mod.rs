@@ -89,6 +89,8 @@ pub struct Runtime {
     engine: Engine,
     /// Set by shutdown, so the supervisors stop instead of restarting.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The durable consumers (`consumer/`).
+    consumers: crate::consumer::Consumers,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -111,6 +113,11 @@ impl Runtime {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The durable consumers.
+    pub(crate) fn consumers(&self) -> &crate::consumer::Consumers {
+        &self.consumers
     }
 
     /// The id generator used for new events.

@@ -212,6 +212,7 @@ impl Runtime {
             "Commands (publishes, outcome batches, admin) committed since start.",
         );
         let _ = writeln!(out, "weir_store_commands_total {commands}");
+        self.consumers.render_metrics(&mut out)?;
         Ok(out)
     }
 }

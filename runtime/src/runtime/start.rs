@@ -250,7 +250,8 @@ impl Runtime {
         super::subscriptions::apply_retention(&store, &subs, config);
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
-        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping })
+        let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone());
+        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers })
     }
 
     /// Stop: every worker finishes its current invocation and commits, then

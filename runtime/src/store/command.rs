@@ -34,6 +34,7 @@ use std::mem;
 
 use super::StoreError;
 use super::codec::{Encoded, Records};
+use super::consumer;
 use super::lifecycle::DeleteSubscription;
 use super::log::Publish;
 use super::registry::Deploy;
@@ -224,6 +225,13 @@ pub(super) enum Command {
     Deploy(Order<Deploy>),
     /// Nothing, answered after the commit: [`Store::sync`](super::Store::sync).
     Sync(Order<Barrier>),
+    /// Durable consumers' commands (`store/consumer.rs`).
+    ConsumerPut(Order<consumer::Put>),
+    ConsumerDelete(Order<consumer::Delete>),
+    ConsumerReset(Order<consumer::Reset>),
+    ConsumerFetch(Order<consumer::Fetch>),
+    ConsumerAck(Order<consumer::Ack>),
+    ConsumerRedrive(Order<consumer::Redrive>),
     /// Part of a subscription's data: [`Store::delete_subscription_blocking`](super::Store::delete_subscription_blocking).
     DeleteSubscription(Order<DeleteSubscription>),
 }
@@ -238,6 +246,12 @@ impl Command {
             Self::Purge(order) => order,
             Self::Deploy(order) => order,
             Self::Sync(order) => order,
+            Self::ConsumerPut(order) => order,
+            Self::ConsumerDelete(order) => order,
+            Self::ConsumerReset(order) => order,
+            Self::ConsumerFetch(order) => order,
+            Self::ConsumerAck(order) => order,
+            Self::ConsumerRedrive(order) => order,
             Self::DeleteSubscription(order) => order,
         }
     }

@@ -60,6 +60,7 @@
 
 mod codec;
 mod command;
+pub(crate) mod consumer;
 mod error;
 mod fuzz;
 mod gc;
@@ -452,6 +453,8 @@ impl Store {
         }
         {
             txn.open_table(LOG).map_err(incompatible)?;
+            txn.open_table(consumer::CONSUMERS).map_err(incompatible)?;
+            txn.open_table(consumer::CONSUMER_PENDING).map_err(incompatible)?;
             txn.open_table(EVENT_IDS).map_err(incompatible)?;
             txn.open_table(CAUSED).map_err(incompatible)?;
             txn.open_table(CURSORS).map_err(incompatible)?;

@@ -1,0 +1,361 @@
+//! Durable consumers over HTTP against the real `weir run`: fetch and ack
+//! under `kill -9`, stale acks, the DLQ and redrive, long polls, the CLI.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::{Value, json};
+use weir_tests::Server;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60))).build(),
+    )
+}
+
+/// POST JSON with `agent`; `None` when no answer came (the server died).
+fn post(agent: &ureq::Agent, url: &str, body: &Value) -> Option<(u16, Value)> {
+    let mut response =
+        agent.post(url).header("content-type", "application/json").send(body.to_string().as_bytes()).ok()?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+fn create(server: &Server, name: &str, settings: &Value) {
+    let (status, body) = server.put_with(&format!("/v1/consumers/{name}"), &[JSON], settings.to_string().as_bytes());
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"], true);
+}
+
+fn publish(server: &Server, range: std::ops::Range<usize>, topic: &str) {
+    let batch: Vec<Value> = range
+        .map(|i| {
+            json!({ "topic": topic, "key": format!("k{}", i % 101), "idempotency_key": format!("item-{i}"),
+                         "payload": { "n": i } })
+        })
+        .collect();
+    let (status, body) = server.post("/v1/events", &Value::Array(batch));
+    assert_eq!(status, 200, "{body}");
+}
+
+fn fetch(server: &Server, name: &str, body: &Value) -> Vec<Value> {
+    let (status, answer) = server.post(&format!("/v1/consumers/{name}/fetch"), body);
+    assert_eq!(status, 200, "{answer}");
+    answer["deliveries"].as_array().unwrap().clone()
+}
+
+fn ack(server: &Server, name: &str, body: &Value) -> (u16, Value) {
+    server.post(&format!("/v1/consumers/{name}/ack"), body)
+}
+
+#[test]
+fn kill_9_while_a_client_fetches_and_acks_20000_events_acks_each_exactly_once() {
+    const EVENTS: usize = 20_000;
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), "");
+    for start in (0..EVENTS).step_by(1000) {
+        publish(&server, start..start + 1000, "load.item.created");
+    }
+    // Events of another topic in between are skipped, never delivered.
+    publish(&server, EVENTS..EVENTS + 100, "load.item.ignored");
+    // A high delivery budget: redeliveries after the kills must not reach
+    // the DLQ. A short ack wait: deliveries in flight at a kill come back
+    // soon after the restart.
+    create(
+        &server,
+        "load",
+        &json!({ "topics": ["load.item.created"], "ack_wait": "3s", "max_deliveries": 1000,
+                                     "max_in_flight": 2000 }),
+    );
+
+    let url = server.url.clone();
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (acked_count, done) = (Arc::clone(&acked_count), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let agent = agent();
+            // seq → acks answered `acked` (durable).
+            let mut acked: HashMap<u64, u32> = HashMap::new();
+            // Acks sent whose answer never came: durable or not, unknown.
+            let mut uncertain: HashSet<u64> = HashSet::new();
+            let mut violations = Vec::new();
+            let (mut redelivered, mut refused, mut lost_answers) = (0, 0, 0);
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                assert!(Instant::now() < deadline, "the client never finished");
+                let Some((200, answer)) =
+                    post(&agent, &format!("{url}/v1/consumers/load/fetch"), &json!({ "max": 500, "wait": "1s" }))
+                else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                let deliveries = answer["deliveries"].as_array().unwrap();
+                if deliveries.is_empty() {
+                    let Some((200, info)) = agent
+                        .get(format!("{url}/v1/consumers/load"))
+                        .call()
+                        .ok()
+                        .and_then(|mut r| Some((r.status().as_u16(), r.body_mut().read_json::<Value>().ok()?)))
+                    else {
+                        continue;
+                    };
+                    if info["lag"] == 0 && info["in_flight"] == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                let mut tokens = Vec::new();
+                for d in deliveries {
+                    let seq = d["seq"].as_u64().unwrap();
+                    assert_eq!(d["event"]["topic"], "load.item.created");
+                    if acked.contains_key(&seq) {
+                        violations.push(format!("seq {seq} delivered again after a durable ack"));
+                    }
+                    if d["attempt"].as_u64().unwrap() > 1 {
+                        redelivered += 1;
+                    }
+                    uncertain.remove(&seq);
+                    tokens.push((seq, d["token"].as_str().unwrap().to_owned()));
+                }
+                let body = json!({ "acks": tokens.iter().map(|(_, t)| json!({ "token": t })).collect::<Vec<_>>() });
+                match post(&agent, &format!("{url}/v1/consumers/load/ack"), &body) {
+                    Some((200, answer)) => {
+                        for ((seq, _), result) in tokens.iter().zip(answer["results"].as_array().unwrap()) {
+                            if result["outcome"] == "acked" {
+                                *acked.entry(*seq).or_default() += 1;
+                            } else {
+                                // Refused (an ack wait passed under load):
+                                // nothing changed, it comes back.
+                                refused += 1;
+                            }
+                        }
+                        acked_count.store(acked.len(), Ordering::Relaxed);
+                    }
+                    Some((status, answer)) => panic!("ack answered {status}: {answer}"),
+                    None => {
+                        lost_answers += 1;
+                        uncertain.extend(tokens.iter().map(|(seq, _)| *seq));
+                    }
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            (acked, uncertain, violations, redelivered, refused, lost_answers)
+        })
+    };
+
+    // Kill at random moments while the client works.
+    let mut kills = 0;
+    let mut next = 2000;
+    while !done.load(Ordering::Relaxed) && kills < 5 {
+        if acked_count.load(Ordering::Relaxed) >= next {
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
+            server.kill9();
+            kills += 1;
+            server.restart();
+            next += 3500;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (acked, uncertain, violations, redelivered, refused, lost_answers) = client.join().unwrap();
+    println!(
+        "{kills} kills, {} acked, {} acks of unknown fate, {redelivered} redeliveries, {refused} refused acks, {lost_answers} lost answers",
+        acked.len(),
+        uncertain.len()
+    );
+    assert!(kills >= 3, "the kills did not land while the client worked");
+    assert!(violations.is_empty(), "{violations:?}");
+    // Every event acked exactly once: by an answered ack, or by one whose
+    // answer the kill cut (it was durable: the event never came back).
+    let twice: Vec<_> = acked.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "acked more than once: {twice:?}");
+    let seqs: HashSet<u64> = acked.keys().chain(uncertain.iter()).copied().collect();
+    assert_eq!(seqs.len(), EVENTS);
+    assert!(acked.keys().all(|seq| !uncertain.contains(seq)));
+    assert_eq!(*seqs.iter().max().unwrap(), EVENTS as u64 - 1);
+    // Nothing pending, nothing dead-lettered, on the server either.
+    let (_, info) = server.get("/v1/consumers/load");
+    assert_eq!((info["lag"].as_u64(), info["in_flight"].as_u64(), info["dlq"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert!(fetch(&server, "load", &json!({ "max": 10 })).is_empty());
+}
+
+#[test]
+fn a_stale_ack_is_refused_and_never_applied_to_a_later_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    create(&server, "c", &json!({ "topics": ["orders.*.created"], "ack_wait": "300ms" }));
+    publish(&server, 0..1, "orders.order.created");
+
+    let first = fetch(&server, "c", &json!({}));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["attempt"], 1);
+    let token1 = first[0]["token"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    // Its ack wait passed: refused.
+    let (status, body) = ack(&server, "c", &json!({ "token": token1 }));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("stale_ack")), "{body}");
+    // Delivered again as attempt 2, with another token.
+    let second = fetch(&server, "c", &json!({ "max": 5 }));
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0]["attempt"], 2);
+    let token2 = second[0]["token"].as_str().unwrap().to_owned();
+    assert_ne!(token1, token2);
+    // The first attempt's token does not ack the second.
+    let (status, body) = ack(&server, "c", &json!({ "token": token1 }));
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("superseded"), "{body}");
+    // A forged token with the right seq and attempt neither.
+    let forged = format!("{}.{}", token2.rsplit_once('.').unwrap().0, "0".repeat(32));
+    let (status, _) = ack(&server, "c", &json!({ "token": forged }));
+    assert_eq!(status, 409);
+    let (status, body) = ack(&server, "c", &json!({ "token": "not-a-token" }));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_token")));
+    // The real one is taken, once.
+    let (status, body) = ack(&server, "c", &json!({ "token": token2 }));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"], "acked");
+    let (status, body) = ack(&server, "c", &json!({ "acks": [{ "token": token2 }] }));
+    assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("unknown")));
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(fetch(&server, "c", &json!({ "max": 5 })).is_empty());
+    let (_, info) = server.get("/v1/consumers/c");
+    assert_eq!((info["in_flight"].as_u64(), info["stale_acks"].as_u64()), (Some(0), Some(4)), "{info}");
+}
+
+#[test]
+fn exhausted_deliveries_go_to_the_dlq_and_are_redrivable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    create(&server, "c", &json!({ "topics": ["orders.>"], "ack_wait": "200ms", "max_deliveries": 2 }));
+    publish(&server, 0..3, "orders.order.created");
+
+    // Seq 2 is termed at once; seqs 0 and 1 are never acked.
+    let got = fetch(&server, "c", &json!({ "max": 10 }));
+    assert_eq!(got.len(), 3);
+    let (status, body) = ack(&server, "c", &json!({ "token": got[2]["token"], "action": "term", "reason": "poison" }));
+    assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("dead_lettered")), "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    let again = fetch(&server, "c", &json!({ "max": 10 }));
+    assert_eq!(again.iter().map(|d| d["attempt"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 2]);
+    std::thread::sleep(Duration::from_millis(300));
+    // After the last delivery's ack wait: the DLQ, not a third delivery.
+    assert!(fetch(&server, "c", &json!({ "max": 10, "wait": "300ms" })).is_empty());
+    let (_, dlq) = server.get("/v1/dlq?subscription=consumers/c");
+    let entries = dlq["entries"].as_array().unwrap();
+    let codes: Vec<(u64, &str, u64)> = entries
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["code"].as_str().unwrap(), e["attempts"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(codes, [(0, "consumer_ack_timeout", 2), (1, "consumer_ack_timeout", 2), (2, "consumer_term", 1)]);
+    assert_eq!(entries[2]["message"], "poison");
+    let (status, detail) = server.get("/v1/dlq/consumers/c/2");
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["event"]["idempotency_key"], "item-2");
+    let (_, info) = server.get("/v1/consumers/c");
+    assert_eq!((info["in_flight"].as_u64(), info["dlq"].as_u64()), (Some(0), Some(3)));
+
+    // Redrive: each comes back as a first delivery, and an ack empties it.
+    let (status, body) = server.post("/v1/dlq/redrive", &json!({ "subscription": "consumers/c" }));
+    assert_eq!((status, body["redriven"].as_u64()), (200, Some(3)), "{body}");
+    let back = fetch(&server, "c", &json!({ "max": 10 }));
+    assert_eq!(
+        back.iter().map(|d| (d["seq"].as_u64().unwrap(), d["attempt"].as_u64().unwrap())).collect::<Vec<_>>(),
+        [(0, 1), (1, 1), (2, 1)]
+    );
+    let acks: Vec<Value> = back.iter().map(|d| json!({ "token": d["token"] })).collect();
+    let (status, body) = ack(&server, "c", &json!({ "acks": acks }));
+    assert_eq!(status, 200);
+    assert!(body["results"].as_array().unwrap().iter().all(|r| r["outcome"] == "acked"), "{body}");
+    let (_, info) = server.get("/v1/consumers/c");
+    assert_eq!((info["in_flight"].as_u64(), info["dlq"].as_u64()), (Some(0), Some(0)));
+    let (_, status) = server.get("/v1/status");
+    assert_eq!(status["consumers"][0]["name"], "c");
+    let (_, metrics) = server.get("/metrics");
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("weir_consumer_acked_total{consumer=\"c\"} 3"), "{metrics}");
+    assert!(metrics.contains("weir_consumer_in_flight{consumer=\"c\"} 0"));
+}
+
+#[test]
+fn a_long_poll_wakes_on_a_new_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    publish(&server, 0..2, "orders.order.created");
+    // `from = end`: events before the consumer are not delivered.
+    create(&server, "c", &json!({ "topics": ["orders.order.created"], "from": "end" }));
+    let url = server.url.clone();
+    let waiter = std::thread::spawn(move || {
+        post(&agent(), &format!("{url}/v1/consumers/c/fetch"), &json!({ "max": 10, "wait": "20s" })).unwrap()
+    });
+    // Nothing matches yet: the fetch waits; a new event wakes it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiter.is_finished());
+    publish(&server, 2..3, "orders.order.created");
+    let (status, answer) = waiter.join().unwrap();
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = answer["deliveries"].as_array().unwrap().iter().map(|d| d["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [2]);
+    // Bounds: max and wait.
+    let (status, body) = server.post("/v1/consumers/c/fetch", &json!({ "max": 1001 }));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_consumer")));
+    let (status, _) = server.post("/v1/consumers/c/fetch", &json!({ "wait": "31s" }));
+    assert_eq!(status, 400);
+    let (status, _) = server.post("/v1/consumers/nope/fetch", &json!({}));
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_cli_creates_lists_fetches_acks_and_resets_a_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    publish(&server, 0..3, "orders.order.created");
+    let weir = |args: &[&str]| {
+        let output = std::process::Command::new(weir_tests::weir_bin())
+            .args(["consumer", "--server", &server.url])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = weir(&["create", "svc", "--topic", "orders.>", "--from", "1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("created at position 1"), "{out}");
+    let (ok, out, _) = weir(&["fetch", "svc", "--max", "10", "--ack"]);
+    assert!(ok);
+    let seqs: Vec<u64> =
+        out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2]);
+    let (ok, out, _) = weir(&["list"]);
+    assert!(ok);
+    assert!(out.lines().any(|l| l.starts_with("svc ")), "{out}");
+    let (ok, _, err) = weir(&["reset", "svc", "--from", "beginning"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = weir(&["fetch", "svc", "--max", "10"]);
+    assert!(ok);
+    let token =
+        serde_json::from_str::<Value>(out.lines().next().unwrap()).unwrap()["token"].as_str().unwrap().to_owned();
+    let (ok, out, _) = weir(&["ack", "svc", &token, "--nak", "--delay", "1h"]);
+    assert!(ok);
+    assert!(out.contains("naked"), "{out}");
+    let (ok, out, _) = weir(&["ack", "svc", &token]);
+    assert!(!ok, "an ack of a nak'ed attempt is refused: {out}");
+    let (ok, out, _) = weir(&["info", "svc"]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["in_flight"], 3);
+    let (ok, _, err) = weir(&["delete", "svc"]);
+    assert!(ok, "{err}");
+    assert_eq!(server.get("/v1/consumers/svc").0, 404);
+}
