@@ -356,8 +356,7 @@ async fn stream(
         runtime: Arc::clone(&state.runtime),
         appended: state.feed.appended.subscribe(),
         filter: Arc::new(filter),
-        tx,
-        last_words: Arc::clone(&last_words),
+        out: Outbox { tx, last_words: Arc::clone(&last_words), slow_after: SLOW_CLIENT_TIMEOUT },
         stop: stopping.map(|Extension(s)| s.0),
     };
     tokio::spawn(async move {
@@ -408,9 +407,16 @@ struct Pump {
     runtime: Arc<Runtime>,
     appended: watch::Receiver<u64>,
     filter: Arc<LogFilter>,
+    out: Outbox,
+    stop: Option<watch::Receiver<bool>>,
+}
+
+/// Where a stream's messages go: its body's buffer, then its last words.
+struct Outbox {
     tx: mpsc::Sender<Bytes>,
     last_words: Arc<Mutex<Option<Bytes>>>,
-    stop: Option<watch::Receiver<bool>>,
+    /// How long a message may wait for room before the client is dropped.
+    slow_after: Duration,
 }
 
 /// One SSE message.
@@ -443,7 +449,8 @@ impl Pump {
                     return self.last_words("error", &serde_json::json!({"code": e.code(), "message": e.to_string()}));
                 }
                 Err(e) => {
-                    return self.last_words("error", &serde_json::json!({"code": "internal", "message": e.to_string()}));
+                    return self
+                        .last_words("error", &serde_json::json!({"code": "internal", "message": e.to_string()}));
                 }
             };
             for (seq, event) in &page.events {
@@ -486,7 +493,7 @@ impl Pump {
                             return;
                         }
                     }
-                    () = self.tx.closed() => return,
+                    () = self.out.tx.closed() => return,
                     () = stopped => {
                         return self.last_words("closing", &serde_json::json!({"reason": "the server is stopping", "after": announced}));
                     }
@@ -495,10 +502,20 @@ impl Pump {
         }
     }
 
+    async fn send(&self, bytes: Bytes, announced: Option<u64>) -> bool {
+        self.out.send(bytes, announced).await
+    }
+
+    fn last_words(&self, event: &str, data: &Value) {
+        self.out.last_words(event, data);
+    }
+}
+
+impl Outbox {
     /// Hand a message over; `false` when the client is gone or too slow
     /// (then its last words say where to resume: after `announced`).
     async fn send(&self, bytes: Bytes, announced: Option<u64>) -> bool {
-        match tokio::time::timeout(SLOW_CLIENT_TIMEOUT, self.tx.send(bytes)).await {
+        match tokio::time::timeout(self.slow_after, self.tx.send(bytes)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
@@ -506,8 +523,9 @@ impl Pump {
                     "dropped",
                     &serde_json::json!({
                         "reason": format!(
-                            "the client did not take its messages within {}s ({STREAM_BUFFER} held); reconnect with Last-Event-ID",
-                            SLOW_CLIENT_TIMEOUT.as_secs()
+                            "the client did not take its messages within {} ({} held); reconnect with Last-Event-ID",
+                            humantime::format_duration(self.slow_after),
+                            self.tx.max_capacity()
                         ),
                         "after": announced,
                     }),
@@ -522,5 +540,57 @@ impl Pump {
     fn last_words(&self, event: &str, data: &Value) {
         *self.last_words.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(message(None, Some(event), &data.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use hyper::body::Body as _;
+    use tokio::sync::mpsc;
+
+    use super::{Outbox, SseBody};
+
+    /// What a body yields until it ends.
+    async fn drain(mut body: SseBody) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let data = frame.unwrap().into_data().unwrap();
+            out.push(String::from_utf8(data.to_vec()).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_take_its_messages_is_dropped_with_a_final_event_after_them() {
+        let (tx, rx) = mpsc::channel(2);
+        let last_words = Arc::new(Mutex::new(None));
+        let out = Outbox { tx, last_words: Arc::clone(&last_words), slow_after: Duration::from_millis(20) };
+        assert!(out.send(super::message(Some(1), None, "{}"), Some(0)).await);
+        assert!(out.send(super::message(Some(2), None, "{}"), Some(1)).await);
+        // The buffer is full and nobody reads: the third is refused.
+        assert!(!out.send(super::message(Some(3), None, "{}"), Some(2)).await);
+        drop(out);
+        let frames = drain(SseBody { rx, last_words }).await;
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert!(frames[0].starts_with("id: 1\n") && frames[1].starts_with("id: 2\n"), "{frames:?}");
+        // Everything handed over comes first; the last words name the
+        // position to resume after, the last one handed over.
+        assert!(frames[2].starts_with("event: dropped\n"), "{frames:?}");
+        assert!(frames[2].contains("\"after\":2"), "{frames:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_went_away_ends_the_stream_without_last_words() {
+        let (tx, rx) = mpsc::channel(2);
+        let last_words = Arc::new(Mutex::new(None));
+        let out = Outbox { tx, last_words: Arc::clone(&last_words), slow_after: Duration::from_secs(60) };
+        drop(rx);
+        assert!(!out.send(super::message(Some(1), None, "{}"), None).await);
+        assert!(last_words.lock().unwrap().is_none());
     }
 }
