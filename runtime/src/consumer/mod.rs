@@ -116,6 +116,10 @@ pub(crate) struct Consumers {
     wake: Arc<watch::Sender<u64>>,
     waiting: Arc<Semaphore>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
+    /// Each consumer's low-water mark, registered with the log's retention
+    /// as reader `consumers/<name>`, so retention never removes an event a
+    /// consumer has not had acked.
+    marks: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl std::fmt::Debug for Consumers {
@@ -253,8 +257,13 @@ fn outcome(result: Result<AckDone, Stale>) -> &'static str {
 }
 
 impl Consumers {
-    /// The consumers of `store`, woken by its commits.
-    pub(crate) fn new(store: Store, limits: ConsumersConfig) -> Self {
+    /// The consumers of `store`, woken by its commits, each registered
+    /// with the log's retention.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors reading the consumers.
+    pub(crate) fn new(store: Store, limits: ConsumersConfig) -> Result<Self, StoreError> {
         let (wake, _) = watch::channel(0u64);
         let wake = Arc::new(wake);
         let weak = Arc::downgrade(&wake);
@@ -266,7 +275,39 @@ impl Consumers {
             None => false,
         }));
         let waiting = Arc::new(Semaphore::new(limits.max_waiting_fetches));
-        Self { store, limits, wake, waiting, counters: Mutex::new(HashMap::new()) }
+        let this = Self {
+            store,
+            limits,
+            wake,
+            waiting,
+            counters: Mutex::new(HashMap::new()),
+            marks: Mutex::new(HashMap::new()),
+        };
+        for view in this.store.consumers()? {
+            this.hold(&view.name, &view.record.spec.topics);
+        }
+        Ok(this)
+    }
+
+    /// Keep every event of `topics` from retention for consumer `name` until
+    /// its next fetch says how far it has come (a new consumer, a reset or
+    /// a redrive may move it back).
+    fn hold(&self, name: &str, topics: &[String]) {
+        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mark = Arc::clone(marks.entry(name.to_owned()).or_default());
+        mark.store(0, Ordering::Release);
+        let patterns = topics.iter().filter_map(|t| crate::topic::Pattern::parse(t).ok()).collect();
+        self.store.register_reader(
+            &format!("{DLQ_PREFIX}{name}"),
+            crate::store::RetentionReader { patterns: Some(patterns), position: Some(mark) },
+        );
+    }
+
+    /// After a fetch: the consumer needs nothing before `low_water`.
+    fn moved(&self, name: &str, low_water: u64) {
+        if let Some(mark) = self.marks.lock().unwrap_or_else(PoisonError::into_inner).get(name) {
+            mark.store(low_water, Ordering::Release);
+        }
     }
 
     fn counters(&self, name: &str) -> Arc<Counters> {
@@ -350,6 +391,9 @@ impl Consumers {
         check_name(name)?;
         let spec = spec(request)?;
         let from = start_at(request.from.as_deref().unwrap_or("beginning"))?;
+        // Held from before the commit: retention must not remove what the
+        // new consumer starts from.
+        self.hold(name, &spec.topics);
         let (store, owned, max) = (self.store.clone(), name.to_owned(), self.limits.max_consumers);
         let (created, _) = ask(move |reply| store.consumer_put(owned, spec, from, max, reply)).await??;
         self.poke();
@@ -374,6 +418,8 @@ impl Consumers {
             return Err(ConsumerError::NotFound(name.to_owned()));
         }
         self.counters.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        self.marks.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        self.store.unregister_reader(&format!("{DLQ_PREFIX}{name}"));
         Ok(())
     }
 
@@ -386,6 +432,7 @@ impl Consumers {
     /// errors.
     pub(crate) async fn reset(&self, name: &str, from: &str) -> Result<(), ConsumerError> {
         let from = start_at(from)?;
+        self.moved(name, 0);
         let (store, owned) = (self.store.clone(), name.to_owned());
         ask(move |reply| store.consumer_reset(owned, from, reply)).await??;
         self.poke();
@@ -427,6 +474,7 @@ impl Consumers {
             let (store, owned) = (self.store.clone(), name.to_owned());
             let answer: FetchAnswer = ask(move |reply| store.consumer_fetch(owned, max, reply)).await??;
             counters.dead_lettered.fetch_add(answer.dead_lettered as u64, Ordering::Relaxed);
+            self.moved(name, answer.low_water);
             if !answer.deliveries.is_empty() || Instant::now() >= until {
                 counters.delivered.fetch_add(answer.deliveries.len() as u64, Ordering::Relaxed);
                 let again = answer.deliveries.iter().filter(|d| d.token.attempt > 1).count();
@@ -534,6 +582,7 @@ impl Consumers {
     ///
     /// [`ConsumerError::NotFound`], storage errors.
     pub(crate) fn redrive_blocking(&self, name: &str, seqs: Vec<u64>) -> Result<usize, ConsumerError> {
+        self.moved(name, 0);
         let (store, owned) = (self.store.clone(), name.to_owned());
         let moved = ask_blocking(move |reply| store.consumer_redrive(owned, seqs, reply))??;
         self.poke();

@@ -250,7 +250,7 @@ impl Runtime {
         super::subscriptions::apply_retention(&store, &subs, config);
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
-        let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone());
+        let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone())?;
         Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers })
     }
 

@@ -263,6 +263,9 @@ pub(crate) struct FetchAnswer {
     pub(crate) dead_lettered: usize,
     /// When the next pending entry falls due (ms since the Unix epoch).
     pub(crate) next_due_ms: Option<u64>,
+    /// The oldest seq the consumer still needs (its first pending entry,
+    /// else its cursor): what the log's retention must keep.
+    pub(crate) low_water: u64,
 }
 
 /// Most log records one fetch looks at for new events.
@@ -353,7 +356,12 @@ impl Apply for Fetch {
         }
         let removed = before.into_iter().filter(|seq| !consumer.pending.contains_key(seq)).collect();
         Ok(Ok(Fetching {
-            answer: FetchAnswer { deliveries, dead_lettered: fetched.dead.len(), next_due_ms: fetched.next_due_ms },
+            answer: FetchAnswer {
+                deliveries,
+                dead_lettered: fetched.dead.len(),
+                next_due_ms: fetched.next_due_ms,
+                low_water: consumer.pending.keys().next().copied().unwrap_or(consumer.cursor).min(consumer.cursor),
+            },
             upsert: fetched.upsert,
             removed,
             dead: fetched.dead.iter().map(|d| d.pending.seq).collect(),
