@@ -113,16 +113,16 @@ pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
 };
+pub use runtime::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
 pub use runtime::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
-pub use runtime::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
-pub use store::{
-    HOLDINGS_COUNT_CAP, HeldBack, Holdings, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition,
-};
 pub use store::{
     DlqEntry, DlqFilter, DlqPage, FORMAT_VERSION as STORE_FORMAT_VERSION, PUBLISH_OVERHEAD, ParkedEntry, Published,
     Store, StoreError, StoreOptions, VersionRecord,
+};
+pub use store::{
+    HOLDINGS_COUNT_CAP, HeldBack, Holdings, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition,
 };
 pub use topic::{Pattern as TopicPattern, TopicError, validate as validate_topic};
