@@ -359,3 +359,144 @@ fn the_cli_creates_lists_fetches_acks_and_resets_a_consumer() {
     assert!(ok, "{err}");
     assert_eq!(server.get("/v1/consumers/svc").0, 404);
 }
+
+#[test]
+fn retention_never_removes_an_event_a_consumer_has_not_had_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    // Retention would keep one byte of the log: everything old goes, but
+    // for the consumer's readers' marks.
+    let server = Server::start(dir.path(), "[retention]\ndefault = \"1B\"\ninterval = \"10ms\"\n");
+    create(&server, "c", &json!({ "topics": ["orders.>"] }));
+    publish(&server, 0..20, "orders.order.created");
+    publish(&server, 20..40, "other.thing.happened");
+    publish(&server, 40..41, "orders.order.created");
+    // Retention removes what nobody reads: wait until it has run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get("/v1/log/25").0 != 404 {
+        assert!(Instant::now() < deadline, "retention never removed an unread event of another topic");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = fetch(&server, "c", &json!({ "max": 100 }));
+    let seqs: Vec<u64> = got.iter().map(|d| d["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..20).chain([40]).collect::<Vec<u64>>());
+}
+
+/// A `weir run` listening on every address, with tokens: off loopback,
+/// every route but `/health` and `/ready` needs a token with its scope.
+struct OffLoopback {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OffLoopback {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let toml = format!(
+            "data_dir = {:?}\n[http]\nlisten = \"0.0.0.0:{port}\"\nadmin_token = \"adm\"\n\
+             [[http.tokens]]\ntoken = \"rd\"\nscopes = [\"read\"]\n[[http.tokens]]\ntoken = \"pub\"\nscopes = [\"publish\"]\n",
+            dir.join("data").display().to_string()
+        );
+        let config = dir.join("weir.toml");
+        std::fs::write(&config, toml).unwrap();
+        let child = std::process::Command::new(weir_tests::weir_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while agent().get(format!("{url}/health")).call().ok().map(|r| r.status().as_u16()) != Some(200) {
+            assert!(Instant::now() < deadline, "weir run did not become healthy");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, url }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let agent = agent();
+        let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+        let body = body.to_string();
+        let result = match method {
+            "GET" => agent.get(&url).header("authorization", &auth).call(),
+            "PUT" => agent.put(&url).header("authorization", &auth).header(JSON.0, JSON.1).send(body.as_bytes()),
+            "DELETE" => agent.delete(&url).header("authorization", &auth).header(JSON.0, JSON.1).call(),
+            _ => agent.post(&url).header("authorization", &auth).header(JSON.0, JSON.1).send(body.as_bytes()),
+        };
+        let mut response = result.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+impl Drop for OffLoopback {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn off_loopback_creating_and_deleting_need_admin_and_fetch_and_ack_need_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = OffLoopback::start(dir.path());
+    let settings = json!({ "topics": ["orders.>"] });
+    // Creating, resetting and deleting: admin only.
+    for token in [None, Some("rd"), Some("pub")] {
+        let (status, body) = server.call("PUT", "/v1/consumers/c", token, &settings);
+        assert_eq!(status, if token.is_none() { 401 } else { 403 }, "{token:?}: {body}");
+    }
+    assert_eq!(server.call("PUT", "/v1/consumers/c", Some("adm"), &settings).0, 201);
+    assert_eq!(server.call("POST", "/v1/consumers/c/reset", Some("rd"), &json!({ "from": "end" })).0, 403);
+    assert_eq!(server.call("DELETE", "/v1/consumers/c", Some("rd"), &json!(null)).0, 403);
+    // Reading, fetching and acking: the read scope.
+    let event = json!({ "topic": "orders.order.created", "payload": {} });
+    assert_eq!(server.call("POST", "/v1/events", Some("pub"), &event).0, 200);
+    for (method, path, body) in [
+        ("GET", "/v1/consumers", json!(null)),
+        ("GET", "/v1/consumers/c", json!(null)),
+        ("POST", "/v1/consumers/c/fetch", json!({})),
+        ("POST", "/v1/consumers/c/ack", json!({ "acks": [{ "token": "0.1.00000000000000000000000000000000" }] })),
+    ] {
+        assert_eq!(server.call(method, path, None, &body).0, 401, "{method} {path}");
+        assert_eq!(server.call(method, path, Some("pub"), &body).0, 403, "{method} {path}");
+    }
+    let (status, answer) = server.call("POST", "/v1/consumers/c/fetch", Some("rd"), &json!({ "max": 5 }));
+    assert_eq!(status, 200, "{answer}");
+    let token = answer["deliveries"][0]["token"].as_str().unwrap().to_owned();
+    let (status, answer) = server.call("POST", "/v1/consumers/c/ack", Some("rd"), &json!({ "token": token }));
+    assert_eq!((status, answer["results"][0]["outcome"].as_str()), (200, Some("acked")), "{answer}");
+    assert_eq!(server.call("DELETE", "/v1/consumers/c", Some("adm"), &json!(null)).0, 204);
+    assert_eq!(server.call("GET", "/v1/consumers/c", Some("rd"), &json!(null)).0, 404);
+}
+
+#[test]
+fn the_number_of_consumers_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "[consumers]\nmax_consumers = 2\n");
+    create(&server, "a", &json!({ "topics": ["orders.>"] }));
+    create(&server, "b", &json!({ "topics": ["orders.>"] }));
+    let body = json!({ "topics": ["orders.>"] }).to_string();
+    let (status, answer) = server.put_with("/v1/consumers/c", &[JSON], body.as_bytes());
+    assert_eq!((status, answer["error"]["code"].as_str()), (409, Some("too_many_consumers")), "{answer}");
+    // Changing an existing one is not a new one.
+    let (status, answer) = server.put_with("/v1/consumers/b", &[JSON], body.as_bytes());
+    assert_eq!((status, answer["created"].as_bool()), (200, Some(false)));
+    for bad in [
+        json!({ "topics": [] }),
+        json!({ "topics": ["Not a pattern"] }),
+        json!({ "topics": ["orders.>"], "max_in_flight": 10_001 }),
+        json!({ "topics": ["orders.>"], "ack_wait": "2days" }),
+        json!({ "topics": ["orders.>"], "max_deliveries": 0 }),
+        json!({ "topics": ["orders.>"], "from": "yesterday" }),
+        json!({ "topics": ["orders.>"], "unknown": 1 }),
+    ] {
+        let (status, answer) = server.put_with("/v1/consumers/b", &[JSON], bad.to_string().as_bytes());
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    let (status, _) = server.put_with("/v1/consumers/Bad%20Name", &[JSON], body.as_bytes());
+    assert_eq!(status, 400);
+}
