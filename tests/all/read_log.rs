@@ -492,3 +492,60 @@ fn off_loopback_the_reads_need_the_read_scope() {
         }
     }
 }
+
+#[test]
+fn weir_log_tail_follows_new_events_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), ORDERS);
+    publish(&server, &json!([{"topic": "shop.cart.added", "key": "before"}]));
+    let mut tail = std::process::Command::new(weir_bin())
+        .args(["log", "tail", "--json", "--topics", "shop.>", "--server", &server.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // Published until one arrives: the tail starts at the head it finds,
+    // so an event published before it asked is not printed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        publish(&server, &json!([{"topic": "shop.cart.added", "key": "after"}, {"topic": "other.thing.done"}]));
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "weir log tail printed nothing");
+    };
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["event"]["key"], "after", "{line}");
+    assert!(event["seq"].as_u64().unwrap() >= 1, "{line}");
+}
+
+#[test]
+fn an_open_stream_ends_with_closing_when_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), ORDERS);
+    let mut stream = Stream::open(&format!("{}/v1/log/stream", server.url), &[]);
+    let (ids, _) = stream.until_caught_up();
+    assert!(ids.is_empty());
+    let status = std::process::Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    // The stream ends (rather than hold the server's drain open) with a
+    // final event saying why.
+    let last = stream.next();
+    assert_eq!(last.event.as_deref(), Some("closing"), "{last:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent().get(format!("{}/health", server.url)).call().is_ok() {
+        assert!(Instant::now() < deadline, "the server did not stop with a stream open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
