@@ -52,6 +52,7 @@ impl From<crate::runtime::SubscriptionStatus> for SubscriptionInfo {
                 plugin_log_lines: res.plugin_log_lines,
                 plugin_log_lines_dropped: res.plugin_log_lines_dropped,
             },
+            retention_held: s.retention_held,
         }
     }
 }

@@ -118,6 +118,10 @@ pub struct SubscriptionInfo {
     pub rate: RateInfo,
     /// Plugin resource use.
     pub resources: ResourcesInfo,
+    /// Events the log's retention would have removed but this subscription
+    /// still needs, in the last complete retention pass.
+    #[serde(default)]
+    pub retention_held: u64,
 }
 
 /// A subscription's committed counters.

@@ -53,6 +53,20 @@ impl Runtime {
         per_sub(&mut out, "weir_subscription_dlq_depth", "gauge", "Events in the dead-letter queue.", &|s| s.dlq);
         per_sub(
             &mut out,
+            "weir_subscription_retention_held",
+            "gauge",
+            "Events the log's retention would have removed but the subscription still needs (last complete pass).",
+            &|s| s.retention_held,
+        );
+        header(
+            &mut out,
+            "weir_log_stored_bytes",
+            "gauge",
+            "Stored bytes of the log's records, as of the last retention pass.",
+        );
+        let _ = writeln!(out, "weir_log_stored_bytes {}", self.store.log_bytes());
+        per_sub(
+            &mut out,
             "weir_subscription_up",
             "gauge",
             "1 while the subscription's worker runs, 0 while it is stopped (waiting for its restart).",

@@ -60,6 +60,10 @@ pub struct SubscriptionStatus {
     pub rate: crate::metrics::Rate,
     /// Plugin resource use.
     pub resources: Resources,
+    /// Events the log's retention would have removed but this subscription
+    /// still needs (not read yet, parked or dead-lettered), in the last
+    /// complete retention pass; 0 when it holds nothing back.
+    pub retention_held: u64,
 }
 
 /// A subscription's plugin resource numbers.
@@ -107,6 +111,7 @@ impl Runtime {
             None => None,
         };
         let dlq_counts = self.store.dlq_counts()?;
+        let retention_held = self.store.retention_held();
         self.subs
             .iter()
             .map(|s| {
@@ -174,6 +179,7 @@ impl Runtime {
                     stats: self.store.stats(&s.name)?,
                     invocations: s.counters.invocations.load(Ordering::Relaxed),
                     last_failure: s.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+                    retention_held: retention_held.get(&*s.name as &str).map_or(0, |h| h.events),
                 })
             })
             .collect()

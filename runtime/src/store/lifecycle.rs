@@ -236,3 +236,67 @@ where
 {
     Ok(distinct(table)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableTableMetadata as _;
+
+    use super::*;
+    use crate::store::ParkedEntry;
+    use crate::store::codec::encode;
+    use crate::store::testing::{dlq_entry, record, temp_store, write_at};
+
+    const GONE: &str = "orders/old";
+    const KEPT: &str = "orders/kept";
+
+    #[test]
+    fn deleting_a_subscription_removes_all_its_data_in_bounded_commands_and_nothing_else() {
+        let (_dir, store) = temp_store();
+        let records = DELETE_BATCH as u64 + 500;
+        write_at(&store, 0, |w| {
+            for sub in [GONE, KEPT] {
+                w.cursors.insert(sub, 7)?;
+                w.parked.insert((sub, 3), encode(&ParkedEntry::waiting(3, None)).map_err(Fatal)?.as_slice())?;
+                w.dlq.insert((sub, 2), encode(&dlq_entry(sub, 2)).map_err(Fatal)?.as_slice())?;
+                w.stats.insert((sub, "handled"), 5)?;
+            }
+            for i in 0..records {
+                let key = format!("k{i}");
+                w.idempotency.insert((GONE, key.as_str()), encode(&record(i, u64::MAX)).map_err(Fatal)?.as_slice())?;
+            }
+            w.idempotency.insert((KEPT, "k"), encode(&record(0, u64::MAX)).map_err(Fatal)?.as_slice())?;
+            Ok(())
+        });
+        let listed = store.holdings().unwrap();
+        assert_eq!(listed.keys().collect::<Vec<_>>(), [KEPT, GONE]);
+        assert_eq!(listed[GONE].idempotency, records);
+        assert_eq!((listed[GONE].cursor, listed[GONE].parked, listed[GONE].dlq), (Some(7), 1, 1));
+
+        // One command does at most DELETE_BATCH entries: the first is not done.
+        let first = store
+            .ask(|reply| Command::DeleteSubscription(Order::new(DeleteSubscription { name: GONE.into() }, reply)))
+            .unwrap();
+        assert!(!first);
+        store.delete_subscription_blocking(GONE).unwrap();
+
+        let listed = store.holdings().unwrap();
+        assert_eq!(listed.keys().collect::<Vec<_>>(), [KEPT]);
+        assert_eq!(
+            listed[KEPT],
+            Holdings { cursor: Some(7), parked: 1, dlq: 1, idempotency: 1, idempotency_capped: false, versions: 0 }
+        );
+        assert_eq!(store.stats(GONE).unwrap().handled, 0);
+        assert_eq!(store.stats(KEPT).unwrap().handled, 5);
+        let read = store.shared.begin_read().unwrap();
+        assert_eq!(read.open_table(IDEMPOTENCY).unwrap().len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_first_cursor_is_set_once() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.committed_cursor("a/b").unwrap(), None);
+        assert_eq!(store.start_cursor_blocking("a/b", 42).unwrap(), 42);
+        assert_eq!(store.start_cursor_blocking("a/b", 7).unwrap(), 42);
+        assert_eq!(store.cursor("a/b").unwrap(), 42);
+    }
+}

@@ -38,6 +38,7 @@
 //!   registered (an orphan, or a kind of reader that did not register its
 //!   patterns) is taken to match every topic, so it holds everything
 //!   behind its mark until `weir subscription delete` removes it.
+//!   A removed event's entries in the id and causation indexes go with it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -322,7 +323,8 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
             })
             .map(|(i, r)| r.map(|s| (i, s)))
             .collect::<Result<_, _>>()?;
-        let mut doomed: Vec<(u64, u64, u64)> = Vec::new();
+        // (seq, id, causation id) of the events to remove.
+        let mut doomed: Vec<(u64, u128, Option<u128>)> = Vec::new();
         let mut examined = 0;
         let mut holding: BTreeMap<String, HeldBack> = BTreeMap::new();
         {
@@ -360,15 +362,23 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
                     }
                 }
                 if !held {
-                    doomed.push((seq, rule, record.len() as u64));
+                    doomed.push((seq, event.id.as_u128(), event.causation_id.map(|c| c.as_u128())));
                     if let Some(t) = totals.get_mut(&rule) {
                         *t = t.saturating_sub(record.len() as u64);
                     }
                 }
             }
         }
-        for (seq, _, _) in &doomed {
+        // The event's entries in the id and causation indexes go with it
+        // (the id's only if it names this seq: a later copy keeps its own).
+        for (seq, id, cause) in &doomed {
             w.log.remove(*seq)?;
+            if w.event_ids.get(*id)?.is_some_and(|v| v.value() == *seq) {
+                w.event_ids.remove(*id)?;
+            }
+            if let Some(cause) = cause {
+                w.caused.remove((*cause, *seq))?;
+            }
             removed += 1;
         }
         swept_to_end = examined < SWEEP_BATCH;
@@ -616,5 +626,64 @@ mod tests {
         assert_eq!(store.seq_at_time(11_000).unwrap(), 5);
         assert_eq!(store.seq_at_time(12_999).unwrap(), 5);
         assert_eq!(store.seq_at_time(13_000).unwrap(), store.head());
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::store::ParkedEntry;
+    use crate::store::codec::encode;
+    use crate::store::testing::{event, temp_store, write_at};
+
+    fn pass(store: &Store) {
+        write_at(store, super::super::now_ms(), |w| sweep(w, &store.shared.retention).map(drop));
+    }
+
+    fn left(store: &Store) -> Vec<u64> {
+        store.read_log(0, usize::MAX).unwrap().into_iter().map(|(s, _)| s).collect()
+    }
+
+    #[test]
+    fn a_parked_event_and_an_unread_one_hold_retention_and_the_hold_is_reported() {
+        let (_dir, store) = temp_store();
+        let events: Vec<Event> = (0..6).map(|i| event(&format!("k{i}"))).collect();
+        store.publish_blocking(events).unwrap();
+        let pattern = Pattern::parse("orders.>").unwrap();
+        store.register_reader("a/x", RetentionReader { patterns: Some(vec![pattern.clone()]), position: None });
+        store.register_reader("b/x", RetentionReader { patterns: Some(vec![pattern]), position: None });
+        // a has read everything but seq 2, parked; b is at 4.
+        write_at(&store, 0, |w| {
+            w.cursors.insert("a/x", 6)?;
+            w.parked.insert(("a/x", 2), encode(&ParkedEntry::waiting(2, None)).map_err(Fatal)?.as_slice())?;
+            w.cursors.insert("b/x", 4)?;
+            Ok(())
+        });
+        store.set_retention(RetentionPolicy { rules: Vec::new(), default: Keep::Bytes(1) });
+        pass(&store);
+        assert_eq!(left(&store), [2, 3, 4, 5]);
+        let held = store.retention_held();
+        assert_eq!(held["a/x"], HeldBack { events: 4, since_seq: 2 });
+        assert_eq!(held["b/x"], HeldBack { events: 2, since_seq: 4 });
+
+        // A reader whose patterns do not match holds nothing; an
+        // unregistered cursor (an orphan) holds every topic.
+        write_at(&store, 0, |w| {
+            w.parked.remove(("a/x", 2))?;
+            w.cursors.insert("b/x", 6)?;
+            w.cursors.insert("orphan/x", 5)?;
+            Ok(())
+        });
+        store.register_reader(
+            "c/x",
+            RetentionReader { patterns: Some(vec![Pattern::parse("other.>").unwrap()]), position: None },
+        );
+        pass(&store);
+        assert_eq!(left(&store), [5]);
+        // The id index forgets the removed events.
+        assert_eq!(store.seq_of(event("k0").id).unwrap(), None);
+        assert_eq!(store.seq_of(event("k5").id).unwrap(), Some(5));
+        assert_eq!(store.retention_held().keys().collect::<Vec<_>>(), ["orphan/x"]);
+        assert!(store.log_bytes() > 0);
     }
 }

@@ -260,8 +260,7 @@ fn run_gc(shared: &Shared, options: &StoreOptions) -> Result<bool, Fatal> {
             let collected = gc::collect_some(&mut w)?;
             let swept = super::retention::sweep(&mut w, &shared.retention)?;
             w.finish()?;
-            let caught_up = collected && swept;
-            caught_up
+            collected && swept
         };
         txn.commit()?;
         if caught_up {
