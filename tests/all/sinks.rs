@@ -232,7 +232,7 @@ name = "hook"
 topics = ["orders.>"]
 url = "{url}"
 secret_env = "PATH"
-timeout = "300ms"
+timeout = "1s"
 retry = {{ max_attempts = 10, initial_backoff = "10ms", max_backoff = "50ms" }}
 {extra}
 "#
@@ -266,9 +266,9 @@ fn status(runtime: &Runtime, name: &str) -> weir_runtime::SubscriptionStatus {
 fn every_event_is_delivered_in_key_order_with_one_webhook_id_through_failures_and_timeouts() {
     let receiver = Receiver::start(|request, seen| {
         let n = request.n();
-        match (n % 3, n % 5, n % 7, seen) {
-            (_, 0, _, 1) => Reply::Hang(Duration::from_millis(800)),
-            (0, _, _, 1 | 2) => Reply::Status(500, vec![]),
+        match (n % 10, n % 3, n % 7, seen) {
+            (5, _, _, 1) => Reply::Hang(Duration::from_millis(1500)),
+            (_, 0, _, 1 | 2) => Reply::Status(500, vec![]),
             (_, _, 0, 1) => Reply::Drop,
             (_, _, _, 1) if n % 4 == 1 => Reply::Status(408, vec![]),
             _ => Reply::Status(200, vec![]),

@@ -88,11 +88,25 @@ pub(crate) fn post(
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    stream.set_write_timeout(Some(left().max(Duration::from_millis(1)))).map_err(io)?;
-    stream.write_all(head.as_bytes()).map_err(io)?;
-    stream.set_write_timeout(Some(left().max(Duration::from_millis(1)))).map_err(io)?;
-    stream.write_all(body).map_err(io)?;
-    stream.flush().map_err(io)?;
+    // Written piece by piece, each wait given what is left: `write_all`
+    // under one write timeout would let a receiver that reads a byte now
+    // and then stretch the request far past its deadline.
+    for data in [head.as_bytes(), body] {
+        let mut written = 0;
+        while written < data.len() {
+            let wait = left();
+            if wait.is_zero() {
+                return Err(timed_out());
+            }
+            stream.set_write_timeout(Some(wait)).map_err(io)?;
+            match stream.write(&data[written..]) {
+                Ok(0) => return Err(io(ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
 
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
