@@ -610,7 +610,8 @@ impl Store {
 
     /// Entries per table: `log`, `parked`, `dlq`, `idempotency`,
     /// `idempotency_expiry`, `ingest_dedup`, `ingest_expiry`, `modules`,
-    /// `versions`. Each is a count redb keeps, read without walking the
+    /// `versions`, and the log's indexes `event_ids` and `caused`. Each is
+    /// a count redb keeps, read without walking the
     /// table (the `weir_store_table_entries` gauge).
     ///
     /// # Errors
@@ -628,6 +629,8 @@ impl Store {
             ("ingest_expiry", read.open_table(INGEST_EXPIRY).map_err(storage)?.len().map_err(storage)?),
             ("modules", read.open_table(MODULES).map_err(storage)?.len().map_err(storage)?),
             ("versions", read.open_table(VERSIONS).map_err(storage)?.len().map_err(storage)?),
+            ("event_ids", read.open_table(EVENT_IDS).map_err(storage)?.len().map_err(storage)?),
+            ("caused", read.open_table(CAUSED).map_err(storage)?.len().map_err(storage)?),
         ])
     }
 
