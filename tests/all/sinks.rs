@@ -437,6 +437,22 @@ fn a_429_retry_after_is_honoured_and_a_cloudevent_sink_signs_the_same_way() {
 }
 
 #[test]
+fn a_sink_added_with_from_end_sends_only_what_is_published_after_its_first_start() {
+    let receiver = Receiver::start(|_, _| Reply::Status(200, vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let before = Runtime::start(&weir_tests::config(dir.path(), "")).unwrap();
+    before.publish_blocking(events(&["a", "b"])).unwrap();
+    before.shutdown().unwrap();
+    let runtime = runtime(dir.path(), &receiver.url(), "from = \"end\"");
+    let after = events(&["c"]);
+    runtime.publish_blocking(after.clone()).unwrap();
+    assert!(receiver.wait_delivered(&ids(&after), Duration::from_secs(30)));
+    assert!(runtime.wait_idle(Duration::from_secs(30)));
+    assert_eq!(receiver.requests().len(), 1, "an event from before the sink existed was sent");
+    runtime.shutdown().unwrap();
+}
+
+#[test]
 fn kill_9_of_the_binary_during_delivery_loses_nothing() {
     const EVENTS: usize = 400;
     let receiver = Receiver::start(|request, seen| {

@@ -23,6 +23,7 @@ pub(super) struct RawSink {
     secret_env: String,
     timeout: Option<String>,
     format: Option<String>,
+    from: Option<String>,
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
@@ -152,6 +153,9 @@ pub struct SinkConfig {
     pub timeout: Duration,
     /// The body's form. Default the JSON envelope.
     pub format: SinkFormat,
+    /// Where the sink starts the first time it runs (it has no cursor
+    /// yet). Default the beginning of the log.
+    pub from: crate::store::StartPosition,
     /// Retries of 408, 429, 5xx, timeouts and connection errors.
     pub retry: RetryPolicy,
     /// When `GET /ready` calls the sink degraded.
@@ -210,6 +214,10 @@ pub(super) fn sinks(
                 return Err((at("format"), format!("{other:?} is not \"envelope\" or \"cloudevent\"")));
             }
         };
+        let from = match &rs.from {
+            Some(text) => crate::store::StartPosition::parse(text).map_err(|e| (at("from"), e))?,
+            None => crate::store::StartPosition::Beginning,
+        };
         let retry = retry(&rs.retry).map_err(|(field, reason)| (format!("{key}.retry.{field}"), reason))?;
         let mut ready = ReadyThresholds::default();
         if let Some(n) = rs.ready.max_dlq {
@@ -226,6 +234,7 @@ pub(super) fn sinks(
             secret,
             timeout,
             format,
+            from,
             retry,
             ready,
         });

@@ -45,6 +45,9 @@ pub(super) fn start_sink(
         timing: config.metrics,
     };
     let rx = Arc::new(Mutex::new(rx));
+    // Its first cursor from `from`, and its place among retention's readers,
+    // exactly as for a handler.
+    super::subscriptions::prepare(store, &name, &sink.topics, sink.from)?;
     let worker =
         Worker::new(spec.clone(), store.clone(), invoker, Arc::clone(ids), Arc::clone(&counters), Arc::clone(&rx))?;
     let wake = tx.clone();
