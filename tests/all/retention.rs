@@ -241,3 +241,67 @@ fn compaction_keeps_the_last_event_per_key() {
     assert_eq!(keys, [Some("c".to_owned()), Some("b".to_owned()), Some("a".to_owned())]);
     rt.shutdown().unwrap();
 }
+
+/// DELETE `path` on the server; with or without the JSON content type.
+fn delete(server: &weir_tests::Server, path: &str, json: bool) -> (u16, serde_json::Value) {
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let mut request = agent.delete(format!("{}{path}", server.url));
+    if json {
+        request = request.header("content-type", "application/json");
+    }
+    let mut response = request.call().unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn orphans_are_listed_and_deleted_over_http_and_the_cli_of_the_real_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let both = format!("{}{}", pipeline("a", "audit", "AUDIT_LOGGER"), pipeline("b", "audit", "AUDIT_LOGGER"));
+    let mut server = weir_tests::Server::start(dir.path(), &both);
+    let (status, _) = server.post("/v1/events", &json!({ "topic": TOPIC, "key": "k", "payload": {} }));
+    assert_eq!(status, 200);
+    assert!(server.wait_idle(IDLE));
+    assert!(server.terminate().success());
+
+    let mut server = weir_tests::Server::start(dir.path(), &pipeline("a", "audit", "AUDIT_LOGGER"));
+    let (status, list) = server.get("/v1/subscriptions");
+    assert_eq!(status, 200);
+    let subs = list["subscriptions"].as_array().unwrap();
+    let find = |name: &str| subs.iter().find(|s| s["name"] == name).cloned();
+    assert_eq!(find("a/audit").unwrap()["configured"], true);
+    let orphan = find("b/audit").expect("the orphan is listed");
+    assert_eq!(orphan["configured"], false);
+    assert_eq!(orphan["idempotency"], 1);
+    assert!(orphan["cursor"].as_u64().unwrap() >= 1);
+
+    let out = weir_tests::weir(&["subscription", "--server", &server.url, "list"], &cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("b/audit")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("orphan"), "{line}");
+
+    // A running subscription cannot be deleted; a delete needs the JSON
+    // content type like every state-changing request.
+    let (status, body) = delete(&server, "/v1/subscriptions/a/audit", true);
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("subscription_configured")));
+    let (status, _) = delete(&server, "/v1/subscriptions/b/audit", false);
+    assert_eq!(status, 415);
+    let out = weir_tests::weir(&["subscription", "--server", &server.url, "delete", "b/audit"], &cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deleted b/audit"));
+    let (status, body) = delete(&server, "/v1/subscriptions/b/audit", true);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("subscription_not_found")));
+    let (_, list) = server.get("/v1/subscriptions");
+    assert!(list["subscriptions"].as_array().unwrap().iter().all(|s| s["name"] != "b/audit"));
+    let metrics = ureq_text(&format!("{}/metrics", server.url));
+    assert!(metrics.contains("weir_log_stored_bytes "), "{metrics}");
+    assert!(metrics.contains("weir_subscription_retention_held{subscription=\"a/audit\"} 0"));
+    assert!(server.terminate().success());
+}
+
+fn ureq_text(url: &str) -> String {
+    ureq::get(url).call().unwrap().body_mut().read_to_string().unwrap()
+}
