@@ -310,6 +310,7 @@ fn every_event_is_delivered_in_key_order_with_one_webhook_id_through_failures_an
     let counters = runtime.counters("sinks/hook").unwrap();
     assert_eq!((counters.handled, counters.dead_lettered), (60, 0));
     let s = status(&runtime, "sinks/hook");
+    assert!(runtime.plugins().unwrap().is_empty(), "a sink runs no plugin: no versions to list");
     assert_eq!(
         (s.pipeline.as_str(), s.handler.as_str(), s.plugin.as_str(), s.state),
         ("sinks", "hook", "webhook", "ok")

@@ -96,8 +96,13 @@ impl Runtime {
     ///
     /// Storage errors.
     pub fn plugins(&self) -> Result<Vec<(String, Option<VersionRecord>, usize)>, StoreError> {
+        // Webhook sinks run no plugin: they have no versions to list.
+        let is_sink = |name: &str| {
+            self.config.sinks.iter().any(|k| name == format!("{}/{}", crate::config::SINK_PIPELINE, k.name))
+        };
         self.subs
             .iter()
+            .filter(|s| !is_sink(&s.name))
             .map(|s| {
                 let history = self.store.history(&s.name)?;
                 let active = self.store.active_version(&s.name)?;
