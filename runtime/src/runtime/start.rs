@@ -247,10 +247,11 @@ impl Runtime {
         for sink in &config.sinks {
             subs.push(super::sinks::start_sink(sink, config, &store, &ids, &stopping)?);
         }
-        super::subscriptions::apply_retention(&store, &subs, config);
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
         let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone())?;
+        // Last: the durable consumers have registered as readers too.
+        super::subscriptions::apply_retention(&store, &subs, config);
         Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers })
     }
 

@@ -100,9 +100,13 @@ pub(super) fn apply_retention(store: &Store, subs: &[Sub], config: &Config) {
 }
 
 impl Runtime {
-    /// Names of the subscriptions running (every kind the runtime starts).
+    /// Names of the subscriptions running: every kind the runtime starts,
+    /// and every reader registered with the store (a durable consumer
+    /// registers as `consumers/<name>` while it exists).
     fn configured_names(&self) -> BTreeSet<String> {
-        self.subs.iter().map(|s| s.name.to_string()).collect()
+        let mut names: BTreeSet<String> = self.subs.iter().map(|s| s.name.to_string()).collect();
+        names.extend(self.store.reader_names());
+        names
     }
 
     /// Every configured subscription and every one the store holds data

@@ -566,6 +566,13 @@ impl Store {
         self.shared.retention.lock().readers.remove(name);
     }
 
+    /// The names of the registered readers: every running subscription of
+    /// any kind (handlers, sinks, durable consumers).
+    #[must_use]
+    pub fn reader_names(&self) -> Vec<String> {
+        self.shared.retention.lock().readers.keys().cloned().collect()
+    }
+
     /// The subscriptions that kept events the policy would have removed,
     /// in the last complete sweep.
     #[must_use]
