@@ -500,3 +500,34 @@ fn the_number_of_consumers_is_bounded() {
     let (status, _) = server.put_with("/v1/consumers/Bad%20Name", &[JSON], body.as_bytes());
     assert_eq!(status, 400);
 }
+
+#[test]
+#[ignore = "needs chromium (Debian: chromium); run with `cargo test -- --include-ignored`"]
+fn the_dashboard_lists_the_consumers_with_their_lag_and_in_flight() {
+    let chromium = std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .flat_map(|dir| ["chromium", "chromium-browser"].map(|n| dir.join(n)))
+                .find(|p| p.is_file())
+        })
+        .expect("chromium is not installed (Debian: chromium)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    create(&server, "billing", &json!({ "topics": ["orders.>"] }));
+    publish(&server, 0..3, "orders.order.created");
+    assert_eq!(fetch(&server, "billing", &json!({ "max": 2 })).len(), 2);
+    // The page's own script polls /v1/status and fills the table; the
+    // virtual time budget lets it run before the DOM is dumped.
+    let output = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom"])
+        .arg(format!("{}/", server.url))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(dom.contains("id=\"consumers-panel\">"), "the panel is hidden or missing: {dom}");
+    let row = dom.split("<tr data-consumer=\"billing\">").nth(1).expect("no row for the consumer");
+    let row = row.split("</tr>").next().unwrap();
+    for (field, value) in [("cursor", "3"), ("lag", "0"), ("in_flight", "3"), ("delivered", "2")] {
+        assert!(row.contains(&format!("data-field=\"{field}\">{value}<")), "{field} is not {value}: {row}");
+    }
+}
