@@ -549,3 +549,28 @@ fn an_open_stream_ends_with_closing_when_the_server_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_subscription_that_started_after_an_event_shows_it_passed_not_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), ORDERS);
+    let published = publish(&server, &json!([{"topic": "orders.order.created", "key": "o-1", "payload": {}}]));
+    let id = published[0]["id"].as_str().unwrap().to_owned();
+    assert!(server.wait_idle(Duration::from_secs(30)));
+    drop(server);
+    // The same store, with a second audit subscription that starts at the end.
+    let late = r#"
+[[pipelines]]
+name = "late"
+topics = ["orders.order.created"]
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+from = "end"
+"#;
+    server = Server::start(dir.path(), &format!("{ORDERS}{late}"));
+    assert!(server.wait_idle(Duration::from_secs(30)));
+    let lineage = lineage_when(&server, &id, |l| state_of(l, "late/audit") == "passed");
+    assert_eq!(subscription(&lineage, "late/audit")["emitted"], json!([]));
+    assert_eq!(state_of(&lineage, "orders/audit"), "handled", "{lineage}");
+}

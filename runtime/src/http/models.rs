@@ -495,7 +495,8 @@ pub struct LineageResponse {
 pub struct LineageSubscription {
     /// `<pipeline>/<handler>`.
     pub subscription: String,
-    /// `handled`, `duplicate`, `retrying`, `waiting`, `dead_lettered` or
+    /// `handled`, `duplicate`, `retrying`, `waiting`, `dead_lettered`,
+    /// `passed` (its cursor is past it and no record says more) or
     /// `pending`.
     pub state: String,
     /// The plugin version that handled (or dead-lettered) it.

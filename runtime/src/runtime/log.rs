@@ -65,7 +65,9 @@ pub struct SubscriptionLineage {
     pub subscription: String,
     /// `handled`, `duplicate` (its idempotency key was handled before, at
     /// another position), `retrying`, `waiting` (behind an earlier event
-    /// with its key), `dead_lettered` or `pending`.
+    /// with its key), `dead_lettered`, `passed` (the cursor is past it, and
+    /// no record says more: handled before its idempotency record expired,
+    /// or before the subscription's start position) or `pending`.
     pub state: &'static str,
     /// The plugin version (sha256) that handled it, while its idempotency
     /// record is kept; else the version named by what it emitted.
@@ -232,8 +234,11 @@ impl Runtime {
                 lineage.state = "duplicate";
             }
         } else if cursor > seq {
-            // Past the cursor and its record expired (or never kept).
-            lineage.state = "handled";
+            // Past the cursor without a record: handled once its record
+            // has expired (what it emitted says so), or never handled
+            // because the subscription started after it (`from`) or read
+            // it while it was not taken; the store cannot tell these apart.
+            lineage.state = if lineage.emitted.is_empty() { "passed" } else { "handled" };
         }
         Ok(lineage)
     }
