@@ -439,7 +439,8 @@ impl Consumers {
         Ok(())
     }
 
-    /// Up to `max` deliveries, waiting up to `wait` for a first one.
+    /// Up to `max` deliveries, waiting up to `wait` for a first one (or
+    /// until `stop` says the server stops).
     ///
     /// # Errors
     ///
@@ -451,6 +452,7 @@ impl Consumers {
         name: &str,
         max: Option<usize>,
         wait: Option<&str>,
+        mut stop: Option<watch::Receiver<bool>>,
     ) -> Result<Vec<DeliveryInfo>, ConsumerError> {
         let max = max.unwrap_or(1);
         if max == 0 || max > FETCH_MAX {
@@ -495,14 +497,23 @@ impl Consumers {
                 let now = now_ms();
                 wake_at = wake_at.min(Instant::now() + Duration::from_millis(due.saturating_sub(now)));
             }
+            let stopped = async {
+                match stop.as_mut() {
+                    // The server stops (or its sender is gone): end the wait.
+                    Some(stop) => drop(stop.wait_for(|stopping| *stopping).await),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = woken.changed() => {
                     if changed.is_err() {
-                        wake_at = Instant::now();
                         tokio::time::sleep_until(wake_at.into()).await;
                     }
                 }
                 () = tokio::time::sleep_until(wake_at.into()) => {}
+                // The last fetch delivered nothing: answer that, so the
+                // server's drain does not wait for the long poll.
+                () = stopped => return Ok(Vec::new()),
             }
         }
     }

@@ -94,9 +94,11 @@ async fn reset(
 async fn fetch(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    stopping: Option<axum::Extension<super::serve::Stopping>>,
     OptionalJsonBody(request): OptionalJsonBody<FetchRequest>,
 ) -> Result<Json<FetchResponse>, ApiError> {
-    let deliveries = state.runtime.consumers().fetch(&name, request.max, request.wait.as_deref()).await?;
+    let stop = stopping.map(|axum::Extension(s)| s.0);
+    let deliveries = state.runtime.consumers().fetch(&name, request.max, request.wait.as_deref(), stop).await?;
     Ok(Json(FetchResponse { deliveries }))
 }
 
