@@ -323,8 +323,7 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
             })
             .map(|(i, r)| r.map(|s| (i, s)))
             .collect::<Result<_, _>>()?;
-        // (seq, id, causation id) of the events to remove.
-        let mut doomed: Vec<(u64, u128, Option<u128>)> = Vec::new();
+        let mut doomed: Vec<Doomed> = Vec::new();
         let mut examined = 0;
         let mut holding: BTreeMap<String, HeldBack> = BTreeMap::new();
         {
@@ -362,7 +361,12 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
                     }
                 }
                 if !held {
-                    doomed.push((seq, event.id.as_u128(), event.causation_id.map(|c| c.as_u128())));
+                    doomed.push(Doomed {
+                        seq,
+                        id: event.id.as_u128(),
+                        cause: event.causation_id.map(|c| c.as_u128()),
+                        compacted: event.key.filter(|_| compact).map(|key| (event.topic, key)),
+                    });
                     if let Some(t) = totals.get_mut(&rule) {
                         *t = t.saturating_sub(record.len() as u64);
                     }
@@ -371,13 +375,21 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
         }
         // The event's entries in the id and causation indexes go with it
         // (the id's only if it names this seq: a later copy keeps its own).
-        for (seq, id, cause) in &doomed {
-            w.log.remove(*seq)?;
-            if w.event_ids.get(*id)?.is_some_and(|v| v.value() == *seq) {
-                w.event_ids.remove(*id)?;
+        // So does compaction's entry for its topic and key when it was the
+        // last one (a duration or size rule removed it).
+        let mut latest = w.txn.open_table(COMPACT_LATEST)?;
+        for d in &doomed {
+            w.log.remove(d.seq)?;
+            if w.event_ids.get(d.id)?.is_some_and(|v| v.value() == d.seq) {
+                w.event_ids.remove(d.id)?;
             }
-            if let Some(cause) = cause {
-                w.caused.remove((*cause, *seq))?;
+            if let Some(cause) = d.cause {
+                w.caused.remove((cause, d.seq))?;
+            }
+            if let Some((topic, key)) = &d.compacted
+                && latest.get((topic.as_str(), key.as_str()))?.is_some_and(|v| v.value() == d.seq)
+            {
+                latest.remove((topic.as_str(), key.as_str()))?;
             }
             removed += 1;
         }
@@ -408,6 +420,15 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
         tracing::debug!(removed, "retention removed log events");
     }
     Ok(scan_done && swept_to_end)
+}
+
+/// An event the sweep removes, and its entries in the indexes.
+struct Doomed {
+    seq: u64,
+    id: u128,
+    cause: Option<u128>,
+    /// (topic, key) when its rule compacts.
+    compacted: Option<(String, String)>,
 }
 
 /// Each reader's low-water mark (the least of its cursor, first parked
@@ -692,5 +713,33 @@ mod sweep_tests {
         assert_eq!(store.seq_of(event("k5").id).unwrap(), Some(5));
         assert_eq!(store.retention_held().keys().collect::<Vec<_>>(), ["orphan/x"]);
         assert!(store.log_bytes() > 0);
+    }
+
+    #[test]
+    fn compaction_forgets_a_key_once_its_last_event_is_removed() {
+        let (_dir, store) = temp_store();
+        let mut events: Vec<Event> = (0..3).map(|i| event(&format!("id{i}"))).collect();
+        for e in &mut events {
+            e.key = Some("same".into());
+        }
+        store.publish_blocking(events).unwrap();
+        write_at(&store, 0, |w| w.cursors.insert("a/x", 3).map(drop).map_err(Fatal::from));
+        let rule = RetentionRule { pattern: Pattern::parse("orders.>").unwrap(), keep: Keep::Forever, compact: true };
+        store.set_retention(RetentionPolicy { rules: vec![rule.clone()], default: Keep::Forever });
+        pass(&store);
+        assert_eq!(left(&store), [2], "the last event of the key is kept");
+        let latest = |store: &Store| {
+            let read = store.shared.begin_read().unwrap();
+            read.open_table(COMPACT_LATEST).unwrap().len().unwrap()
+        };
+        assert_eq!(latest(&store), 1);
+        // A size rule then removes the last one too: its entry goes.
+        store.set_retention(RetentionPolicy {
+            rules: vec![RetentionRule { keep: Keep::Bytes(1), ..rule }],
+            default: Keep::Forever,
+        });
+        pass(&store);
+        assert!(left(&store).is_empty());
+        assert_eq!(latest(&store), 0);
     }
 }
