@@ -225,6 +225,11 @@ print(ok)
 /// names an environment variable every process has (`PATH`), whose value
 /// is then replaced, so no test writes to the environment.
 fn runtime(dir: &std::path::Path, url: &str, extra: &str) -> Runtime {
+    runtime_signed(dir, url, extra, SECRET)
+}
+
+/// [`runtime`], signing with `secret`.
+fn runtime_signed(dir: &std::path::Path, url: &str, extra: &str, secret: &str) -> Runtime {
     let toml = format!(
         r#"
 [[sinks]]
@@ -239,7 +244,7 @@ retry = {{ max_attempts = 10, initial_backoff = "10ms", max_backoff = "50ms" }}
     );
     let mut config = weir_tests::config(dir, &toml);
     for sink in &mut config.sinks {
-        sink.secret = SinkSecret::parse(SECRET).unwrap();
+        sink.secret = SinkSecret::parse(secret).unwrap();
     }
     Runtime::start(&config).unwrap()
 }
@@ -454,6 +459,23 @@ fn a_sink_added_with_from_end_sends_only_what_is_published_after_its_first_start
 }
 
 #[test]
+fn two_secrets_sign_every_request_twice_so_a_receiver_can_rotate() {
+    const NEW: &str = "whsec_YSBuZXcgc2VjcmV0IGZvciB0aGUgcm90YXRpb24=";
+    let receiver = Receiver::start(|_, _| Reply::Status(200, vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_signed(dir.path(), &receiver.url(), "", &format!("{SECRET} {NEW}"));
+    let events = events(&["a", "b", "c"]);
+    runtime.publish_blocking(events.clone()).unwrap();
+    assert!(receiver.wait_delivered(&ids(&events), Duration::from_secs(30)));
+    let requests = receiver.requests();
+    assert!(requests.iter().all(|r| r.signature.split(' ').count() == 2), "one v1 signature per secret");
+    // A receiver holding either secret verifies every request.
+    assert_eq!(verified_by_python(SECRET, &requests), 3);
+    assert_eq!(verified_by_python(NEW, &requests), 3);
+    runtime.shutdown().unwrap();
+}
+
+#[test]
 fn kill_9_of_the_binary_during_delivery_loses_nothing() {
     const EVENTS: usize = 400;
     let receiver = Receiver::start(|request, seen| {
@@ -464,7 +486,9 @@ fn kill_9_of_the_binary_during_delivery_loses_nothing() {
     // The binary reads the secret from the environment it inherits; `PATH`
     // is one every process has, so no test writes to the environment. Its
     // value is not in the `whsec_` form: its bytes are the key.
-    let secret = std::env::var("PATH").unwrap();
+    // (Whitespace would separate several secrets; PATH has none in practice,
+    // and the first of them verifies if it had.)
+    let secret = std::env::var("PATH").unwrap().split_whitespace().next().unwrap().to_owned();
     let toml = format!(
         r#"
 [[sinks]]

@@ -18,7 +18,8 @@ pub use http::{
 use http::{RawHttp, http_config};
 mod sinks;
 pub use sinks::{
-    DEFAULT_SINK_TIMEOUT, MAX_SINK_TIMEOUT, SINK_PIPELINE, SinkConfig, SinkFormat, SinkSecret, SinkUrl,
+    DEFAULT_SINK_TIMEOUT, MAX_SINK_SECRETS, MAX_SINK_TIMEOUT, SINK_PIPELINE, SinkConfig, SinkFormat, SinkSecret,
+    SinkUrl,
 };
 use sinks::RawSink;
 

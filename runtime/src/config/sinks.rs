@@ -40,34 +40,52 @@ pub enum SinkFormat {
     CloudEvent,
 }
 
-/// A sink's signing secret. Its `Debug` shows nothing of it, so a
-/// configuration can be logged whole.
+/// A sink's signing secrets: one, or several while a receiver moves to a
+/// new one. Its `Debug` shows nothing of them, so a configuration can be
+/// logged whole.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SinkSecret(Vec<u8>);
+pub struct SinkSecret(Vec<Vec<u8>>);
+
+/// Most secrets one sink signs with at once (one signature each per
+/// request).
+pub const MAX_SINK_SECRETS: usize = 4;
 
 impl SinkSecret {
-    /// A secret as Standard Webhooks writes it: `whsec_<base64>` is the
-    /// base64-decoded bytes; any other text is used as its bytes.
+    /// Secrets as Standard Webhooks writes them, separated by whitespace:
+    /// `whsec_<base64>` is the base64-decoded bytes; any other text is used
+    /// as its bytes. Each request carries one `v1,` signature per secret,
+    /// so a receiver can switch to a new secret without missing a request.
     ///
     /// # Errors
     ///
-    /// Empty text, or `whsec_` followed by something that is not base64.
+    /// No secret, more than [`MAX_SINK_SECRETS`], or `whsec_` followed by
+    /// something that is not base64. The message never quotes a secret.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let bytes = match text.strip_prefix("whsec_") {
-            Some(b64) => {
-                BASE64.decode(b64.trim()).map_err(|e| format!("the part after `whsec_` is not base64 ({e})"))?
+        let mut keys = Vec::new();
+        for (i, part) in text.split_whitespace().enumerate() {
+            let key = match part.strip_prefix("whsec_") {
+                Some(b64) => BASE64
+                    .decode(b64)
+                    .map_err(|e| format!("secret #{}: the part after `whsec_` is not base64 ({e})", i + 1))?,
+                None => part.as_bytes().to_vec(),
+            };
+            if key.is_empty() {
+                return Err(format!("secret #{} is empty", i + 1));
             }
-            None => text.as_bytes().to_vec(),
-        };
-        if bytes.is_empty() {
+            keys.push(key);
+        }
+        if keys.is_empty() {
             return Err("the secret is empty".to_owned());
         }
-        Ok(Self(bytes))
+        if keys.len() > MAX_SINK_SECRETS {
+            return Err(format!("{} secrets; at most {MAX_SINK_SECRETS} at once", keys.len()));
+        }
+        Ok(Self(keys))
     }
 
-    /// The key bytes HMAC is computed with.
+    /// The keys HMAC is computed with, in the order given.
     #[must_use]
-    pub fn bytes(&self) -> &[u8] {
+    pub fn keys(&self) -> &[Vec<u8>] {
         &self.0
     }
 }
@@ -270,7 +288,11 @@ mod tests {
     fn a_sink_reads_its_secret_from_the_environment_and_never_shows_it() {
         let env = |name: &str| (name == "HOOK_SECRET").then(|| "whsec_c2VjcmV0LWJ5dGVz".to_owned());
         let sink = parse(ONE, &env).unwrap().remove(0);
-        assert_eq!(sink.secret.bytes(), b"secret-bytes");
+        assert_eq!(sink.secret.keys(), [b"secret-bytes".to_vec()]);
+        let two = SinkSecret::parse("whsec_c2VjcmV0LWJ5dGVz  raw-key").unwrap();
+        assert_eq!(two.keys(), [b"secret-bytes".to_vec(), b"raw-key".to_vec()]);
+        assert!(SinkSecret::parse("  ").is_err());
+        assert!(SinkSecret::parse("a b c d e").unwrap_err().contains("at most 4"));
         assert_eq!((sink.url.host.as_str(), sink.url.port, sink.url.path.as_str()), ("127.0.0.1", 9000, "/hook?x=1"));
         assert_eq!(
             (sink.timeout, sink.format, sink.retry.max_attempts),

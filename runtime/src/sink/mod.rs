@@ -137,7 +137,16 @@ impl WebhookSink {
         let (body, content_type) = render(self.config.format, event);
         let id = event.id.to_string();
         let timestamp = crate::clock::now_ms() / 1000;
-        let signature = sign::signature(self.config.secret.bytes(), &id, timestamp, &body);
+        // One signature per secret, space-separated, as the specification
+        // allows for rotation.
+        let signature = self
+            .config
+            .secret
+            .keys()
+            .iter()
+            .map(|key| sign::signature(key, &id, timestamp, &body))
+            .collect::<Vec<_>>()
+            .join(" ");
         let timestamp = timestamp.to_string();
         let headers = [
             ("Content-Type", content_type),
