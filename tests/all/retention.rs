@@ -296,6 +296,20 @@ fn orphans_are_listed_and_deleted_over_http_and_the_cli_of_the_real_binary() {
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("subscription_not_found")));
     let (_, list) = server.get("/v1/subscriptions");
     assert!(list["subscriptions"].as_array().unwrap().iter().all(|s| s["name"] != "b/audit"));
+
+    // A durable consumer is a running subscription too: listed, and not
+    // deletable here.
+    let (status, _) = server.put_with(
+        "/v1/consumers/c",
+        &[("content-type", "application/json")],
+        json!({ "topics": [TOPIC] }).to_string().as_bytes(),
+    );
+    assert_eq!(status, 201);
+    let (_, list) = server.get("/v1/subscriptions");
+    let consumer = list["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "consumers/c").cloned();
+    assert_eq!(consumer.map(|c| c["configured"].clone()), Some(json!(true)), "{list}");
+    let (status, body) = delete(&server, "/v1/subscriptions/consumers/c", true);
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("subscription_configured")));
     let metrics = ureq_text(&format!("{}/metrics", server.url));
     assert!(metrics.contains("weir_log_stored_bytes "), "{metrics}");
     assert!(metrics.contains("weir_subscription_retention_held{subscription=\"a/audit\"} 0"));
