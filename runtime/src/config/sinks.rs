@@ -303,6 +303,23 @@ mod tests {
     }
 
     #[test]
+    fn a_sink_may_not_share_its_subscription_name_with_a_handler() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("p.wasm");
+        std::fs::write(&plugin, b"").unwrap();
+        let text = format!(
+            "[[pipelines]]\nname = \"sinks\"\ntopics = [\"a.b.c\"]\n[[pipelines.handlers]]\nname = \"hook\"\nplugin = {:?}\n\
+             [[sinks]]\nname = \"hook\"\ntopics = [\"a.b.c\"]\nurl = \"http://127.0.0.1:1/\"\nsecret_env = \"PATH\"\n",
+            plugin.display().to_string()
+        );
+        let error = Config::parse(&text, &dir.path().join("weir.toml")).unwrap_err();
+        assert_eq!(error.key, "sinks");
+        assert!(error.reason.contains("sinks/hook"), "{}", error.reason);
+        let other = text.replace("name = \"hook\"\nplugin", "name = \"other\"\nplugin");
+        assert_eq!(Config::parse(&other, &dir.path().join("weir.toml")).unwrap().sinks.len(), 1);
+    }
+
+    #[test]
     fn a_missing_variable_is_named_and_a_bad_url_refused() {
         let (key, reason) = parse(ONE, &|_| None).unwrap_err();
         assert_eq!(key, "sinks[0].secret_env");
