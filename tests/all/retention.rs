@@ -319,3 +319,27 @@ fn orphans_are_listed_and_deleted_over_http_and_the_cli_of_the_real_binary() {
 fn ureq_text(url: &str) -> String {
     ureq::get(url).call().unwrap().body_mut().read_to_string().unwrap()
 }
+
+#[test]
+fn weir_status_names_a_subscription_that_holds_retention_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let toml = format!(
+        "{FAST}[[retention.topics]]\npattern = \"{TOPIC}\"\nretention = \"1B\"\n{}",
+        pipeline("orders", "validator", "ORDER_VALIDATOR")
+    );
+    let mut server = weir_tests::Server::start(dir.path(), &toml);
+    let bad = json!({ "topic": TOPIC, "key": "o-1", "payload": { "order_id": "o-1", "customer": "c",
+        "currency": "DOGE", "items": [{ "sku": "a", "qty": 1, "price_cents": 1 }] } });
+    assert_eq!(server.post("/v1/events", &bad).0, 200);
+    let held = || {
+        let (_, status) = server.get("/v1/status");
+        status["subscriptions"][0]["retention_held"].as_u64().unwrap_or(0)
+    };
+    eventually("the hold to show in /v1/status", || held() > 0, || server.get("/v1/status").1.to_string());
+    let out = weir_tests::weir(&["status", "--server", &server.url], &cache);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("retention held back by orders/validator: 1 event(s)"), "{text}");
+    assert!(server.terminate().success());
+}

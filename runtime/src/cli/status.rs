@@ -160,5 +160,10 @@ fn table(report: &Report) -> String {
             s.plugin_version.chars().take(12).collect::<String>()
         );
     }
+    // Who keeps the log's retention from removing what it would: a slow,
+    // stopped or failing subscription (see `weir subscription list`).
+    for s in report.status.subscriptions.iter().filter(|s| s.retention_held > 0) {
+        let _ = writeln!(out, "  retention held back by {}: {} event(s) it still needs", s.name, s.retention_held);
+    }
     out
 }
