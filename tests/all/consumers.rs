@@ -531,3 +531,62 @@ fn the_dashboard_lists_the_consumers_with_their_lag_and_in_flight() {
         assert!(row.contains(&format!("data-field=\"{field}\">{value}<")), "{field} is not {value}: {row}");
     }
 }
+
+#[test]
+fn a_consumer_created_from_a_time_starts_at_the_first_event_appended_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    publish(&server, 0..3, "orders.order.created");
+    // The time index is by the second: the next events are a second later.
+    std::thread::sleep(Duration::from_millis(1100));
+    let since = weir_runtime::format_time(weir_runtime::now_nanos());
+    publish(&server, 3..5, "orders.order.created");
+    create(&server, "c", &json!({ "topics": ["orders.>"], "from": since }));
+    let seqs: Vec<u64> =
+        fetch(&server, "c", &json!({ "max": 10 })).iter().map(|d| d["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4]);
+    // A reset to the beginning brings the older ones back.
+    let (status, info) = server.post("/v1/consumers/c/reset", &json!({ "from": "beginning" }));
+    assert_eq!((status, info["cursor"].as_u64(), info["in_flight"].as_u64()), (200, Some(0), Some(0)), "{info}");
+    assert_eq!(fetch(&server, "c", &json!({ "max": 10 })).len(), 5);
+}
+
+#[test]
+fn fetches_waiting_past_the_bound_are_answered_503_and_the_others_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "[consumers]\nmax_waiting_fetches = 1\n");
+    create(&server, "c", &json!({ "topics": ["orders.>"] }));
+    let url = server.url.clone();
+    // The waiter takes the one waiting slot (retrying while one of the
+    // short fetches below holds it).
+    let waiter = std::thread::spawn(move || {
+        loop {
+            let answer =
+                post(&agent(), &format!("{url}/v1/consumers/c/fetch"), &json!({ "max": 10, "wait": "30s" })).unwrap();
+            if answer.0 != 503 {
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    // Once the waiter holds the slot, a second fetch that would wait is
+    // refused at once (until then it may get the slot itself, and is
+    // answered empty after its wait).
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, body) = server.post("/v1/consumers/c/fetch", &json!({ "wait": "200ms" }));
+        if status == 503 {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    let refused = refused.expect("a second waiting fetch was never refused");
+    assert_eq!(refused["error"]["code"], "overloaded");
+    // A fetch that does not wait is served.
+    assert!(fetch(&server, "c", &json!({})).is_empty());
+    assert!(!waiter.is_finished());
+    publish(&server, 0..1, "orders.order.created");
+    let (status, answer) = waiter.join().unwrap();
+    assert_eq!((status, answer["deliveries"].as_array().map(Vec::len)), (200, Some(1)));
+}

@@ -180,7 +180,7 @@ pub(crate) fn start_at(text: &str) -> Result<(String, StartAt), ConsumerError> {
                         ))
                     },
                 )?;
-                StartAt::Time(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+                StartAt::Time(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
             }
         },
     };
@@ -399,12 +399,15 @@ impl Consumers {
         self.poke();
         let store = self.store.clone();
         let owned = name.to_owned();
-        let info =
-            tokio::task::spawn_blocking(move || store.consumers().map(|v| v.into_iter().find(|v| v.name == owned)))
-                .await
-                .map_err(|e| StoreError::Storage(e.to_string()))??;
-        let info = info.ok_or_else(|| ConsumerError::NotFound(name.to_owned()))?;
-        Ok((created, self.info(&info, self.store.head(), 0)))
+        let (view, dlq) = tokio::task::spawn_blocking(move || {
+            let view = store.consumers()?.into_iter().find(|v| v.name == owned);
+            let dlq = store.dlq_counts()?.get(&format!("{DLQ_PREFIX}{owned}")).copied().unwrap_or(0);
+            Ok::<_, StoreError>((view, dlq))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
+        let view = view.ok_or_else(|| ConsumerError::NotFound(name.to_owned()))?;
+        Ok((created, self.info(&view, self.store.head(), dlq)))
     }
 
     /// Delete a consumer, its pending deliveries and its DLQ entries.

@@ -52,35 +52,23 @@ pub(crate) enum StartAt {
     Beginning,
     End,
     Seq(u64),
-    /// The first event whose time (ns since the Unix epoch) is at or after.
-    Time(i64),
+    /// The first event appended at or after this time (ms since the Unix
+    /// epoch, to the second).
+    Time(u64),
 }
 
-/// The first seq of `start` in the log as this group sees it. A time is
-/// found by binary search over the events' times: exact when the log is in
-/// time order, as it is when producers leave `time` to the server.
+/// The first seq of `start` in the log as this group sees it. A time
+/// names the first event appended at or after it (to the second), through
+/// the log's time index, as a handler's `from` does.
 fn resolve(w: &Writes<'_>, start: &StartAt) -> Result<u64, Failure> {
     Ok(match start {
         StartAt::Beginning => 0,
         StartAt::End => w.head,
         StartAt::Seq(seq) => *seq,
-        StartAt::Time(t) => {
-            let (mut lo, mut hi) = (0, w.head);
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                let found = match w.log.range(mid..)?.next() {
-                    Some(entry) => {
-                        let (k, v) = entry?;
-                        Some((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))?.time))
-                    }
-                    None => None,
-                };
-                match found {
-                    Some((seq, time)) if time < *t => lo = seq + 1,
-                    _ => hi = mid,
-                }
-            }
-            lo
+        StartAt::Time(ms) => {
+            let index = w.txn.open_table(super::retention::LOG_TIME)?;
+            let first = index.range((ms / 1000)..)?.next().transpose()?.map(|(_, seq)| seq.value());
+            first.unwrap_or(w.head)
         }
     })
 }
