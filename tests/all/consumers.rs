@@ -590,3 +590,18 @@ fn fetches_waiting_past_the_bound_are_answered_503_and_the_others_served() {
     let (status, answer) = waiter.join().unwrap();
     assert_eq!((status, answer["deliveries"].as_array().map(Vec::len)), (200, Some(1)));
 }
+
+#[test]
+fn a_pipeline_named_consumers_is_refused_since_consumers_dlq_entries_use_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[pipelines]]\nname = \"consumers\"\ntopics = [\"orders.>\"]\n[[pipelines.handlers]]\nname = \"audit\"\nplugin = {:?}\n",
+        weir_tests::plugins::ALL[0].1
+    );
+    let error = weir_runtime::Config::parse(&toml, &dir.path().join("weir.toml")).unwrap_err();
+    assert!(error.to_string().contains("\"consumers\" is reserved"), "{error}");
+    assert!(
+        weir_runtime::Config::parse(&toml.replace("\"consumers\"", "\"orders\""), &dir.path().join("weir.toml"))
+            .is_ok()
+    );
+}

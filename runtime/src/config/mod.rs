@@ -429,6 +429,14 @@ impl Config {
         for (p, rp) in raw.pipelines.into_iter().enumerate() {
             let key = format!("pipelines[{p}]");
             check_name(&rp.name).map_err(|e| err(&format!("{key}.name"), e))?;
+            // Durable consumers' DLQ entries are the subscriptions
+            // `consumers/<name>`: a pipeline of that name would share them.
+            if rp.name == "consumers" {
+                return Err(err(
+                    &format!("{key}.name"),
+                    "\"consumers\" is reserved: durable consumers' dead letters are listed as consumers/<name>".into(),
+                ));
+            }
             if pipelines.iter().any(|x: &PipelineConfig| x.name == rp.name) {
                 return Err(err(&format!("{key}.name"), format!("pipeline {:?} is defined twice", rp.name)));
             }
