@@ -192,14 +192,14 @@ fn kill_9_while_a_client_fetches_and_acks_20000_events_acks_each_exactly_once() 
 fn a_stale_ack_is_refused_and_never_applied_to_a_later_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "");
-    create(&server, "c", &json!({ "topics": ["orders.*.created"], "ack_wait": "300ms" }));
+    create(&server, "c", &json!({ "topics": ["orders.*.created"], "ack_wait": "2s" }));
     publish(&server, 0..1, "orders.order.created");
 
     let first = fetch(&server, "c", &json!({}));
     assert_eq!(first.len(), 1);
     assert_eq!(first[0]["attempt"], 1);
     let token1 = first[0]["token"].as_str().unwrap().to_owned();
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(2200));
     // Its ack wait passed: refused.
     let (status, body) = ack(&server, "c", &json!({ "token": token1 }));
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("stale_ack")), "{body}");
@@ -209,7 +209,8 @@ fn a_stale_ack_is_refused_and_never_applied_to_a_later_attempt() {
     assert_eq!(second[0]["attempt"], 2);
     let token2 = second[0]["token"].as_str().unwrap().to_owned();
     assert_ne!(token1, token2);
-    // The first attempt's token does not ack the second.
+    // The first attempt's token does not ack the second (an ack wait of 2 s
+    // leaves time for the acks below, even on a loaded machine).
     let (status, body) = ack(&server, "c", &json!({ "token": token1 }));
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("superseded"), "{body}");
@@ -225,7 +226,7 @@ fn a_stale_ack_is_refused_and_never_applied_to_a_later_attempt() {
     assert_eq!(body["results"][0]["outcome"], "acked");
     let (status, body) = ack(&server, "c", &json!({ "acks": [{ "token": token2 }] }));
     assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("unknown")));
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(2200));
     assert!(fetch(&server, "c", &json!({ "max": 5 })).is_empty());
     let (_, info) = server.get("/v1/consumers/c");
     assert_eq!((info["in_flight"].as_u64(), info["stale_acks"].as_u64()), (Some(0), Some(4)), "{info}");
@@ -235,7 +236,7 @@ fn a_stale_ack_is_refused_and_never_applied_to_a_later_attempt() {
 fn exhausted_deliveries_go_to_the_dlq_and_are_redrivable() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), "");
-    create(&server, "c", &json!({ "topics": ["orders.>"], "ack_wait": "200ms", "max_deliveries": 2 }));
+    create(&server, "c", &json!({ "topics": ["orders.>"], "ack_wait": "2s", "max_deliveries": 2 }));
     publish(&server, 0..3, "orders.order.created");
 
     // Seq 2 is termed at once; seqs 0 and 1 are never acked.
@@ -243,10 +244,10 @@ fn exhausted_deliveries_go_to_the_dlq_and_are_redrivable() {
     assert_eq!(got.len(), 3);
     let (status, body) = ack(&server, "c", &json!({ "token": got[2]["token"], "action": "term", "reason": "poison" }));
     assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("dead_lettered")), "{body}");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(2200));
     let again = fetch(&server, "c", &json!({ "max": 10 }));
     assert_eq!(again.iter().map(|d| d["attempt"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 2]);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(2200));
     // After the last delivery's ack wait: the DLQ, not a third delivery.
     assert!(fetch(&server, "c", &json!({ "max": 10, "wait": "300ms" })).is_empty());
     let (_, dlq) = server.get("/v1/dlq?subscription=consumers/c");
