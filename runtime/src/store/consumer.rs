@@ -95,6 +95,25 @@ fn event_at(w: &Writes<'_>, seq: u64) -> Result<Event, Failure> {
     Ok(decode(bytes.value(), || format!("log seq {seq}"))?)
 }
 
+/// What a DLQ entry holds for a log record that does not decode: the
+/// topic `weir.record.corrupt`, no payload (as a handler's quarantine).
+fn stand_in(name: &str, seq: u64) -> Event {
+    Event {
+        id: weir_abi::EventId([0; 16]),
+        topic: "weir.record.corrupt".into(),
+        source: format!("weir://{}", dlq_subscription(name)),
+        key: None,
+        schema_version: 0,
+        time: 0,
+        content_type: "application/octet-stream".into(),
+        headers: Vec::new(),
+        idempotency_key: format!("weir-corrupt-record-{seq}"),
+        correlation_id: None,
+        causation_id: None,
+        payload: Vec::new(),
+    }
+}
+
 fn dlq_entry(name: &str, dead: &DeadLetter, event: Event, now: u64) -> DlqEntry {
     DlqEntry {
         subscription: dlq_subscription(name),
@@ -296,6 +315,9 @@ impl Apply for Fetch {
         let before: Vec<u64> = pending.keys().copied().collect();
         let mut consumer = Consumer { spec: record.spec.clone(), cursor: record.cursor, pending };
         let mut failed: Option<Failure> = None;
+        // Records that do not decode: quarantined in the DLQ
+        // (`record_corrupt`), so the consumer goes on past them.
+        let mut corrupt: Vec<(u64, String)> = Vec::new();
         let mut scan = |from: u64, limit: usize| -> Vec<Scanned> {
             let mut out = Vec::new();
             let range = match w.log.range(from..) {
@@ -306,16 +328,23 @@ impl Apply for Fetch {
                 }
             };
             for entry in range.take(limit) {
-                let read = entry.map_err(Failure::from).and_then(|(k, v)| {
-                    let seq = k.value();
-                    let event: Event = decode(v.value(), || format!("log seq {seq}"))?;
-                    Ok(Scanned { seq, matches: patterns.iter().any(|p| p.matches(&event.topic)), key: event.key })
-                });
-                match read {
-                    Ok(item) => out.push(item),
+                let (k, v) = match entry {
+                    Ok(kv) => kv,
                     Err(e) => {
-                        failed = Some(e);
+                        failed = Some(e.into());
                         break;
+                    }
+                };
+                let seq = k.value();
+                match decode::<Event>(v.value(), || format!("log seq {seq}")) {
+                    Ok(event) => out.push(Scanned {
+                        seq,
+                        matches: patterns.iter().any(|p| p.matches(&event.topic)),
+                        key: event.key,
+                    }),
+                    Err(e) => {
+                        corrupt.push((seq, e.to_string()));
+                        out.push(Scanned { seq, matches: false, key: None });
                     }
                 }
             }
@@ -327,16 +356,35 @@ impl Apply for Fetch {
         }
         let mut deliveries = Vec::with_capacity(fetched.delivered.len());
         for token in &fetched.delivered {
-            deliveries.push(Delivery { token: *token, event: event_at(w, token.seq)? });
+            match event_at(w, token.seq) {
+                Ok(event) => deliveries.push(Delivery { token: *token, event }),
+                // Damaged since it was scanned: quarantined, not delivered.
+                Err(Failure::Refused(e)) => {
+                    consumer.pending.remove(&token.seq);
+                    corrupt.push((token.seq, e.to_string()));
+                }
+                Err(fatal) => return Err(fatal),
+            }
         }
-        for seq in &fetched.upsert {
+        let upsert: Vec<u64> = fetched.upsert.into_iter().filter(|seq| consumer.pending.contains_key(seq)).collect();
+        for seq in &upsert {
             if let Some(entry) = consumer.pending.get(seq) {
                 encoded.push(entry)?;
             }
         }
         for dead in &fetched.dead {
-            let event = event_at(w, dead.pending.seq)?;
+            let event = match event_at(w, dead.pending.seq) {
+                Ok(event) => event,
+                Err(Failure::Refused(_)) => stand_in(name, dead.pending.seq),
+                Err(fatal) => return Err(fatal),
+            };
             encoded.push(&dlq_entry(name, dead, event, w.now))?;
+        }
+        for (seq, error) in &corrupt {
+            tracing::error!(consumer = name, seq, error = %error, "quarantined an undecodable log record");
+            let letter =
+                DeadLetter { pending: Pending::new(*seq, None), code: "record_corrupt", message: error.clone() };
+            encoded.push(&dlq_entry(name, &letter, stand_in(name, *seq), w.now))?;
         }
         record.cursor = consumer.cursor;
         if fetched.cursor_moved {
@@ -346,13 +394,13 @@ impl Apply for Fetch {
         Ok(Ok(Fetching {
             answer: FetchAnswer {
                 deliveries,
-                dead_lettered: fetched.dead.len(),
+                dead_lettered: fetched.dead.len() + corrupt.len(),
                 next_due_ms: fetched.next_due_ms,
                 low_water: consumer.pending.keys().next().copied().unwrap_or(consumer.cursor).min(consumer.cursor),
             },
-            upsert: fetched.upsert,
+            upsert,
             removed,
-            dead: fetched.dead.iter().map(|d| d.pending.seq).collect(),
+            dead: fetched.dead.iter().map(|d| d.pending.seq).chain(corrupt.iter().map(|(seq, _)| *seq)).collect(),
             cursor_moved: fetched.cursor_moved,
         }))
     }
@@ -530,7 +578,12 @@ impl Apply for Redrive {
                 Ok(entry) => entry.event.key,
                 // A damaged entry still comes back; the event is read from
                 // the log when it is delivered.
-                Err(_) => event_at(w, *seq)?.key,
+                Err(_) => match event_at(w, *seq) {
+                    Ok(event) => event.key,
+                    // Damaged there too: it is quarantined again when fetched.
+                    Err(Failure::Refused(_)) => None,
+                    Err(fatal) => return Err(fatal),
+                },
             };
             encoded.push(&Pending::new(*seq, key))?;
             moved.push(*seq);
@@ -694,5 +747,24 @@ mod tests {
         assert!(!ask(|r| store.consumer_delete("c".into(), r)).unwrap());
         let gone = ask(|r| store.consumer_fetch("c".into(), 10, r)).unwrap();
         assert!(matches!(gone, Err(ConsumerError::NotFound(_))));
+    }
+
+    #[test]
+    fn an_undecodable_log_record_is_quarantined_and_the_consumer_goes_on() {
+        use super::super::testing::write_at;
+        let (_dir, store) = temp_store();
+        store.publish_blocking(vec![event("a"), event("b"), event("c")]).unwrap();
+        write_at(&store, 0, |w| {
+            w.log.insert(1, b"not a record".as_slice())?;
+            Ok(())
+        });
+        let from = ("beginning".to_owned(), StartAt::Beginning);
+        ask(|r| store.consumer_put("c".into(), spec(5), from, 64, r)).unwrap().unwrap();
+        let fetched = ask(|r| store.consumer_fetch("c".into(), 10, r)).unwrap().unwrap();
+        assert_eq!(fetched.deliveries.iter().map(|d| d.token.seq).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(fetched.dead_lettered, 1);
+        let entry = store.dlq_entry("consumers/c", 1).unwrap().unwrap();
+        assert_eq!((entry.code.as_str(), entry.event.topic.as_str()), ("record_corrupt", "weir.record.corrupt"));
+        assert_eq!(store.consumers().unwrap()[0].record.cursor, 3);
     }
 }
