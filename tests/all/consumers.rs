@@ -606,3 +606,28 @@ fn a_pipeline_named_consumers_is_refused_since_consumers_dlq_entries_use_the_nam
             .is_ok()
     );
 }
+
+#[test]
+fn requests_a_browser_sends_without_preflight_cannot_create_fetch_ack_or_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), "");
+    create(&server, "c", &json!({ "topics": ["orders.>"] }));
+    publish(&server, 0..1, "orders.order.created");
+    let settings = json!({ "topics": ["orders.>"] }).to_string();
+    let plain = ("content-type", "text/plain");
+    let evil = ("origin", "http://evil.example");
+    let cross = ("sec-fetch-site", "cross-site");
+    let (status, _) = server.put_with("/v1/consumers/x", &[plain], settings.as_bytes());
+    assert_eq!(status, 415);
+    let (status, _) = server.put_with("/v1/consumers/x", &[JSON, evil], settings.as_bytes());
+    assert_eq!(status, 403);
+    for path in ["/v1/consumers/c/fetch", "/v1/consumers/c/ack", "/v1/consumers/c/reset"] {
+        assert_eq!(server.post_with(path, &[plain], b"{}").0, 415, "{path}");
+        assert_eq!(server.post_with(path, &[JSON, evil], b"{}").0, 403, "{path}");
+        assert_eq!(server.post_with(path, &[JSON, cross], b"{}").0, 403, "{path}");
+    }
+    // Nothing changed: no consumer x, nothing delivered from c.
+    assert_eq!(server.get("/v1/consumers/x").0, 404);
+    let (_, info) = server.get("/v1/consumers/c");
+    assert_eq!((info["in_flight"].as_u64(), info["delivered"].as_u64()), (Some(0), Some(0)), "{info}");
+}
