@@ -146,3 +146,37 @@ fn a_format_2_store_gets_its_indexes_built_on_open() {
     store.publish_blocking(vec![later.clone()]).unwrap();
     assert_eq!(store.seq_of(later.id).unwrap(), Some(2));
 }
+
+#[test]
+fn a_format_2_store_written_by_its_release_gets_its_indexes_and_keeps_everything() {
+    let (_dir, path) = copy_of("store-format-2.redb");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let log = store.read_log(0, 1000).unwrap();
+    let created: Vec<&weir_abi::Event> =
+        log.iter().map(|(_, e)| e).filter(|e| e.topic == "orders.order.created").collect();
+    assert_eq!(created.len(), 3, "{log:?}");
+    // Every event by id, every emitted one under its cause; the chain
+    // order → validated → enriched is found from both ends.
+    assert_indexed(&store, &log);
+    let order = created.iter().find(|e| e.key.as_deref() == Some("o-1")).unwrap();
+    let caused: Vec<&str> =
+        store.caused_by(order.id, 100).unwrap().into_iter().map(|seq| log[seq as usize].1.topic.as_str()).collect();
+    assert!(caused.contains(&"orders.order.validated") && caused.contains(&"audit.event.recorded"), "{caused:?}");
+    let validated =
+        log.iter().find(|(_, e)| e.topic == "orders.order.validated" && e.key.as_deref() == Some("o-1")).unwrap();
+    let enriched = store.caused_by(validated.1.id, 100).unwrap();
+    assert_eq!(enriched.len(), 1, "the enricher's output");
+    assert_eq!(store.seq_of(validated.1.id).unwrap(), Some(validated.0));
+    // What format 2 held is still there: the DLQ entry and a duplicate.
+    let dlq = store.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].event.key.as_deref(), Some("o-2"));
+    let again =
+        weir_tests::event(r#"{"topic":"orders.order.created","key":"o-3","idempotency_key":"order-3","payload":{}}"#);
+    assert!(store.publish_blocking(vec![again]).unwrap()[0].duplicate);
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 3);
+}
