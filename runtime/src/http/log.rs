@@ -46,6 +46,9 @@ pub(crate) const MAX_STREAMS: usize = 128;
 /// Messages a stream holds for its client; when they are not taken within
 /// [`SLOW_CLIENT_TIMEOUT`], the client is dropped.
 pub(crate) const STREAM_BUFFER: usize = 1024;
+/// Bytes of messages a stream holds for its client (a message larger than
+/// this waits for the buffer to empty, then passes alone).
+pub(crate) const STREAM_BUFFER_BYTES: usize = 8 << 20;
 /// How long a stream waits for its client to take a message.
 pub(crate) const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A stream sends a comment when it has sent nothing for this long.
@@ -351,19 +354,26 @@ async fn stream(
         .try_acquire_owned()
         .map_err(|_| ApiError::overloaded(format!("{MAX_STREAMS} streams are open already; try again"), 1))?;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let room = Arc::new(Semaphore::new(STREAM_BUFFER_BYTES));
     let last_words = Arc::new(Mutex::new(None));
     let pump = Pump {
         runtime: Arc::clone(&state.runtime),
         appended: state.feed.appended.subscribe(),
         filter: Arc::new(filter),
-        out: Outbox { tx, last_words: Arc::clone(&last_words), slow_after: SLOW_CLIENT_TIMEOUT },
+        out: Outbox {
+            tx,
+            room: Arc::clone(&room),
+            max_bytes: STREAM_BUFFER_BYTES,
+            last_words: Arc::clone(&last_words),
+            slow_after: SLOW_CLIENT_TIMEOUT,
+        },
         stop: stopping.map(|Extension(s)| s.0),
     };
     tokio::spawn(async move {
         let _permit = permit;
         pump.run(after).await;
     });
-    let body = axum::body::Body::new(SseBody { rx, last_words });
+    let body = axum::body::Body::new(SseBody { rx, room, last_words });
     Ok((
         StatusCode::OK,
         [
@@ -378,7 +388,9 @@ async fn stream(
 
 /// A stream's body: the messages of its pump, then its last words.
 struct SseBody {
-    rx: mpsc::Receiver<Bytes>,
+    /// Each message with the bytes of room it holds.
+    rx: mpsc::Receiver<(Bytes, usize)>,
+    room: Arc<Semaphore>,
     last_words: Arc<Mutex<Option<Bytes>>>,
 }
 
@@ -392,7 +404,10 @@ impl hyper::body::Body for SseBody {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes)))),
+            Poll::Ready(Some((bytes, held))) => {
+                this.room.add_permits(held);
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes))))
+            }
             Poll::Ready(None) => {
                 let last = this.last_words.lock().unwrap_or_else(PoisonError::into_inner).take();
                 Poll::Ready(last.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
@@ -413,7 +428,11 @@ struct Pump {
 
 /// Where a stream's messages go: its body's buffer, then its last words.
 struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<(Bytes, usize)>,
+    /// Bytes of room in the buffer: a message takes its size (up to
+    /// `max_bytes`) and the body gives it back when it takes the message.
+    room: Arc<Semaphore>,
+    max_bytes: usize,
     last_words: Arc<Mutex<Option<Bytes>>>,
     /// How long a message may wait for room before the client is dropped.
     slow_after: Duration,
@@ -515,17 +534,26 @@ impl Outbox {
     /// Hand a message over; `false` when the client is gone or too slow
     /// (then its last words say where to resume: after `announced`).
     async fn send(&self, bytes: Bytes, announced: Option<u64>) -> bool {
-        match tokio::time::timeout(self.slow_after, self.tx.send(bytes)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
+        let held = bytes.len().min(self.max_bytes);
+        let handed = async {
+            let permit = Arc::clone(&self.room).acquire_many_owned(u32::try_from(held).ok()?).await.ok()?;
+            // Given back by the body when it takes the message.
+            permit.forget();
+            self.tx.send((bytes, held)).await.ok()
+        };
+        match tokio::time::timeout(self.slow_after, handed).await {
+            Ok(Some(())) => true,
+            Ok(None) => false,
             Err(_) => {
                 self.last_words(
                     "dropped",
                     &serde_json::json!({
                         "reason": format!(
-                            "the client did not take its messages within {} ({} held); reconnect with Last-Event-ID",
+                            "the client did not take its messages within {} ({} messages or {} bytes held); \
+                             reconnect with Last-Event-ID",
                             humantime::format_duration(self.slow_after),
-                            self.tx.max_capacity()
+                            self.tx.max_capacity(),
+                            self.max_bytes
                         ),
                         "after": announced,
                     }),
@@ -551,7 +579,7 @@ mod tests {
     use std::time::Duration;
 
     use hyper::body::Body as _;
-    use tokio::sync::mpsc;
+    use tokio::sync::{Semaphore, mpsc};
 
     use super::{Outbox, SseBody};
 
@@ -569,13 +597,20 @@ mod tests {
     async fn a_client_that_does_not_take_its_messages_is_dropped_with_a_final_event_after_them() {
         let (tx, rx) = mpsc::channel(2);
         let last_words = Arc::new(Mutex::new(None));
-        let out = Outbox { tx, last_words: Arc::clone(&last_words), slow_after: Duration::from_millis(20) };
+        let room = Arc::new(Semaphore::new(1 << 20));
+        let out = Outbox {
+            tx,
+            room: Arc::clone(&room),
+            max_bytes: 1 << 20,
+            last_words: Arc::clone(&last_words),
+            slow_after: Duration::from_millis(20),
+        };
         assert!(out.send(super::message(Some(1), None, "{}"), Some(0)).await);
         assert!(out.send(super::message(Some(2), None, "{}"), Some(1)).await);
         // The buffer is full and nobody reads: the third is refused.
         assert!(!out.send(super::message(Some(3), None, "{}"), Some(2)).await);
         drop(out);
-        let frames = drain(SseBody { rx, last_words }).await;
+        let frames = drain(SseBody { rx, room, last_words }).await;
         assert_eq!(frames.len(), 3, "{frames:?}");
         assert!(frames[0].starts_with("id: 1\n") && frames[1].starts_with("id: 2\n"), "{frames:?}");
         // Everything handed over comes first; the last words name the
@@ -588,9 +623,42 @@ mod tests {
     async fn a_client_that_went_away_ends_the_stream_without_last_words() {
         let (tx, rx) = mpsc::channel(2);
         let last_words = Arc::new(Mutex::new(None));
-        let out = Outbox { tx, last_words: Arc::clone(&last_words), slow_after: Duration::from_secs(60) };
+        let room = Arc::new(Semaphore::new(1 << 20));
+        let out = Outbox {
+            tx,
+            room,
+            max_bytes: 1 << 20,
+            last_words: Arc::clone(&last_words),
+            slow_after: Duration::from_secs(60),
+        };
         drop(rx);
         assert!(!out.send(super::message(Some(1), None, "{}"), None).await);
         assert!(last_words.lock().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_buffer_is_bounded_by_bytes_and_room_comes_back_as_the_client_reads() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let room = Arc::new(Semaphore::new(100));
+        let out = Outbox {
+            tx,
+            room: Arc::clone(&room),
+            max_bytes: 100,
+            last_words: Arc::new(Mutex::new(None)),
+            slow_after: Duration::from_millis(20),
+        };
+        let sized = |n: usize| axum::body::Bytes::from(vec![b'x'; n]);
+        assert!(out.send(sized(60), None).await);
+        // 60 of 100 bytes held: 50 more do not fit, though the channel has room.
+        assert!(!out.send(sized(50), None).await);
+        assert!(out.last_words.lock().unwrap().is_some(), "dropped");
+        // Taken by the body, the 60 bytes are free again.
+        let (first, held) = rx.recv().await.unwrap();
+        room.add_permits(held);
+        assert_eq!(first.len(), 60);
+        assert_eq!(room.available_permits(), 100);
+        // A message over the whole bound passes alone, holding all of it.
+        assert!(out.send(sized(500), None).await);
+        assert_eq!(room.available_permits(), 0);
     }
 }
