@@ -460,6 +460,11 @@ impl Pump {
         let mut announced = position;
         let mut caught_up_once = false;
         loop {
+            // Also while catching up on a long backlog, which never waits.
+            if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
+                let data = serde_json::json!({"reason": "the server is stopping", "after": announced});
+                return self.last_words("closing", &data);
+            }
             let (rt, f) = (Arc::clone(&self.runtime), Arc::clone(&self.filter));
             let read = tokio::task::spawn_blocking(move || rt.read_log_page(position, &f, STREAM_BATCH)).await;
             let page = match read {
