@@ -16,12 +16,18 @@ pub use http::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_PUBLISH_BYTES, HttpConfig, Scope,
 };
 use http::{RawHttp, http_config};
+mod handler;
+mod read_side;
 mod sinks;
+pub use handler::RetryPolicy;
+use handler::{RawLimits, RawRetry, limits, retry};
+pub use read_side::{ConsumersConfig, DEFAULT_RETENTION_INTERVAL};
+use read_side::{RawConsumers, RawRetention, log_retention};
+use sinks::RawSink;
 pub use sinks::{
     DEFAULT_SINK_TIMEOUT, MAX_SINK_SECRETS, MAX_SINK_TIMEOUT, SINK_PIPELINE, SinkConfig, SinkFormat, SinkSecret,
     SinkUrl,
 };
-use sinks::RawSink;
 
 /// Default HTTP listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -86,47 +92,6 @@ struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConsumers {
-    max_consumers: Option<usize>,
-    max_waiting_fetches: Option<usize>,
-}
-
-/// Bounds of the durable consumers (`[consumers]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumersConfig {
-    /// Most consumers this server holds. Default 64.
-    pub max_consumers: usize,
-    /// Most fetches waiting (long-polling) at once, over all consumers;
-    /// more are answered `503 overloaded`. Default 256.
-    pub max_waiting_fetches: usize,
-}
-
-impl Default for ConsumersConfig {
-    fn default() -> Self {
-        Self { max_consumers: 64, max_waiting_fetches: 256 }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    default: Option<String>,
-    interval: Option<String>,
-    #[serde(default)]
-    topics: Vec<RawRetentionTopic>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetentionTopic {
-    pattern: String,
-    retention: Option<String>,
-    #[serde(default)]
-    compact: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPlugins {
     keep_versions: Option<usize>,
 }
@@ -185,78 +150,6 @@ struct RawHandler {
 struct RawReady {
     max_dlq: Option<u64>,
     max_lag: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    deadline: Option<String>,
-    fuel: Option<u64>,
-    memory_mib: Option<usize>,
-    max_output_bytes: Option<usize>,
-    max_emits: Option<usize>,
-    max_log_lines: Option<usize>,
-    max_headers_per_emit: Option<usize>,
-    max_header_bytes_per_emit: Option<usize>,
-    instance: Option<String>,
-    log_lines_per_second: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    max_attempts: Option<u32>,
-    initial_backoff: Option<String>,
-    multiplier: Option<f64>,
-    max_backoff: Option<String>,
-    jitter: Option<f64>,
-}
-
-/// When and how often a failing event is retried.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included. Default 5.
-    pub max_attempts: u32,
-    /// Wait before the second attempt. Default 100 ms.
-    pub initial_backoff: Duration,
-    /// Factor between consecutive waits. Default 2.
-    pub multiplier: f64,
-    /// Longest wait. Default 30 s.
-    pub max_backoff: Duration,
-    /// Random spread, as a fraction of the wait (0.2 = ±20%). Default 0.2.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            multiplier: 2.0,
-            max_backoff: Duration::from_secs(30),
-            jitter: 0.2,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based), before
-    /// jitter: `initial × multiplier^(attempt-1)`, capped.
-    #[must_use]
-    pub fn base_backoff(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
-        let secs = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
-        Duration::from_secs_f64(secs.max(0.0))
-    }
-
-    /// [`base_backoff`](Self::base_backoff) with jitter applied, never over
-    /// `max_backoff`.
-    #[must_use]
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.base_backoff(attempt).as_secs_f64();
-        let spread = 1.0 + self.jitter * (2.0 * rand::random::<f64>() - 1.0);
-        Duration::from_secs_f64((base * spread).clamp(0.0, self.max_backoff.as_secs_f64()))
-    }
 }
 
 /// One handler of a pipeline: one subscription.
@@ -357,9 +250,6 @@ pub struct Config {
     /// The durable consumers' bounds (`[consumers]`).
     pub consumers: ConsumersConfig,
 }
-
-/// Default of `[retention] interval`.
-pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Default of `[plugins] keep_versions`.
 pub const DEFAULT_KEEP_VERSIONS: usize = 10;
@@ -555,36 +445,6 @@ impl Config {
     }
 }
 
-/// `[retention]`: the default, the interval and the per-pattern rules.
-fn log_retention(raw: &RawRetention) -> Result<(crate::store::RetentionPolicy, Duration), (String, String)> {
-    use crate::store::{Keep, RetentionPolicy, RetentionRule};
-    let default = match &raw.default {
-        Some(text) => Keep::parse(text).map_err(|e| ("retention.default".to_owned(), e))?,
-        None => Keep::Forever,
-    };
-    let interval = match &raw.interval {
-        Some(text) => {
-            let d = duration(text).map_err(|e| ("retention.interval".to_owned(), e))?;
-            if d < Duration::from_millis(10) {
-                return Err(("retention.interval".to_owned(), format!("{text:?} is shorter than 10ms")));
-            }
-            d
-        }
-        None => DEFAULT_RETENTION_INTERVAL,
-    };
-    let mut rules = Vec::with_capacity(raw.topics.len());
-    for (i, t) in raw.topics.iter().enumerate() {
-        let key = format!("retention.topics[{i}]");
-        let pattern = Pattern::parse(&t.pattern).map_err(|e| (format!("{key}.pattern"), e.to_string()))?;
-        let keep = match &t.retention {
-            Some(text) => Keep::parse(text).map_err(|e| (format!("{key}.retention"), e))?,
-            None => Keep::Forever,
-        };
-        rules.push(RetentionRule { pattern, keep, compact: t.compact });
-    }
-    Ok((RetentionPolicy { rules, default }, interval))
-}
-
 fn check_name(name: &str) -> Result<(), String> {
     let ok =
         !name.is_empty() && name.len() <= 64 && name.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'));
@@ -609,88 +469,6 @@ fn check_plugin_file(path: &Path) -> Result<(), String> {
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration like \"100ms\", \"30s\" or \"24h\" ({e})"))
-}
-
-fn limits(raw: &RawLimits, fuel_enabled: bool) -> Result<(Limits, InstanceMode), (&'static str, String)> {
-    let mut b = Limits::builder();
-    if let Some(d) = &raw.deadline {
-        let d = duration(d).map_err(|e| ("deadline", e))?;
-        if d.is_zero() {
-            return Err(("deadline", "must be more than 0".into()));
-        }
-        b = b.deadline(d);
-    }
-    if let Some(f) = raw.fuel {
-        if !fuel_enabled {
-            return Err(("fuel", "set `engine.fuel = true` to meter fuel".into()));
-        }
-        b = b.fuel(Some(f));
-    }
-    if let Some(m) = raw.memory_mib {
-        if m == 0 || m > 4096 {
-            return Err(("memory_mib", format!("{m} is outside 1..=4096")));
-        }
-        b = b.memory_bytes(m << 20);
-    }
-    if let Some(o) = raw.max_output_bytes {
-        if o == 0 {
-            return Err(("max_output_bytes", "must be at least 1".into()));
-        }
-        b = b.max_output_bytes(o);
-    }
-    if let Some(e) = raw.max_emits {
-        b = b.max_emits(e);
-    }
-    if let Some(n) = raw.max_log_lines {
-        b = b.max_log_lines(n);
-    }
-    if let Some(n) = raw.max_headers_per_emit {
-        b = b.max_headers_per_emit(n);
-    }
-    if let Some(n) = raw.max_header_bytes_per_emit {
-        b = b.max_header_bytes_per_emit(n);
-    }
-    let mode = match raw.instance.as_deref() {
-        None | Some("reuse") => InstanceMode::Reuse,
-        Some("fresh") => InstanceMode::FreshPerEvent,
-        Some(other) => return Err(("instance", format!("{other:?} is not \"reuse\" or \"fresh\""))),
-    };
-    Ok((b.build(), mode))
-}
-
-fn retry(raw: &RawRetry) -> Result<RetryPolicy, (&'static str, String)> {
-    let mut policy = RetryPolicy::default();
-    if let Some(n) = raw.max_attempts {
-        if n == 0 {
-            return Err(("max_attempts", "must be at least 1 (the first attempt counts)".into()));
-        }
-        policy.max_attempts = n;
-    }
-    if let Some(d) = &raw.initial_backoff {
-        policy.initial_backoff = duration(d).map_err(|e| ("initial_backoff", e))?;
-    }
-    if let Some(m) = raw.multiplier {
-        if !(1.0..=100.0).contains(&m) {
-            return Err(("multiplier", format!("{m} is outside 1.0..=100.0")));
-        }
-        policy.multiplier = m;
-    }
-    if let Some(d) = &raw.max_backoff {
-        policy.max_backoff = duration(d).map_err(|e| ("max_backoff", e))?;
-    }
-    if let Some(j) = raw.jitter {
-        if !(0.0..=1.0).contains(&j) {
-            return Err(("jitter", format!("{j} is outside 0.0..=1.0")));
-        }
-        policy.jitter = j;
-    }
-    if policy.max_backoff < policy.initial_backoff {
-        return Err((
-            "max_backoff",
-            format!("{:?} is shorter than initial_backoff {:?}", policy.max_backoff, policy.initial_backoff),
-        ));
-    }
-    Ok(policy)
 }
 
 #[cfg(test)]

@@ -85,9 +85,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
 
 async fn status(State(state): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
     let rt = Arc::clone(&state.runtime);
-    let (subscriptions, head, consumers) = blocking(move || {
-        rt.status().and_then(|s| Ok((s, rt.store().head(), rt.consumers().list()?)))
-    })
-    .await?;
+    let (subscriptions, head, consumers) =
+        blocking(move || rt.status().and_then(|s| Ok((s, rt.store().head(), rt.consumers().list()?)))).await?;
     Ok(Json(StatusResponse { head, subscriptions: subscriptions.into_iter().map(Into::into).collect(), consumers }))
 }
