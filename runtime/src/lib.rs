@@ -66,6 +66,7 @@ mod envelope;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hmac;
 mod http;
 mod ids;
 mod ingest;

@@ -145,3 +145,13 @@ impl Answer {
         self.status
     }
 }
+
+/// Percent-encode a query or path component.
+pub(super) fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@ use weir_runtime::models::{
     DLQ_PAGE_MAX, DlqEntryDetail, DlqFilterRequest, DlqListResponse, PurgeResponse, RedriveResponse,
 };
 
-use super::client::{Client, ServerArgs};
+use super::client::{Client, ServerArgs, encode};
 
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
@@ -159,14 +159,4 @@ pub(crate) fn run(args: &DlqArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Percent-encode a query or path component.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

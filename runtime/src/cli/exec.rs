@@ -85,20 +85,7 @@ pub(crate) fn refused(path: &std::path::Path, e: &LoadError, as_json: bool) -> E
 }
 
 pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
-    let config = match (&args.config, &args.config_file) {
-        (Some(text), _) => Some(text.clone()),
-        (None, Some(path)) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?)
-        }
-        (None, None) => None,
-    };
-    let config = match config {
-        Some(text) => {
-            let value: Value = serde_json::from_str(&text).context("--config is not valid JSON")?;
-            serde_json::to_vec(&value)?
-        }
-        None => Vec::new(),
-    };
+    let config = super::plugin_config(args.config.as_deref(), args.config_file.as_deref())?.unwrap_or_default();
     let memory_bytes = args.memory_mib.checked_mul(1 << 20).context("--memory-mib is too large")?;
     let limits = Limits::builder()
         .deadline(Duration::from_millis(args.deadline_ms))

@@ -32,20 +32,7 @@ pub(crate) struct InspectArgs {
 }
 
 pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
-    let config = match (&args.config, &args.config_file) {
-        (Some(text), _) => Some(text.clone()),
-        (None, Some(path)) => {
-            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?)
-        }
-        (None, None) => None,
-    };
-    let init = match config {
-        Some(text) => {
-            let value: Value = serde_json::from_str(&text).context("--config is not valid JSON")?;
-            Some(serde_json::to_vec(&value)?)
-        }
-        None => None,
-    };
+    let init = super::plugin_config(args.config.as_deref(), args.config_file.as_deref())?;
     let accepted = inspect_with(&args.module, &args.cache, args.json, init)?;
     Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use weir_runtime::models::{LOG_PAGE_MAX, LineageResponse, LogEvent, LogReadResponse, StatusResponse};
 
-use super::client::{Client, ServerArgs};
+use super::client::{Client, ServerArgs, encode};
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
@@ -208,14 +208,4 @@ fn show(client: &Client, id: &str, lineage: bool, json: bool) -> anyhow::Result<
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Percent-encode a query or path component.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -137,6 +137,22 @@ fn engine(cache: &CacheArgs, configure: impl FnOnce(&mut EngineConfig)) -> anyho
     }
 }
 
+/// A plugin's configuration from `--config <JSON>` or `--config-file
+/// <FILE>`, checked as JSON and re-encoded compactly as `weir_init` gets it;
+/// `None` when neither is given.
+fn plugin_config(text: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<Vec<u8>>> {
+    use anyhow::Context as _;
+    let text = match (text, file) {
+        (Some(text), _) => text.to_owned(),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).context("--config is not valid JSON")?;
+    Ok(Some(serde_json::to_vec(&value)?))
+}
+
 /// Logs go to stderr, filtered by `--log`, else `RUST_LOG`, else `default`.
 fn init_tracing(filter: Option<&str>, format: LogFormat, default: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;

@@ -284,20 +284,7 @@ impl Worker {
         *self.counters.failures.lock().unwrap_or_else(PoisonError::into_inner).entry(CODE).or_default() += 1;
         *self.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{CODE}: {error}"));
         self.unpark(seq);
-        let event = Event {
-            id: weir_abi::EventId([0; 16]),
-            topic: "weir.record.corrupt".into(),
-            source: format!("weir://{}", self.spec.name),
-            key: None,
-            schema_version: 0,
-            time: 0,
-            content_type: "application/octet-stream".into(),
-            headers: Vec::new(),
-            idempotency_key: format!("weir-corrupt-record-{seq}"),
-            correlation_id: None,
-            causation_id: None,
-            payload: Vec::new(),
-        };
+        let event = crate::store::corrupt_record_stand_in(&self.spec.name, seq);
         self.stage.push(crate::store::ResultItem::DeadLetter(Box::new(crate::store::DlqEntry {
             subscription: self.spec.name.to_string(),
             seq,

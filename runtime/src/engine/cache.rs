@@ -36,10 +36,10 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Module;
 
 use crate::error::EngineError;
+use crate::hmac::{constant_time_eq, hmac_sha256};
 
 /// First bytes of every artifact file: the format of the header below.
 const MAGIC: &[u8; 8] = b"WEIRCA01";
@@ -349,26 +349,6 @@ fn load_or_create_key(path: &Path) -> Result<[u8; 32], EngineError> {
         return Err(insecure(path, "the cache key is not 32 bytes".into()));
     }
     Ok(key)
-}
-
-/// HMAC-SHA256 (RFC 2104) of the concatenation of `parts` under `key`
-/// (at most 64 bytes).
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    block[..key.len().min(64)].copy_from_slice(&key[..key.len().min(64)]);
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    for part in parts {
-        inner.update(part);
-    }
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -1,36 +1,14 @@
 //! Standard Webhooks signing: `v1,<base64 of HMAC-SHA256(secret,
 //! "{webhook-id}.{webhook-timestamp}.{body}")>`.
 //!
-//! HMAC (RFC 2104) is written out over `sha2` here, a dozen lines, rather
-//! than adding a crate for it; it is checked against RFC 4231's test
-//! vectors below, and the integration tests verify every request with an
+//! HMAC is `crate::hmac` (shared with the artifact cache), checked against
+//! RFC 4231's test vectors below, and the integration tests verify every request with an
 //! independent implementation (Python's `hmac`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sha2::{Digest, Sha256};
 
-/// SHA-256's block size.
-const BLOCK: usize = 64;
-
-/// HMAC-SHA256 of the concatenation of `parts`, keyed with `key`.
-pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    for part in parts {
-        inner.update(part);
-    }
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
+use crate::hmac::hmac_sha256;
 
 /// The `webhook-signature` value for one attempt.
 pub(crate) fn signature(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {

@@ -100,23 +100,9 @@ fn event_at(w: &Writes<'_>, seq: u64) -> Result<Event, Failure> {
     Ok(decode(bytes.value(), || format!("log seq {seq}"))?)
 }
 
-/// What a DLQ entry holds for a log record that does not decode: the
-/// topic `weir.record.corrupt`, no payload (as a handler's quarantine).
+/// The stand-in event of an undecodable record at `seq`.
 fn stand_in(name: &str, seq: u64) -> Event {
-    Event {
-        id: weir_abi::EventId([0; 16]),
-        topic: "weir.record.corrupt".into(),
-        source: format!("weir://{}", dlq_subscription(name)),
-        key: None,
-        schema_version: 0,
-        time: 0,
-        content_type: "application/octet-stream".into(),
-        headers: Vec::new(),
-        idempotency_key: format!("weir-corrupt-record-{seq}"),
-        correlation_id: None,
-        causation_id: None,
-        payload: Vec::new(),
-    }
+    super::corrupt_record_stand_in(&dlq_subscription(name), seq)
 }
 
 fn dlq_entry(name: &str, dead: &DeadLetter, event: Event, now: u64) -> DlqEntry {

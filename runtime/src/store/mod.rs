@@ -96,7 +96,7 @@ pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionR
 use shared::{Shared, SharedBackend, Source};
 pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
-pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats};
+pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats, corrupt_record_stand_in};
 
 use command::{Barrier, Command, Order};
 use error::storage;

@@ -193,3 +193,24 @@ pub(crate) enum ResultItem {
     /// Dead-lettered.
     DeadLetter(Box<DlqEntry>),
 }
+
+/// The event a DLQ entry holds for a log record that does not decode
+/// (code `record_corrupt`): the topic `weir.record.corrupt`, no payload,
+/// from `weir://<subscription>`. A handler's quarantine and a consumer's
+/// use the same stand-in.
+pub(crate) fn corrupt_record_stand_in(subscription: &str, seq: u64) -> Event {
+    Event {
+        id: EventId([0; 16]),
+        topic: "weir.record.corrupt".into(),
+        source: format!("weir://{subscription}"),
+        key: None,
+        schema_version: 0,
+        time: 0,
+        content_type: "application/octet-stream".into(),
+        headers: Vec::new(),
+        idempotency_key: format!("weir-corrupt-record-{seq}"),
+        correlation_id: None,
+        causation_id: None,
+        payload: Vec::new(),
+    }
+}
