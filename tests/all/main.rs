@@ -24,6 +24,7 @@ mod loading;
 mod metrics;
 mod plugin_authoring;
 mod raw_abi;
+mod read_caps;
 mod read_log;
 mod retention;
 mod server;

@@ -184,6 +184,9 @@ fn show(client: &Client, id: &str, lineage: bool, json: bool) -> anyhow::Result<
     if let Some(missing) = &lineage.missing_cause {
         println!("  caused by {missing} (not in the log)");
     }
+    if lineage.causes_truncated {
+        println!("  … and more causes: show the lineage of the last one to follow the chain");
+    }
     if lineage.subscriptions.is_empty() {
         println!("no subscription takes this topic");
     }
@@ -206,6 +209,9 @@ fn show(client: &Client, id: &str, lineage: bool, json: bool) -> anyhow::Result<
         for emitted in &sub.emitted {
             println!("    emitted {}", line(emitted));
         }
+    }
+    if lineage.emitted_truncated {
+        println!("… it caused more events than listed here (the first 1000 by position, at most 8 MiB)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ pub(super) struct RawHttp {
     max_connections: Option<usize>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
+    stream_heartbeat: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +86,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `http.body_timeout`.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `http.stream_heartbeat`: well under the idle timeouts of common
+/// proxies (60 s) and load balancers, so an idle stream is not cut.
+const DEFAULT_STREAM_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// The `[http]` settings beyond the listen address.
 #[derive(Debug, Clone)]
@@ -108,6 +112,9 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Time to receive a request's body.
     pub body_timeout: Duration,
+    /// Silence after which an event stream sends a comment, so proxies do
+    /// not close it as idle and a client that left is noticed.
+    pub stream_heartbeat: Duration,
 }
 
 impl Default for HttpConfig {
@@ -121,6 +128,7 @@ impl Default for HttpConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            stream_heartbeat: DEFAULT_STREAM_HEARTBEAT,
         }
     }
 }
@@ -195,5 +203,6 @@ pub(super) fn http_config(raw: &RawHttp, admin_token: Option<&str>) -> Result<Ht
     };
     http.header_timeout = timeout("header_timeout", &raw.header_timeout, http.header_timeout)?;
     http.body_timeout = timeout("body_timeout", &raw.body_timeout, http.body_timeout)?;
+    http.stream_heartbeat = timeout("stream_heartbeat", &raw.stream_heartbeat, http.stream_heartbeat)?;
     Ok(http)
 }

@@ -51,8 +51,6 @@ pub(crate) const STREAM_BUFFER: usize = 1024;
 pub(crate) const STREAM_BUFFER_BYTES: usize = 8 << 20;
 /// How long a stream waits for its client to take a message.
 pub(crate) const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A stream sends a comment when it has sent nothing for this long.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events a stream reads from the store at once.
 const STREAM_BATCH: usize = 256;
 
@@ -92,11 +90,18 @@ impl Feed {
 struct LogState {
     runtime: Arc<Runtime>,
     feed: Arc<Feed>,
+    /// A stream sends a comment when it has sent nothing for this long
+    /// (`http.stream_heartbeat`).
+    heartbeat: Duration,
 }
 
 /// The routes, behind the guard with the `read` scope.
 pub(super) fn router(state: &AppState) -> Router<AppState> {
-    let log_state = LogState { runtime: Arc::clone(&state.runtime), feed: Feed::new(&state.runtime) };
+    let log_state = LogState {
+        runtime: Arc::clone(&state.runtime),
+        feed: Feed::new(&state.runtime),
+        heartbeat: state.runtime.config().http.stream_heartbeat,
+    };
     let routes = Router::new()
         .route("/v1/log", get(read))
         .route("/v1/log/stream", get(stream))
@@ -308,7 +313,9 @@ async fn lineage(State(state): State<LogState>, Path(id): Path<String>) -> Resul
     Ok(Json(LineageResponse {
         event: log_event(lineage.seq, &lineage.event),
         causes: lineage.causes.iter().map(|(s, e)| log_event(*s, e)).collect(),
+        causes_truncated: lineage.causes_truncated,
         missing_cause: lineage.missing_cause.map(|id| id.to_string()),
+        emitted_truncated: lineage.caused_truncated,
         subscriptions: lineage
             .subscriptions
             .iter()
@@ -333,8 +340,8 @@ async fn lineage(State(state): State<LogState>, Path(id): Path<String>) -> Resul
 /// `GET /v1/log/stream`: Server-Sent Events. Each event is a message whose
 /// `id:` is its position and whose data is a [`LogEvent`]; a `caught-up`
 /// event (its `id:` the position read to) each time the stream reaches
-/// the head having moved on since its last `id:`; a comment every
-/// [`HEARTBEAT`] of silence; a final `dropped` event for a client too slow
+/// the head having moved on since its last `id:`; a comment after
+/// `http.stream_heartbeat` of silence; a final `dropped` event for a client too slow
 /// to take its messages, and `closing` when the server stops.
 async fn stream(
     State(state): State<LogState>,
@@ -368,6 +375,7 @@ async fn stream(
             slow_after: SLOW_CLIENT_TIMEOUT,
         },
         stop: stopping.map(|Extension(s)| s.0),
+        heartbeat: state.heartbeat,
     };
     tokio::spawn(async move {
         let _permit = permit;
@@ -424,6 +432,7 @@ struct Pump {
     filter: Arc<LogFilter>,
     out: Outbox,
     stop: Option<watch::Receiver<bool>>,
+    heartbeat: Duration,
 }
 
 /// Where a stream's messages go: its body's buffer, then its last words.
@@ -512,7 +521,7 @@ impl Pump {
                         }
                         break;
                     }
-                    () = tokio::time::sleep(HEARTBEAT) => {
+                    () = tokio::time::sleep(self.heartbeat) => {
                         if !self.send(Bytes::from_static(b": heartbeat\n\n"), announced).await {
                             return;
                         }

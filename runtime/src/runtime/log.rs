@@ -1,7 +1,8 @@
 //! Reading the log: filtered pages by position, lookups by position and by
 //! id, and an event's lineage (what caused it, what it caused). Every read
 //! is bounded: a page by its `limit` and its bytes, a scan by the entries
-//! and bytes it may look at, a lineage by its depth and its fan-out.
+//! and bytes it may look at, a lineage by its depth, its fan-out and its
+//! bytes (and says when it was cut).
 
 use weir_abi::{Event, EventId};
 
@@ -23,6 +24,12 @@ pub const LOG_MAX_TOPIC_PATTERNS: usize = 32;
 pub const LINEAGE_MAX_DEPTH: usize = 64;
 /// Events caused by one event that a lineage lists.
 pub const LINEAGE_MAX_CAUSED: usize = 1000;
+/// Bytes of the events a lineage lists (payloads, plus
+/// [`LINEAGE_EVENT_OVERHEAD`] each): 1,064 events of up to
+/// `ingest.max_payload_bytes` would otherwise make one answer a gigabyte.
+pub(crate) const LINEAGE_MAX_BYTES: usize = 8 << 20;
+/// What a lineage counts for an event besides its payload (its envelope).
+pub(crate) const LINEAGE_EVENT_OVERHEAD: usize = 256;
 
 /// Which events a read answers: any of the topic patterns (all topics
 /// when there is none) and, if given, this key.
@@ -93,6 +100,14 @@ pub struct Lineage {
     pub event: Event,
     /// Its causes, nearest first, up to [`LINEAGE_MAX_DEPTH`].
     pub causes: Vec<(u64, Event)>,
+    /// Whether the chain goes on past the last cause listed (cut by
+    /// [`LINEAGE_MAX_DEPTH`], or at 8 MiB of events listed): the lineage of
+    /// that cause follows it further.
+    pub causes_truncated: bool,
+    /// Whether it caused more events than the subscriptions list (cut by
+    /// [`LINEAGE_MAX_CAUSED`], or at 8 MiB of events listed; the first by
+    /// position are listed).
+    pub caused_truncated: bool,
     /// A cause the log does not hold (named by an emit, or removed).
     pub missing_cause: Option<EventId>,
     /// The subscriptions whose topics match it, and those that emitted
@@ -146,16 +161,25 @@ impl Runtime {
     /// Storage or decoding errors.
     pub fn lineage(&self, id: EventId) -> Result<Option<Lineage>, StoreError> {
         let Some((seq, event)) = self.event_by_id(id)? else { return Ok(None) };
+        let size = |e: &Event| e.payload.len().saturating_add(LINEAGE_EVENT_OVERHEAD);
+        let mut bytes = size(&event);
         // Upward: each cause through the id index.
         let mut causes = Vec::new();
         let mut missing_cause = None;
+        let mut causes_truncated = false;
         let mut cause = event.causation_id;
         while let Some(cause_id) = cause {
             if causes.len() >= LINEAGE_MAX_DEPTH {
+                causes_truncated = true;
                 break;
             }
             match self.event_by_id(cause_id)? {
                 Some((s, e)) => {
+                    bytes = bytes.saturating_add(size(&e));
+                    if bytes > LINEAGE_MAX_BYTES {
+                        causes_truncated = true;
+                        break;
+                    }
                     cause = e.causation_id;
                     causes.push((s, e));
                 }
@@ -167,9 +191,20 @@ impl Runtime {
         }
         // Downward: what it caused, by the subscription that emitted it
         // (an emit's source is `weir://<subscription>`).
+        // One more than listed is asked for, to tell whether it was cut.
         let mut caused: Vec<(String, u64, Event)> = Vec::new();
-        for s in self.store.caused_by(id, LINEAGE_MAX_CAUSED)? {
+        let mut caused_truncated = false;
+        for (n, s) in self.store.caused_by(id, LINEAGE_MAX_CAUSED + 1)?.into_iter().enumerate() {
+            if n == LINEAGE_MAX_CAUSED {
+                caused_truncated = true;
+                break;
+            }
             if let Some(e) = self.store.event(s)? {
+                bytes = bytes.saturating_add(size(&e));
+                if bytes > LINEAGE_MAX_BYTES {
+                    caused_truncated = true;
+                    break;
+                }
                 let by = e.source.strip_prefix("weir://").unwrap_or("").to_owned();
                 caused.push((by, s, e));
             }
@@ -191,7 +226,7 @@ impl Runtime {
                 caused.iter().filter(|(by, _, _)| *by == name).map(|(_, s, e)| (*s, e.clone())).collect();
             subscriptions.push(self.subscription_lineage(name, seq, &event, emitted)?);
         }
-        Ok(Some(Lineage { seq, event, causes, missing_cause, subscriptions }))
+        Ok(Some(Lineage { seq, event, causes, causes_truncated, caused_truncated, missing_cause, subscriptions }))
     }
 
     /// Where the event at `seq` stands in `subscription`.

@@ -79,9 +79,18 @@ pub struct LineageResponse {
     pub event: LogEvent,
     /// What caused it, nearest first, up to the producer's event.
     pub causes: Vec<LogEvent>,
+    /// Whether the chain goes on past the last cause listed (at most 64
+    /// causes and 8 MiB of events are listed): ask the lineage of that
+    /// cause to follow it further.
+    #[serde(default)]
+    pub causes_truncated: bool,
     /// The id of a cause the log does not hold, where the chain stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_cause: Option<String>,
+    /// Whether it caused more events than `subscriptions` list as
+    /// `emitted` (at most 1,000, the first by position, within 8 MiB).
+    #[serde(default)]
+    pub emitted_truncated: bool,
     /// What became of it in each subscription that matches it or emitted
     /// something because of it.
     pub subscriptions: Vec<LineageSubscription>,
