@@ -153,3 +153,73 @@ fn inspect_accepts_a_good_plugin_and_explains_refusals() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("[not_wasm]"));
 }
+
+#[test]
+fn status_lists_the_durable_consumers_and_why_a_subscription_is_not_ok() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let server = weir_tests::Server::start(
+        dir.path(),
+        r#"
+[[pipelines]]
+name = "flaky"
+topics = ["flaky.event.created"]
+[[pipelines.handlers]]
+name = "flaky"
+plugin = "{FLAKY}"
+retry = { max_attempts = 10, initial_backoff = "1h", max_backoff = "1h" }
+"#,
+    );
+    let (status, body) = server.put_with(
+        "/v1/consumers/billing",
+        &[("content-type", "application/json")],
+        json!({"topics": ["orders.>", "payments.>"]}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let events: Vec<Value> = (0..3)
+        .map(|i| json!({"topic": "orders.order.created", "key": format!("o{i}")}))
+        .chain([json!({"topic": "flaky.event.created", "key": "f"})])
+        .collect();
+    assert_eq!(server.post("/v1/events", &Value::Array(events)).0, 200);
+    let (status, fetched) = server.post("/v1/consumers/billing/fetch", &json!({"max": 1}));
+    assert_eq!((status, fetched["deliveries"].as_array().map(Vec::len)), (200, Some(1)), "{fetched}");
+    // The flaky handler asked for a retry (and waits an hour for it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let consumer = loop {
+        let (_, status) = server.get("/v1/status");
+        if status["subscriptions"][0]["state"] == "retrying" {
+            break status["consumers"][0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the flaky handler never retried: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+
+    let out = weir(&["status", "--server", &server.url], dir.path());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.lines().any(|l| l.starts_with("CONSUMER") && l.contains("IN FLIGHT")), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("billing "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .split_whitespace()
+        .collect();
+    let number = |field: &str| consumer[field].as_u64().unwrap().to_string();
+    assert_eq!(
+        row,
+        [
+            "billing",
+            &number("lag"),
+            &number("in_flight"),
+            &number("dlq"),
+            &number("delivered"),
+            &number("acked"),
+            "orders.>,payments.>"
+        ],
+        "{text}"
+    );
+    assert_eq!((consumer["delivered"].as_u64(), consumer["acked"].as_u64()), (Some(1), Some(0)), "{consumer}");
+    assert!(consumer["in_flight"].as_u64() >= Some(1), "{consumer}");
+    // Why the flaky subscription is not ok: its last failure.
+    assert!(text.lines().any(|l| l.trim_start().starts_with("flaky/flaky retrying: handler_retry")), "{text}");
+}

@@ -160,10 +160,45 @@ fn table(report: &Report) -> String {
             s.plugin_version.chars().take(12).collect::<String>()
         );
     }
+    // Why a row is not `ok` (a sink turned off, a failing handler): its
+    // last failure, so the state is not left unexplained.
+    for s in report.status.subscriptions.iter().filter(|s| s.state != "ok") {
+        if let Some(failure) = &s.last_failure {
+            let _ = writeln!(out, "  {} {}: {failure}", s.name, s.state);
+        }
+    }
     // Who keeps the log's retention from removing what it would: a slow,
     // stopped or failing subscription (see `weir subscription list`).
     for s in report.status.subscriptions.iter().filter(|s| s.retention_held > 0) {
         let _ = writeln!(out, "  retention held back by {}: {} event(s) it still needs", s.name, s.retention_held);
     }
+    consumers(&mut out, report);
     out
+}
+
+/// The durable HTTP consumers, after the subscriptions: they hold the log
+/// too, and a growing lag or DLQ is as much news as a subscription's.
+fn consumers(out: &mut String, report: &Report) {
+    if report.status.consumers.is_empty() {
+        return;
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "{:<24} {:>8} {:>9} {:>6} {:>10} {:>10}  TOPICS",
+        "CONSUMER", "LAG", "IN FLIGHT", "DLQ", "DELIVERED", "ACKED"
+    );
+    for c in &report.status.consumers {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>8} {:>9} {:>6} {:>10} {:>10}  {}",
+            c.name,
+            c.lag,
+            c.in_flight,
+            c.dlq,
+            c.delivered,
+            c.acked,
+            c.topics.join(",")
+        );
+    }
 }
