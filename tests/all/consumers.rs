@@ -571,18 +571,20 @@ fn fetches_waiting_past_the_bound_are_answered_503_and_the_others_served() {
         }
     });
     // Once the waiter holds the slot, a second fetch that would wait is
-    // refused at once (until then it may get the slot itself, and is
-    // answered empty after its wait).
-    let mut refused = None;
-    for _ in 0..50 {
-        let (status, body) = server.post("/v1/consumers/c/fetch", &json!({ "wait": "200ms" }));
+    // refused at once. Until then a probe may get the slot itself (and is
+    // answered empty after its wait). The pause after such a probe leaves
+    // the slot free for the waiter, retrying every 10 ms, to take: probing
+    // back to back could win the race for it every time on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let (status, body) = server.post("/v1/consumers/c/fetch", &json!({ "wait": "50ms" }));
         if status == 503 {
-            refused = Some(body);
-            break;
+            break body;
         }
         assert_eq!(status, 200, "{body}");
-    }
-    let refused = refused.expect("a second waiting fetch was never refused");
+        assert!(Instant::now() < deadline, "a second waiting fetch was never refused");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(refused["error"]["code"], "overloaded");
     // A fetch that does not wait is served.
     assert!(fetch(&server, "c", &json!({})).is_empty());
