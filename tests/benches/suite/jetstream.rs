@@ -482,19 +482,7 @@ fn nanos(d: Duration) -> u64 {
 
 /// The stream and its two durable pull consumers.
 fn create(conn: &mut Conn) -> anyhow::Result<()> {
-    // JetStream may still be starting its account when the port opens.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = conn.request("$JS.API.INFO", &Value::Null) {
-        ensure!(Instant::now() < deadline, "JetStream is not answering: {e:#}");
-        thread::sleep(Duration::from_millis(50));
-    }
-    conn.request(
-        &format!("$JS.API.STREAM.CREATE.{STREAM}"),
-        &json!({
-            "name": STREAM, "subjects": ["orders.>"], "storage": "file", "retention": "limits",
-            "discard": "old", "num_replicas": 1, "duplicate_window": nanos(Duration::from_secs(120)),
-        }),
-    )?;
+    create_stream(conn)?;
     for name in CONSUMERS {
         conn.request(
             &format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.{name}"),
@@ -508,6 +496,24 @@ fn create(conn: &mut Conn) -> anyhow::Result<()> {
             }),
         )?;
     }
+    Ok(())
+}
+
+/// The stream, once JetStream answers.
+fn create_stream(conn: &mut Conn) -> anyhow::Result<()> {
+    // JetStream may still be starting its account when the port opens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = conn.request("$JS.API.INFO", &Value::Null) {
+        ensure!(Instant::now() < deadline, "JetStream is not answering: {e:#}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    conn.request(
+        &format!("$JS.API.STREAM.CREATE.{STREAM}"),
+        &json!({
+            "name": STREAM, "subjects": ["orders.>"], "storage": "file", "retention": "limits",
+            "discard": "old", "num_replicas": 1, "duplicate_window": nanos(Duration::from_secs(120)),
+        }),
+    )?;
     Ok(())
 }
 
@@ -1011,4 +1017,128 @@ pub(crate) fn latency(
         })
         .collect::<anyhow::Result<Vec<Duration>>>()?;
     Ok(crate::weir::Latency::from_samples(rate, seconds, samples))
+}
+
+// ---------------------------------------------------------------------------
+// The read side: a pull consumer's fetch + ack round trips (`consumer`)
+
+/// How a pull consumer's batch is acknowledged, as Weir's one ack request
+/// for a fetched batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PullAck {
+    /// `ack_policy: explicit`: every message gets its own double-ack, sent
+    /// together, and the batch's confirmations are awaited (as Weir answers
+    /// each token's outcome).
+    Each,
+    /// `ack_policy: all`: one double-ack on the batch's last message acks
+    /// the batch.
+    All,
+}
+
+impl fmt::Display for PullAck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Each => "explicit ack of each message (double-acks, pipelined, all confirmed)",
+            Self::All => "AckAll (one double-ack on the batch's last message)",
+        })
+    }
+}
+
+/// Subscription of the pull requests' answers in [`pull_round_trips`].
+const SID_FETCH: u64 = 5;
+const PULL_CONSUMER: &str = "pull";
+
+/// Publish `payloads` to a fresh stream (not timed), then drain it with one
+/// durable pull consumer from one connection: ask for `batch` messages,
+/// take them all, ack them per `ack`, wait for the server's confirmation,
+/// ask again. Returns the seconds the drain took; the server's own counts
+/// are checked afterwards.
+pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck) -> anyhow::Result<f64> {
+    let server = NatsServer::start(&Mode { sync_always: false })?;
+    let mut conn = Conn::connect(server.port())?;
+    create_stream(&mut conn)?;
+    let policy = match ack {
+        PullAck::Each => "explicit",
+        PullAck::All => "all",
+    };
+    conn.request(
+        &format!("$JS.API.CONSUMER.DURABLE.CREATE.{STREAM}.{PULL_CONSUMER}"),
+        &json!({
+            "stream_name": STREAM,
+            "config": {
+                "durable_name": PULL_CONSUMER, "deliver_policy": "all", "ack_policy": policy,
+                "ack_wait": nanos(Duration::from_secs(30)), "filter_subject": INPUT_SUBJECT,
+                "max_ack_pending": MAX_ACK_PENDING.max(batch), "replay_policy": "instant",
+            },
+        }),
+    )?;
+    let mut publisher = Publisher::connect(server.port())?;
+    for (i, payload) in payloads.iter().enumerate() {
+        publisher.publish(INPUT_SUBJECT, &format!("order-{i}"), payload)?;
+    }
+    publisher.finish()?;
+    drop(publisher);
+    let fetch_inbox = format!("{}.f", conn.inbox);
+    let ack_inbox = format!("{}.k", conn.inbox);
+    conn.w.subscribe(&fetch_inbox, SID_FETCH)?;
+    conn.w.subscribe(&ack_inbox, SID_ACK)?;
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{PULL_CONSUMER}");
+    let total = payloads.len();
+    let mut replies: Vec<String> = Vec::with_capacity(batch);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total {
+        // Exactly what is left, so the last request does not wait to expire.
+        let want = batch.min(total - done);
+        let body = format!(r#"{{"batch":{want},"expires":{}}}"#, nanos(PULL_EXPIRES));
+        conn.w.publish(&next, Some(&fetch_inbox), None, body.as_bytes())?;
+        replies.clear();
+        while replies.len() < want {
+            let msg = conn.next_msg()?;
+            if msg.sid != SID_FETCH {
+                continue;
+            }
+            match msg.status() {
+                None => {}
+                Some((100, _)) => continue,
+                Some((code, text)) => bail!("pull request answered {code} {text} after {} of {want}", replies.len()),
+            }
+            replies.push(msg.reply.context("a JetStream message without an ack subject")?);
+        }
+        let confirmations = match ack {
+            PullAck::Each => {
+                for reply in &replies {
+                    conn.w.publish(reply, Some(&ack_inbox), None, b"+ACK")?;
+                }
+                want
+            }
+            PullAck::All => {
+                let last = replies.last().context("an empty batch")?;
+                conn.w.publish(last, Some(&ack_inbox), None, b"+ACK")?;
+                1
+            }
+        };
+        let mut confirmed = 0;
+        while confirmed < confirmations {
+            let msg = conn.next_msg()?;
+            if msg.sid != SID_ACK {
+                continue;
+            }
+            if let Some((code, text)) = msg.status() {
+                bail!("an ack answered {code} {text}");
+            }
+            confirmed += 1;
+        }
+        done += want;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let info = conn.request(&format!("$JS.API.CONSUMER.INFO.{STREAM}.{PULL_CONSUMER}"), &Value::Null)?;
+    let count = |v: &Value| v.as_u64().unwrap_or(u64::MAX) as usize;
+    let (ack_floor, ack_pending, pending) =
+        (count(&info["ack_floor"]["stream_seq"]), count(&info["num_ack_pending"]), count(&info["num_pending"]));
+    ensure!(
+        ack_floor == total && ack_pending == 0 && pending == 0,
+        "pull consumer after {total} messages: ack floor {ack_floor}, ack pending {ack_pending}, pending {pending}"
+    );
+    Ok(secs)
 }

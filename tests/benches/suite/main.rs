@@ -9,6 +9,7 @@
 
 mod jetstream;
 mod procs;
+mod read_side;
 mod weir;
 
 use std::fmt::Write as _;
@@ -28,7 +29,7 @@ USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
 
 OPTIONS:
   --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency memory swap metrics
-                    [default: all of them]
+                    read sse consumer webhook [default: all of them]
   --events N        events per throughput run [default: 200000]
   --rate N          offered rate of the latency runs, events/s [default: 10000]
   --seconds N       length of the latency runs, after 1 s of warm-up [default: 10]
@@ -50,9 +51,17 @@ SCENARIOS:
   memory   RSS with 1 and with --plugins plugins loaded; restart time with them
   swap     s2-shaped fan-out with a hot swap of both handlers every second
   metrics  s2 with the latency histograms off, against on
+  read     GET /v1/log over HTTP, one client, pages of 1,000, over a log of --events
+  sse      GET /v1/log/stream to 1 and to 50 clients: the backlog, then live
+  consumer durable consumer fetch + ack round trips (batches of 100 and 1,000),
+           beside a JetStream pull consumer doing the same (skipped without
+           nats-server unless --require-nats)
+  webhook  a webhook sink on every event to a local receiver answering 204
+           (a tenth of --events)
 ";
 
-const ALL: [&str; 10] = ["s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics"];
+const ALL: [&str; 14] =
+    ["s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics", "read", "sse", "consumer", "webhook"];
 
 struct Options {
     scenarios: Vec<String>,
@@ -513,6 +522,8 @@ fn main() {
             json!({ "on_events_per_sec": on, "off_events_per_sec": off, "cost_percent": cost });
     }
 
+    read_side(&mut r, &o);
+
     targets(&mut r, &results, o.plugins);
     std::fs::create_dir_all(&o.out).unwrap_or_else(|e| panic!("cannot create {}: {e}", o.out.display()));
     let stamp = date.replace(':', "-");
@@ -537,6 +548,198 @@ fn main() {
 fn settle() {
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(Duration::from_secs(5));
+}
+
+/// Fetch batch sizes of the `consumer` scenario.
+const CONSUMER_BATCHES: [usize; 2] = [100, 1_000];
+/// Concurrent clients of the `sse` scenario.
+const SSE_CLIENTS: [usize; 2] = [1, 50];
+
+/// The median run by `key`, and the range of `key` over the runs.
+fn median_by<T: Clone>(list: &mut [T], key: impl Fn(&T) -> f64) -> (T, f64, f64) {
+    list.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    (list[list.len() / 2].clone(), key(&list[0]), key(&list[list.len() - 1]))
+}
+
+/// `median (lo–hi)`, the median in bold.
+fn spread(median: f64, lo: f64, hi: f64) -> String {
+    format!("**{}** ({}–{})", thousands(median), thousands(lo), thousands(hi))
+}
+
+/// The read side (issue 13): `read`, `sse`, `consumer` (beside JetStream)
+/// and `webhook`, every one once per round so the machine's drift spreads
+/// over all of them and Weir's and JetStream's runs interleave.
+fn read_side(r: &mut Report, o: &Options) {
+    let wanted = |s: &str| o.scenarios.iter().any(|x| x == s);
+    if !["read", "sse", "consumer", "webhook"].iter().any(|s| wanted(s)) {
+        return;
+    }
+    let nats = wanted("consumer") && jetstream::server_version().is_some();
+    if wanted("consumer") && !nats {
+        r.skip("consumer (JetStream side)", "nats-server is not installed (Debian package `nats-server`)");
+    }
+    let payloads: Vec<Vec<u8>> = if nats { (0..o.events).map(weir::payload).collect() } else { Vec::new() };
+    let pull_acks = [jetstream::PullAck::Each, jetstream::PullAck::All];
+    let mut reads = Vec::new();
+    let mut sses: Vec<Vec<read_side::Sse>> = vec![Vec::new(); SSE_CLIENTS.len()];
+    let mut weir_consumer: Vec<Vec<read_side::Rate>> = vec![Vec::new(); CONSUMER_BATCHES.len()];
+    let mut js_consumer: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); pull_acks.len()]; CONSUMER_BATCHES.len()];
+    let mut hooks = Vec::new();
+    let mut failed = std::collections::BTreeSet::new();
+    let webhook_events = (o.events / 10).max(1);
+    for round in 0..o.repeat {
+        let of = format!("round {} of {}", round + 1, o.repeat);
+        if wanted("read") && !failed.contains("read") {
+            eprintln!("running read ({of}): GET /v1/log, {} events in pages of 1,000 …", o.events);
+            match read_side::read(o.events) {
+                Ok(t) => reads.push(t),
+                Err(e) => {
+                    r.fail("read", &e);
+                    failed.insert("read");
+                }
+            }
+        }
+        if wanted("sse") && !failed.contains("sse") {
+            for (i, clients) in SSE_CLIENTS.iter().enumerate() {
+                eprintln!("running sse ({of}): {clients} client(s), {} events each …", o.events);
+                match read_side::sse(o.events, *clients) {
+                    Ok(t) => sses[i].push(t),
+                    Err(e) => {
+                        r.fail(&format!("sse ({clients} clients)"), &e);
+                        failed.insert("sse");
+                        break;
+                    }
+                }
+            }
+        }
+        if wanted("consumer") && !failed.contains("consumer") {
+            for (i, batch) in CONSUMER_BATCHES.iter().enumerate() {
+                eprintln!("running consumer ({of}): Weir, batches of {batch} …");
+                match read_side::consumer(o.events, *batch) {
+                    Ok(t) => weir_consumer[i].push(t),
+                    Err(e) => {
+                        r.fail(&format!("consumer (Weir, batch {batch})"), &e);
+                        failed.insert("consumer");
+                        break;
+                    }
+                }
+                if !nats {
+                    continue;
+                }
+                for (j, ack) in pull_acks.iter().enumerate() {
+                    eprintln!("running consumer ({of}): JetStream, batches of {batch}, {ack} …");
+                    match jetstream::pull_round_trips(&payloads, *batch, *ack) {
+                        Ok(secs) => js_consumer[i][j].push(o.events as f64 / secs),
+                        Err(e) => {
+                            r.fail(&format!("consumer (JetStream, batch {batch})"), &e);
+                            failed.insert("consumer");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if wanted("webhook") && !failed.contains("webhook") {
+            eprintln!("running webhook ({of}): a sink on {webhook_events} events …");
+            match read_side::webhook(webhook_events) {
+                Ok(t) => hooks.push(t),
+                Err(e) => {
+                    r.fail("webhook", &e);
+                    failed.insert("webhook");
+                }
+            }
+        }
+    }
+    let rate = |t: &read_side::Rate| t.events_per_sec;
+    if !reads.is_empty() || !hooks.is_empty() {
+        r.section(
+            &format!("Read side: reading the log and webhook sinks (median of {} rounds, range)", o.repeat),
+            "| scenario | what | events/s | time |",
+        );
+    }
+    if !reads.is_empty() {
+        let (t, lo, hi) = median_by(&mut reads, rate);
+        r.row(&[
+            "`read`".into(),
+            format!("`GET /v1/log?after=…&limit=1000`, one client, a log of {} events", t.events),
+            spread(t.events_per_sec, lo, hi),
+            format!("{:.2} s", t.secs),
+        ]);
+        r.json["scenarios"]["read"] = json!({ "median": t, "runs": reads });
+    }
+    if !hooks.is_empty() {
+        let (t, lo, hi) = median_by(&mut hooks, rate);
+        r.row(&[
+            "`webhook`".into(),
+            format!("a sink on every event, receiver answers 204; publish → all delivered, {} events", t.events),
+            spread(t.events_per_sec, lo, hi),
+            format!("{:.2} s", t.secs),
+        ]);
+        r.json["scenarios"]["webhook"] = json!({ "median": t, "runs": hooks });
+    }
+    if sses.iter().any(|l| !l.is_empty()) {
+        r.section(
+            &format!("Read side: `GET /v1/log/stream` (median of {} rounds by the backlog total, range)", o.repeat),
+            "| clients | phase | events per client | events/s per client (median; slowest) | events/s all clients |",
+        );
+        for (i, clients) in SSE_CLIENTS.iter().enumerate() {
+            if sses[i].is_empty() {
+                continue;
+            }
+            let (t, lo, hi) = median_by(&mut sses[i], |s| s.backlog_total);
+            r.row(&[
+                clients.to_string(),
+                "backlog (from the start of the log)".into(),
+                t.backlog_events.to_string(),
+                format!("{}; {}", thousands(t.backlog_per_client_median), thousands(t.backlog_per_client_slowest)),
+                spread(t.backlog_total, lo, hi),
+            ]);
+            r.row(&[
+                clients.to_string(),
+                format!(
+                    "live (published at {}/s, acknowledged)",
+                    thousands(t.live_events as f64 / t.live_publish_secs.max(1e-9))
+                ),
+                t.live_events.to_string(),
+                format!("–; {}", thousands(t.live_per_client_slowest)),
+                thousands(t.live_total),
+            ]);
+            r.json["scenarios"][format!("sse_{clients}")] = json!({ "median": t, "runs": sses[i] });
+        }
+    }
+    if weir_consumer.iter().any(|l| !l.is_empty()) {
+        r.section(
+            &format!(
+                "Read side: durable consumer, fetch + ack round trips, one client, {} events (median of {} rounds, range)",
+                o.events, o.repeat
+            ),
+            "| batch | Weir: fetch, then one ack request for the batch (fsync'd commits) | JetStream pull: explicit ack of each (not fsync'd) | JetStream pull: AckAll (not fsync'd) |",
+        );
+        for (i, batch) in CONSUMER_BATCHES.iter().enumerate() {
+            if weir_consumer[i].is_empty() {
+                continue;
+            }
+            let (t, lo, hi) = median_by(&mut weir_consumer[i], rate);
+            let mut cells = vec![batch.to_string(), spread(t.events_per_sec, lo, hi)];
+            let mut js = serde_json::Map::new();
+            for (j, ack) in pull_acks.iter().enumerate() {
+                let list = &mut js_consumer[i][j];
+                if list.is_empty() {
+                    cells.push("–".into());
+                    continue;
+                }
+                let (m, lo, hi) = median_by(list, |v| *v);
+                cells.push(spread(m, lo, hi));
+                js.insert(
+                    format!("{ack:?}").to_lowercase(),
+                    json!({ "events_per_sec": m, "runs": list, "ack": ack.to_string() }),
+                );
+            }
+            r.row(&cells);
+            r.json["scenarios"][format!("consumer_{batch}")] =
+                json!({ "weir": { "median": t, "runs": weir_consumer[i] }, "jetstream": js });
+        }
+    }
 }
 
 /// The issue's targets against this run's figures.

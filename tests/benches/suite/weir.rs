@@ -135,7 +135,7 @@ pub(crate) fn payload(i: usize) -> Vec<u8> {
     serde_json::to_vec(&payload).expect("a JSON value serializes")
 }
 
-fn events(ids: &IdGenerator, from: usize, n: usize) -> Vec<Event> {
+pub(crate) fn events(ids: &IdGenerator, from: usize, n: usize) -> Vec<Event> {
     (from..from + n)
         .map(|i| Event {
             id: ids.next_id(),
@@ -162,7 +162,7 @@ fn min_cursor(rt: &Runtime, subs: &[&str]) -> u64 {
 /// batches in flight, as many HTTP clients would have. The publisher blocks
 /// as a client waiting on its socket would, so it takes no CPU from the
 /// runtime while it waits.
-fn publish_all(rt: &Runtime, batches: impl IntoIterator<Item = Vec<Event>>) {
+pub(crate) fn publish_all(rt: &Runtime, batches: impl IntoIterator<Item = Vec<Event>>) {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let mut in_flight = 0;
     for batch in batches {
@@ -226,7 +226,7 @@ pub(crate) fn throughput(setup: Setup, n: usize) -> Throughput {
     }
 }
 
-fn stop(rt: Arc<Runtime>) {
+pub(crate) fn stop(rt: Arc<Runtime>) {
     match Arc::try_unwrap(rt) {
         Ok(rt) => rt.shutdown().expect("clean shutdown"),
         Err(_) => panic!("the runtime is still shared"),
