@@ -3,7 +3,9 @@
 //! the page renders every subscription, its numbers follow events as they
 //! flow, and the DLQ browser inspects, redrives (refused without the admin
 //! token, then accepted with it) and purges entries, which the server's own
-//! API confirms.
+//! API confirms. The log browser filters, follows (Server-Sent Events, or
+//! long-polls with a token set) and opens lineages as the API reports them,
+//! and the graph shows durable consumers and webhook sinks with their lag.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`, `chromium-driver`),
 //! so it is ignored by default; `cargo test -- --include-ignored` runs it
@@ -12,10 +14,11 @@
 //! `target/dashboard.png`, and to `docs/dashboard.png` when
 //! `WEIR_UPDATE_SCREENSHOT=1`.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -44,13 +47,21 @@ plugin = "{VERSIONED_V1}"
 
 /// `admin_token` first (it continues the `[http]` table that
 /// `Server::start` writes before this text), then the demo's pipelines, then
-/// a flaky charger and a worker that rejects keys starting with `bad`.
-fn config() -> String {
-    format!("admin_token = \"{TOKEN}\"\n{}{MORE}", weir_tests::ORDERS_ENRICHED)
+/// a flaky charger and a worker that rejects keys starting with `bad`, then
+/// a webhook sink `hook` on every order event, posting to `sink_url`.
+fn config(sink_url: &str) -> String {
+    format!("admin_token = \"{TOKEN}\"\n{}{MORE}{}", weir_tests::ORDERS_ENRICHED, sink(sink_url))
 }
 
-const SUBSCRIPTIONS: [&str; 5] =
-    ["orders/validator", "orders/audit", "enrich/enricher", "payments/charger", "jobs/worker"];
+/// A webhook sink `hook` on `orders.>`. The binary reads the secret from
+/// the environment it inherits: `PATH`, which every process has (its bytes
+/// are the key), so no test writes to the environment.
+fn sink(url: &str) -> String {
+    format!("\n[[sinks]]\nname = \"hook\"\ntopics = [\"orders.>\"]\nurl = \"{url}\"\nsecret_env = \"PATH\"\n")
+}
+
+const SUBSCRIPTIONS: [&str; 6] =
+    ["orders/validator", "orders/audit", "enrich/enricher", "payments/charger", "jobs/worker", "sinks/hook"];
 
 /// How long any one thing the test waits for may take.
 const WAIT: Duration = Duration::from_secs(30);
@@ -233,6 +244,25 @@ impl Browser {
         }
     }
 
+    fn clear(&self, css: &str) {
+        let id = self.find(css).unwrap();
+        self.cmd("POST", &format!("/element/{id}/clear"), None).unwrap();
+    }
+
+    /// Wait until `js` (a function body returning a value) returns `want`.
+    fn wait_script(&self, js: &str, want: &Value, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.script(js, &[]);
+            if &last == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("waited {WAIT:?} for {what}; last: {last}, want: {want}");
+    }
+
     fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css).unwrap();
         self.cmd("POST", &format!("/element/{id}/value"), Some(&json!({ "text": text }))).unwrap();
@@ -297,6 +327,64 @@ impl Drop for Browser {
     }
 }
 
+/// A webhook receiver on its own threads that answers every request with
+/// `status` and no body; its URL and how many requests it answered.
+fn receiver(status: u16) -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let count = Arc::clone(&count);
+            std::thread::spawn(move || {
+                // The head, then as many body bytes as it announces.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                let reason = if status == 410 { "Gone" } else { "OK" };
+                let _ = write!(stream, "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            });
+        }
+    });
+    (url, answered)
+}
+
+/// Create durable consumer `name` (the admin scope: the server has a token).
+fn create_consumer(server: &Server, name: &str, settings: &Value) {
+    let bearer = format!("Bearer {TOKEN}");
+    let (code, body) = server.put_with(
+        &format!("/v1/consumers/{name}"),
+        &[("content-type", "application/json"), ("authorization", &bearer)],
+        settings.to_string().as_bytes(),
+    );
+    assert_eq!(code, 201, "{body}");
+}
+
+fn consumer_of(server: &Server, name: &str) -> Value {
+    let (code, status) = server.get("/v1/status");
+    assert_eq!(code, 200, "{status}");
+    status["consumers"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -353,7 +441,10 @@ fn the_dashboard_shows_live_numbers_and_redrives_and_purges_dead_letters() {
         panic!("chromium and chromedriver are not installed (Debian: chromium, chromium-driver): this test needs them");
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &config());
+    let (sink_url, sink_requests) = receiver(204);
+    let server = Server::start(dir.path(), &config(&sink_url));
+    // A durable consumer on orders and payments, for the graph.
+    create_consumer(&server, "billing-export", &json!({ "topics": ["orders.>", "payments.>"] }));
 
     // Before the page opens: two orders the validator rejects, a job that
     // version 1 of the worker rejects, and some that pass.
@@ -440,6 +531,23 @@ fn the_dashboard_shows_live_numbers_and_redrives_and_purges_dead_letters() {
     browser.wait_text(&cell("orders/audit", "rate"), "a throughput above zero", |t| t != "–" && number(t) > 0.0);
     assert!(handled(&browser) > before);
     browser.wait_text(&cell("payments/charger", "handled"), "the charger handling payments", |t| number(t) > 0.0);
+    assert!(sink_requests.load(Ordering::Relaxed) > 0, "the sink posted nothing");
+    browser.wait_text("#graph-svg [data-consumer-lag=\"billing-export\"]", "the consumer's lag", |t| {
+        t.starts_with("lag ") && number(&t[4..t.find(" ·").unwrap_or(t.len())]) > 0.0
+    });
+
+    // The log browser opened on the latest events: the lineage of the first
+    // order, fanned out to the validator, the audit and the sink.
+    let first_order = published["events"][0]["id"].as_str().unwrap().to_owned();
+    browser.clear("#log-after");
+    browser.type_into("#log-topics", "orders.order.created");
+    browser.click("#log-load");
+    browser.click(&format!("#log-body tr[data-id=\"{first_order}\"]"));
+    browser.wait_script(
+        "return [...document.querySelectorAll('#lineage .lin-sub')].map((e) => e.dataset.lineageSub).sort()",
+        &json!(["orders/audit", "orders/validator", "sinks/hook"]),
+        "the first order's lineage",
+    );
 
     // The DLQ browser: filter to the worker, one entry, inspect it.
     browser.click("#dlq-sub option[value=\"jobs/worker\"]");
@@ -541,4 +649,207 @@ fn the_dashboard_shows_live_numbers_and_redrives_and_purges_dead_letters() {
         None => eprintln!("this chromedriver has no browser log: script error check skipped"),
     }
     eprintln!("dashboard test took {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The rows of the log browser: their positions, in order.
+const LOG_ROWS: &str = "return [...document.querySelectorAll('#log-body tr')].map((tr) => Number(tr.dataset.seq))";
+
+/// The positions in a `GET /v1/log` answer.
+fn seqs(answer: &Value) -> Vec<u64> {
+    answer["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+/// A lineage as `[subscription, state, emitted ids]` rows, sorted.
+fn lineage_rows(lineage: &Value) -> Value {
+    let mut rows: Vec<Value> = lineage["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let emitted: Vec<Value> =
+                s["emitted"].as_array().unwrap().iter().map(|e| e["event"]["id"].clone()).collect();
+            json!([s["subscription"], s["state"], emitted])
+        })
+        .collect();
+    rows.sort_by_key(|r| r[0].as_str().unwrap_or_default().to_owned());
+    Value::Array(rows)
+}
+
+/// The same rows as the page shows them.
+const PAGE_LINEAGE: &str = "return [...document.querySelectorAll('#lineage .lin-sub')].map((c) => [c.dataset.lineageSub, \
+     c.dataset.state, [...c.querySelectorAll('[data-field=emitted] a.ev')].map((a) => a.dataset.lineageId)]).sort((a, b) => a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)";
+
+#[test]
+#[ignore = "needs chromium and chromedriver (Debian: chromium, chromium-driver); run with `cargo test -- --include-ignored`"]
+fn the_log_browser_filters_follows_and_opens_lineage_and_the_graph_shows_consumers_and_sinks() {
+    let Some((driver_bin, chromium)) = Browser::installed() else {
+        panic!("chromium and chromedriver are not installed (Debian: chromium, chromium-driver): this test needs them");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The sink's receiver is gone for good: its first 410 disables the sink.
+    let (gone_url, gone_requests) = receiver(410);
+    let toml = format!("admin_token = \"{TOKEN}\"\n{}{}", weir_tests::ORDERS_ENRICHED, sink(&gone_url));
+    let server = Server::start(dir.path(), &toml);
+
+    // Orders for three keys, two for `o-2`.
+    let batch: Vec<Value> = ["o-1", "o-2", "o-3", "o-2"].iter().map(|k| order(k, "EUR", 1)).collect();
+    let (code, published) = server.post("/v1/events", &json!(batch));
+    assert_eq!(code, 200, "{published}");
+    let o2 = published["events"][1]["id"].as_str().unwrap().to_owned();
+    // The orders handled by both order handlers, the first `o-2` validated
+    // (an event emitted because of it).
+    let lineage_of = |id: &str| {
+        let (code, lineage) = server.get(&format!("/v1/events/{id}/lineage"));
+        assert_eq!(code, 200, "{lineage}");
+        lineage
+    };
+    eventually("the first o-2 handled by the validator and the audit", || {
+        let l = lineage_of(&o2);
+        let subs = l["subscriptions"].as_array().unwrap();
+        ["orders/validator", "orders/audit"]
+            .iter()
+            .all(|n| subs.iter().any(|s| s["subscription"] == *n && s["state"] == "handled"))
+            && subs
+                .iter()
+                .any(|s| s["subscription"] == "orders/validator" && !s["emitted"].as_array().unwrap().is_empty())
+    });
+    eventually("the sink disabled by its receiver's 410", || status_of(&server, "sinks/hook")["state"] == "disabled");
+    assert!(gone_requests.load(Ordering::Relaxed) >= 1);
+
+    // A durable consumer with two deliveries in flight.
+    create_consumer(&server, "exports", &json!({ "topics": ["orders.>"], "ack_wait": "5m" }));
+    let (code, fetched) = server.post("/v1/consumers/exports/fetch", &json!({ "max": 2 }));
+    assert_eq!(code, 200, "{fetched}");
+    assert_eq!(fetched["deliveries"].as_array().map(Vec::len), Some(2), "{fetched}");
+
+    let browser = Browser::launch(&driver_bin, &chromium, dir.path());
+    browser.goto(&format!("{}/", server.url));
+
+    // The graph: the consumer with its lag and in-flight count, and the
+    // sink, disabled with the reason, with its depth, as the status says.
+    // Its in-flight count holds the two deliveries and the events queued
+    // behind their keys.
+    let consumer = consumer_of(&server, "exports");
+    assert!(consumer["in_flight"].as_u64().unwrap() >= 2, "{consumer}");
+    let want = format!("lag {} · in flight {}", consumer["lag"], consumer["in_flight"]);
+    browser.wait_text("#graph-svg [data-consumer-lag=\"exports\"]", "the consumer's lag", |t| t == want);
+    let node =
+        browser.wait_text("#graph-svg [data-consumer=\"exports\"]", "the consumer node", |t| t.contains("exports"));
+    assert!(node.contains(&format!("cursor {}", consumer["cursor"])), "{node}");
+    assert!(node.contains("delivered 2"), "{node}");
+    let in_flight = consumer["in_flight"].to_string();
+    browser.wait_text(
+        "#consumers-body tr[data-consumer=\"exports\"] td[data-field=\"in_flight\"]",
+        "the consumer row",
+        |t| t == in_flight,
+    );
+    let hook = status_of(&server, "sinks/hook");
+    let reason = hook["stopped"].as_str().unwrap_or_else(|| panic!("a disabled sink says why: {hook}")).to_owned();
+    let depth = hook["lag"].as_u64().unwrap() + hook["parked"].as_u64().unwrap();
+    assert!(depth > 0, "the disabled sink holds events: {hook}");
+    browser.wait_text("#graph-svg [data-depth=\"sinks/hook\"]", "the sink's depth", |t| {
+        t.starts_with(&format!("depth {depth}"))
+    });
+    browser.wait_script(
+        "return document.querySelector('#graph-svg [data-node=\"sinks/hook\"]').dataset.state",
+        &json!("disabled"),
+        "the sink node disabled",
+    );
+    let sink_node = browser.text("#graph-svg [data-node=\"sinks/hook\"]").unwrap();
+    let shown: String = reason.chars().take(20).collect();
+    assert!(sink_node.contains("disabled: ") && sink_node.contains(&shown), "{sink_node} lacks {reason:?}");
+    browser.wait_text(&cell("sinks/hook", "failure"), "the sink's reason in the table", |t| t.contains(&shown));
+
+    // The log browser: filter by topic and key; the rows are the server's.
+    let (code, answer) = server.get("/v1/log?topics=orders.order.created&key=o-2&limit=100");
+    assert_eq!(code, 200, "{answer}");
+    let expected = seqs(&answer);
+    assert_eq!(expected.len(), 2, "{answer}");
+    browser.clear("#log-after");
+    browser.type_into("#log-topics", "orders.order.created");
+    browser.type_into("#log-key", "o-2");
+    browser.click("#log-load");
+    browser.wait_script(LOG_ROWS, &json!(expected), "the filtered rows");
+    let topics = browser.script(
+        "return [...document.querySelectorAll('#log-body td[data-field=topic]')].map((t) => t.textContent)",
+        &[],
+    );
+    assert_eq!(topics, json!(["orders.order.created", "orders.order.created"]));
+    let keys = browser
+        .script("return [...document.querySelectorAll('#log-body td[data-field=key]')].map((t) => t.textContent)", &[]);
+    assert_eq!(keys, json!(["o-2", "o-2"]));
+    // Without the key filter there are more (every order).
+    let (_, all_orders) = server.get("/v1/log?topics=orders.order.created&limit=100");
+    assert_eq!(seqs(&all_orders).len(), 4);
+
+    // Follow live (Server-Sent Events): a matching event appears, one with
+    // another key does not.
+    browser.click("#log-follow");
+    browser
+        .wait_text("#log-status", "the stream caught up", |t| t.contains("following live") && t.contains("caught up"));
+    let (code, more) = server.post("/v1/events", &json!([order("o-9", "EUR", 1), order("o-2", "EUR", 2)]));
+    assert_eq!(code, 200, "{more}");
+    let new_seq = more["events"][1]["seq"].as_u64().unwrap();
+    let mut followed = expected.clone();
+    followed.push(new_seq);
+    browser.wait_script(LOG_ROWS, &json!(followed), "the new o-2 event, followed live");
+
+    // The lineage of the first o-2 after its fan-out: the subscriptions,
+    // states and emitted events the API reports.
+    browser.click(&format!("#log-body tr[data-id=\"{o2}\"]"));
+    browser.wait_script(
+        "return document.querySelector('#lineage').dataset.id || null",
+        &json!(o2),
+        "the lineage panel",
+    );
+    let api = lineage_of(&o2);
+    let want = lineage_rows(&api);
+    assert!(want.as_array().unwrap().len() >= 3, "validator, audit and sink: {want}");
+    browser.wait_script(PAGE_LINEAGE, &want, "the page's lineage matching the API's");
+    // One step down the causation chain: the validated event names the
+    // order as its cause.
+    let emitted = api["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subscription"] == "orders/validator")
+        .and_then(|s| s["emitted"][0]["event"]["id"].as_str())
+        .unwrap()
+        .to_owned();
+    browser.click(&format!(
+        "#lineage .lin-sub[data-lineage-sub=\"orders/validator\"] a.ev[data-lineage-id=\"{emitted}\"]"
+    ));
+    browser.wait_script(
+        "return document.querySelector('#lineage').dataset.id || null",
+        &json!(emitted),
+        "the emitted event's lineage",
+    );
+    let causes = browser.wait_text("#lineage-causes", "its causes", |t| !t.is_empty());
+    assert!(causes.contains(&format!("seq {} · orders.order.created · o-2", expected[0])), "{causes}");
+    browser.wait_script(PAGE_LINEAGE, &lineage_rows(&lineage_of(&emitted)), "the emitted event's subscriptions");
+
+    // With a token set, following long-polls GET /v1/log?wait= (an
+    // EventSource cannot send the Authorization header).
+    browser.type_into("#admin-token", TOKEN);
+    browser.wait_text("#log-status", "following by long-poll", |t| t.contains("long-poll"));
+    let (code, last) = server.post("/v1/events", &json!([order("o-2", "USD", 1)]));
+    assert_eq!(code, 200, "{last}");
+    followed.push(last["events"][0]["seq"].as_u64().unwrap());
+    browser.wait_script(LOG_ROWS, &json!(followed), "the last o-2 event, followed by long-poll");
+    let fetched = browser.script("return performance.getEntriesByType('resource').map((e) => e.name)", &[]);
+    let fetched: Vec<&str> = fetched.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(fetched.iter().any(|u| u.contains("/v1/log?") && u.contains("wait=25s")), "{fetched:?}");
+    assert!(fetched.iter().all(|u| u.starts_with(&server.url)), "{fetched:?}");
+
+    // The graph follows the consumer's lag as events arrive.
+    eventually("the consumer's lag on the page", || {
+        let c = consumer_of(&server, "exports");
+        browser.text("#graph-svg [data-consumer-lag=\"exports\"]")
+            == Some(format!("lag {} · in flight {}", c["lag"], c["in_flight"]))
+    });
+
+    match browser.script_errors() {
+        Some(errors) => assert!(errors.is_empty(), "JavaScript errors: {errors:#?}"),
+        None => eprintln!("this chromedriver has no browser log: script error check skipped"),
+    }
 }

@@ -38,6 +38,7 @@ impl From<crate::runtime::SubscriptionStatus> for SubscriptionInfo {
             invocations: s.invocations,
             last_failure: s.last_failure,
             state: s.state.into(),
+            stopped: s.stopped,
             rate: RateInfo {
                 window_seconds: rate.window_seconds,
                 events_per_second: rate.events_per_second,

@@ -120,8 +120,13 @@ pub struct SubscriptionInfo {
     pub invocations: u64,
     /// Last failure since start, `code: message`.
     pub last_failure: Option<String>,
-    /// `failing`, `retrying` or `ok`.
+    /// `disabled` (a webhook sink turned off until the next start),
+    /// `stopped` (its worker died and waits for a restart), `failing`,
+    /// `retrying` or `ok`.
     pub state: String,
+    /// Why it is `disabled` or `stopped`, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     /// Rates and latency quantiles over the last few seconds.
     pub rate: RateInfo,
     /// Plugin resource use.
