@@ -154,8 +154,24 @@ fn inspect_accepts_a_good_plugin_and_explains_refusals() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("[not_wasm]"));
 }
 
+/// A webhook receiver that answers every request `410 Gone` (the sink
+/// turns itself off); its URL.
+fn gone_receiver() -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 410 Gone\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    url
+}
+
 #[test]
-fn status_lists_the_durable_consumers_and_why_a_subscription_is_not_ok() {
+fn status_lists_the_durable_consumers_and_why_a_subscription_or_sink_is_not_ok() {
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
     let server = weir_tests::Server::start(
@@ -168,7 +184,14 @@ topics = ["flaky.event.created"]
 name = "flaky"
 plugin = "{FLAKY}"
 retry = { max_attempts = 10, initial_backoff = "1h", max_backoff = "1h" }
-"#,
+[[sinks]]
+name = "hook"
+topics = ["orders.>"]
+url = "{GONE}"
+secret_env = "PATH"
+"#
+        .replace("{GONE}", &gone_receiver())
+        .as_str(),
     );
     let (status, body) = server.put_with(
         "/v1/consumers/billing",
@@ -185,14 +208,24 @@ retry = { max_attempts = 10, initial_backoff = "1h", max_backoff = "1h" }
     assert_eq!((status, fetched["deliveries"].as_array().map(Vec::len)), (200, Some(1)), "{fetched}");
     // The flaky handler asked for a retry (and waits an hour for it).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let consumer = loop {
+    // And the sink met the 410 (the consumer's orders reach it too).
+    let (consumer, sink) = loop {
         let (_, status) = server.get("/v1/status");
-        if status["subscriptions"][0]["state"] == "retrying" {
-            break status["consumers"][0].clone();
+        let subs = status["subscriptions"].as_array().unwrap();
+        let sink = subs.iter().find(|s| s["state"] == "disabled");
+        if subs.iter().any(|s| s["name"] == "flaky/flaky" && s["state"] == "retrying")
+            && let Some(sink) = sink
+        {
+            break (status["consumers"][0].clone(), sink.clone());
         }
-        assert!(std::time::Instant::now() < deadline, "the flaky handler never retried: {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flaky handler never retried or the sink never stopped: {status}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    let why = sink["stopped"].as_str().unwrap();
+    assert!(why.contains("410"), "{sink}");
 
     let out = weir(&["status", "--server", &server.url], dir.path());
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -222,4 +255,7 @@ retry = { max_attempts = 10, initial_backoff = "1h", max_backoff = "1h" }
     assert!(consumer["in_flight"].as_u64() >= Some(1), "{consumer}");
     // Why the flaky subscription is not ok: its last failure.
     assert!(text.lines().any(|l| l.trim_start().starts_with("flaky/flaky retrying: handler_retry")), "{text}");
+    // And why the sink is off.
+    let line = format!("{} disabled: {why}", sink["name"].as_str().unwrap());
+    assert!(text.lines().any(|l| l.trim_start() == line), "{line:?} in {text}");
 }

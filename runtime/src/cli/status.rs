@@ -160,11 +160,12 @@ fn table(report: &Report) -> String {
             s.plugin_version.chars().take(12).collect::<String>()
         );
     }
-    // Why a row is not `ok` (a sink turned off, a failing handler): its
-    // last failure, so the state is not left unexplained.
+    // Why a row is not `ok`, so the state is not left unexplained: why it
+    // was turned off or stopped (a sink's receiver answered 410, a worker
+    // died), else its last failure (a failing or retrying handler).
     for s in report.status.subscriptions.iter().filter(|s| s.state != "ok") {
-        if let Some(failure) = &s.last_failure {
-            let _ = writeln!(out, "  {} {}: {failure}", s.name, s.state);
+        if let Some(why) = s.stopped.as_ref().or(s.last_failure.as_ref()) {
+            let _ = writeln!(out, "  {} {}: {why}", s.name, s.state);
         }
     }
     // Who keeps the log's retention from removing what it would: a slow,
