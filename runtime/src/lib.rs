@@ -123,6 +123,7 @@ pub use store::{
     DlqEntry, DlqFilter, DlqPage, FORMAT_VERSION as STORE_FORMAT_VERSION, PUBLISH_OVERHEAD, ParkedEntry, Published,
     Store, StoreError, StoreOptions, VersionRecord,
 };
+pub use store::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use store::{
     HOLDINGS_COUNT_CAP, HeldBack, Holdings, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition,
 };

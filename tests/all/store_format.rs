@@ -34,7 +34,7 @@ fn cloudevent(source: &str, id: &str, key: &str) -> weir_abi::Event {
 
 #[test]
 fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
-    assert_eq!(FORMAT_VERSION, 3, "add a fixture for the new format and extend this test");
+    assert_eq!(FORMAT_VERSION, 4, "add a fixture for the new format and extend this test");
     let (_dir, path) = copy_of("store-format-1.redb");
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     // Everything the format 1 release wrote is read back.
@@ -72,7 +72,7 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     store.close().unwrap();
     drop(store);
 
-    // Reopened, it is format 3 and needs no second migration.
+    // Reopened, it is format 4 and needs no second migration.
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     assert_eq!(store.head(), head);
     assert_eq!(store.read_log(0, 1000).unwrap().len() as u64, head);
@@ -80,7 +80,7 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     let db = redb::Database::open(&path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
-    assert_eq!(meta.get("format").unwrap().unwrap().value(), 3);
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 4);
     for table in ["log.migrating", "dlq.migrating", "parked.migrating"] {
         assert!(txn.open_table(redb::TableDefinition::<u64, &[u8]>::new(table)).is_err(), "{table} is left behind");
     }
@@ -97,7 +97,7 @@ fn a_store_of_a_newer_format_is_refused() {
     }
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
     assert_eq!(err.code(), "store_corrupt");
-    assert!(err.to_string().contains("store format 99, this Weir reads format 3"), "{err}");
+    assert!(err.to_string().contains("store format 99, this Weir reads format 4"), "{err}");
 }
 
 /// Every event of `log` is found by its id (the first event with an id
@@ -178,5 +178,5 @@ fn a_format_2_store_written_by_its_release_gets_its_indexes_and_keeps_everything
     let db = redb::Database::open(&path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
-    assert_eq!(meta.get("format").unwrap().unwrap().value(), 3);
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 4);
 }

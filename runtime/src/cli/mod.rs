@@ -14,6 +14,7 @@ mod plugin;
 mod publish;
 mod run;
 mod status;
+mod stream;
 mod subscription;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ enum Command {
     /// Subscriptions of a running server, configured and orphaned (data a
     /// removed handler left in the store): list, delete an orphan's data.
     Subscription(subscription::SubscriptionArgs),
+    /// Entity streams of a running server: read one with its revisions,
+    /// append to one at an expected revision.
+    Stream(stream::StreamArgs),
     /// One table of the pipelines and subscriptions of a running server: state,
     /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
@@ -198,6 +202,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Dlq(args) => dlq::run(&args),
         Command::Log(args) => log::run(&args),
         Command::Consumer(args) => consumer::run(&args),
+        Command::Stream(args) => stream::run(&args),
         Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),

@@ -16,9 +16,11 @@ pub use http::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_PUBLISH_BYTES, HttpConfig, Scope,
 };
 use http::{RawHttp, http_config};
+mod entities;
 mod handler;
 mod read_side;
 mod sinks;
+pub use entities::EntityConfig;
 pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
 pub use read_side::{ConsumersConfig, DEFAULT_RETENTION_INTERVAL};
@@ -88,6 +90,8 @@ struct RawConfig {
     sinks: Vec<RawSink>,
     #[serde(default)]
     consumers: RawConsumers,
+    #[serde(default)]
+    entities: Vec<entities::RawEntity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +253,9 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// The durable consumers' bounds (`[consumers]`).
     pub consumers: ConsumersConfig,
+    /// The declared entity types (`[[entities]]`), whose events form entity
+    /// streams and are kept forever.
+    pub entities: Vec<EntityConfig>,
 }
 
 /// Default of `[plugins] keep_versions`.
@@ -417,8 +424,11 @@ impl Config {
                 "must be at least 1: the active version's module is always kept".to_owned(),
             ));
         }
-        let (log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
+        let entities = entities::entities(&raw.entities).map_err(|(k, e)| err(&k, e))?;
+        let (mut log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
+        entities::protect(&mut log_retention, &entities).map_err(|(k, e)| err(&k, e))?;
         Ok(Self {
+            entities,
             log_retention,
             retention_interval,
             source: path.to_owned(),

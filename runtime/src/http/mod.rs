@@ -23,6 +23,7 @@ pub mod models;
 mod plugins;
 mod serve;
 mod status;
+mod streams;
 mod subscriptions;
 
 use std::net::SocketAddr;
@@ -74,6 +75,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .merge(subscriptions)
         .merge(log::router(&state))
         .merge(consumers::router(&state))
+        .merge(streams::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.
         .method_not_allowed_fallback(error::wrong_method)

@@ -128,6 +128,7 @@ impl Runtime {
                         .clamp(Duration::from_millis(10), Duration::from_secs(60))
                         .min(config.retention_interval),
                     keep_versions: config.keep_versions,
+                    entity_types: config.entities.iter().map(|e| e.entity_type.clone()).collect(),
                     ..StoreOptions::default()
                 },
             )?,

@@ -38,6 +38,7 @@ use super::consumer;
 use super::lifecycle::DeleteSubscription;
 use super::log::Publish;
 use super::registry::Deploy;
+use super::stream::StreamAppend;
 use super::subscription::{Purge, Redrive, Results};
 use super::writer::Writes;
 
@@ -223,6 +224,8 @@ pub(super) enum Command {
     Purge(Order<Purge>),
     /// Record a deployed module: [`Store::deploy_blocking`](super::Store::deploy_blocking).
     Deploy(Order<Deploy>),
+    /// Append to an entity stream at an expected revision: [`Store::append_stream`](super::Store::append_stream).
+    StreamAppend(Order<StreamAppend>),
     /// Nothing, answered after the commit: [`Store::sync`](super::Store::sync).
     Sync(Order<Barrier>),
     /// Durable consumers' commands (`store/consumer.rs`).
@@ -245,6 +248,7 @@ impl Command {
             Self::Redrive(order) => order,
             Self::Purge(order) => order,
             Self::Deploy(order) => order,
+            Self::StreamAppend(order) => order,
             Self::Sync(order) => order,
             Self::ConsumerPut(order) => order,
             Self::ConsumerDelete(order) => order,

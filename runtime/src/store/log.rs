@@ -53,7 +53,7 @@ impl Drop for Admitted {
 
 impl Store {
     /// Count `events` against the admission bound, or refuse them.
-    fn admit(&self, events: &[Event]) -> Result<Admitted, StoreError> {
+    pub(super) fn admit(&self, events: &[Event]) -> Result<Admitted, StoreError> {
         let bytes = events.iter().map(|e| e.payload.len().saturating_add(super::PUBLISH_OVERHEAD)).sum::<usize>();
         let queued = &self.shared.queued_publish_bytes;
         let limit = self.shared.max_queued_publish_bytes;
@@ -106,11 +106,13 @@ impl Apply for Publish {
 pub(crate) type LogEntry = (u64, Result<Event, StoreError>);
 
 /// Append one encoded event (`record`, the encoding of `event`) at the head
-/// of the log and index it; answers its seq.
+/// of the log and index it (its id, its cause and its entity stream);
+/// answers its seq.
 pub(super) fn append(w: &mut Writes<'_>, record: &[u8], event: &Event) -> Result<u64, Fatal> {
     let seq = w.head;
     w.log.insert(seq, record)?;
     index(&mut w.event_ids, &mut w.caused, seq, event)?;
+    w.streams.index(seq, event)?;
     w.head += 1;
     Ok(seq)
 }

@@ -16,6 +16,11 @@
 //! Format 2 → 3: the log's indexes, `event_ids` (event id → seq) and
 //! `caused` (causation id, seq), built from the log. A record that does not
 //! decode is left out of them (with a warning), as readers skip it.
+//!
+//! Format 3 → 4: the entity stream tables, `streams` and `stream_types`,
+//! created empty. The streams of the declared entity types are then built
+//! from the log by `stream::backfill`, which runs at every open (a type
+//! declared later is indexed the same way), in bounded transactions.
 
 use std::time::Instant;
 
@@ -89,6 +94,15 @@ pub(super) fn v2_to_v3(txn: &WriteTransaction) -> Result<u64, StoreError> {
         "migrated the store from format 2 to format 3 (event id and causation indexes)"
     );
     Ok(indexed)
+}
+
+/// Migrate a format 3 store to format 4 within `txn`: create the entity
+/// stream tables (their contents come from `stream::backfill`).
+pub(super) fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(super::stream::STREAMS).map_err(storage)?;
+    txn.open_table(super::stream::STREAM_TYPES).map_err(storage)?;
+    tracing::info!("migrated the store from format 3 to format 4 (entity stream index)");
+    Ok(())
 }
 
 /// Copy `table` into a new table with every value re-framed, then put the

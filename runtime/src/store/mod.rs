@@ -30,6 +30,10 @@
 //!   `idempotency_expiry`; the results, redrive and purge commands.
 //! - `registry.rs`: `modules`, `versions` and `active`; the deploy command.
 //! - `stats.rs`: `stats`, the per-subscription counters.
+//! - `stream.rs`: `streams` ((entity type, key, revision) → seq), written
+//!   with each append of a declared entity type, and `stream_types` (how
+//!   far each type is indexed); the stream append command and the
+//!   backfill of a newly declared type.
 //! - `mod.rs`: `meta` (the store format); [`Store`], [`StoreOptions`] and
 //!   opening.
 //!
@@ -38,7 +42,7 @@
 //! implements, and which failures fail one command or the whole group),
 //! `gc.rs` (expired idempotency records and ingest keys), `codec.rs` (the
 //! record format: a version byte and a CRC-32 before every value),
-//! `migrate.rs` (format 1 → 2), `open.rs` (opening a file without trusting
+//! `migrate.rs` (format 1 → 2 → 3 → 4), `open.rs` (opening a file without trusting
 //! it), `error.rs` and `types.rs` (the records callers see).
 //!
 //! # Threads
@@ -73,6 +77,7 @@ mod registry;
 mod retention;
 mod shared;
 mod stats;
+mod stream;
 mod subscription;
 #[cfg(test)]
 mod testing;
@@ -94,6 +99,8 @@ pub(crate) use fuzz::record as fuzz_record;
 pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
 pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition};
 use shared::{Shared, SharedBackend, Source};
+pub(crate) use stream::entity_type;
+pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats, corrupt_record_stand_in};
@@ -113,8 +120,10 @@ use writer::writer_loop;
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The store layout this build reads and writes. Format 1 (no record
 /// checksums, ambiguous CloudEvents keys) and format 2 (no event id and
-/// causation indexes) are migrated on open.
-pub const FORMAT_VERSION: u64 = 3;
+/// causation indexes) are migrated on open, and so is format 3 (no entity
+/// stream index; an older build must not append to a store whose streams
+/// this one indexes, so the format changes).
+pub const FORMAT_VERSION: u64 = 4;
 
 /// Default idempotency and ingest de-duplication window.
 pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -145,6 +154,10 @@ pub struct StoreOptions {
     /// than the bound is admitted when nothing else waits, so it can never
     /// be refused forever.
     pub max_queued_publish_bytes: usize,
+    /// The declared entity types (`[[entities]]`, `accounts.account`): the
+    /// events of these types with a key are indexed into their entity
+    /// streams (`stream.rs`). By default none.
+    pub entity_types: Vec<String>,
 }
 
 /// What one queued event is charged for admission beyond its payload: its
@@ -158,6 +171,7 @@ impl Default for StoreOptions {
             gc_interval: Duration::from_secs(60),
             keep_versions: 10,
             max_queued_publish_bytes: 256 << 20,
+            entity_types: Vec::new(),
         }
     }
 }
@@ -173,6 +187,8 @@ pub struct Store {
     /// For a subscription's handle ([`Store::pinned`]): the generation its
     /// outcome batches are built under.
     since: Option<u64>,
+    /// [`StoreOptions::entity_types`].
+    entity_types: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Store {
@@ -241,10 +257,16 @@ impl Store {
                 Some(1) => {
                     migrate::v1_to_v2(&txn)?;
                     migrate::v2_to_v3(&txn)?;
+                    migrate::v3_to_v4(&txn)?;
                     meta.insert("format", FORMAT_VERSION).map_err(storage)?;
                 }
                 Some(2) => {
                     migrate::v2_to_v3(&txn)?;
+                    migrate::v3_to_v4(&txn)?;
+                    meta.insert("format", FORMAT_VERSION).map_err(storage)?;
+                }
+                Some(3) => {
+                    migrate::v3_to_v4(&txn)?;
                     meta.insert("format", FORMAT_VERSION).map_err(storage)?;
                 }
                 Some(v) if v != FORMAT_VERSION => {
@@ -276,6 +298,8 @@ impl Store {
             txn.open_table(MODULES).map_err(incompatible)?;
             txn.open_table(VERSIONS).map_err(incompatible)?;
             txn.open_table(ACTIVE).map_err(incompatible)?;
+            txn.open_table(stream::STREAMS).map_err(incompatible)?;
+            txn.open_table(stream::STREAM_TYPES).map_err(incompatible)?;
             // Added without a format change: absent, they start empty (the
             // time index then covers what is appended from now on).
             txn.open_table(retention::LOG_TIME).map_err(incompatible)?;
@@ -284,6 +308,9 @@ impl Store {
             txn.open_table(retention::COMPACT_LATEST).map_err(incompatible)?;
         }
         txn.commit().map_err(storage)?;
+        // Before the writer starts: no append can come before a newly
+        // declared type's streams are complete.
+        stream::backfill(&db, &options.entity_types)?;
         let head = {
             let read = db.begin_read().map_err(storage)?;
             let log = read.open_table(LOG).map_err(storage)?;
@@ -309,6 +336,7 @@ impl Store {
             keep_versions: options.keep_versions.max(1),
             retention: retention::RetentionState::default(),
         });
+        let entity_types: Arc<[String]> = options.entity_types.clone().into();
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -321,6 +349,7 @@ impl Store {
             writer: Arc::new(Mutex::new(Some(writer))),
             closed: Arc::new(AtomicBool::new(false)),
             since: None,
+            entity_types,
         })
     }
 

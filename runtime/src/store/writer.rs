@@ -37,6 +37,8 @@ pub(super) struct Writes<'t> {
     /// The log's indexes, written with each append ([`super::log::append`]).
     pub(super) event_ids: Table<'t, u128, u64>,
     pub(super) caused: Table<'t, (u128, u64), ()>,
+    /// The entity streams' index ([`super::stream`]), also written with each append.
+    pub(super) streams: super::stream::Streams<'t>,
     pub(super) cursors: Table<'t, &'static str, u64>,
     pub(super) parked: Table<'t, (&'static str, u64), &'static [u8]>,
     pub(super) dlq: Table<'t, (&'static str, u64), &'static [u8]>,
@@ -84,6 +86,7 @@ impl<'t> Writes<'t> {
             log: txn.open_table(LOG)?,
             event_ids: txn.open_table(EVENT_IDS)?,
             caused: txn.open_table(CAUSED)?,
+            streams: super::stream::Streams::none(),
             cursors: txn.open_table(CURSORS)?,
             parked: txn.open_table(PARKED)?,
             dlq: txn.open_table(DLQ)?,
@@ -230,6 +233,7 @@ fn commit_group(
     let now = now_ms();
     let mut w = Writes::open(&txn, &shared.batches, start, now, options.retention)?;
     w.generation = shared.generation.load(Ordering::Acquire);
+    w.streams = super::stream::Streams::open(&txn, &options.entity_types)?;
     for order in orders.iter_mut() {
         order.apply(&mut w, encoded)?;
     }

@@ -15,11 +15,13 @@ mod consumers;
 mod dlq;
 mod log;
 mod plugins;
+mod streams;
 mod subscriptions;
 pub use consumers::*;
 pub use dlq::*;
 pub use log::*;
 pub use plugins::*;
+pub use streams::*;
 pub use subscriptions::*;
 
 // ---------------------------------------------------------------- errors

@@ -1,0 +1,117 @@
+//! `[[entities]]`: the entity types whose events form entity streams
+//! (docs/event-sourcing.md), and what that means for `[retention]`: the
+//! events of an entity type are kept forever.
+
+use super::*;
+use crate::store::{Keep, RetentionPolicy, RetentionRule};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntity {
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+/// One declared entity type (`[[entities]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityConfig {
+    /// `<domain>.<entity>` (`accounts.account`): its streams hold the events
+    /// of topics `<domain>.<entity>.<event>` with a key.
+    pub entity_type: String,
+}
+
+/// Validate `[[entities]]`: each type is two topic segments, declared once.
+pub(super) fn entities(raw: &[RawEntity]) -> Result<Vec<EntityConfig>, (String, String)> {
+    let mut out: Vec<EntityConfig> = Vec::with_capacity(raw.len());
+    for (i, e) in raw.iter().enumerate() {
+        let key = format!("entities[{i}].type");
+        check_entity_type(&e.ty).map_err(|reason| (key.clone(), reason))?;
+        if out.iter().any(|x| x.entity_type == e.ty) {
+            return Err((key, format!("entity type {:?} is declared twice", e.ty)));
+        }
+        out.push(EntityConfig { entity_type: e.ty.clone() });
+    }
+    Ok(out)
+}
+
+/// Whether `ty` is `<domain>.<entity>`: what the first two segments of a
+/// topic may be.
+pub(crate) fn check_entity_type(ty: &str) -> Result<(), String> {
+    let rule = "an entity type is <domain>.<entity>: two segments separated by '.', each 1-64 characters of a-z, 0-9, '_' or '-' (its events' topics are <domain>.<entity>.<event>)";
+    if ty.split('.').count() != 2 {
+        return Err(format!("{ty:?} is not an entity type: {rule}"));
+    }
+    // A topic of the type must be valid: check one.
+    crate::topic::validate(&format!("{ty}.x"))
+        .map_err(|e| format!("{ty:?} is not an entity type: {}; {rule}", e.reason))
+}
+
+/// Keep the events of every entity type forever: a `[[retention.topics]]`
+/// rule that names an entity type's domain and can match its topics must
+/// keep them `forever` without compaction (else the configuration is
+/// refused), and a rule `forever` per type goes first, so neither the
+/// default nor a wildcard rule (`>`, `*.account.*`) applies to them.
+pub(super) fn protect(policy: &mut RetentionPolicy, entities: &[EntityConfig]) -> Result<(), (String, String)> {
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if rule.keep == Keep::Forever && !rule.compact {
+            continue;
+        }
+        let text = rule.pattern.to_string();
+        let domain = text.split('.').next().unwrap_or_default();
+        for e in entities {
+            let (ty_domain, _) = e.entity_type.split_once('.').unwrap_or((&e.entity_type, ""));
+            if domain == ty_domain && overlaps(&text, &e.entity_type) {
+                return Err((
+                    format!("retention.topics[{i}]"),
+                    format!(
+                        "pattern {text:?} would remove events of the entity type {:?} ([[entities]]), whose streams must stay complete: give it retention = \"forever\" without compact, or a pattern that leaves {}.* out",
+                        e.entity_type, e.entity_type
+                    ),
+                ));
+            }
+        }
+    }
+    let mut rules: Vec<RetentionRule> = Vec::with_capacity(entities.len() + policy.rules.len());
+    for e in entities {
+        let pattern = Pattern::parse(&format!("{}.*", e.entity_type))
+            .map_err(|err| (String::from("entities"), err.to_string()))?;
+        rules.push(RetentionRule { pattern, keep: Keep::Forever, compact: false });
+    }
+    rules.append(&mut policy.rules);
+    policy.rules = rules;
+    Ok(())
+}
+
+/// Whether the pattern `text` can match a topic `<ty>.<event>`.
+fn overlaps(text: &str, ty: &str) -> bool {
+    let mut want = ty.split('.');
+    let segments: Vec<&str> = text.split('.').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        match (*seg, want.next()) {
+            (">", _) => return true,
+            ("*", _) => {}
+            (literal, Some(t)) if literal == t => {}
+            (_, Some(_)) => return false,
+            // The third segment (the event): any literal matches some topic.
+            (_, None) => return i == 2 && segments.len() == 3,
+        }
+    }
+    segments.len() == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_of_patterns_and_entity_types() {
+        assert!(overlaps("accounts.account.opened", "accounts.account"));
+        assert!(overlaps("accounts.>", "accounts.account"));
+        assert!(overlaps("accounts.*.*", "accounts.account"));
+        assert!(overlaps("accounts.account.>", "accounts.account"));
+        assert!(overlaps(">", "accounts.account"));
+        assert!(!overlaps("accounts.ledger.*", "accounts.account"));
+        assert!(!overlaps("orders.>", "accounts.account"));
+        assert!(!overlaps("accounts.*", "accounts.account"));
+    }
+}
