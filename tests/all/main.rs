@@ -32,4 +32,5 @@ mod sinks;
 mod start_positions;
 mod store_damage;
 mod store_format;
+mod streams;
 mod tutorial;
