@@ -68,7 +68,9 @@ async fn read(
     }
     let store = state.runtime.store().clone();
     let (t, k) = (ty.clone(), key.clone());
-    let page = blocking(move || store.read_stream(&t, &k, query.from, backward, limit)).await?;
+    let page =
+        blocking(move || store.read_stream(&t, &k, query.from, backward, limit, crate::runtime::LOG_MAX_ANSWER_BYTES))
+            .await?;
     let next = match page.events.last() {
         Some((last, _, _)) if backward => last.checked_sub(1),
         Some((last, _, _)) => (page.revision.is_some_and(|r| *last < r)).then(|| last + 1),

@@ -447,7 +447,8 @@ impl Store {
 
     /// Entries per table: `log`, `parked`, `dlq`, `idempotency`,
     /// `idempotency_expiry`, `ingest_dedup`, `ingest_expiry`, `modules`,
-    /// `versions`, and the log's indexes `event_ids` and `caused`. Each is
+    /// `versions`, and the log's indexes `event_ids`, `caused` and
+    /// `streams` (one entry per event of an entity stream). Each is
     /// a count redb keeps, read without walking the
     /// table (the `weir_store_table_entries` gauge).
     ///
@@ -468,6 +469,7 @@ impl Store {
             ("versions", read.open_table(VERSIONS).map_err(storage)?.len().map_err(storage)?),
             ("event_ids", read.open_table(EVENT_IDS).map_err(storage)?.len().map_err(storage)?),
             ("caused", read.open_table(CAUSED).map_err(storage)?.len().map_err(storage)?),
+            ("streams", read.open_table(stream::STREAMS).map_err(storage)?.len().map_err(storage)?),
         ])
     }
 

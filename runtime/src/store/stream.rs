@@ -350,7 +350,8 @@ impl Store {
 
     /// Up to `limit` events of the stream `ty`/`key` from revision `from`
     /// on (forward) or down (backward; from the last when `from` is
-    /// `None`).
+    /// `None`), and no more than about `max_bytes` of stored records
+    /// (always at least one event, so a reader always moves on).
     ///
     /// # Errors
     ///
@@ -363,6 +364,7 @@ impl Store {
         from: Option<u64>,
         backward: bool,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<StreamPage, StoreError> {
         let read = self.shared.begin_read()?;
         let streams = read.open_table(STREAMS).map_err(storage)?;
@@ -374,13 +376,18 @@ impl Store {
             Box::new(streams.range((ty, key, from.unwrap_or(0))..=(ty, key, u64::MAX)).map_err(storage)?)
         };
         let mut events = Vec::new();
+        let mut bytes_read = 0usize;
         for entry in range.take(limit) {
+            if !events.is_empty() && bytes_read >= max_bytes {
+                break;
+            }
             let (k, v) = entry.map_err(storage)?;
             let (rev, seq) = (k.value().2, v.value());
             let what = || format!("stream {ty}/{key} revision {rev} (log seq {seq})");
             let Some(bytes) = log.get(seq).map_err(storage)? else {
                 return Err(StoreError::RecordCorrupt { record: what(), reason: "the event is not in the log".into() });
             };
+            bytes_read = bytes_read.saturating_add(bytes.value().len());
             events.push((rev, seq, decode::<Event>(bytes.value(), what)?));
         }
         Ok(StreamPage { events, revision })

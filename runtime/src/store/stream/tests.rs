@@ -28,7 +28,7 @@ fn keyed(topic: &str, key: &str) -> Event {
 }
 
 fn revisions(store: &Store, ty: &str, key: &str) -> Vec<(u64, u64)> {
-    store.read_stream(ty, key, None, false, 1000).unwrap().events.iter().map(|(r, s, _)| (*r, *s)).collect()
+    store.read_stream(ty, key, None, false, 1000, usize::MAX).unwrap().events.iter().map(|(r, s, _)| (*r, *s)).collect()
 }
 
 #[test]
@@ -89,8 +89,11 @@ fn appends_of_declared_types_get_revisions_and_others_none() {
     assert_eq!(revisions(&store, "accounts.account", "a2"), [(0, 4)]);
     assert_eq!(revisions(&store, "orders.order", "a1"), []);
     assert_eq!(store.stream_count().unwrap(), 2);
-    let back = store.read_stream("accounts.account", "a1", None, true, 1).unwrap();
+    let back = store.read_stream("accounts.account", "a1", None, true, 1, usize::MAX).unwrap();
     assert_eq!((back.events.len(), back.events[0].0, back.revision), (1, 1, Some(1)));
+    // The bytes bound stops a page early, after at least one event.
+    let tiny = store.read_stream("accounts.account", "a1", Some(0), false, 10, 1).unwrap();
+    assert_eq!(tiny.events.iter().map(|(r, _, _)| *r).collect::<Vec<_>>(), [0]);
 }
 
 #[test]
