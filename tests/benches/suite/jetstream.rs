@@ -1053,7 +1053,17 @@ const PULL_CONSUMER: &str = "pull";
 /// take them all, ack them per `ack`, wait for the server's confirmation,
 /// ask again. Returns the seconds the drain took; the server's own counts
 /// are checked afterwards.
-pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck) -> anyhow::Result<f64> {
+/// One drain of [`pull_round_trips`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct PullRun {
+    pub(crate) events_per_sec: f64,
+    pub(crate) secs: f64,
+    /// CPU seconds of the client's thread, and of nats-server, in the drain.
+    pub(crate) client_cpu_secs: f64,
+    pub(crate) server_cpu_secs: f64,
+}
+
+pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck) -> anyhow::Result<PullRun> {
     let server = NatsServer::start(&Mode { sync_always: false })?;
     let mut conn = Conn::connect(server.port())?;
     create_stream(&mut conn)?;
@@ -1085,6 +1095,8 @@ pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck)
     let next = format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{PULL_CONSUMER}");
     let total = payloads.len();
     let mut replies: Vec<String> = Vec::with_capacity(batch);
+    let server_pid = server.child.id().to_string();
+    let (client0, server0) = (crate::read_side::thread_cpu(), crate::read_side::cpu_of(&server_pid));
     let started = Instant::now();
     let mut done = 0;
     while done < total {
@@ -1132,6 +1144,8 @@ pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck)
         done += want;
     }
     let secs = started.elapsed().as_secs_f64();
+    let client_cpu_secs = crate::read_side::thread_cpu() - client0;
+    let server_cpu_secs = crate::read_side::cpu_of(&server_pid) - server0;
     let info = conn.request(&format!("$JS.API.CONSUMER.INFO.{STREAM}.{PULL_CONSUMER}"), &Value::Null)?;
     let count = |v: &Value| v.as_u64().unwrap_or(u64::MAX) as usize;
     let (ack_floor, ack_pending, pending) =
@@ -1140,5 +1154,5 @@ pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck)
         ack_floor == total && ack_pending == 0 && pending == 0,
         "pull consumer after {total} messages: ack floor {ack_floor}, ack pending {ack_pending}, pending {pending}"
     );
-    Ok(secs)
+    Ok(PullRun { events_per_sec: total as f64 / secs.max(1e-9), secs, client_cpu_secs, server_cpu_secs })
 }

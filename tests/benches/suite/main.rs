@@ -582,8 +582,9 @@ fn read_side(r: &mut Report, o: &Options) {
     let pull_acks = [jetstream::PullAck::Each, jetstream::PullAck::All];
     let mut reads = Vec::new();
     let mut sses: Vec<Vec<read_side::Sse>> = vec![Vec::new(); SSE_CLIENTS.len()];
-    let mut weir_consumer: Vec<Vec<read_side::Rate>> = vec![Vec::new(); CONSUMER_BATCHES.len()];
-    let mut js_consumer: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); pull_acks.len()]; CONSUMER_BATCHES.len()];
+    let mut weir_consumer: Vec<Vec<read_side::Consumed>> = vec![Vec::new(); CONSUMER_BATCHES.len()];
+    let mut js_consumer: Vec<Vec<Vec<jetstream::PullRun>>> =
+        vec![vec![Vec::new(); pull_acks.len()]; CONSUMER_BATCHES.len()];
     let mut hooks = Vec::new();
     let mut failed = std::collections::BTreeSet::new();
     let webhook_events = (o.events / 10).max(1);
@@ -629,7 +630,7 @@ fn read_side(r: &mut Report, o: &Options) {
                 for (j, ack) in pull_acks.iter().enumerate() {
                     eprintln!("running consumer ({of}): JetStream, batches of {batch}, {ack} …");
                     match jetstream::pull_round_trips(&payloads, *batch, *ack) {
-                        Ok(secs) => js_consumer[i][j].push(o.events as f64 / secs),
+                        Ok(run) => js_consumer[i][j].push(run),
                         Err(e) => {
                             r.fail(&format!("consumer (JetStream, batch {batch})"), &e);
                             failed.insert("consumer");
@@ -654,7 +655,7 @@ fn read_side(r: &mut Report, o: &Options) {
     if !reads.is_empty() || !hooks.is_empty() {
         r.section(
             &format!("Read side: reading the log and webhook sinks (median of {} rounds, range)", o.repeat),
-            "| scenario | what | events/s | time |",
+            "| scenario | what | events/s | time | CPU: bench client (receiver) / whole process |",
         );
     }
     if !reads.is_empty() {
@@ -664,6 +665,7 @@ fn read_side(r: &mut Report, o: &Options) {
             format!("`GET /v1/log?after=…&limit=1000`, one client, a log of {} events", t.events),
             spread(t.events_per_sec, lo, hi),
             format!("{:.2} s", t.secs),
+            format!("{:.2} s / {:.2} s", t.bench_cpu_secs, t.process_cpu_secs),
         ]);
         r.json["scenarios"]["read"] = json!({ "median": t, "runs": reads });
     }
@@ -674,13 +676,14 @@ fn read_side(r: &mut Report, o: &Options) {
             format!("a sink on every event, receiver answers 204; publish → all delivered, {} events", t.events),
             spread(t.events_per_sec, lo, hi),
             format!("{:.2} s", t.secs),
+            format!("{:.2} s / {:.2} s", t.bench_cpu_secs, t.process_cpu_secs),
         ]);
         r.json["scenarios"]["webhook"] = json!({ "median": t, "runs": hooks });
     }
     if sses.iter().any(|l| !l.is_empty()) {
         r.section(
             &format!("Read side: `GET /v1/log/stream` (median of {} rounds by the backlog total, range)", o.repeat),
-            "| clients | phase | events per client | events/s per client (median; slowest) | events/s all clients |",
+            "| clients | phase | events per client | events/s per client (median; slowest) | events/s all clients | CPU: clients / whole process |",
         );
         for (i, clients) in SSE_CLIENTS.iter().enumerate() {
             if sses[i].is_empty() {
@@ -693,6 +696,10 @@ fn read_side(r: &mut Report, o: &Options) {
                 t.backlog_events.to_string(),
                 format!("{}; {}", thousands(t.backlog_per_client_median), thousands(t.backlog_per_client_slowest)),
                 spread(t.backlog_total, lo, hi),
+                format!(
+                    "{:.1} s / {:.1} s of {:.1} s",
+                    t.backlog_clients_cpu_secs, t.backlog_process_cpu_secs, t.backlog_secs
+                ),
             ]);
             r.row(&[
                 clients.to_string(),
@@ -703,6 +710,7 @@ fn read_side(r: &mut Report, o: &Options) {
                 t.live_events.to_string(),
                 format!("–; {}", thousands(t.live_per_client_slowest)),
                 thousands(t.live_total),
+                "–".into(),
             ]);
             r.json["scenarios"][format!("sse_{clients}")] = json!({ "median": t, "runs": sses[i] });
         }
@@ -715,12 +723,21 @@ fn read_side(r: &mut Report, o: &Options) {
             ),
             "| batch | Weir: fetch, then one ack request for the batch (fsync'd commits) | JetStream pull: explicit ack of each (not fsync'd) | JetStream pull: AckAll (not fsync'd) |",
         );
+        let mut notes = Vec::new();
         for (i, batch) in CONSUMER_BATCHES.iter().enumerate() {
             if weir_consumer[i].is_empty() {
                 continue;
             }
-            let (t, lo, hi) = median_by(&mut weir_consumer[i], rate);
-            let mut cells = vec![batch.to_string(), spread(t.events_per_sec, lo, hi)];
+            let (t, lo, hi) = median_by(&mut weir_consumer[i], |c| c.rate.events_per_sec);
+            let mut cells = vec![batch.to_string(), spread(t.rate.events_per_sec, lo, hi)];
+            notes.push(format!(
+                "Weir, batch {batch}: {} round trips in {:.2} s, {:.0}% of it in fetch requests; CPU: client {:.2} s, whole process {:.2} s.",
+                t.round_trips,
+                t.rate.secs,
+                t.fetch_secs / t.rate.secs.max(1e-9) * 100.0,
+                t.rate.bench_cpu_secs,
+                t.rate.process_cpu_secs
+            ));
             let mut js = serde_json::Map::new();
             for (j, ack) in pull_acks.iter().enumerate() {
                 let list = &mut js_consumer[i][j];
@@ -728,16 +745,24 @@ fn read_side(r: &mut Report, o: &Options) {
                     cells.push("–".into());
                     continue;
                 }
-                let (m, lo, hi) = median_by(list, |v| *v);
-                cells.push(spread(m, lo, hi));
+                let (m, lo, hi) = median_by(list, |v| v.events_per_sec);
+                cells.push(spread(m.events_per_sec, lo, hi));
+                notes.push(format!(
+                    "JetStream, batch {batch}, {ack}: {:.2} s; CPU: client {:.2} s, nats-server {:.2} s.",
+                    m.secs, m.client_cpu_secs, m.server_cpu_secs
+                ));
                 js.insert(
                     format!("{ack:?}").to_lowercase(),
-                    json!({ "events_per_sec": m, "runs": list, "ack": ack.to_string() }),
+                    json!({ "median": m, "runs": list, "ack": ack.to_string() }),
                 );
             }
             r.row(&cells);
             r.json["scenarios"][format!("consumer_{batch}")] =
                 json!({ "weir": { "median": t, "runs": weir_consumer[i] }, "jetstream": js });
+        }
+        let _ = writeln!(r.md);
+        for note in notes {
+            let _ = writeln!(r.md, "- {note}");
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
@@ -116,12 +116,55 @@ pub(crate) struct Rate {
     pub(crate) events: usize,
     pub(crate) secs: f64,
     pub(crate) events_per_sec: f64,
+    /// CPU seconds of the bench's client (or receiver) threads in the run.
+    pub(crate) bench_cpu_secs: f64,
+    /// CPU seconds of the whole process in the run.
+    pub(crate) process_cpu_secs: f64,
 }
 
 impl Rate {
-    fn new(events: usize, secs: f64) -> Self {
-        Self { events, secs, events_per_sec: events as f64 / secs.max(1e-9) }
+    fn new(events: usize, secs: f64, cpu: Cpu) -> Self {
+        Self {
+            events,
+            secs,
+            events_per_sec: events as f64 / secs.max(1e-9),
+            bench_cpu_secs: cpu.bench,
+            process_cpu_secs: cpu.process,
+        }
     }
+}
+
+/// CPU time over a run: the bench's own client (or receiver) threads, and
+/// the whole process (server, runtime and clients), to tell a figure the
+/// client limits from one the server does.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    bench: f64,
+    process: f64,
+}
+
+/// CPU time of the calling thread, in seconds (the scheduler's own count).
+pub(crate) fn thread_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
+/// CPU time of this process so far, every thread, in seconds (clock ticks
+/// of 10 ms).
+fn process_cpu() -> f64 {
+    cpu_of("self")
+}
+
+/// CPU time so far of process `pid` (or `self`), every thread, in seconds.
+pub(crate) fn cpu_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
 }
 
 // ---------------------------------------------------------------------------
@@ -139,6 +182,7 @@ struct Page {
 pub(crate) fn read(n: usize) -> anyhow::Result<Rate> {
     let served = Served::start(n, "")?;
     let agent = agent(Duration::from_secs(120));
+    let (cpu0, process0) = (thread_cpu(), process_cpu());
     let started = Instant::now();
     let (mut got, mut after, mut bytes) = (0usize, None::<u64>, 0usize);
     while got < served.published {
@@ -154,10 +198,11 @@ pub(crate) fn read(n: usize) -> anyhow::Result<Rate> {
         after = page.next.or(after);
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = Cpu { bench: thread_cpu() - cpu0, process: process_cpu() - process0 };
     ensure!(got == served.published, "read {got} events, published {}", served.published);
     eprintln!("read: {} bytes of JSON, {:.0} bytes an event", bytes, bytes as f64 / got as f64);
     served.finish()?;
-    Ok(Rate::new(n, secs))
+    Ok(Rate::new(n, secs, cpu))
 }
 
 // ---------------------------------------------------------------------------
@@ -181,6 +226,11 @@ pub(crate) struct Sse {
     pub(crate) live_publish_secs: f64,
     pub(crate) live_per_client_slowest: f64,
     pub(crate) live_total: f64,
+    /// CPU seconds of the clients' threads while catching up, and of the
+    /// whole process until the last client had the backlog.
+    pub(crate) backlog_clients_cpu_secs: f64,
+    pub(crate) backlog_process_cpu_secs: f64,
+    pub(crate) backlog_secs: f64,
 }
 
 /// A client's reading of the stream: when it started, when it held the
@@ -189,6 +239,8 @@ struct ClientTimes {
     opened: Instant,
     caught_up: Instant,
     live_done: Instant,
+    /// The thread's CPU seconds while it caught up.
+    backlog_cpu: f64,
 }
 
 fn sse_client(
@@ -200,6 +252,7 @@ fn sse_client(
 ) -> anyhow::Result<ClientTimes> {
     let agent = agent(Duration::from_secs(900));
     start.wait();
+    let cpu0 = thread_cpu();
     let opened = Instant::now();
     let response = agent.get(url).call().context("opening the stream")?;
     ensure!(response.status().as_u16() == 200, "the stream answered {}", response.status());
@@ -224,11 +277,12 @@ fn sse_client(
         next_line(&mut count)?;
     }
     let caught_up = Instant::now();
+    let backlog_cpu = thread_cpu() - cpu0;
     let _ = at_head.send(());
     while count < backlog + live {
         next_line(&mut count)?;
     }
-    Ok(ClientTimes { opened, caught_up, live_done: Instant::now() })
+    Ok(ClientTimes { opened, caught_up, live_done: Instant::now(), backlog_cpu })
 }
 
 /// `clients` streams from the start of a log of `n` events; once every one
@@ -237,6 +291,7 @@ pub(crate) fn sse(n: usize, clients: usize) -> anyhow::Result<Sse> {
     let mut served = Served::start(n, "")?;
     let live = (n / 4).max(1);
     let url = format!("{}/v1/log/stream", served.url);
+    let process0 = process_cpu();
     let start = Arc::new(Barrier::new(clients));
     let (at_head_tx, at_head) = mpsc::channel();
     let threads: Vec<_> = (0..clients)
@@ -254,6 +309,7 @@ pub(crate) fn sse(n: usize, clients: usize) -> anyhow::Result<Sse> {
     while at < clients && at_head.recv().is_ok() {
         at += 1;
     }
+    let backlog_process_cpu_secs = process_cpu() - process0;
     let live_started = Instant::now();
     let mut live_publish_secs = 0.0;
     if at == clients {
@@ -287,6 +343,9 @@ pub(crate) fn sse(n: usize, clients: usize) -> anyhow::Result<Sse> {
         live_publish_secs,
         live_per_client_slowest: live_slowest,
         live_total: (live * clients) as f64 / (last_live - live_started).as_secs_f64().max(1e-9),
+        backlog_clients_cpu_secs: times.iter().map(|t| t.backlog_cpu).sum(),
+        backlog_process_cpu_secs,
+        backlog_secs: (last_caught_up - first_open).as_secs_f64(),
     })
 }
 
@@ -313,9 +372,19 @@ struct Outcome {
     outcome: String,
 }
 
+/// A consumer's drain: its rate, and how much of the time went to fetch
+/// requests (the rest is the ack requests and the client's own work).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Consumed {
+    #[serde(flatten)]
+    pub(crate) rate: Rate,
+    pub(crate) fetch_secs: f64,
+    pub(crate) round_trips: usize,
+}
+
 /// One client drains a durable consumer of a log of `n` events: fetch up
 /// to `batch`, ack them all in one request, fetch again.
-pub(crate) fn consumer(n: usize, batch: usize) -> anyhow::Result<Rate> {
+pub(crate) fn consumer(n: usize, batch: usize) -> anyhow::Result<Consumed> {
     let served = Served::start(n, "")?;
     let agent = agent(Duration::from_secs(120));
     let base = format!("{}/v1/consumers/bench", served.url);
@@ -326,10 +395,15 @@ pub(crate) fn consumer(n: usize, batch: usize) -> anyhow::Result<Rate> {
     )?;
     let (fetch_url, ack_url) = (format!("{base}/fetch"), format!("{base}/ack"));
     let fetch_body = json!({ "max": batch }).to_string();
+    let (cpu0, process0) = (thread_cpu(), process_cpu());
     let started = Instant::now();
     let mut done = 0usize;
+    let mut fetching = Duration::ZERO;
+    let mut round_trips = 0usize;
     while done < n {
+        let asked = Instant::now();
         let body = post_json(&agent, &fetch_url, fetch_body.as_bytes())?;
+        fetching += asked.elapsed();
         let fetched: Fetched = serde_json::from_slice(&body).context("a fetch answer")?;
         ensure!(!fetched.deliveries.is_empty(), "the consumer delivered nothing after {done} of {n}");
         let mut acks = String::with_capacity(fetched.deliveries.len() * 64);
@@ -347,12 +421,14 @@ pub(crate) fn consumer(n: usize, batch: usize) -> anyhow::Result<Rate> {
         let acked = answer.results.iter().filter(|r| r.outcome == "acked").count();
         ensure!(acked == fetched.deliveries.len(), "{acked} of {} acks taken", fetched.deliveries.len());
         done += acked;
+        round_trips += 1;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = Cpu { bench: thread_cpu() - cpu0, process: process_cpu() - process0 };
     let info: Value = serde_json::from_slice(&ok_body(agent.get(&base).call(), "the consumer's info")?)?;
     ensure!(info["lag"] == 0 && info["in_flight"] == 0, "the consumer is not done: {info}");
     served.finish()?;
-    Ok(Rate::new(n, secs))
+    Ok(Consumed { rate: Rate::new(n, secs, cpu), fetch_secs: fetching.as_secs_f64(), round_trips })
 }
 
 // ---------------------------------------------------------------------------
@@ -365,6 +441,8 @@ pub(crate) fn consumer(n: usize, batch: usize) -> anyhow::Result<Rate> {
 struct Receiver {
     port: u16,
     answered: Arc<AtomicUsize>,
+    /// The receiver thread's CPU time, as of its latest accept.
+    cpu_ns: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -376,8 +454,11 @@ impl Receiver {
         let answered = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (count, halt) = (Arc::clone(&answered), Arc::clone(&stop));
+        let cpu_ns = Arc::new(AtomicU64::new(0));
+        let cpu = Arc::clone(&cpu_ns);
         let thread = std::thread::Builder::new().name("webhook-receiver".into()).spawn(move || {
             for stream in listener.incoming() {
+                cpu.store((thread_cpu() * 1e9) as u64, Ordering::Relaxed);
                 if halt.load(Ordering::Relaxed) {
                     return;
                 }
@@ -387,7 +468,7 @@ impl Receiver {
                 }
             }
         })?;
-        Ok(Self { port, answered, stop, thread: Some(thread) })
+        Ok(Self { port, answered, cpu_ns, stop, thread: Some(thread) })
     }
 }
 
@@ -456,6 +537,7 @@ pub(crate) fn webhook(n: usize) -> anyhow::Result<Rate> {
     }
     let rt = Arc::new(Runtime::start(&config)?);
     let ids = IdGenerator::new();
+    let (receiver0, process0) = (receiver.cpu_ns.load(Ordering::Relaxed), process_cpu());
     let started = Instant::now();
     publish(&rt, &ids, 0, n);
     let sub = "sinks/bench";
@@ -469,9 +551,13 @@ pub(crate) fn webhook(n: usize) -> anyhow::Result<Rate> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = Cpu {
+        bench: receiver.cpu_ns.load(Ordering::Relaxed).saturating_sub(receiver0) as f64 / 1e9,
+        process: process_cpu() - process0,
+    };
     let answered = receiver.answered.load(Ordering::Relaxed);
     let c = rt.counters(sub).context("no sinks/bench subscription")?;
     stop(rt);
     ensure!(answered >= n, "the receiver answered {answered} requests for {n} events ({c:?})");
-    Ok(Rate::new(n, secs))
+    Ok(Rate::new(n, secs, cpu))
 }
