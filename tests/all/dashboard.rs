@@ -689,7 +689,7 @@ fn the_log_browser_filters_follows_and_opens_lineage_and_the_graph_shows_consume
     // The sink's receiver is gone for good: its first 410 disables the sink.
     let (gone_url, gone_requests) = receiver(410);
     let toml = format!("admin_token = \"{TOKEN}\"\n{}{}", weir_tests::ORDERS_ENRICHED, sink(&gone_url));
-    let server = Server::start(dir.path(), &toml);
+    let mut server = Server::start(dir.path(), &toml);
 
     // Orders for three keys, two for `o-2`.
     let batch: Vec<Value> = ["o-1", "o-2", "o-3", "o-2"].iter().map(|k| order(k, "EUR", 1)).collect();
@@ -827,6 +827,18 @@ fn the_log_browser_filters_follows_and_opens_lineage_and_the_graph_shows_consume
     let causes = browser.wait_text("#lineage-causes", "its causes", |t| !t.is_empty());
     assert!(causes.contains(&format!("seq {} · orders.order.created · o-2", expected[0])), "{causes}");
     browser.wait_script(PAGE_LINEAGE, &lineage_rows(&lineage_of(&emitted)), "the emitted event's subscriptions");
+
+    // The server stops (the stream's last words: `closing`) and starts
+    // again: the page reconnects from the last position it has, so an event
+    // published now appears once, after the others.
+    assert!(server.terminate().success(), "{}", server.stderr());
+    browser.wait_text("#log-status", "the stream closed", |t| t.contains("reconnecting"));
+    server.restart();
+    let (code, after_restart) = server.post("/v1/events", &json!([order("o-2", "GBP", 1)]));
+    assert_eq!(code, 200, "{after_restart}");
+    followed.push(after_restart["events"][0]["seq"].as_u64().unwrap());
+    browser.wait_script(LOG_ROWS, &json!(followed), "the event published after the restart, followed");
+    browser.wait_text("#log-status", "the stream caught up again", |t| t.contains("following live"));
 
     // With a token set, following long-polls GET /v1/log?wait= (an
     // EventSource cannot send the Authorization header).
