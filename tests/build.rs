@@ -22,6 +22,8 @@ const PLUGINS: &[(&str, &str)] = &[
     ("enricher", "ENRICHER"),
     ("filter", "FILTER"),
     ("audit-logger", "AUDIT_LOGGER"),
+    ("counter", "COUNTER"),
+    ("state-hog", "STATE_HOG"),
     ("raw-abi", "RAW_ABI"),
     ("looper", "LOOPER"),
     ("memory-hog", "MEMORY_HOG"),

@@ -1,19 +1,59 @@
 use serde::de::DeserializeOwned;
 
 use crate::HandlerError;
+use crate::state::{self, Backend, Scope, State};
 
-/// Facts about the current delivery, handed to the handler with the event.
+/// Facts about the current delivery, handed to the handler with the event,
+/// and the handler's [state](crate::state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
     subscription: String,
     attempt: u32,
+    state: Backend,
 }
 
 impl Context {
     /// A context for `subscription` at `attempt` (1 on the first try). The
     /// generated glue builds it from the delivery; tests build it by hand.
+    // In Wasm the backend is a unit struct (the state lives in the host).
+    #[allow(clippy::default_constructed_unit_structs)]
     pub fn new(subscription: impl Into<String>, attempt: u32) -> Self {
-        Self { subscription: subscription.into(), attempt }
+        Self { subscription: subscription.into(), attempt, state: Backend::default() }
+    }
+
+    /// The state of the event's key: what this subscription stored for
+    /// earlier events with the same key (an event without a key gets the
+    /// [shared state](Self::shared_state)). Writes are committed with the
+    /// events the handler returns, exactly once, and dropped if it fails.
+    pub fn state(&mut self) -> State<'_> {
+        State { backend: &mut self.state, scope: Scope::Abi(state::KEY) }
+    }
+
+    /// The state shared by every event of this subscription, whatever its
+    /// key.
+    pub fn shared_state(&mut self) -> State<'_> {
+        State { backend: &mut self.state, scope: Scope::Abi(state::SHARED) }
+    }
+
+    /// Run `handler` on `event` as the host would (native tests): state
+    /// scoped to the event's key, its writes kept only when it succeeds.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn handle(
+        &mut self,
+        handler: fn(&crate::Event, &mut Context) -> Result<Vec<crate::Emit>, HandlerError>,
+        event: &crate::Event,
+    ) -> Result<Vec<crate::Emit>, HandlerError> {
+        self.state.begin(event.key.as_deref());
+        let result = handler(event, self);
+        self.state.finish(result.is_ok());
+        result
+    }
+
+    /// The state of one key (`None`: the shared state), to look at in native
+    /// tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn state_of(&mut self, key: Option<&str>) -> State<'_> {
+        State { backend: &mut self.state, scope: Scope::Named(key.map(str::to_owned)) }
     }
 
     /// The subscription the event is delivered to (`<pipeline>/<handler>`).

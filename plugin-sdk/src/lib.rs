@@ -6,6 +6,7 @@ mod emit;
 mod error;
 mod event;
 pub mod log;
+pub mod state;
 pub mod testing;
 
 #[doc(hidden)]
@@ -14,6 +15,7 @@ pub mod __private;
 pub use context::{Config, Context};
 pub use emit::Emit;
 pub use error::HandlerError;
+pub use state::State;
 pub use event::EventExt;
 /// The wire types and encoding shared with the host, re-exported.
 pub use weir_abi as abi;

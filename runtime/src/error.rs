@@ -200,12 +200,28 @@ pub enum InvokeError {
         /// The reason.
         reason: String,
     },
+    /// The handler went over a bound of its state (key or value size, keys
+    /// per scope, bytes written per invocation). Final: the same event would
+    /// go over it again.
+    #[error("handler state limit: {reason}")]
+    StateLimit {
+        /// Which bound, and by how much.
+        reason: String,
+    },
+    /// The host could not read the handler's state from the store; the
+    /// event is tried again later.
+    #[error("handler state unavailable: {reason}")]
+    StateUnavailable {
+        /// The store's error.
+        reason: String,
+    },
 }
 
 impl InvokeError {
     /// A stable machine code: `trap`, `timeout`, `out_of_fuel`,
-    /// `memory_limit`, `bad_output`, `handler_retry`, `handler_reject` or
-    /// `init_failed`. (`abi_mismatch` is refused at load:
+    /// `memory_limit`, `bad_output`, `handler_retry`, `handler_reject`,
+    /// `init_failed`, `state_limit` or `state_unavailable`. (`abi_mismatch`
+    /// is refused at load:
     /// [`LoadError::code`].)
     #[must_use]
     pub fn code(&self) -> &'static str {
@@ -218,6 +234,8 @@ impl InvokeError {
             Self::HandlerRetry { .. } => "handler_retry",
             Self::HandlerReject { .. } => "handler_reject",
             Self::InitFailed { .. } => "init_failed",
+            Self::StateLimit { .. } => "state_limit",
+            Self::StateUnavailable { .. } => "state_unavailable",
         }
     }
 

@@ -96,6 +96,10 @@ pub use engine::{
     DEFAULT_MAX_MODULE_BYTES, LOG_LINE_OVERHEAD, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES,
     POOL_HEADROOM, POOL_INSTANCES_PER_SUBSCRIPTION,
 };
+pub use engine::{
+    DEFAULT_MAX_STATE_KEYS_PER_SCOPE, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES, MAX_STATE_KEY_BYTES,
+    MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope,
+};
 pub use envelope::{EnvelopeError, JsonEvent, format_time, now_nanos};
 pub use error::{EngineError, InvokeError, LoadError};
 /// The HTTP API's request and response bodies, shared by the server and the
@@ -114,7 +118,7 @@ pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
 };
-pub use runtime::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
+pub use runtime::{HeldBackInfo, STATE_PAGE_MAX, ScopePage, StatePage, SubscriptionEntry, SubscriptionError};
 pub use runtime::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,

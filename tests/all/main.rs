@@ -30,6 +30,7 @@ mod retention;
 mod server;
 mod sinks;
 mod start_positions;
+mod state;
 mod store_damage;
 mod store_format;
 mod streams;

@@ -56,6 +56,33 @@ pub mod exports {
 pub mod imports {
     /// `(level: i32, ptr: i32, len: i32)`: write one UTF-8 log line.
     pub const LOG: &str = "log";
+    /// `(scope: i32, key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i64`:
+    /// read a state value. Answers -1 when the key has no value, else the
+    /// value's length, and writes the value at `out_ptr` only when it fits in
+    /// `out_cap` (call again with a larger buffer when it does not).
+    pub const STATE_GET: &str = "state_get";
+    /// `(scope: i32, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32)`:
+    /// write a state value, committed with the invocation's outcome.
+    pub const STATE_PUT: &str = "state_put";
+    /// `(scope: i32, key_ptr: i32, key_len: i32)`: delete a state value.
+    pub const STATE_DELETE: &str = "state_delete";
+    /// `(scope: i32, prefix_ptr: i32, prefix_len: i32, after_ptr: i32, after_len: i32,
+    /// out_ptr: i32, out_cap: i32) -> i64`: the first entry whose key starts
+    /// with the prefix and sorts after `after` (from the start when
+    /// `after_len` is 0). Answers -1 when there is none, else the entry's
+    /// encoded length (`u32` little-endian key length, key, value), written
+    /// at `out_ptr` only when it fits in `out_cap`.
+    pub const STATE_NEXT: &str = "state_next";
+}
+
+/// The scopes of handler state, the first argument of every `state_*`
+/// import.
+pub mod state_scope {
+    /// The event's key: each key of the subscription has its own state. An
+    /// event without a key uses the [`SHARED`] scope.
+    pub const KEY: i32 = 0;
+    /// One state for the whole subscription, whatever the event's key.
+    pub const SHARED: i32 = 1;
 }
 
 /// Pack a guest pointer and length into the `i64` that `weir_handle`,

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use clap::Args;
 use serde_json::{Value, json};
 use weir_abi::DeliveryRef;
 use weir_runtime::JsonEvent;
-use weir_runtime::{IdGenerator, InstanceMode, Limits, LoadError};
+use weir_runtime::{IdGenerator, InstanceMode, Limits, LoadError, MemoryState, MemoryWrite};
 
 use super::CacheArgs;
 
@@ -118,6 +119,9 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     };
 
     let ids = IdGenerator::new();
+    // A stateful plugin gets state kept in memory for the run: each event
+    // sees what the events before it wrote, as in a subscription.
+    let mut state = plugin.info().uses_state().then(MemoryState::new);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let (mut ok, mut failed, mut invalid) = (0u64, 0u64, 0u64);
@@ -140,9 +144,28 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let t = Instant::now();
-        let invocation =
-            handler.invoke(DeliveryRef { event: &event, subscription: &subscription, attempt: args.attempt });
+        let delivery = DeliveryRef { event: &event, subscription: &subscription, attempt: args.attempt };
+        let (invocation, lent) = match state.take() {
+            Some(mut memory) => {
+                memory.begin(event.key.as_deref());
+                let (invocation, lent) = handler.invoke_with_state(delivery, Some(Box::new(memory)));
+                let lent: Option<Box<dyn std::any::Any>> = lent.map(|l| l as Box<dyn std::any::Any>);
+                (invocation, lent.and_then(|l| l.downcast::<MemoryState>().ok()))
+            }
+            None => (handler.invoke(delivery), None),
+        };
         let duration_us = t.elapsed().as_micros() as u64;
+        // Keep the state's writes only when the event was handled, as a
+        // subscription commits them only with a successful outcome.
+        let mut writes = Vec::new();
+        if let Some(mut memory) = lent {
+            if invocation.result.is_ok() {
+                writes = memory.commit();
+            } else {
+                memory.discard();
+            }
+            state = Some(*memory);
+        }
         let mut record = json!({ "line": number, "event_id": event.id.to_string(), "topic": event.topic });
         match &invocation.result {
             Ok(emits) => {
@@ -168,6 +191,9 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         if invocation.logs_dropped > 0 {
             record["logs_dropped"] = json!(invocation.logs_dropped);
         }
+        if !writes.is_empty() {
+            record["state"] = writes.iter().map(state_json).collect();
+        }
         writeln!(out, "{record}")?;
     }
     out.flush()?;
@@ -192,4 +218,21 @@ fn emit_json(emit: &weir_abi::Emit) -> Result<Value, serde_json::Error> {
         }
     }
     Ok(value)
+}
+
+/// One state write as `weir exec` prints it: the scope (the event's key, or
+/// null for the shared scope), the key and value as text when they are
+/// UTF-8 (JSON values as JSON), else base64.
+fn state_json(write: &MemoryWrite) -> Value {
+    fn text(bytes: &[u8]) -> Value {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => json!(s),
+            Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+        }
+    }
+    let value = match &write.value {
+        None => Value::Null,
+        Some(v) => serde_json::from_slice::<Value>(v).unwrap_or_else(|_| text(v)),
+    };
+    json!({ "scope": write.scope, "key": text(&write.key), "value": value, "deleted": write.value.is_none() })
 }

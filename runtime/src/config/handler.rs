@@ -13,6 +13,9 @@ pub(super) struct RawLimits {
     max_log_lines: Option<usize>,
     max_headers_per_emit: Option<usize>,
     max_header_bytes_per_emit: Option<usize>,
+    max_state_value_bytes: Option<usize>,
+    max_state_keys_per_scope: Option<usize>,
+    max_state_write_bytes: Option<usize>,
     instance: Option<String>,
     pub(super) log_lines_per_second: Option<u32>,
 }
@@ -112,6 +115,26 @@ pub(super) fn limits(raw: &RawLimits, fuel_enabled: bool) -> Result<(Limits, Ins
     }
     if let Some(n) = raw.max_header_bytes_per_emit {
         b = b.max_header_bytes_per_emit(n);
+    }
+    // State bounds: at least 1 (a zero would refuse every write, which is
+    // what not importing the state functions does), at most 16 MiB a value.
+    if let Some(n) = raw.max_state_value_bytes {
+        if n == 0 || n > 16 << 20 {
+            return Err(("max_state_value_bytes", format!("{n} is outside 1..=16777216")));
+        }
+        b = b.max_state_value_bytes(n);
+    }
+    if let Some(n) = raw.max_state_keys_per_scope {
+        if n == 0 {
+            return Err(("max_state_keys_per_scope", "must be at least 1".into()));
+        }
+        b = b.max_state_keys_per_scope(n);
+    }
+    if let Some(n) = raw.max_state_write_bytes {
+        if n == 0 || n > 64 << 20 {
+            return Err(("max_state_write_bytes", format!("{n} is outside 1..=67108864")));
+        }
+        b = b.max_state_write_bytes(n);
     }
     let mode = match raw.instance.as_deref() {
         None | Some("reuse") => InstanceMode::Reuse,

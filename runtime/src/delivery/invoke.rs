@@ -7,7 +7,7 @@
 
 use weir_abi::{DeliveryRef, Emit, LogLevel};
 
-use crate::engine::{Handler, Invocation, PluginLog};
+use crate::engine::{Handler, Invocation, PluginLog, StateAccess};
 use crate::error::InvokeError;
 
 /// What a subscription invokes: a Wasm [`Handler`], or native code standing
@@ -15,6 +15,22 @@ use crate::error::InvokeError;
 pub trait Invoke: Send {
     /// Handle one delivery.
     fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Attempt;
+    /// Whether the handler reads and writes state: then the worker calls
+    /// [`invoke_with_state`](Self::invoke_with_state) instead.
+    fn uses_state(&self) -> bool {
+        false
+    }
+    /// Handle one delivery with `state` lent for the invocation; the state
+    /// comes back with the attempt (its writes are committed with a
+    /// successful outcome, dropped otherwise). By default the state is not
+    /// used.
+    fn invoke_with_state(
+        &mut self,
+        delivery: DeliveryRef<'_>,
+        state: Box<dyn StateAccess>,
+    ) -> (Attempt, Option<Box<dyn StateAccess>>) {
+        (self.invoke(delivery), Some(state))
+    }
     /// The plugin's name, for logs and DLQ entries.
     fn name(&self) -> String;
     /// The version identity recorded with every outcome (sha256 of the
@@ -105,6 +121,8 @@ impl From<InvokeError> for Failure {
             // Moved, not cloned: this is the handler's reason verbatim.
             InvokeError::HandlerRetry { reason } => Self::new(code, reason, true),
             InvokeError::HandlerReject { reason } => Self::new(code, reason, false),
+            // Deterministic: the same event would go over the bound again.
+            limit @ InvokeError::StateLimit { .. } => Self::new(code, limit.to_string(), false),
             other => Self::new(code, other.to_string(), true),
         }
     }
@@ -143,6 +161,19 @@ impl From<Invocation> for Attempt {
 impl Invoke for Handler {
     fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Attempt {
         Handler::invoke(self, delivery).into()
+    }
+
+    fn uses_state(&self) -> bool {
+        self.plugin().info().uses_state()
+    }
+
+    fn invoke_with_state(
+        &mut self,
+        delivery: DeliveryRef<'_>,
+        state: Box<dyn StateAccess>,
+    ) -> (Attempt, Option<Box<dyn StateAccess>>) {
+        let (invocation, state) = Handler::invoke_with_state(self, delivery, Some(state));
+        (invocation.into(), state)
     }
 
     fn name(&self) -> String {

@@ -70,6 +70,7 @@ mod invoke;
 mod keyed;
 mod logs;
 mod stage;
+mod state;
 mod step;
 mod worker;
 
@@ -232,4 +233,6 @@ pub(crate) struct Spec {
     pub(crate) log_lines_per_second: u32,
     /// Time invocations for the latency histograms (`[metrics] enabled`).
     pub(crate) timing: bool,
+    /// Keys one scope of the handler's state may hold.
+    pub(crate) max_state_keys_per_scope: usize,
 }

@@ -16,7 +16,8 @@ use std::sync::mpsc::{self, Receiver};
 use weir_abi::Event;
 
 use super::SubscriptionCounters;
-use crate::store::{IdempotencyRecord, ResultItem, Store, StoreError};
+use super::state::SharedOverlay;
+use crate::store::{IdempotencyRecord, ResultItem, StateWrite, Store, StoreError};
 
 /// Outcome batches a worker may have handed to the writer and not seen
 /// committed yet. More keep the worker busy through a slow fsync and let
@@ -54,6 +55,9 @@ pub(super) struct Stage {
     submitted_cursor: u64,
     /// About how many bytes of events the batch being built holds.
     held_bytes: usize,
+    /// The state writes not committed yet, batch by batch in step with
+    /// `in_flight`: what a stateful handler reads before the store.
+    pub(super) overlay: SharedOverlay,
 }
 
 impl Stage {
@@ -67,6 +71,7 @@ impl Stage {
             in_flight: VecDeque::new(),
             submitted_cursor: cursor,
             held_bytes: 0,
+            overlay: SharedOverlay::default(),
         }
     }
 
@@ -89,10 +94,20 @@ impl Stage {
 
     /// A handled event: its record, its emits, and whether it leaves the
     /// parked table.
-    pub(super) fn handled(&mut self, seq: u64, key: &str, record: IdempotencyRecord, emits: Vec<Event>, parked: bool) {
+    pub(super) fn handled(
+        &mut self,
+        seq: u64,
+        key: &str,
+        record: IdempotencyRecord,
+        emits: Vec<Event>,
+        parked: bool,
+        state: Vec<StateWrite>,
+    ) {
         self.keys.insert(key.to_owned());
-        self.held_bytes = self.held_bytes.saturating_add(emits.iter().map(event_bytes).sum());
-        self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked });
+        let state_bytes: usize = state.iter().map(StateWrite::bytes).sum();
+        self.held_bytes =
+            self.held_bytes.saturating_add(emits.iter().map(event_bytes).sum()).saturating_add(state_bytes);
+        self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked, state });
     }
 
     /// Any other outcome: a duplicate, a park, a dead letter.
@@ -131,6 +146,7 @@ impl Stage {
         );
         self.submitted_cursor = cursor;
         self.in_flight.push_back(InFlight { committed, keys });
+        self.lock_overlay().hand_over();
         Ok(())
     }
 
@@ -143,6 +159,7 @@ impl Stage {
                 Ok(result) => {
                     self.in_flight.pop_front();
                     result?;
+                    self.lock_overlay().committed();
                 }
                 Err(mpsc::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::TryRecvError::Disconnected) => return Err(StoreError::Closed),
@@ -156,9 +173,14 @@ impl Stage {
         while self.in_flight.len() > keep {
             if let Some(batch) = self.in_flight.pop_front() {
                 batch.committed.recv().map_err(|_| StoreError::Closed)??;
+                self.lock_overlay().committed();
             }
         }
         Ok(())
+    }
+
+    fn lock_overlay(&self) -> std::sync::MutexGuard<'_, super::state::Overlay> {
+        self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Hand over what is staged and wait until all of it is committed.
@@ -220,9 +242,9 @@ mod tests {
             emitted: 1,
             plugin_version: "v".into(),
         };
-        stage.handled(0, "k0", record(0), vec![big_event(FLUSH_BYTES / 2)], false);
+        stage.handled(0, "k0", record(0), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new());
         assert!(!stage.is_heavy());
-        stage.handled(1, "k1", record(1), vec![big_event(FLUSH_BYTES / 2)], false);
+        stage.handled(1, "k1", record(1), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new());
         assert!(stage.is_heavy(), "two halves of FLUSH_BYTES of output make a heavy batch");
         stage.flush(2).unwrap();
         assert!(!stage.is_heavy(), "handed over: the next batch starts empty");

@@ -1,8 +1,8 @@
 //! One event, top to bottom: [`Worker::step`] and the named calls it makes,
 //! in the order it makes them.
 
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -12,11 +12,12 @@ use super::VERSION_HEADER;
 use super::invoke::{Attempt, Failure};
 use super::keyed::Prior;
 use super::logs::Origin;
+use super::state::Session;
 use super::worker::Worker;
 use crate::clock::now_nanos;
 use crate::error::InvokeError;
 use crate::ingest::RESERVED_HEADER_PREFIX;
-use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StoreError, now_ms};
+use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StateWrite, StoreError, now_ms};
 use crate::topic;
 
 /// Where the event comes from.
@@ -50,10 +51,9 @@ impl Worker {
             self.stage_duplicate(seq);
             return Ok(());
         }
-        // Upcasting to the schema version the handler declares, and loading
-        // the handler's state for the event's key, belong here: after dedupe,
-        // so a duplicate costs neither; before the invocation, which sees
-        // their result.
+        // Upcasting to the schema version the handler declares belongs here:
+        // after dedupe, so a duplicate costs nothing; before the invocation,
+        // which sees its result.
         let prior = self.parked.prior(seq);
         let attempt = prior.map_or(0, |p| p.attempts) + 1;
         self.counters.invocations.fetch_add(1, Ordering::Relaxed);
@@ -74,7 +74,8 @@ impl Worker {
         let started = self.spec.timing.then(Instant::now);
         // Invoke, then validate what came back: the store only ever sees
         // valid events.
-        let result = self.invoke(event, attempt).and_then(|emits| self.validate(emits));
+        let (result, state) = self.invoke(event, attempt);
+        let result = result.and_then(|emits| self.validate(emits));
         if let Some(started) = started {
             let elapsed = started.elapsed();
             self.counters.processing.observe(elapsed);
@@ -82,7 +83,12 @@ impl Worker {
         }
         // Stage the outcome for the writer.
         match result {
-            Ok(emits) => self.stage_handled(seq, event, emits, prior.is_some()),
+            // The state writes join the outcome only now: a failed attempt,
+            // or emits that fail validation, leave the state as it was.
+            Ok(emits) => {
+                let state = state.map(|s| s.commit()).unwrap_or_default();
+                self.stage_handled(seq, event, emits, prior.is_some(), state);
+            }
             Err(failure) => self.stage_failure(seq, event, prior, attempt, failure),
         }
         // Bound what the batch being built holds: hand it over early once
@@ -130,11 +136,25 @@ impl Worker {
         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Call the handler and account for what it used and logged.
-    fn invoke(&mut self, event: &Event, attempt: u32) -> Result<Vec<Emit>, Failure> {
-        let outcome = self.handler.invoke(DeliveryRef { event, subscription: &self.spec.name, attempt });
+    /// Call the handler, with a state session when it keeps state, and
+    /// account for what it used and logged.
+    fn invoke(&mut self, event: &Event, attempt: u32) -> (Result<Vec<Emit>, Failure>, Option<Box<Session>>) {
+        let delivery = DeliveryRef { event, subscription: &self.spec.name, attempt };
+        let (outcome, session) = if self.handler.uses_state() {
+            let session = Session::new(
+                self.store.clone(),
+                Arc::clone(&self.spec.name),
+                event.key.as_deref(),
+                Arc::clone(&self.stage.overlay),
+                self.spec.max_state_keys_per_scope,
+            );
+            let (outcome, state) = self.handler.invoke_with_state(delivery, Box::new(session));
+            (outcome, state.and_then(Session::recover))
+        } else {
+            (self.handler.invoke(delivery), None)
+        };
         self.account(&outcome, event);
-        outcome.result
+        (outcome.result, session)
     }
 
     /// Per-plugin resource numbers and the plugin's log lines, rate-limited.
@@ -202,7 +222,7 @@ impl Worker {
 
     /// Handled: the emits become events, and the record, the emits, the
     /// parked entry's removal and the cursor commit together.
-    fn stage_handled(&mut self, seq: u64, event: &Event, emits: Vec<Emit>, parked: bool) {
+    fn stage_handled(&mut self, seq: u64, event: &Event, emits: Vec<Emit>, parked: bool, state: Vec<StateWrite>) {
         let events: Vec<Event> = emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i)).collect();
         let now = now_ms();
         let record = IdempotencyRecord {
@@ -215,7 +235,7 @@ impl Worker {
             plugin_version: self.version.clone(),
         };
         self.unpark(seq);
-        self.stage.handled(seq, &event.idempotency_key, record, events, parked);
+        self.stage.handled(seq, &event.idempotency_key, record, events, parked, state);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         if self.spec.timing {
             let age_nanos = now_nanos().saturating_sub(event.time).max(0);

@@ -33,6 +33,10 @@ impl Guest {
             logs: Vec::new(),
             logs_dropped: 0,
             fault: None,
+            state: None,
+            state_failure: None,
+            state_written: 0,
+            state_limits: limits.state_call_limits(),
         };
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -71,6 +75,8 @@ impl Guest {
         let state = self.store.data_mut();
         state.memory_limit_hit = false;
         state.fault = None;
+        state.state_failure = None;
+        state.state_written = 0;
         state.log_budget = self.limits.max_log_bytes();
         state.log_lines_left = self.limits.max_log_lines();
         state.logs.clear();

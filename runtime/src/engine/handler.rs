@@ -10,6 +10,7 @@ use super::guest::Guest;
 use super::host::PluginLog;
 use super::limits::Limits;
 use super::plugin::Plugin;
+use super::state::StateAccess;
 use super::text::{self, MAX_REASON_BYTES};
 use crate::error::{InvokeError, LoadError};
 
@@ -197,19 +198,36 @@ impl Handler {
     /// Never panics and never lets the guest affect the host: every failure
     /// comes back classified in [`Invocation::result`].
     pub fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Invocation {
+        self.invoke_with_state(delivery, None).0
+    }
+
+    /// Run the handler on one delivery with `state` lent to it for the
+    /// `weir::state_*` imports, and give the state back with the result.
+    /// The writes the handler made are the state's to keep or drop: the
+    /// caller commits them with a successful outcome and discards them
+    /// otherwise. Without state (`None`) a plugin that calls a state import
+    /// fails as `bad_output`.
+    pub fn invoke_with_state(
+        &mut self,
+        delivery: DeliveryRef<'_>,
+        state: Option<Box<dyn StateAccess>>,
+    ) -> (Invocation, Option<Box<dyn StateAccess>>) {
         self.encoded.clear();
         if let Err(e) = encoding::encode_into(&delivery, &mut self.encoded) {
-            return failed(InvokeError::BadOutput { reason: format!("the host could not encode the delivery: {e}") });
+            let reason = format!("the host could not encode the delivery: {e}");
+            return (failed(InvokeError::BadOutput { reason }), state);
         }
         let mut live = match self.live.take() {
             Some(live) => live,
             None => match self.start() {
                 Ok(live) => live,
-                Err(StartError::Init(reason)) => return failed(InvokeError::InitFailed { reason }),
-                Err(StartError::Sandbox(_, e)) => return failed(e),
+                Err(StartError::Init(reason)) => return (failed(InvokeError::InitFailed { reason }), state),
+                Err(StartError::Sandbox(_, e)) => return (failed(e), state),
             },
         };
+        live.guest.store.data_mut().state = state;
         let result = live.handle(&self.encoded);
+        let state = live.guest.store.data_mut().state.take();
         let (logs, logs_dropped) = live.guest.drain_logs();
         let fuel_used = live.guest.fuel_used();
         let memory_bytes = Some(live.guest.memory.data_size(&live.guest.store));
@@ -220,7 +238,7 @@ impl Handler {
         if keep && self.mode == InstanceMode::Reuse {
             self.live = Some(live);
         }
-        Invocation { result, logs, logs_dropped, fuel_used, memory_bytes }
+        (Invocation { result, logs, logs_dropped, fuel_used, memory_bytes }, state)
     }
 }
 

@@ -6,6 +6,7 @@ use wasmtime::{Caller, Linker, Memory, ResourceLimiter, Trap};
 use weir_abi::LogLevel;
 
 use super::limits::{LOG_LINE_OVERHEAD, Limits};
+use super::state::{StateAccess, StateCallLimits};
 use super::text;
 use crate::error::InvokeError;
 
@@ -33,6 +34,15 @@ pub(crate) struct HostState {
     /// A guest misbehaviour detected inside a host function; it turns the
     /// resulting trap into `bad_output`.
     pub(super) fault: Option<String>,
+    /// The state lent for the current invocation (none in `weir_init`, or
+    /// for a handler run without state).
+    pub(super) state: Option<Box<dyn StateAccess>>,
+    /// A state call's failure (a bound, the store, a bad pointer): the
+    /// resulting trap is classified as this.
+    pub(super) state_failure: Option<InvokeError>,
+    /// Bytes of keys and values the current invocation has written.
+    pub(super) state_written: usize,
+    pub(super) state_limits: StateCallLimits,
 }
 
 impl ResourceLimiter for HostState {
@@ -103,13 +113,16 @@ pub(crate) fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime:
             Ok(())
         },
     )?;
-    Ok(())
+    super::state::define(linker)
 }
 
 /// Turn a wasmtime error into a classified failure.
 pub(super) fn classify(error: &wasmtime::Error, state: &mut HostState, limits: &Limits) -> InvokeError {
     if let Some(fault) = state.fault.take() {
         return InvokeError::BadOutput { reason: fault };
+    }
+    if let Some(failure) = state.state_failure.take() {
+        return failure;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => InvokeError::Timeout { deadline: limits.deadline() },

@@ -25,6 +25,12 @@ pub const DEFAULT_MAX_HEADERS_PER_EMIT: usize = 64;
 /// Default cap on the bytes (names and values) of the headers of one
 /// emitted event.
 pub const DEFAULT_MAX_HEADER_BYTES_PER_EMIT: usize = 16 << 10;
+/// Default cap on one state value.
+pub const DEFAULT_MAX_STATE_VALUE_BYTES: usize = 64 << 10;
+/// Default cap on the keys of one state scope.
+pub const DEFAULT_MAX_STATE_KEYS_PER_SCOPE: usize = 10_000;
+/// Default cap on the state bytes (keys and values) one invocation writes.
+pub const DEFAULT_MAX_STATE_WRITE_BYTES: usize = 1 << 20;
 
 /// The limits a handler runs under. Build with [`Limits::builder`].
 ///
@@ -48,6 +54,9 @@ pub struct Limits {
     max_log_lines: usize,
     max_headers_per_emit: usize,
     max_header_bytes_per_emit: usize,
+    max_state_value_bytes: usize,
+    max_state_keys_per_scope: usize,
+    max_state_write_bytes: usize,
 }
 
 impl Default for Limits {
@@ -62,6 +71,9 @@ impl Default for Limits {
             max_log_lines: DEFAULT_MAX_LOG_LINES,
             max_headers_per_emit: DEFAULT_MAX_HEADERS_PER_EMIT,
             max_header_bytes_per_emit: DEFAULT_MAX_HEADER_BYTES_PER_EMIT,
+            max_state_value_bytes: DEFAULT_MAX_STATE_VALUE_BYTES,
+            max_state_keys_per_scope: DEFAULT_MAX_STATE_KEYS_PER_SCOPE,
+            max_state_write_bytes: DEFAULT_MAX_STATE_WRITE_BYTES,
         }
     }
 }
@@ -125,6 +137,32 @@ impl Limits {
     #[must_use]
     pub fn max_header_bytes_per_emit(&self) -> usize {
         self.max_header_bytes_per_emit
+    }
+
+    /// Cap on one state value, in bytes.
+    #[must_use]
+    pub fn max_state_value_bytes(&self) -> usize {
+        self.max_state_value_bytes
+    }
+
+    /// Cap on the keys one state scope holds.
+    #[must_use]
+    pub fn max_state_keys_per_scope(&self) -> usize {
+        self.max_state_keys_per_scope
+    }
+
+    /// Cap on the state bytes (keys and values, deletes counting their key)
+    /// one invocation writes.
+    #[must_use]
+    pub fn max_state_write_bytes(&self) -> usize {
+        self.max_state_write_bytes
+    }
+
+    pub(crate) fn state_call_limits(&self) -> super::state::StateCallLimits {
+        super::state::StateCallLimits {
+            max_value_bytes: self.max_state_value_bytes,
+            max_write_bytes: self.max_state_write_bytes,
+        }
     }
 }
 
@@ -207,6 +245,31 @@ impl LimitsBuilder {
     #[must_use]
     pub fn max_header_bytes_per_emit(mut self, bytes: usize) -> Self {
         self.0.max_header_bytes_per_emit = bytes;
+        self
+    }
+
+    /// Cap on one state value; a larger `state_put` fails the invocation as
+    /// `state_limit`. By default 64 KiB ([`DEFAULT_MAX_STATE_VALUE_BYTES`]).
+    #[must_use]
+    pub fn max_state_value_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_state_value_bytes = bytes;
+        self
+    }
+
+    /// Cap on the keys of one state scope; a `state_put` of a new key into a
+    /// full scope fails the invocation as `state_limit`. By default 10,000
+    /// ([`DEFAULT_MAX_STATE_KEYS_PER_SCOPE`]).
+    #[must_use]
+    pub fn max_state_keys_per_scope(mut self, keys: usize) -> Self {
+        self.0.max_state_keys_per_scope = keys;
+        self
+    }
+
+    /// Cap on the state bytes one invocation writes. By default 1 MiB
+    /// ([`DEFAULT_MAX_STATE_WRITE_BYTES`]).
+    #[must_use]
+    pub fn max_state_write_bytes(mut self, bytes: usize) -> Self {
+        self.0.max_state_write_bytes = bytes;
         self
     }
 

@@ -11,6 +11,7 @@ mod handler;
 mod host;
 mod limits;
 mod plugin;
+mod state;
 mod text;
 
 use std::hash::{Hash, Hasher};
@@ -23,9 +24,11 @@ pub use handler::{Handler, InstanceMode, Invocation};
 pub use host::PluginLog;
 pub use limits::{
     DEFAULT_DEADLINE, DEFAULT_MAX_EMITS, DEFAULT_MAX_HEADER_BYTES_PER_EMIT, DEFAULT_MAX_HEADERS_PER_EMIT,
-    DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_LINES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, LOG_LINE_OVERHEAD,
-    Limits, LimitsBuilder,
+    DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_LINES, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_STATE_KEYS_PER_SCOPE,
+    DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES, DEFAULT_MEMORY_BYTES, LOG_LINE_OVERHEAD, Limits,
+    LimitsBuilder,
 };
+pub use state::{MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope};
 pub(crate) use plugin::hex;
 pub use plugin::{ExportInfo, ImportInfo, Plugin, PluginInfo, inspect_imports_exports};
 pub(crate) use text::bounded as bounded_text;

@@ -58,6 +58,13 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
+    /// Whether the module imports any `weir::state_*` function: a stateful
+    /// handler, whose subscription lends it state on every invocation.
+    #[must_use]
+    pub fn uses_state(&self) -> bool {
+        self.imports.iter().any(|i| i.module == HOST_MODULE && super::state::is_state_import(&i.name))
+    }
+
     /// The plugin's name from its description, or `sha256[..12]`.
     #[must_use]
     pub fn name(&self) -> String {
@@ -96,6 +103,13 @@ const REQUIRED: [(&str, &str); 4] = [
 const OPTIONAL: [(&str, &str); 2] = [(exports::INIT, "func(i32, i32) -> i64"), (exports::DESCRIBE, "func() -> i64")];
 const LOG_TYPE: &str = "func(i32, i32, i32)";
 
+/// `weir::log`, or one of the `weir::state_*` functions, with its type.
+fn is_allowed_import(import: &ImportInfo) -> bool {
+    import.module == HOST_MODULE
+        && ((import.name == imports::LOG && import.ty == LOG_TYPE)
+            || super::state::IMPORT_TYPES.iter().any(|(name, ty)| import.name == *name && import.ty == *ty))
+}
+
 impl Engine {
     /// Read, compile and validate the module at `path`.
     ///
@@ -126,7 +140,7 @@ impl Engine {
 
         let forbidden: Vec<String> = import_list
             .iter()
-            .filter(|i| !(i.module == HOST_MODULE && i.name == imports::LOG && i.ty == LOG_TYPE))
+            .filter(|i| !is_allowed_import(i))
             .map(|i| format!("{}::{} ({})", i.module, i.name, i.ty))
             .collect();
         if !forbidden.is_empty() {

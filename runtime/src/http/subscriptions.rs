@@ -10,7 +10,10 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 
 use super::extract::Path;
-use super::models::{SubscriptionDeleteResponse, SubscriptionHoldings, SubscriptionListResponse};
+use super::models::{
+    StateEntryInfo, StateResponse, StateScopesResponse, SubscriptionDeleteResponse, SubscriptionHoldings,
+    SubscriptionListResponse,
+};
 use super::{ApiError, AppState, auth, blocking};
 use crate::names::SubscriptionName;
 use crate::runtime::{SubscriptionEntry, SubscriptionError};
@@ -18,7 +21,10 @@ use crate::store::Holdings;
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let admin = Router::new().route("/v1/subscriptions/{pipeline}/{handler}", delete(remove));
-    Router::new().route("/v1/subscriptions", get(list)).merge(auth::admin(admin, state))
+    Router::new()
+        .route("/v1/subscriptions", get(list))
+        .route("/v1/subscriptions/{pipeline}/{handler}/state", get(read_state))
+        .merge(auth::admin(admin, state))
 }
 
 impl From<SubscriptionError> for ApiError {
@@ -69,4 +75,75 @@ async fn remove(
     let deleting = name.clone();
     let held = blocking(move || rt.delete_subscription(&deleting)).await?;
     Ok(Json(SubscriptionDeleteResponse { deleted: info(name, false, &held, None) }))
+}
+
+/// The query of `GET …/state`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    /// The event key whose scope to read.
+    key: Option<String>,
+    /// Read the shared scope (any value but `false`).
+    shared: Option<String>,
+    /// Only keys starting with this.
+    #[serde(default)]
+    prefix: String,
+    /// Continue after this key (or, listing scopes, this event key).
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A key or value as JSON: its JSON when it is JSON (values), else its
+/// text, else base64 in an object.
+fn shown(bytes: &[u8], as_json: bool) -> serde_json::Value {
+    use base64::Engine as _;
+    if as_json && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return value;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::Value::String(text.to_owned()),
+        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}
+
+async fn read_state(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+    query: Result<axum::extract::Query<StateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let name = SubscriptionName::new(&pipeline, &handler).to_string();
+    let shared = q.shared.as_deref().is_some_and(|v| v != "false");
+    if shared && q.key.is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "give `key` or `shared`, not both"));
+    }
+    let limit = q.limit.unwrap_or(100);
+    let rt = Arc::clone(&state.runtime);
+    if !shared && q.key.is_none() {
+        let after = q.after.clone();
+        let subscription = name.clone();
+        let page = blocking(move || rt.subscription_state_scopes(&subscription, after.as_deref(), limit)).await?;
+        let shared = page.scopes.iter().any(Option::is_none);
+        let keys: Vec<String> = page.scopes.into_iter().flatten().collect();
+        let next = if page.more { keys.last().cloned() } else { None };
+        return Ok(Json(StateScopesResponse { subscription: name, keys, shared, next }).into_response());
+    }
+    let key = q.key.clone();
+    let (subscription, prefix, after) = (name.clone(), q.prefix.clone(), q.after.clone());
+    let page = blocking(move || {
+        rt.subscription_state(
+            &subscription,
+            key.as_deref(),
+            prefix.as_bytes(),
+            after.as_deref().map(str::as_bytes),
+            limit,
+        )
+    })
+    .await?;
+    let next = if page.more { page.entries.last().map(|(k, _)| String::from_utf8_lossy(k).into_owned()) } else { None };
+    let entries =
+        page.entries.iter().map(|(k, v)| StateEntryInfo { key: shown(k, false), value: shown(v, true) }).collect();
+    Ok(Json(StateResponse { subscription: name, key: q.key, entries, next }).into_response())
 }

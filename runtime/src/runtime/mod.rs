@@ -22,6 +22,7 @@ mod prometheus;
 mod samples;
 mod sinks;
 mod start;
+mod state;
 mod status;
 mod subscriptions;
 mod supervise;
@@ -43,6 +44,7 @@ pub use log::{
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
 pub use samples::{Expect, TestCase, parse_test_cases};
+pub use state::{STATE_PAGE_MAX, ScopePage, StatePage};
 pub use status::{Readiness, Resources, SubscriptionStatus};
 pub use subscriptions::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
 

@@ -43,6 +43,8 @@ pub(super) fn start_sink(
         max_payload_bytes: config.max_payload_bytes,
         log_lines_per_second: DEFAULT_LOG_LINES_PER_SECOND,
         timing: config.metrics,
+        // A sink keeps no state.
+        max_state_keys_per_scope: 0,
     };
     let rx = Arc::new(Mutex::new(rx));
     // Its first cursor from `from`, and its place among retention's readers,

@@ -201,6 +201,7 @@ impl Runtime {
                 max_payload_bytes: config.max_payload_bytes,
                 log_lines_per_second: handler.log_lines_per_second,
                 timing: config.metrics,
+                max_state_keys_per_scope: handler.limits.max_state_keys_per_scope(),
             };
             let rx = Arc::new(Mutex::new(rx));
             super::subscriptions::prepare(&store, &name, &pipeline.topics, handler.from)?;

@@ -103,7 +103,7 @@ impl Runtime {
     /// Names of the subscriptions running: every kind the runtime starts,
     /// and every reader registered with the store (a durable consumer
     /// registers as `consumers/<name>` while it exists).
-    fn configured_names(&self) -> BTreeSet<String> {
+    pub(super) fn configured_names(&self) -> BTreeSet<String> {
         let mut names: BTreeSet<String> = self.subs.iter().map(|s| s.name.to_string()).collect();
         names.extend(self.store.reader_names());
         names

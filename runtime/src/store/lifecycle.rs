@@ -91,6 +91,7 @@ impl Apply for DeleteSubscription {
         for key in &keys {
             w.idempotency.remove((n, key.as_str()))?;
         }
+        budget -= super::state::delete_some(w, n, budget)?;
         // The expiry index may still name these keys: the collector finds
         // no record and drops the batch.
         let counters: Vec<String> = w

@@ -76,6 +76,7 @@ mod open;
 mod registry;
 mod retention;
 mod shared;
+mod state;
 mod stats;
 mod stream;
 mod subscription;
@@ -103,6 +104,7 @@ pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
+pub(crate) use state::{KIND_KEY, KIND_SHARED, ScopeId, StateWrite};
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats, corrupt_record_stand_in};
 
 use command::{Barrier, Command, Order};
@@ -300,6 +302,7 @@ impl Store {
             txn.open_table(ACTIVE).map_err(incompatible)?;
             txn.open_table(stream::STREAMS).map_err(incompatible)?;
             txn.open_table(stream::STREAM_TYPES).map_err(incompatible)?;
+            txn.open_table(state::STATE).map_err(incompatible)?;
             // Added without a format change: absent, they start empty (the
             // time index then covers what is appended from now on).
             txn.open_table(retention::LOG_TIME).map_err(incompatible)?;
@@ -448,7 +451,8 @@ impl Store {
     /// Entries per table: `log`, `parked`, `dlq`, `idempotency`,
     /// `idempotency_expiry`, `ingest_dedup`, `ingest_expiry`, `modules`,
     /// `versions`, and the log's indexes `event_ids`, `caused` and
-    /// `streams` (one entry per event of an entity stream). Each is
+    /// `streams` (one entry per event of an entity stream), and `state`
+    /// (one entry per key of handler state). Each is
     /// a count redb keeps, read without walking the
     /// table (the `weir_store_table_entries` gauge).
     ///
@@ -470,6 +474,7 @@ impl Store {
             ("event_ids", read.open_table(EVENT_IDS).map_err(storage)?.len().map_err(storage)?),
             ("caused", read.open_table(CAUSED).map_err(storage)?.len().map_err(storage)?),
             ("streams", read.open_table(stream::STREAMS).map_err(storage)?.len().map_err(storage)?),
+            ("state", read.open_table(state::STATE).map_err(storage)?.len().map_err(storage)?),
         ])
     }
 

@@ -78,7 +78,7 @@ impl Apply for Results {
         let mut counts = SubscriptionStats::default();
         for item in &self.items {
             match item {
-                ResultItem::Handled { seq, key, emits, parked, .. } => {
+                ResultItem::Handled { seq, key, emits, parked, state, .. } => {
                     w.idempotency.insert((sub, key.as_str()), next_record(&mut records)?)?;
                     // Emitted events skip the ingest index: their
                     // transaction also records the input as handled, so a
@@ -88,6 +88,7 @@ impl Apply for Results {
                     for event in emits {
                         log::append(w, next_record(&mut records)?, event)?;
                     }
+                    super::state::apply(w, sub, state)?;
                     if *parked {
                         w.parked.remove((sub, *seq))?;
                     }

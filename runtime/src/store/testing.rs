@@ -83,3 +83,22 @@ pub(super) fn dlq_entry(subscription: &str, seq: u64) -> DlqEntry {
         last_failure_ms: 0,
     }
 }
+
+/// Commit `writes` as the state writes of one handled event of
+/// `subscription` (under a fresh idempotency key), and wait for the commit.
+pub(super) fn commit_state(store: &Store, subscription: &str, writes: Vec<super::StateWrite>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let item = super::ResultItem::Handled {
+        seq: n,
+        key: format!("state-{n}"),
+        record: record(n, u64::MAX),
+        emits: Vec::new(),
+        parked: false,
+        state: writes,
+    };
+    let (reply, rx) = answer();
+    store.submit(subscription.into(), vec![item], None, reply);
+    rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+}

@@ -180,6 +180,9 @@ pub(crate) enum ResultItem {
         /// its parked map mirrors the table). Most events were never
         /// parked, and skipping the removal saves a tree search each.
         parked: bool,
+        /// The handler's state writes, in order (empty for a stateless
+        /// handler).
+        state: Vec<super::StateWrite>,
     },
     /// Skipped as a duplicate.
     Duplicate {

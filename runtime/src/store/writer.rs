@@ -336,6 +336,7 @@ mod tests {
             record: record(0, u64::MAX),
             emits: vec![event("c")],
             parked: false,
+            state: Vec::new(),
         };
         let (reply, results) = answer();
         let mut submit = Order::new(

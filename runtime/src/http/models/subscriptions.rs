@@ -44,3 +44,44 @@ pub struct SubscriptionDeleteResponse {
     /// The subscription as it was.
     pub deleted: SubscriptionHoldings,
 }
+
+/// `GET /v1/subscriptions/{pipeline}/{handler}/state?key=…` (or `?shared`):
+/// one scope of a stateful handler's committed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateResponse {
+    /// `<pipeline>/<handler>`.
+    pub subscription: String,
+    /// The event key whose scope this is; null for the shared scope.
+    pub key: Option<String>,
+    /// In key order. A key is text (base64 in an object when it is not
+    /// UTF-8); a value is the JSON it holds, or text, or base64 likewise.
+    pub entries: Vec<StateEntryInfo>,
+    /// The `after` that continues the listing, when there may be more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One entry of [`StateResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateEntryInfo {
+    /// The key.
+    pub key: serde_json::Value,
+    /// The value.
+    pub value: serde_json::Value,
+}
+
+/// `GET /v1/subscriptions/{pipeline}/{handler}/state` without a scope: the
+/// scopes that hold state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateScopesResponse {
+    /// `<pipeline>/<handler>`.
+    pub subscription: String,
+    /// Event keys with state, in order; the shared scope, when it holds
+    /// anything, is `shared: true` instead.
+    pub keys: Vec<String>,
+    /// Whether the shared scope holds state (shown on the last page).
+    pub shared: bool,
+    /// The `after` that continues the listing, when there may be more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
