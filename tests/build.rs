@@ -23,6 +23,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("filter", "FILTER"),
     ("audit-logger", "AUDIT_LOGGER"),
     ("counter", "COUNTER"),
+    ("bank-account", "BANK_ACCOUNT"),
     ("state-hog", "STATE_HOG"),
     ("raw-abi", "RAW_ABI"),
     ("looper", "LOOPER"),

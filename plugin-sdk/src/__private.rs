@@ -141,3 +141,39 @@ pub unsafe fn init(ptr: i32, len: i32, init: InitFn) -> i64 {
 pub fn describe(description: &PluginDescription) -> i64 {
     output(description, |_| Vec::new())
 }
+
+/// `weir_decide` of an aggregate.
+///
+/// # Safety
+///
+/// `ptr`/`len` must describe the host's input buffer.
+pub unsafe fn decide<A: crate::Aggregate>(ptr: i32, len: i32) -> i64 {
+    install_panic_hook();
+    // SAFETY: forwarded from the caller.
+    let decision = crate::aggregate::decide_encoded::<A>(unsafe { input(ptr, len) });
+    output(&decision, |e| {
+        encoding::encode(&weir_abi::Decision::Reject(format!("the aggregate could not encode its decision: {e}")))
+            .unwrap_or_default()
+    })
+}
+
+/// `weir_evolve` of an aggregate.
+///
+/// # Safety
+///
+/// `ptr`/`len` must describe the host's input buffer.
+pub unsafe fn evolve<A: crate::Aggregate>(ptr: i32, len: i32) -> i64 {
+    install_panic_hook();
+    // SAFETY: forwarded from the caller.
+    let evolved = crate::aggregate::evolve_encoded::<A>(unsafe { input(ptr, len) });
+    output(&evolved, |e| {
+        encoding::encode(&weir_abi::Evolved::Failed(format!("the aggregate could not encode its state: {e}")))
+            .unwrap_or_default()
+    })
+}
+
+/// `weir_handle` of an aggregate: it rejects every delivery.
+#[must_use]
+pub fn aggregate_handle() -> i64 {
+    output(&crate::aggregate::not_a_handler(), |_| Vec::new())
+}

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod aggregate;
 mod context;
 mod emit;
 mod error;
@@ -12,14 +13,20 @@ pub mod testing;
 #[doc(hidden)]
 pub mod __private;
 
+pub use aggregate::{Aggregate, CommandContext, Rejection, decode_command};
 pub use context::{Config, Context};
 pub use emit::Emit;
 pub use error::HandlerError;
-pub use state::State;
 pub use event::EventExt;
+pub use state::State;
 /// The wire types and encoding shared with the host, re-exported.
 pub use weir_abi as abi;
 pub use weir_abi::{Event, EventId, Header, LogLevel, PluginDescription};
+/// Marks an `impl Aggregate for T` and generates the Wasm exports of an
+/// aggregate: `weir_decide` and `weir_evolve` beside the required ones
+/// (its `weir_handle` rejects every delivery). Optional arguments describe
+/// the plugin as for [`handler`]: `name`, `version`, `description`.
+pub use weir_sdk_macros::aggregate;
 /// Marks the one handler function of a plugin and generates its Wasm exports.
 ///
 /// The function must have the signature
@@ -35,6 +42,7 @@ pub use weir_sdk_macros::init;
 
 /// Everything a handler usually needs, in one `use`.
 pub mod prelude {
+    pub use crate::{Aggregate, CommandContext, Rejection, aggregate};
     pub use crate::{Config, Context, Emit, Event, EventExt, EventId, HandlerError, Header, handler, init};
     pub use crate::{debug, error, info, trace, warn};
 }

@@ -100,6 +100,7 @@ pub use engine::{
     DEFAULT_MAX_STATE_KEYS_PER_SCOPE, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES, MAX_STATE_KEY_BYTES,
     MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope,
 };
+pub use engine::AggregateCall;
 pub use envelope::{EnvelopeError, JsonEvent, format_time, now_nanos};
 pub use error::{EngineError, InvokeError, LoadError};
 /// The HTTP API's request and response bodies, shared by the server and the

@@ -19,10 +19,12 @@
 //!   standard configuration).
 #![warn(missing_docs)]
 
+mod aggregate;
 pub mod encoding;
 mod id;
 mod types;
 
+pub use aggregate::{CommandMsg, Decide, Decision, Evolve, EvolveRef, Evolved};
 pub use id::{EventId, ParseEventIdError};
 pub use types::{Delivery, DeliveryRef, Emit, Event, Header, InitOutcome, LogLevel, Outcome, PluginDescription};
 
@@ -50,6 +52,12 @@ pub mod exports {
     pub const INIT: &str = "weir_init";
     /// `() -> i64`: describe the plugin (optional).
     pub const DESCRIBE: &str = "weir_describe";
+    /// `(ptr: i32, len: i32) -> i64`: decide one encoded [`Decide`](crate::Decide)
+    /// (optional; an aggregate exports it with [`EVOLVE`]).
+    pub const DECIDE: &str = "weir_decide";
+    /// `(ptr: i32, len: i32) -> i64`: fold one encoded [`Evolve`](crate::Evolve)
+    /// (optional; an aggregate exports it with [`DECIDE`]).
+    pub const EVOLVE: &str = "weir_evolve";
 }
 
 /// Names of the functions the host provides in module [`HOST_MODULE`].

@@ -18,6 +18,12 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_handler(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
 }
 
+/// See `weir_sdk::aggregate`.
+#[proc_macro_attribute]
+pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand_aggregate(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+}
+
 /// See `weir_sdk::init`.
 #[proc_macro_attribute]
 pub fn init(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -216,6 +222,90 @@ fn expand_init(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
             unsafe extern "C" fn weir_init(ptr: i32, len: i32) -> i64 {
                 // SAFETY: the host passes its live input buffer (docs/abi.md).
                 unsafe { ::weir_sdk::__private::init(ptr, len, super::#ident) }
+            }
+        }
+    })
+}
+
+fn expand_aggregate(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    const SHAPE: &str =
+        "impl Aggregate for MyAggregate { type State = …; type Command = …; fn decide(…); fn evolve(…) }";
+    let desc = parse_description(args)?;
+    if !desc.topics.is_empty() || !desc.schema_versions.is_empty() {
+        return Err(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[weir_sdk::aggregate] takes `name`, `version` and `description` only",
+        ));
+    }
+    let imp: syn::ItemImpl = syn::parse2(item)
+        .map_err(|e| syn::Error::new(e.span(), format!("#[weir_sdk::aggregate] must be placed on `{SHAPE}`")))?;
+    match &imp.trait_ {
+        Some((None, path, _)) if path.segments.last().is_some_and(|s| s.ident == "Aggregate") => {}
+        _ => {
+            return Err(syn::Error::new(
+                imp.self_ty.span(),
+                format!("#[weir_sdk::aggregate] must be placed on `{SHAPE}`"),
+            ));
+        }
+    }
+    if !imp.generics.params.is_empty() {
+        return Err(syn::Error::new(imp.generics.span(), "#[weir_sdk::aggregate] types cannot be generic"));
+    }
+    let ty = &imp.self_ty;
+    let name = desc.name.map_or_else(|| quote!(::core::env!("CARGO_PKG_NAME")), |s| quote!(#s));
+    let version = desc.version.map_or_else(|| quote!(::core::env!("CARGO_PKG_VERSION")), |s| quote!(#s));
+    let description = desc.description.map_or_else(|| quote!(::core::env!("CARGO_PKG_DESCRIPTION")), |s| quote!(#s));
+    Ok(quote! {
+        #imp
+
+        #[doc(hidden)]
+        type __WeirAggregate = #ty;
+
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        mod __weir_aggregate_exports {
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_abi_version() -> i32 {
+                ::weir_sdk::__private::abi_version()
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_alloc(len: i32) -> i32 {
+                ::weir_sdk::__private::alloc_bytes(len)
+            }
+
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn weir_dealloc(ptr: i32, len: i32) {
+                // SAFETY: the host frees only buffers it was given, once (docs/abi.md).
+                unsafe { ::weir_sdk::__private::dealloc_bytes(ptr, len) }
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_handle(_ptr: i32, _len: i32) -> i64 {
+                ::weir_sdk::__private::aggregate_handle()
+            }
+
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn weir_decide(ptr: i32, len: i32) -> i64 {
+                // SAFETY: the host passes its live input buffer (docs/abi.md).
+                unsafe { ::weir_sdk::__private::decide::<super::__WeirAggregate>(ptr, len) }
+            }
+
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn weir_evolve(ptr: i32, len: i32) -> i64 {
+                // SAFETY: the host passes its live input buffer (docs/abi.md).
+                unsafe { ::weir_sdk::__private::evolve::<super::__WeirAggregate>(ptr, len) }
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_describe() -> i64 {
+                ::weir_sdk::__private::describe(&::weir_sdk::PluginDescription {
+                    name: ::std::string::String::from(#name),
+                    version: ::std::string::String::from(#version),
+                    description: ::std::string::String::from(#description),
+                    topics: ::std::vec::Vec::new(),
+                    schema_versions: ::std::vec::Vec::new(),
+                })
             }
         }
     })

@@ -4,7 +4,7 @@
 //! memory I/O in `guest.rs`.
 
 use wasmtime::TypedFunc;
-use weir_abi::{DeliveryRef, Emit, InitOutcome, Outcome, encoding, exports};
+use weir_abi::{Decide, Decision, DeliveryRef, Emit, EvolveRef, Evolved, InitOutcome, Outcome, encoding, exports};
 
 use super::guest::Guest;
 use super::host::PluginLog;
@@ -86,6 +86,41 @@ impl Live {
     }
 
     fn handle(&mut self, encoded: &[u8]) -> Result<Vec<Emit>, InvokeError> {
+        let (ptr, len) = self.write_input(encoded)?;
+        let packed = self.guest.call(&self.handle, (ptr, len))?;
+        let outcome: Outcome = self.guest.take_output(packed, &self.dealloc, "the outcome")?;
+        match outcome {
+            Outcome::Ok(emits) => {
+                check_emits(&emits, &self.guest.limits)?;
+                Ok(emits)
+            }
+            // The plugin's own words: escaped and cut before anything stores,
+            // logs or shows them.
+            Outcome::Retry(reason) => {
+                Err(InvokeError::HandlerRetry { reason: text::bounded(&reason, MAX_REASON_BYTES) })
+            }
+            Outcome::Reject(reason) => {
+                Err(InvokeError::HandlerReject { reason: text::bounded(&reason, MAX_REASON_BYTES) })
+            }
+        }
+    }
+
+    /// Call an aggregate's export `name` on `encoded` and decode its answer
+    /// (`what` names it in a failure).
+    fn call_aggregate<T: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &str,
+        encoded: &[u8],
+        what: &str,
+    ) -> Result<T, InvokeError> {
+        let func = self.guest.func::<(i32, i32), i64>(name)?;
+        let (ptr, len) = self.write_input(encoded)?;
+        let packed = self.guest.call(&func, (ptr, len))?;
+        self.guest.take_output(packed, &self.dealloc, what)
+    }
+
+    /// Start an invocation and copy `encoded` into the reused input buffer.
+    fn write_input(&mut self, encoded: &[u8]) -> Result<(i32, i32), InvokeError> {
         self.guest.begin()?;
         if self.input.1 < encoded.len() {
             if self.input.1 > 0 {
@@ -105,23 +140,7 @@ impl Live {
         }
         let ptr = self.input.0;
         self.guest.write_at(ptr, encoded)?;
-        let len = encoded.len() as i32;
-        let packed = self.guest.call(&self.handle, (ptr, len))?;
-        let outcome: Outcome = self.guest.take_output(packed, &self.dealloc, "the outcome")?;
-        match outcome {
-            Outcome::Ok(emits) => {
-                check_emits(&emits, &self.guest.limits)?;
-                Ok(emits)
-            }
-            // The plugin's own words: escaped and cut before anything stores,
-            // logs or shows them.
-            Outcome::Retry(reason) => {
-                Err(InvokeError::HandlerRetry { reason: text::bounded(&reason, MAX_REASON_BYTES) })
-            }
-            Outcome::Reject(reason) => {
-                Err(InvokeError::HandlerReject { reason: text::bounded(&reason, MAX_REASON_BYTES) })
-            }
-        }
+        Ok((ptr, encoded.len() as i32))
     }
 }
 
@@ -239,6 +258,92 @@ impl Handler {
             self.live = Some(live);
         }
         (Invocation { result, logs, logs_dropped, fuel_used, memory_bytes }, state)
+    }
+}
+
+/// The result of one call of an aggregate's `weir_decide` or
+/// `weir_evolve`, with what it logged meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateCall<T> {
+    /// The answer, or why there is none: classified as an invocation's
+    /// failure (trap, timeout, memory, bad output); an evolve that answers
+    /// `Failed` is [`InvokeError::HandlerReject`].
+    pub result: Result<T, InvokeError>,
+    /// Log lines, in order, up to the log byte cap.
+    pub logs: Vec<PluginLog>,
+    /// Lines dropped over the cap.
+    pub logs_dropped: usize,
+}
+
+impl Handler {
+    /// Run `f` on a live instance with the input encoded, under the same
+    /// limits and instance rules as [`Handler::invoke`]: the instance is
+    /// discarded after a sandbox failure.
+    fn aggregate_call<T>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, encoding::EncodeError>,
+        f: impl FnOnce(&mut Live, &[u8]) -> Result<T, InvokeError>,
+    ) -> AggregateCall<T> {
+        let failed = |error| AggregateCall { result: Err(error), logs: Vec::new(), logs_dropped: 0 };
+        if !self.plugin.info().is_aggregate() {
+            return failed(InvokeError::BadOutput {
+                reason: "the module is not an aggregate: it exports no weir_decide and weir_evolve".into(),
+            });
+        }
+        self.encoded.clear();
+        if let Err(e) = encode(&mut self.encoded) {
+            return failed(InvokeError::BadOutput { reason: format!("the host could not encode the input: {e}") });
+        }
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => match self.start() {
+                Ok(live) => live,
+                Err(StartError::Init(reason)) => return failed(InvokeError::InitFailed { reason }),
+                Err(StartError::Sandbox(_, e)) => return failed(e),
+            },
+        };
+        let result = f(&mut live, &self.encoded);
+        let (logs, logs_dropped) = live.guest.drain_logs();
+        let keep = match &result {
+            Ok(_) => true,
+            Err(e) => e.is_handler_decision(),
+        };
+        if keep && self.mode == InstanceMode::Reuse {
+            self.live = Some(live);
+        }
+        AggregateCall { result, logs, logs_dropped }
+    }
+
+    /// Ask an aggregate to decide a command (`weir_decide`). Accepted
+    /// events are held to the same caps as a handler's emits.
+    pub fn decide(&mut self, decide: &Decide) -> AggregateCall<Decision> {
+        self.aggregate_call(
+            |buf| encoding::encode_into(decide, buf),
+            |live, encoded| {
+                let decision: Decision = live.call_aggregate(exports::DECIDE, encoded, "the decision")?;
+                match decision {
+                    Decision::Accept(emits) => {
+                        check_emits(&emits, &live.guest.limits)?;
+                        Ok(Decision::Accept(emits))
+                    }
+                    Decision::Reject(reason) => Ok(Decision::Reject(text::bounded(&reason, MAX_REASON_BYTES))),
+                }
+            },
+        )
+    }
+
+    /// Ask an aggregate to fold one event into a state (`weir_evolve`);
+    /// answers the new state.
+    pub fn evolve(&mut self, evolve: EvolveRef<'_>) -> AggregateCall<Vec<u8>> {
+        self.aggregate_call(
+            |buf| encoding::encode_into(&evolve, buf),
+            |live, encoded| match live.call_aggregate::<Evolved>(exports::EVOLVE, encoded, "the evolved state")? {
+                Evolved::State(state) => Ok(state),
+                Evolved::Failed(reason) => {
+                    Err(InvokeError::HandlerReject { reason: text::bounded(&reason, MAX_REASON_BYTES) })
+                }
+            },
+        )
     }
 }
 

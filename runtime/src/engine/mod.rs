@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use handler::{Handler, InstanceMode, Invocation};
+pub use handler::{AggregateCall, Handler, InstanceMode, Invocation};
 pub use host::PluginLog;
 pub use limits::{
     DEFAULT_DEADLINE, DEFAULT_MAX_EMITS, DEFAULT_MAX_HEADER_BYTES_PER_EMIT, DEFAULT_MAX_HEADERS_PER_EMIT,

@@ -65,6 +65,13 @@ impl PluginInfo {
         self.imports.iter().any(|i| i.module == HOST_MODULE && super::state::is_state_import(&i.name))
     }
 
+    /// Whether the module exports `weir_decide` and `weir_evolve`: an
+    /// aggregate, which decides commands on an entity type's streams.
+    #[must_use]
+    pub fn is_aggregate(&self) -> bool {
+        self.exports.iter().any(|e| e.name == exports::DECIDE) && self.exports.iter().any(|e| e.name == exports::EVOLVE)
+    }
+
     /// The plugin's name from its description, or `sha256[..12]`.
     #[must_use]
     pub fn name(&self) -> String {
@@ -100,7 +107,13 @@ const REQUIRED: [(&str, &str); 4] = [
     (exports::DEALLOC, "func(i32, i32)"),
     (exports::HANDLE, "func(i32, i32) -> i64"),
 ];
-const OPTIONAL: [(&str, &str); 2] = [(exports::INIT, "func(i32, i32) -> i64"), (exports::DESCRIBE, "func() -> i64")];
+const OPTIONAL: [(&str, &str); 4] = [
+    (exports::INIT, "func(i32, i32) -> i64"),
+    (exports::DESCRIBE, "func() -> i64"),
+    // An aggregate's (docs/abi.md): both or neither.
+    (exports::DECIDE, "func(i32, i32) -> i64"),
+    (exports::EVOLVE, "func(i32, i32) -> i64"),
+];
 const LOG_TYPE: &str = "func(i32, i32, i32)";
 
 /// `weir::log`, or one of the `weir::state_*` functions, with its type.
@@ -182,6 +195,16 @@ impl Engine {
         for (name, ty) in OPTIONAL {
             if info.exports.iter().any(|e| e.name == name) {
                 check_export(&info.exports, name, ty)?;
+            }
+        }
+        let has = |name| info.exports.iter().any(|e| e.name == name);
+        for (name, other) in [(exports::DECIDE, exports::EVOLVE), (exports::EVOLVE, exports::DECIDE)] {
+            if has(name) && !has(other) {
+                return Err(LoadError::BadExport {
+                    name: other,
+                    expected: "func(i32, i32) -> i64",
+                    problem: format!("is missing while `{name}` is exported (an aggregate exports both)"),
+                });
             }
         }
         if info.exports.iter().any(|e| e.name == exports::DESCRIBE) {
