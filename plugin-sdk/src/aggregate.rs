@@ -179,21 +179,37 @@ impl From<serde_json::Error> for Rejection {
 }
 
 /// Decode a command from its name and payload: the JSON `{"<name>":
-/// <payload>}` (an empty payload is `null`), so an externally tagged enum
-/// reads it.
+/// <payload>}`, so an externally tagged enum reads it. A payload that is
+/// empty or `null` also reads as a unit variant (`"<name>"`) or a struct
+/// variant whose fields all have defaults (`{"<name>": {}}`).
 ///
 /// # Errors
 ///
 /// A [`Rejection`] naming the command and the decoding error.
 pub fn decode_command<C: DeserializeOwned>(name: &str, payload: &[u8]) -> Result<C, Rejection> {
-    let body = if payload.iter().all(u8::is_ascii_whitespace) { &b"null"[..] } else { payload };
-    let mut text = Vec::with_capacity(body.len() + name.len() + 8);
-    text.push(b'{');
-    text.extend_from_slice(&serde_json::to_vec(name)?);
-    text.push(b':');
-    text.extend_from_slice(body);
-    text.push(b'}');
-    serde_json::from_slice(&text).map_err(|e| {
+    let quoted = serde_json::to_vec(name)?;
+    let tagged = |body: &[u8]| {
+        let mut text = Vec::with_capacity(body.len() + quoted.len() + 2);
+        text.push(b'{');
+        text.extend_from_slice(&quoted);
+        text.push(b':');
+        text.extend_from_slice(body);
+        text.push(b'}');
+        serde_json::from_slice::<C>(&text)
+    };
+    let trimmed = payload.trim_ascii();
+    let first = if trimmed.is_empty() || trimmed == b"null" {
+        if let Ok(command) = serde_json::from_slice::<C>(&quoted) {
+            return Ok(command);
+        }
+        if let Ok(command) = tagged(b"{}") {
+            return Ok(command);
+        }
+        tagged(b"null")
+    } else {
+        tagged(trimmed)
+    };
+    first.map_err(|e| {
         Rejection(format!("command {name:?} is not one this aggregate knows or its payload does not fit: {e}"))
     })
 }

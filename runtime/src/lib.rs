@@ -57,6 +57,7 @@
 // precompiled artifact, one prctl) carry a local allow and a SAFETY note.
 #![deny(unsafe_code)]
 
+mod aggregate;
 mod clock;
 pub mod config;
 mod consumer;

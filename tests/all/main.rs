@@ -4,6 +4,7 @@
 mod abi_encoding;
 mod artifact_cache;
 mod c_plugin;
+mod commands;
 mod cli;
 mod consumers;
 mod correctness_cli;

@@ -125,6 +125,15 @@ mod tests {
             },
         };
         assert_eq!(encoding::decode::<Decide>(&encoding::encode(&decide).unwrap()).unwrap(), decide);
+        // The example of docs/abi.md 14.5, byte by byte.
+        let mut expected = vec![16];
+        expected.extend_from_slice(b"accounts.account");
+        expected.extend_from_slice(&[1, b'a', 1, 0, 4]);
+        expected.extend_from_slice(b"open");
+        expected.extend_from_slice(&[2, b'{', b'}', 16]);
+        expected.extend_from_slice(b"application/json");
+        expected.extend_from_slice(&[2, b'c', b'1']);
+        assert_eq!(encoding::encode(&decide).unwrap(), expected);
         // A state is a byte string: length, then the bytes (docs/abi.md).
         let bytes = encoding::encode(&Evolved::State(vec![1, 2])).unwrap();
         assert_eq!(bytes, [0, 2, 1, 2]);

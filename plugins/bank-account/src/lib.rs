@@ -57,6 +57,9 @@ struct Opened {
 #[derive(Debug, Serialize, Deserialize)]
 struct Moved {
     amount: u64,
+    /// Informational: the fold needs only the amount (an event appended
+    /// outside commands may leave it out).
+    #[serde(default)]
     balance: u64,
 }
 
@@ -184,6 +187,8 @@ mod tests {
             Command::Deposit { amount: 5 }
         );
         assert_eq!(weir_sdk::decode_command::<Command>("open", b"{}").unwrap(), Command::Open { owner: None });
+        assert_eq!(weir_sdk::decode_command::<Command>("open", b"").unwrap(), Command::Open { owner: None });
+        assert_eq!(weir_sdk::decode_command::<Command>("open", b"null").unwrap(), Command::Open { owner: None });
         assert!(weir_sdk::decode_command::<Command>("close", b"{}").is_err());
     }
 }

@@ -10,18 +10,42 @@ use crate::store::{Keep, RetentionPolicy, RetentionRule};
 pub(super) struct RawEntity {
     #[serde(rename = "type")]
     ty: String,
+    /// The aggregate module deciding its commands.
+    aggregate: Option<PathBuf>,
+    config: Option<toml::Table>,
+    limits: Option<handler::RawLimits>,
 }
 
 /// One declared entity type (`[[entities]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EntityConfig {
     /// `<domain>.<entity>` (`accounts.account`): its streams hold the events
     /// of topics `<domain>.<entity>.<event>` with a key.
     pub entity_type: String,
+    /// The aggregate that decides its commands (`aggregate = "…wasm"`):
+    /// with one, the type accepts `POST /v1/commands/{type}/{key}`.
+    pub aggregate: Option<AggregateConfig>,
 }
 
-/// Validate `[[entities]]`: each type is two topic segments, declared once.
-pub(super) fn entities(raw: &[RawEntity]) -> Result<Vec<EntityConfig>, (String, String)> {
+/// An entity type's aggregate.
+#[derive(Debug, Clone)]
+pub struct AggregateConfig {
+    /// The module (absolute, resolved against the config file).
+    pub plugin: PathBuf,
+    /// Its configuration as JSON (empty when none), for its `weir_init`.
+    pub config: Vec<u8>,
+    /// Its sandbox limits, as a handler's (`[entities.limits]`);
+    /// `max_state_value_bytes` bounds the entity's state.
+    pub limits: Limits,
+}
+
+/// Validate `[[entities]]`: each type is two topic segments, declared once;
+/// an aggregate's file exists and its limits are valid.
+pub(super) fn entities(
+    raw: &[RawEntity],
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    fuel: bool,
+) -> Result<Vec<EntityConfig>, (String, String)> {
     let mut out: Vec<EntityConfig> = Vec::with_capacity(raw.len());
     for (i, e) in raw.iter().enumerate() {
         let key = format!("entities[{i}].type");
@@ -29,7 +53,29 @@ pub(super) fn entities(raw: &[RawEntity]) -> Result<Vec<EntityConfig>, (String, 
         if out.iter().any(|x| x.entity_type == e.ty) {
             return Err((key, format!("entity type {:?} is declared twice", e.ty)));
         }
-        out.push(EntityConfig { entity_type: e.ty.clone() });
+        let aggregate = match &e.aggregate {
+            Some(path) => {
+                let plugin = resolve(path);
+                check_plugin_file(&plugin).map_err(|r| (format!("entities[{i}].aggregate"), r))?;
+                let config = match &e.config {
+                    Some(table) => {
+                        serde_json::to_vec(table).map_err(|r| (format!("entities[{i}].config"), r.to_string()))?
+                    }
+                    None => Vec::new(),
+                };
+                let (limits, _) = handler::limits(e.limits.as_ref().unwrap_or(&handler::RawLimits::default()), fuel)
+                    .map_err(|(field, reason)| (format!("entities[{i}].limits.{field}"), reason))?;
+                Some(AggregateConfig { plugin, config, limits })
+            }
+            None if e.config.is_some() || e.limits.is_some() => {
+                return Err((
+                    format!("entities[{i}]"),
+                    "config and limits belong to an aggregate: give aggregate = \"<module.wasm>\" too".into(),
+                ));
+            }
+            None => None,
+        };
+        out.push(EntityConfig { entity_type: e.ty.clone(), aggregate });
     }
     Ok(out)
 }

@@ -20,7 +20,7 @@ mod entities;
 mod handler;
 mod read_side;
 mod sinks;
-pub use entities::EntityConfig;
+pub use entities::{AggregateConfig, EntityConfig};
 pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
 pub use read_side::{ConsumersConfig, DEFAULT_RETENTION_INTERVAL};
@@ -424,7 +424,8 @@ impl Config {
                 "must be at least 1: the active version's module is always kept".to_owned(),
             ));
         }
-        let entities = entities::entities(&raw.entities).map_err(|(k, e)| err(&k, e))?;
+        let entities = entities::entities(&raw.entities, &resolve, raw.engine.fuel.unwrap_or(false))
+            .map_err(|(k, e)| err(&k, e))?;
         let (mut log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
         entities::protect(&mut log_retention, &entities).map_err(|(k, e)| err(&k, e))?;
         Ok(Self {

@@ -12,6 +12,7 @@
 //! reads too.
 
 mod auth;
+mod commands;
 mod consumers;
 mod convert;
 mod dlq;
@@ -76,6 +77,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .merge(log::router(&state))
         .merge(consumers::router(&state))
         .merge(streams::router(&state))
+        .merge(commands::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.
         .method_not_allowed_fallback(error::wrong_method)

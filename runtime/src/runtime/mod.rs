@@ -93,6 +93,8 @@ pub struct Runtime {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The durable consumers (`consumer/`).
     consumers: crate::consumer::Consumers,
+    /// The entity types' aggregates (`aggregate/`).
+    aggregates: crate::aggregate::Aggregates,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -115,6 +117,16 @@ impl Runtime {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The entity types' aggregates.
+    pub(crate) fn aggregates(&self) -> &crate::aggregate::Aggregates {
+        &self.aggregates
+    }
+
+    /// The Wasm engine.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The durable consumers.

@@ -116,6 +116,9 @@ impl Runtime {
                 loaded.push((name, pipeline, handler, candidate));
             }
         }
+        let aggregates = crate::aggregate::Aggregates::load(&engine, &config.entities).map_err(|(ty, plugin, error)| {
+            RuntimeError::Plugin { subscription: format!("entities/{ty}"), plugin, error }
+        })?;
         let store = match store {
             Some(store) => store,
             None => Store::open(
@@ -254,7 +257,7 @@ impl Runtime {
         let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone())?;
         // Last: the durable consumers have registered as readers too.
         super::subscriptions::apply_retention(&store, &subs, config);
-        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers })
+        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers, aggregates })
     }
 
     /// Stop: every worker finishes its current invocation and commits, then

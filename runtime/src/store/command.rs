@@ -33,6 +33,7 @@
 use std::mem;
 
 use super::StoreError;
+use super::aggregate::Execute;
 use super::codec::{Encoded, Records};
 use super::consumer;
 use super::lifecycle::DeleteSubscription;
@@ -226,6 +227,8 @@ pub(super) enum Command {
     Deploy(Order<Deploy>),
     /// Append to an entity stream at an expected revision: [`Store::append_stream`](super::Store::append_stream).
     StreamAppend(Order<StreamAppend>),
+    /// A command an aggregate decided: [`Store::execute_command_blocking`](super::Store::execute_command_blocking).
+    Execute(Order<Execute>),
     /// Nothing, answered after the commit: [`Store::sync`](super::Store::sync).
     Sync(Order<Barrier>),
     /// Durable consumers' commands (`store/consumer.rs`).
@@ -249,6 +252,7 @@ impl Command {
             Self::Purge(order) => order,
             Self::Deploy(order) => order,
             Self::StreamAppend(order) => order,
+            Self::Execute(order) => order,
             Self::Sync(order) => order,
             Self::ConsumerPut(order) => order,
             Self::ConsumerDelete(order) => order,

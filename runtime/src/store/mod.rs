@@ -34,6 +34,9 @@
 //!   with each append of a declared entity type, and `stream_types` (how
 //!   far each type is indexed); the stream append command and the
 //!   backfill of a newly declared type.
+//! - `aggregate.rs`: `aggregate_snapshots`, `commands` and `command_log`,
+//!   an aggregate's snapshot per entity and the record of every command;
+//!   the command that stores a decided command with its events.
 //! - `mod.rs`: `meta` (the store format); [`Store`], [`StoreOptions`] and
 //!   opening.
 //!
@@ -62,6 +65,7 @@
 //! transaction on the calling thread: they see the last committed group,
 //! never part of one, and never wait for the writer.
 
+mod aggregate;
 mod codec;
 mod command;
 pub(crate) mod consumer;
@@ -100,6 +104,7 @@ pub(crate) use fuzz::record as fuzz_record;
 pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
 pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition};
 use shared::{Shared, SharedBackend, Source};
+pub(crate) use aggregate::{CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Verdict};
 pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
@@ -303,6 +308,7 @@ impl Store {
             txn.open_table(stream::STREAMS).map_err(incompatible)?;
             txn.open_table(stream::STREAM_TYPES).map_err(incompatible)?;
             txn.open_table(state::STATE).map_err(incompatible)?;
+            aggregate::create(&txn).map_err(incompatible)?;
             // Added without a format change: absent, they start empty (the
             // time index then covers what is appended from now on).
             txn.open_table(retention::LOG_TIME).map_err(incompatible)?;

@@ -86,7 +86,8 @@ impl<'t> Streams<'t> {
         Ok(())
     }
 
-    fn current(&self, ty: &str, key: &str) -> Result<Option<u64>, Fatal> {
+    /// The stream's last revision as this group sees it.
+    pub(super) fn current(&self, ty: &str, key: &str) -> Result<Option<u64>, Fatal> {
         match &self.table {
             Some(table) => Ok(current(table, ty, key)?),
             None => Ok(None),
@@ -226,6 +227,20 @@ pub(super) enum Decided {
     Append(u64),
     /// Answer this without writing.
     Answer(AppendOutcome),
+}
+
+impl StreamAppend {
+    /// An append made as part of another command (an aggregate's,
+    /// `aggregate.rs`).
+    pub(super) fn new(
+        ty: String,
+        key: String,
+        expected: ExpectedRevision,
+        events: Vec<Event>,
+        admitted: Admitted,
+    ) -> Self {
+        Self { ty, key, expected, events, _admitted: admitted }
+    }
 }
 
 impl Apply for StreamAppend {

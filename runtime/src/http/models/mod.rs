@@ -11,12 +11,14 @@
 
 use serde::{Deserialize, Serialize};
 
+mod commands;
 mod consumers;
 mod dlq;
 mod log;
 mod plugins;
 mod streams;
 mod subscriptions;
+pub use commands::*;
 pub use consumers::*;
 pub use dlq::*;
 pub use log::*;

@@ -1,0 +1,198 @@
+//! One command: answered from its record when its idempotency key was
+//! seen, else decided on the entity's state under the entity's lock, its
+//! events folded into the new state, and all of it stored in one commit;
+//! decided again when the stream moved meanwhile.
+
+use weir_abi::{CommandMsg, Decide, Decision, Emit, Event, EvolveRef, Header};
+
+use super::fold::{self, StateAt};
+use super::{AggregateError, Aggregates, Loaded, MAX_ATTEMPTS};
+use crate::engine::Handler;
+use crate::ids::IdGenerator;
+use crate::store::{CommandRecord, DecidedCommand, ExecuteOutcome, Store, Verdict, entity_type};
+
+/// Header of a command's events: the command's name.
+pub(crate) const COMMAND_HEADER: &str = "weir-command";
+/// Header of a command's events: the command's idempotency key.
+pub(crate) const COMMAND_KEY_HEADER: &str = "weir-command-key";
+
+/// A command as the API received it, checked for shape.
+#[derive(Debug, Clone)]
+pub(crate) struct CommandRequest {
+    pub(crate) ty: String,
+    pub(crate) key: String,
+    pub(crate) name: String,
+    /// JSON text.
+    pub(crate) payload: Vec<u8>,
+    pub(crate) idempotency_key: String,
+}
+
+/// A command's answer: its record, and whether it was recorded before
+/// (a retry).
+#[derive(Debug, Clone)]
+pub(crate) struct Executed {
+    pub(crate) record: CommandRecord,
+    pub(crate) replayed: bool,
+}
+
+impl Aggregates {
+    /// Execute `request`: blocks (a blocking thread) for the entity's lock,
+    /// the aggregate's calls and the commit.
+    ///
+    /// # Errors
+    ///
+    /// See [`AggregateError`]; a rejection is not an error but a result.
+    pub(crate) fn execute(
+        &self,
+        store: &Store,
+        ids: &IdGenerator,
+        max_payload_bytes: usize,
+        request: CommandRequest,
+    ) -> Result<Executed, AggregateError> {
+        let loaded = self.get(&request.ty)?;
+        let _entity = self.lock(&request.ty, &request.key);
+        if let Some(record) = store.command_record(&request.ty, &request.key, &request.idempotency_key)? {
+            return Ok(Executed { record, replayed: true });
+        }
+        let mut handler = loaded.take()?;
+        let result = attempts(store, ids, max_payload_bytes, &loaded, &mut handler, &request);
+        loaded.give(handler);
+        result
+    }
+}
+
+fn attempts(
+    store: &Store,
+    ids: &IdGenerator,
+    max_payload_bytes: usize,
+    loaded: &Loaded,
+    handler: &mut Handler,
+    request: &CommandRequest,
+) -> Result<Executed, AggregateError> {
+    let (ty, key) = (request.ty.as_str(), request.key.as_str());
+    for _ in 0..MAX_ATTEMPTS {
+        let at = fold::current(store, loaded, handler, ty, key)?;
+        let verdict = decide(ids, max_payload_bytes, loaded, handler, request, &at)?;
+        let command = DecidedCommand {
+            ty: request.ty.clone(),
+            key: request.key.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            name: request.name.clone(),
+            payload: request.payload.clone(),
+            content_type: "application/json".into(),
+            aggregate: loaded.sha256().to_owned(),
+            decided_at: at.revision,
+            folded: at.folded,
+            verdict,
+        };
+        match store.execute_command_blocking(command)? {
+            ExecuteOutcome::Done(record) => return Ok(Executed { record, replayed: false }),
+            ExecuteOutcome::Replayed(record) => return Ok(Executed { record, replayed: true }),
+            ExecuteOutcome::Conflict { actual } => {
+                tracing::debug!(entity_type = ty, key, ?actual, decided_at = ?at.revision, "command's stream moved; deciding again");
+            }
+        }
+    }
+    Err(AggregateError::Conflict { attempts: MAX_ATTEMPTS })
+}
+
+/// Ask the aggregate; for an accept, build the events and fold them into
+/// the new state.
+fn decide(
+    ids: &IdGenerator,
+    max_payload_bytes: usize,
+    loaded: &Loaded,
+    handler: &mut Handler,
+    request: &CommandRequest,
+    at: &StateAt,
+) -> Result<Verdict, AggregateError> {
+    let (ty, key) = (request.ty.as_str(), request.key.as_str());
+    let message = Decide {
+        entity_type: request.ty.clone(),
+        key: request.key.clone(),
+        revision: at.revision.map_or(-1, |r| i64::try_from(r).unwrap_or(i64::MAX)),
+        state: at.state.clone(),
+        command: CommandMsg {
+            name: request.name.clone(),
+            payload: request.payload.clone(),
+            content_type: "application/json".into(),
+            idempotency_key: request.idempotency_key.clone(),
+        },
+    };
+    let call = handler.decide(&message);
+    for line in &call.logs {
+        tracing::info!(entity_type = ty, key, level = line.level.as_str(), "aggregate: {}", line.message);
+    }
+    let emits = match call.result.map_err(|error| AggregateError::Aggregate { error })? {
+        Decision::Reject(reason) => {
+            // A rebuilt state is worth keeping: the next command starts there.
+            let state = if at.folded > 0 { at.state.clone() } else { None };
+            return Ok(Verdict::Reject { reason, state });
+        }
+        Decision::Accept(emits) => emits,
+    };
+    let now = crate::clock::now_nanos();
+    let mut events = Vec::with_capacity(emits.len());
+    for (i, emit) in emits.into_iter().enumerate() {
+        events.push(event(ids, request, i, emit, now, max_payload_bytes)?);
+    }
+    let mut state = at.state.clone();
+    for event in &events {
+        let call = handler.evolve(EvolveRef { state: state.as_deref(), event });
+        state = Some(call.result.map_err(|error| AggregateError::Aggregate { error })?);
+    }
+    let state = state.unwrap_or_default();
+    if state.len() > loaded.max_state_bytes() {
+        return Err(AggregateError::StateTooLarge { size: state.len(), limit: loaded.max_state_bytes() });
+    }
+    Ok(Verdict::Accept { events, state })
+}
+
+/// The event of the aggregate's `i`-th emit: of the entity (its type, its
+/// key), with an idempotency key derived from the command's, so the same
+/// command never appends twice.
+fn event(
+    ids: &IdGenerator,
+    request: &CommandRequest,
+    i: usize,
+    emit: Emit,
+    now: i64,
+    max_payload_bytes: usize,
+) -> Result<Event, AggregateError> {
+    let (ty, key) = (request.ty.as_str(), request.key.as_str());
+    if let Err(e) = crate::topic::validate(&emit.topic) {
+        return Err(AggregateError::BadEvent(format!("event {i}: {}", e.reason)));
+    }
+    if entity_type(&emit.topic) != Some(ty) {
+        return Err(AggregateError::BadEvent(format!(
+            "event {i}: topic {:?} is not of the entity type {ty:?}",
+            emit.topic
+        )));
+    }
+    if emit.key.as_deref().is_some_and(|k| k != key) {
+        return Err(AggregateError::BadEvent(format!("event {i}: key {:?} is not the entity's {key:?}", emit.key)));
+    }
+    if emit.payload.len() > max_payload_bytes {
+        return Err(AggregateError::BadEvent(format!(
+            "event {i}: payload of {} bytes, over ingest.max_payload_bytes ({max_payload_bytes})",
+            emit.payload.len()
+        )));
+    }
+    let mut headers = emit.headers;
+    headers.push(Header::new(COMMAND_HEADER, request.name.clone()));
+    headers.push(Header::new(COMMAND_KEY_HEADER, request.idempotency_key.clone()));
+    Ok(Event {
+        id: ids.next_id(),
+        topic: emit.topic,
+        source: format!("weir:aggregate/{ty}"),
+        key: Some(request.key.clone()),
+        schema_version: emit.schema_version,
+        time: now,
+        content_type: emit.content_type,
+        headers,
+        idempotency_key: format!("command:{ty}/{key}/{}#{i}", request.idempotency_key),
+        correlation_id: emit.correlation_id,
+        causation_id: emit.causation_id,
+        payload: emit.payload,
+    })
+}

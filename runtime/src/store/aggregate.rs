@@ -1,0 +1,370 @@
+//! Aggregates' tables (docs/event-sourcing.md, "Aggregates and commands"):
+//! each entity's snapshot, and the record of every command it was sent.
+//!
+//! A command's effects commit in one store command, [`Execute`], inside
+//! the group commit: its events are appended to the entity's stream at the
+//! revision it was decided on (the stream append of `stream.rs`, whose
+//! check refuses a moved stream), with the new snapshot and the command's
+//! record. So after a crash either all of it is there or none: a client
+//! that retries with the same idempotency key gets the recorded result, or
+//! a fresh decision when nothing was stored.
+//!
+//! - `aggregate_snapshots`: (entity type, key) → [`Snapshot`] — the state
+//!   after revision `revision`, as the aggregate whose module has the
+//!   sha256 `aggregate` folded it. A snapshot of another module, or behind
+//!   the stream (someone appended with `POST /v1/streams`), is folded on
+//!   from the stream, never trusted.
+//! - `commands`: (entity type, key, idempotency key) → [`CommandRecord`]:
+//!   the audit trail and the command idempotency index. Kept forever,
+//!   like the streams.
+//! - `command_log`: (entity type, key, ordinal) → idempotency key: the
+//!   entity's commands in the order they were decided.
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use weir_abi::Event;
+
+use super::codec::{Encoded, Records, decode, encode};
+use super::command::{Apply, Command, Failure, Fatal, Order, next_record};
+use super::stream::{AppendOutcome, Decided, ExpectedRevision, STREAMS, StreamAppend, current};
+use super::writer::Writes;
+use super::{Store, StoreError, storage};
+
+/// (entity type, key) → encoded [`Snapshot`].
+pub(super) const SNAPSHOTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("aggregate_snapshots");
+/// (entity type, key, idempotency key) → encoded [`CommandRecord`].
+pub(super) const COMMANDS: TableDefinition<'_, (&str, &str, &str), &[u8]> = TableDefinition::new("commands");
+/// (entity type, key, ordinal) → idempotency key.
+pub(super) const COMMAND_LOG: TableDefinition<'_, (&str, &str, u64), &str> = TableDefinition::new("command_log");
+
+/// An entity's state after one revision of its stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    /// The revision of the last event folded in (`None`: no event).
+    pub(crate) revision: Option<u64>,
+    /// Hex sha256 of the aggregate module that folded it.
+    pub(crate) aggregate: String,
+    /// The state, as the aggregate's `weir_evolve` answered it.
+    pub(crate) state: Vec<u8>,
+}
+
+/// One event a command appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CommandEvent {
+    pub(crate) id: u128,
+    pub(crate) seq: u64,
+    pub(crate) revision: u64,
+}
+
+/// What a command came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum CommandResult {
+    /// Accepted: these events were appended (maybe none), and the stream
+    /// was at `revision` after them.
+    Accepted { events: Vec<CommandEvent>, revision: Option<u64> },
+    /// Rejected by the aggregate, with its reason: nothing appended.
+    Rejected { reason: String },
+}
+
+/// One command as recorded: the audit trail, and the answer a retry gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CommandRecord {
+    /// Its place among the entity's commands, from 0.
+    pub(crate) ordinal: u64,
+    pub(crate) idempotency_key: String,
+    /// When it was decided, ms since the Unix epoch.
+    pub(crate) time_ms: u64,
+    pub(crate) name: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: String,
+    /// Hex sha256 of the aggregate that decided it.
+    pub(crate) aggregate: String,
+    /// The revision the decision was made on (`None`: no event).
+    pub(crate) decided_at: Option<u64>,
+    /// Events folded through `weir_evolve` to load the state it was decided
+    /// on (0: the snapshot was current).
+    pub(crate) folded: u64,
+    pub(crate) result: CommandResult,
+}
+
+/// How [`Store::execute_command_blocking`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ExecuteOutcome {
+    /// Stored now: the events, the snapshot and the record.
+    Done(CommandRecord),
+    /// The idempotency key was recorded before: its record, nothing stored.
+    Replayed(CommandRecord),
+    /// The stream moved since the decision (`actual` is its revision):
+    /// nothing stored; decide again.
+    Conflict { actual: Option<u64> },
+}
+
+/// A decided command, as the runtime hands it to the store.
+#[derive(Debug)]
+pub(crate) struct DecidedCommand {
+    pub(crate) ty: String,
+    pub(crate) key: String,
+    pub(crate) idempotency_key: String,
+    pub(crate) name: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) content_type: String,
+    pub(crate) aggregate: String,
+    /// The revision the decision was made on.
+    pub(crate) decided_at: Option<u64>,
+    /// Events folded to load the state.
+    pub(crate) folded: u64,
+    pub(crate) verdict: Verdict,
+}
+
+/// The aggregate's decision, ready to store.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Append `events`; `state` is the state after them.
+    Accept { events: Vec<Event>, state: Vec<u8> },
+    /// Record the rejection; `state` is a snapshot at `decided_at` worth
+    /// keeping (it was rebuilt), if any.
+    Reject { reason: String, state: Option<Vec<u8>> },
+}
+
+/// The store command of one decided command.
+pub(super) struct Execute {
+    command: Box<DecidedCommand>,
+    /// The stream append of an accept with events, and how many.
+    append: Option<Box<StreamAppend>>,
+    events: u64,
+    /// The snapshot to store, if any.
+    state: Option<Vec<u8>>,
+    reason: Option<String>,
+}
+
+/// What the check of an [`Execute`] found.
+pub(super) enum Checked {
+    Replay(CommandRecord),
+    Conflict(Option<u64>),
+    /// Store it: the append's decision (`None`: nothing to append), the
+    /// command's ordinal, whether a snapshot record was encoded first.
+    Store {
+        append: Option<Decided>,
+        ordinal: u64,
+        snapshot: bool,
+    },
+}
+
+impl Apply for Execute {
+    type Answer = ExecuteOutcome;
+    type Checked = Checked;
+
+    fn check(&self, w: &Writes<'_>, encoded: &mut Encoded) -> Result<Checked, Failure> {
+        let c = &self.command;
+        let (ty, key) = (c.ty.as_str(), c.key.as_str());
+        {
+            let commands = w.txn.open_table(COMMANDS)?;
+            if let Some(bytes) = commands.get((ty, key, c.idempotency_key.as_str()))? {
+                let what = || format!("command {ty}/{key} {:?}", c.idempotency_key);
+                return Ok(Checked::Replay(decode(bytes.value(), what)?));
+            }
+        }
+        let ordinal = {
+            let log = w.txn.open_table(COMMAND_LOG)?;
+            let last = log.range((ty, key, 0)..=(ty, key, u64::MAX))?.next_back().transpose()?;
+            last.map_or(0, |(k, _)| k.value().2 + 1)
+        };
+        let now = w.streams.current(ty, key)?;
+        let snapshot = match &self.state {
+            Some(state) => {
+                // Before the append's records: the write takes it first. The
+                // append happens only at the revision decided on, so the
+                // revision it reaches is known now.
+                let revision = match self.events {
+                    0 => c.decided_at,
+                    n => Some(c.decided_at.map_or(0, |r| r + 1) + n - 1),
+                };
+                encoded.push(&Snapshot { revision, aggregate: c.aggregate.clone(), state: state.clone() })?;
+                true
+            }
+            None => false,
+        };
+        let Some(append) = &self.append else {
+            if now != c.decided_at {
+                return Ok(Checked::Conflict(now));
+            }
+            return Ok(Checked::Store { append: None, ordinal, snapshot });
+        };
+        match append.check(w, encoded)? {
+            Decided::Append(first) => Ok(Checked::Store { append: Some(Decided::Append(first)), ordinal, snapshot }),
+            Decided::Answer(AppendOutcome::WrongExpectedRevision { actual }) => Ok(Checked::Conflict(actual)),
+            Decided::Answer(other) => Err(Failure::Refused(StoreError::Storage(format!(
+                "command {ty}/{key} {:?}: its events could not be appended ({other:?}; a bug in Weir)",
+                c.idempotency_key
+            )))),
+        }
+    }
+
+    fn write(self, checked: Checked, w: &mut Writes<'_>, mut records: Records<'_>) -> Result<ExecuteOutcome, Fatal> {
+        let (decided, ordinal, has_snapshot) = match checked {
+            Checked::Replay(record) => return Ok(ExecuteOutcome::Replayed(record)),
+            Checked::Conflict(actual) => return Ok(ExecuteOutcome::Conflict { actual }),
+            Checked::Store { append, ordinal, snapshot } => (append, ordinal, snapshot),
+        };
+        let c = *self.command;
+        let (ty, key) = (c.ty.as_str(), c.key.as_str());
+        let snapshot = if has_snapshot { Some(next_record(&mut records)?) } else { None };
+        let result = match (self.append, decided, self.reason) {
+            (Some(append), Some(decided), _) => match (*append).write(decided, w, records)? {
+                AppendOutcome::Appended { events, revision } => CommandResult::Accepted {
+                    events: events
+                        .iter()
+                        .map(|p| CommandEvent {
+                            id: p.id.as_u128(),
+                            seq: p.seq,
+                            revision: p.revision.unwrap_or(revision),
+                        })
+                        .collect(),
+                    revision: Some(revision),
+                },
+                other => {
+                    return Err(Fatal(StoreError::Storage(format!(
+                        "a command's append checked as an append answered {other:?} (a bug in Weir)"
+                    ))));
+                }
+            },
+            (_, _, Some(reason)) => CommandResult::Rejected { reason },
+            _ => CommandResult::Accepted { events: Vec::new(), revision: c.decided_at },
+        };
+        if let Some(bytes) = snapshot {
+            w.txn.open_table(SNAPSHOTS)?.insert((ty, key), bytes)?;
+        }
+        let record = CommandRecord {
+            ordinal,
+            idempotency_key: c.idempotency_key,
+            time_ms: w.now,
+            name: c.name,
+            payload: c.payload,
+            content_type: c.content_type,
+            aggregate: c.aggregate,
+            decided_at: c.decided_at,
+            folded: c.folded,
+            result,
+        };
+        let bytes = encode(&record).map_err(Fatal)?;
+        w.txn.open_table(COMMANDS)?.insert((ty, key, record.idempotency_key.as_str()), bytes.as_slice())?;
+        w.txn.open_table(COMMAND_LOG)?.insert((ty, key, ordinal), record.idempotency_key.as_str())?;
+        Ok(ExecuteOutcome::Done(record))
+    }
+}
+
+impl Store {
+    /// Store a decided command in one commit: its events at the revision
+    /// it was decided on, the snapshot and its record; or answer the
+    /// record of its idempotency key, or the conflict when the stream
+    /// moved. Blocks until the commit.
+    ///
+    /// # Errors
+    ///
+    /// The commit's error; [`StoreError::Overloaded`] when the writer's
+    /// queue is full.
+    pub(crate) fn execute_command_blocking(&self, command: DecidedCommand) -> Result<ExecuteOutcome, StoreError> {
+        let events_len = match &command.verdict {
+            Verdict::Accept { events, .. } => events.len() as u64,
+            Verdict::Reject { .. } => 0,
+        };
+        let (append, state, reason) = match &command.verdict {
+            Verdict::Accept { events, state } if events.is_empty() => (None, Some(state.clone()), None),
+            Verdict::Accept { events, state } => {
+                let admitted = self.admit(events)?;
+                let expected = match command.decided_at {
+                    None => ExpectedRevision::NoStream,
+                    Some(r) => ExpectedRevision::Exactly(r),
+                };
+                let append = Box::new(StreamAppend::new(
+                    command.ty.clone(),
+                    command.key.clone(),
+                    expected,
+                    events.clone(),
+                    admitted,
+                ));
+                (Some(append), Some(state.clone()), None)
+            }
+            Verdict::Reject { reason, state } => (None, state.clone(), Some(reason.clone())),
+        };
+        let execute = Execute { command: Box::new(command), append, events: events_len, state, reason };
+        self.ask(|reply| Command::Execute(Order::new(execute, reply)))
+    }
+
+    /// The snapshot of `ty`/`key` and the stream's current revision, read
+    /// together.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; a damaged snapshot as [`StoreError::RecordCorrupt`].
+    pub(crate) fn snapshot(&self, ty: &str, key: &str) -> Result<(Option<Snapshot>, Option<u64>), StoreError> {
+        let read = self.shared.begin_read()?;
+        let streams = read.open_table(STREAMS).map_err(storage)?;
+        let revision = current(&streams, ty, key).map_err(storage)?;
+        let snapshots = read.open_table(SNAPSHOTS).map_err(storage)?;
+        let snapshot = match snapshots.get((ty, key)).map_err(storage)? {
+            Some(bytes) => Some(decode(bytes.value(), || format!("snapshot of {ty}/{key}"))?),
+            None => None,
+        };
+        Ok((snapshot, revision))
+    }
+
+    /// The record of the command `idempotency_key` sent to `ty`/`key`.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; a damaged record as [`StoreError::RecordCorrupt`].
+    pub(crate) fn command_record(
+        &self,
+        ty: &str,
+        key: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let commands = read.open_table(COMMANDS).map_err(storage)?;
+        match commands.get((ty, key, idempotency_key)).map_err(storage)? {
+            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("command {ty}/{key} {idempotency_key:?}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` commands of `ty`/`key` from ordinal `from` on, in the
+    /// order they were decided.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; a damaged record as [`StoreError::RecordCorrupt`].
+    pub(crate) fn command_page(
+        &self,
+        ty: &str,
+        key: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let log = read.open_table(COMMAND_LOG).map_err(storage)?;
+        let commands = read.open_table(COMMANDS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in log.range((ty, key, from)..=(ty, key, u64::MAX)).map_err(storage)?.take(limit) {
+            let (_, idem) = entry.map_err(storage)?;
+            let idem = idem.value();
+            let what = || format!("command {ty}/{key} {idem:?}");
+            let Some(bytes) = commands.get((ty, key, idem)).map_err(storage)? else {
+                return Err(StoreError::RecordCorrupt {
+                    record: what(),
+                    reason: "in the command log, not recorded".into(),
+                });
+            };
+            out.push(decode(bytes.value(), what)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Create the tables (at open), so readers never meet a missing one.
+pub(super) fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(SNAPSHOTS)?;
+    txn.open_table(COMMANDS)?;
+    txn.open_table(COMMAND_LOG)?;
+    Ok(())
+}
