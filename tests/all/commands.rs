@@ -471,3 +471,68 @@ fn kill_9_during_20000_commands_loses_and_repeats_nothing_acknowledged() {
         assert_eq!(now["revision"].as_u64(), Some(events.len() as u64 - 1));
     }
 }
+
+#[test]
+fn a_swapped_aggregate_decides_from_then_on_and_a_handler_module_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), BANK);
+    ok(&server, "s1", "open", json!({}), "o");
+    ok(&server, "s1", "deposit", json!({"amount": 9}), "d1");
+    let wasm = |path: &str| std::fs::read(path).unwrap();
+    let swap = |ty: &str, bytes: &[u8]| {
+        server.post_with(&format!("/v1/entities/{ty}/aggregate"), &[("content-type", "application/wasm")], bytes)
+    };
+    let (status, body) = swap("accounts.account", &wasm(weir_tests::plugins::COUNTER));
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("bad_export")), "{body}");
+    let (status, body) = swap("billing.invoice", &wasm(weir_tests::plugins::BANK_ACCOUNT));
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_entity_type")), "{body}");
+    let v2 = wasm(&other_version(dir.path()));
+    let (status, body) = swap("accounts.account", &v2);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sha256"].as_str().unwrap(), weir_tests::sha256(&v2));
+    assert_eq!(body["previous"].as_str().unwrap(), weir_tests::sha256(&wasm(weir_tests::plugins::BANK_ACCOUNT)));
+    ok(&server, "s1", "withdraw", json!({"amount": 4}), "w1");
+    let (_, record) = server.get("/v1/commands/accounts.account/s1?idempotency_key=w1");
+    assert_eq!(record["commands"][0]["aggregate"], body["sha256"]);
+    assert_eq!(record["commands"][0]["folded"], 2, "the new version folded the stream again");
+    assert_eq!(state(&server, "s1", None)["state"]["balance"], 5);
+}
+
+#[test]
+fn weir_command_send_and_weir_stream_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), BANK);
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &server.url]);
+        let out = weir_tests::weir(&all, dir.path());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["command", "send", "accounts.account/c1", "open", "--idempotency-key", "o"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["revision"], 0);
+    let (code, out, err) =
+        cli(&["command", "send", "accounts.account/c1", "deposit", "--payload", r#"{"amount": 30}"#]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("idempotency key: "), "a fresh key is printed: {err}");
+    let (code, _, err) = cli(&["command", "send", "accounts.account/c1", "withdraw", "--payload", r#"{"amount": 31}"#]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("rejected: insufficient funds"), "{err}");
+    let (code, out, err) = cli(&["stream", "state", "accounts.account/c1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["balance"], 30);
+    let (code, out, _) = cli(&["stream", "state", "accounts.account/c1", "--at", "0"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["balance"], 0);
+    let (code, out, _) = cli(&["command", "list", "accounts.account/c1"]);
+    assert_eq!(code, Some(0));
+    let results: Vec<String> =
+        out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(results, ["accepted", "accepted", "rejected"]);
+    let (code, _, err) = cli(&["command", "send", "nonsense", "open"]);
+    assert_eq!(code, Some(1), "{err}");
+}

@@ -3,6 +3,7 @@
 
 mod build;
 mod client;
+mod command;
 mod consumer;
 mod demo;
 mod dlq;
@@ -79,6 +80,10 @@ enum Command {
     /// Entity streams of a running server: read one with its revisions,
     /// append to one at an expected revision.
     Stream(stream::StreamArgs),
+    /// Send a command to an entity of a running server (its aggregate
+    /// decides it), or list the commands an entity was sent.
+    #[command(name = "command")]
+    Commands(command::CommandArgs),
     /// One table of the pipelines and subscriptions of a running server: state,
     /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
@@ -203,6 +208,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Log(args) => log::run(&args),
         Command::Consumer(args) => consumer::run(&args),
         Command::Stream(args) => stream::run(&args),
+        Command::Commands(args) => command::run(&args),
         Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),

@@ -1,5 +1,6 @@
 //! `weir stream`: read an entity stream of a running server, append to one
-//! at an expected revision (docs/event-sourcing.md).
+//! at an expected revision, print an entity's state now or at a revision or
+//! time (docs/event-sourcing.md).
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
@@ -8,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use weir_runtime::models::{
-    ExpectedRevisionText, STREAM_PAGE_MAX, StreamAppendRequest, StreamAppendResponse, StreamConflictResponse,
-    StreamEvent, StreamReadResponse,
+    EntityStateResponse, ExpectedRevisionText, STREAM_PAGE_MAX, StreamAppendRequest, StreamAppendResponse,
+    StreamConflictResponse, StreamEvent, StreamReadResponse,
 };
 
 use super::client::{Client, ServerArgs, encode};
@@ -58,6 +59,15 @@ enum StreamCommand {
         /// left out; `-` for standard input.
         events: PathBuf,
     },
+    /// Print an entity's state as its aggregate folds the stream, now or at
+    /// `--at` (docs/event-sourcing.md, time travel).
+    State {
+        /// The stream: `<domain>.<entity>/<key>`.
+        stream: String,
+        /// A revision, or an RFC 3339 time [default: now].
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 pub(crate) fn run(args: &StreamArgs) -> anyhow::Result<ExitCode> {
@@ -68,6 +78,18 @@ pub(crate) fn run(args: &StreamArgs) -> anyhow::Result<ExitCode> {
         }
         StreamCommand::Append { stream, expected_revision, events } => {
             append(&client, stream, expected_revision, events)
+        }
+        StreamCommand::State { stream, at } => {
+            let query = at.as_deref().map(|a| format!("?at={}", encode(a))).unwrap_or_default();
+            let state: EntityStateResponse = client.get(&format!("{}/state{query}", path(stream)?))?;
+            println!("{}", serde_json::to_string_pretty(&state.state)?);
+            match state.revision {
+                Some(r) => {
+                    eprintln!("stream {stream}: state after revision {r} (current {:?})", state.current_revision)
+                }
+                None => eprintln!("stream {stream}: no event folded"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
