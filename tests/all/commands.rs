@@ -211,7 +211,7 @@ fn other_version(dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn snapshots_rebuild_after_a_restart_an_outside_append_and_a_new_aggregate() {
+fn snapshots_rebuild_after_a_restart_an_outside_append_and_a_deployed_aggregate() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), BANK);
     ok(&server, "a1", "open", json!({}), "o");
@@ -242,21 +242,27 @@ fn snapshots_rebuild_after_a_restart_an_outside_append_and_a_new_aggregate() {
     let (status, _) = command(&server, "a1", "withdraw", json!({"amount": 1}), "w2");
     assert_eq!(status, 422, "the balance is 0");
 
-    // A new version of the aggregate: snapshots of the old one are not
-    // trusted, the state is folded again from the stream.
-    assert!(server.terminate().success());
-    let text = std::fs::read_to_string(&server.config).unwrap();
-    std::fs::write(&server.config, text.replace(weir_tests::plugins::BANK_ACCOUNT, &other_version(dir.path())))
-        .unwrap();
+    // A new version of the aggregate, deployed, then a restart: the
+    // registry's active version runs, and snapshots of the old one are not
+    // trusted: the state is folded again from the stream.
+    let v2 = std::fs::read(other_version(dir.path())).unwrap();
+    let (status, deployed) =
+        server.post_with("/v1/entities/accounts.account/aggregate", &[("content-type", "application/wasm")], &v2);
+    assert_eq!(status, 200, "{deployed}");
+    server.kill9();
     server.restart();
     let body = ok(&server, "a1", "deposit", json!({"amount": 3}), "d-after");
     assert_eq!(body["revision"], 8);
     let (after, new_sha) = folded_by(&server, "d-after");
     assert_eq!(after, 8, "the new version folded the whole stream, not the old snapshot");
+    assert_eq!(new_sha, deployed["sha256"], "the deployed version survives the restart");
     assert_ne!(new_sha, folded_by(&server, "d0").1);
     assert_eq!(folded_by(&server, "w1").0, 1);
-    assert_eq!(state(&server, "a1", None)["state"]["balance"], 3);
-    assert_eq!(fold(&stream(&server, "a1")), 3);
+    // Its snapshot is current again: the next command folds nothing.
+    ok(&server, "a1", "deposit", json!({"amount": 1}), "d-next");
+    assert_eq!(folded_by(&server, "d-next").0, 0);
+    assert_eq!(state(&server, "a1", None)["state"]["balance"], 4);
+    assert_eq!(fold(&stream(&server, "a1")), 4);
 }
 
 #[test]
@@ -473,7 +479,7 @@ fn kill_9_during_20000_commands_loses_and_repeats_nothing_acknowledged() {
 }
 
 #[test]
-fn a_swapped_aggregate_decides_from_then_on_and_a_handler_module_is_refused() {
+fn a_deployed_aggregate_decides_from_then_on_and_a_handler_module_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), BANK);
     ok(&server, "s1", "open", json!({}), "o");
@@ -496,6 +502,17 @@ fn a_swapped_aggregate_decides_from_then_on_and_a_handler_module_is_refused() {
     assert_eq!(record["commands"][0]["aggregate"], body["sha256"]);
     assert_eq!(record["commands"][0]["folded"], 2, "the new version folded the stream again");
     assert_eq!(state(&server, "s1", None)["state"]["balance"], 5);
+    // Its versions are in the registry under entities/<type>, not an orphan.
+    let (status, list) = server.get("/v1/subscriptions");
+    assert_eq!(status, 200, "{list}");
+    let entry = list["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "entities/accounts.account")
+        .unwrap_or_else(|| panic!("{list}"))
+        .clone();
+    assert_eq!(entry["configured"], true, "{entry}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! | `mod.rs` | the loaded aggregates, their instance pools, the per-entity locks, errors |
 //! | `execute.rs` | one command: idempotency, decide, fold, store, retry on a moved stream |
 //! | `fold.rs` | an entity's state: snapshot plus the events after it; time travel |
+//! | `deploy.rs` | versions in the plugin registry, as a handler's: restore at start, deploy live |
 //!
 //! # Concurrency
 //!
@@ -21,6 +22,7 @@
 //! meets the store's revision check, reloads and decides again, up to
 //! [`MAX_ATTEMPTS`] times, then answers `409 command_conflict`.
 
+mod deploy;
 mod execute;
 mod fold;
 
@@ -101,6 +103,8 @@ pub(crate) struct Aggregates {
     /// Entity type → its aggregate (swapped whole by a deploy).
     types: HashMap<String, RwLock<Arc<Loaded>>>,
     declared: Vec<String>,
+    /// Held through a deploy, so two deploys of one type do not interleave.
+    deploying: Mutex<()>,
     locks: Box<[Mutex<()>]>,
 }
 
@@ -130,6 +134,7 @@ impl Aggregates {
         Ok(Self {
             types,
             declared: entities.iter().map(|e| e.entity_type.clone()).collect(),
+            deploying: Mutex::new(()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         })
     }
@@ -148,21 +153,12 @@ impl Aggregates {
         }
     }
 
-    /// Replace the aggregate of `ty` by `plugin` (with the configured
-    /// limits and config): commands decided from now on use it, and each
-    /// entity's snapshot is rebuilt on its next command, the sha having
-    /// changed. Answers the sha256 it replaced.
-    ///
-    /// # Errors
-    ///
-    /// `unknown_entity_type`, `no_aggregate`, or the module's refusal.
-    pub(crate) fn swap(&self, ty: &str, plugin: Plugin) -> Result<String, AggregateError> {
-        let old = self.get(ty)?;
-        let loaded = Loaded::new(plugin, old.limits.clone(), old.config.clone())
-            .map_err(|e| AggregateError::Refused(e.code(), e.to_string()))?;
+    /// Make `loaded` the aggregate of `ty`: commands decided from now on
+    /// use it. Answers the one it replaced.
+    fn install(&self, ty: &str, loaded: Loaded) -> Result<Arc<Loaded>, AggregateError> {
         let Some(slot) = self.types.get(ty) else { return Err(AggregateError::NoAggregate(ty.to_owned())) };
-        *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(loaded);
-        Ok(old.sha256().to_owned())
+        let mut current = slot.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(std::mem::replace(&mut *current, Arc::new(loaded)))
     }
 
     /// The command lock of entity `ty`/`key`.

@@ -5,7 +5,8 @@
 //! reads the recorded commands, the audit trail (`read`);
 //! `GET /v1/streams/{type}/{key}/state?at=` folds the stream through the
 //! aggregate up to a revision or a time (`read`); `POST
-//! /v1/entities/{type}/aggregate` swaps the aggregate's module (`admin`).
+//! /v1/entities/{type}/aggregate` deploys another version of the aggregate
+//! (`admin`).
 //! The aggregate runs on the blocking pool, never on an I/O thread.
 
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
         Rule { read: Some(Scope::Read), write: Some(Scope::Publish), body: Accept::Json },
     );
     let deploy = auth::guard(
-        Router::new().route("/v1/entities/{ty}/aggregate", post(swap)),
+        Router::new().route("/v1/entities/{ty}/aggregate", post(deploy)),
         state,
         Rule { read: Some(Scope::Admin), write: Some(Scope::Admin), body: Accept::Module },
     );
@@ -258,22 +259,16 @@ async fn state_at(
     Ok(Json(EntityStateResponse { stream, revision: folded.revision, current_revision: folded.current, state }))
 }
 
-async fn swap(
+async fn deploy(
     State(state): State<AppState>,
     Path(ty): Path<String>,
     Body(body): Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let rt = Arc::clone(&state.runtime);
     let answer = blocking(move || {
-        rt.aggregates().get(&ty)?;
-        let plugin = rt
-            .engine()
-            .load(&body)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))?;
-        let sha = plugin.info().sha256.clone();
-        let previous = rt.aggregates().swap(&ty, plugin)?;
-        tracing::info!(entity_type = %ty, sha256 = %sha, previous = %previous, "aggregate swapped");
-        Ok::<_, ApiError>(serde_json::json!({ "entity_type": ty, "sha256": sha, "previous": previous }))
+        let (sha, previous) = rt.aggregates().deploy(rt.engine(), rt.store(), &ty, body.to_vec(), "http")?;
+        tracing::info!(entity_type = %ty, sha256 = %sha, previous = %previous, "aggregate deployed");
+        Ok::<_, AggregateError>(serde_json::json!({ "entity_type": ty, "sha256": sha, "previous": previous }))
     })
     .await?;
     Ok(Json(answer))

@@ -136,6 +136,7 @@ impl Runtime {
                 },
             )?,
         };
+        aggregates.restore(&engine, &store, &config.entities)?;
         // A handler runs its active version from the registry; the configured
         // file is only its initial version. Every module is loaded before any
         // worker starts: a bad one stops the start with nothing running.

@@ -106,6 +106,7 @@ impl Runtime {
     pub(super) fn configured_names(&self) -> BTreeSet<String> {
         let mut names: BTreeSet<String> = self.subs.iter().map(|s| s.name.to_string()).collect();
         names.extend(self.store.reader_names());
+        names.extend(self.aggregates().registry_names());
         names
     }
 
