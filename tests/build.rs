@@ -24,6 +24,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("audit-logger", "AUDIT_LOGGER"),
     ("counter", "COUNTER"),
     ("bank-account", "BANK_ACCOUNT"),
+    ("faulty-aggregate", "FAULTY_AGGREGATE"),
     ("state-hog", "STATE_HOG"),
     ("raw-abi", "RAW_ABI"),
     ("looper", "LOOPER"),

@@ -553,3 +553,65 @@ fn weir_command_send_and_weir_stream_state() {
     let (code, _, err) = cli(&["command", "send", "nonsense", "open"]);
     assert_eq!(code, Some(1), "{err}");
 }
+
+#[test]
+fn only_a_module_with_both_exports_is_an_aggregate() {
+    let engine = weir_tests::engine();
+    assert!(weir_tests::load(&engine, weir_tests::plugins::BANK_ACCOUNT).info().is_aggregate());
+    assert!(!weir_tests::load(&engine, weir_tests::plugins::COUNTER).info().is_aggregate());
+    // The bank account with its `weir_evolve` export renamed (same length).
+    let mut bytes = std::fs::read(weir_tests::plugins::BANK_ACCOUNT).unwrap();
+    let at = bytes.windows(11).position(|w| w == b"weir_evolve").unwrap();
+    bytes[at + 10] = b'x';
+    let error = engine.load(&bytes).unwrap_err();
+    assert_eq!(error.code(), "bad_export", "{error}");
+    assert!(error.to_string().contains("weir_evolve"), "{error}");
+    // A handler given as an entity's aggregate stops the start.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:1\"\n[[entities]]\ntype = \"accounts.account\"\naggregate = {:?}\n",
+            dir.path().join("data").display().to_string(),
+            weir_tests::plugins::COUNTER
+        ),
+    )
+    .unwrap();
+    let out = weir_tests::weir(&["run", "--config", config.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("entities/accounts.account") && stderr.contains("weir_decide"), "{stderr}");
+    assert!(!dir.path().join("data").join("weir.redb").exists(), "nothing was written");
+}
+
+#[test]
+fn a_failing_aggregate_is_classified_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "\n[[entities]]\ntype = \"faults.thing\"\naggregate = \"{FAULTY_AGGREGATE}\"\n[entities.limits]\ndeadline = \"200ms\"\n";
+    let server = Server::start(dir.path(), toml);
+    let send = |name: &str, key: &str| {
+        server.post("/v1/commands/faults.thing/t1", &json!({"command": name, "idempotency_key": key}))
+    };
+    let (status, body) = send("ok", "k0");
+    assert_eq!((status, body["revision"].as_u64()), (200, Some(0)), "{body}");
+    for (name, says) in
+        [("panic", "trap"), ("loop", "timeout"), ("foreign", "not of the entity type"), ("poison", "trap")]
+    {
+        let (status, body) = send(name, name);
+        assert_eq!((status, body["error"]["code"].as_str()), (500, Some("aggregate_failed")), "{name}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{name}: {body}");
+        // Not recorded: the same key is decided again, and fails again.
+        let (status, _) = send(name, name);
+        assert_eq!(status, 500, "{name}");
+    }
+    // The aggregate goes on with fresh instances; nothing failed was stored.
+    let (status, body) = send("ok", "k1");
+    assert_eq!((status, body["revision"].as_u64()), (200, Some(1)), "{body}");
+    let (_, log) = server.get("/v1/status");
+    assert_eq!(log["head"], 2);
+    let (_, trail) = server.get("/v1/commands/faults.thing/t1");
+    assert_eq!(trail["commands"].as_array().unwrap().len(), 2, "{trail}");
+    let (_, now) = server.get("/v1/streams/faults.thing/t1/state");
+    assert_eq!(now["state"]["events"], 2, "{now}");
+}
