@@ -114,6 +114,11 @@ pub(super) fn current(
         }
         None => StateAt { revision: None, state: None, current, folded: 0 },
     };
+    if start.revision == current {
+        // The snapshot is current (or the stream empty): nothing to read. A
+        // commit meanwhile is caught by the store's revision check.
+        return Ok(start);
+    }
     fold(store, handler, ty, key, start, None, None, u64::MAX)
 }
 
