@@ -43,7 +43,7 @@ pub(crate) const MAX_ATTEMPTS: usize = 4;
 /// Mutexes commands are serialized on, by hash of (type, key).
 pub(crate) const LOCK_STRIPES: usize = 1024;
 /// Idle instances kept per aggregate.
-const POOL_KEEP: usize = 8;
+const POOL_KEEP: usize = 32;
 
 /// One entity type's aggregate: its module, and idle instances of it.
 pub(crate) struct Loaded {
