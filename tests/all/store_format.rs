@@ -180,3 +180,66 @@ fn a_format_2_store_written_by_its_release_gets_its_indexes_and_keeps_everything
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
     assert_eq!(meta.get("format").unwrap().unwrap().value(), 4);
 }
+
+/// The stream topics of `<type>/<key>` read over HTTP: (revision, topic).
+fn stream(server: &weir_tests::Server, path: &str) -> Vec<(u64, String)> {
+    let (status, page) = server.get(&format!("/v1/streams/{path}"));
+    assert_eq!(status, 200, "{page}");
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["revision"].as_u64().unwrap(), e["event"]["topic"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_format_3_store_written_by_its_release_is_upgraded_and_its_entity_streams_built() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let path = dir.path().join("data").join("weir.redb");
+    std::fs::copy(fixture("store-format-3.redb"), &path).unwrap();
+    let format = |path: &std::path::Path| {
+        let db = redb::Database::open(path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+        meta.get("format").unwrap().unwrap().value()
+    };
+    assert_eq!(format(&path), 3, "the fixture is a format 3 store");
+    // The real binary, with two entity types the fixture's events are of.
+    let config = format!(
+        "[idempotency]\nretention = \"36500days\"\n{}\n[[entities]]\ntype = \"accounts.account\"\n[[entities]]\ntype = \"orders.order\"\n",
+        weir_tests::ORDERS
+    );
+    let server = weir_tests::Server::start(dir.path(), &config);
+    let (_, status) = server.get("/v1/status");
+    let head = status["head"].as_u64().unwrap();
+    assert_eq!(head, 12, "the fixture's events: {status}");
+    let opened = || "accounts.account.opened".to_owned();
+    assert_eq!(stream(&server, "accounts.account/a1"), [(0, opened()), (1, "accounts.account.deposited".to_owned())]);
+    assert_eq!(stream(&server, "accounts.account/a2"), [(0, opened())]);
+    // Handler emits of the format 3 release are in their order's stream;
+    // the order its validator rejected has only its own event.
+    assert_eq!(
+        stream(&server, "orders.order/o-1"),
+        [(0, "orders.order.created".to_owned()), (1, "orders.order.validated".to_owned())]
+    );
+    assert_eq!(stream(&server, "orders.order/o-2"), [(0, "orders.order.created".to_owned())]);
+    // Appends go on at the next revision; the format 3 release's keys are
+    // still known: re-sent, its deposit is a duplicate at its revision.
+    let deposit = json!({"topic": "accounts.account.deposited", "payload": {"amount": 5}, "idempotency_key": "dep-1"});
+    let (code, body) =
+        server.post("/v1/streams/accounts.account/a1", &json!({"expected_revision": 0, "events": [deposit]}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!((body["duplicate"].as_bool(), body["events"][0]["revision"].as_u64()), (Some(true), Some(1)), "{body}");
+    let fresh = json!({"topic": "accounts.account.withdrew", "payload": {"amount": 1}});
+    let (code, body) =
+        server.post("/v1/streams/accounts.account/a1", &json!({"expected_revision": 1, "events": [fresh]}));
+    assert_eq!((code, body["revision"].as_u64()), (200, Some(2)), "{body}");
+    // What format 3 held besides: the rejected order's DLQ entry.
+    let (_, dlq) = server.get("/v1/dlq");
+    assert_eq!(dlq["entries"].as_array().map(Vec::len), Some(1), "{dlq}");
+    drop(server);
+    assert_eq!(format(&path), 4, "upgraded in place");
+}

@@ -150,16 +150,14 @@ async fn append(
             };
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
-        AppendOutcome::PartlyDuplicate { index } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "partly_duplicate",
-                format!(
-                    "event {index}: its idempotency key was appended before while others of this append were not; nothing was stored. Re-send an append exactly as before, or new events alone"
-                ),
-        )
-        .into_response(),
-        // The checks below ran before it was sent; only a race with a
-        // bug reaches these.
+        AppendOutcome::PartlyDuplicate { index } => {
+            let message = format!(
+                "event {index}: its idempotency key was appended before while others of this append were not; nothing was stored. Re-send an append exactly as before, or new events alone"
+            );
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "partly_duplicate", message).into_response()
+        }
+        // `parse` and `declared` checked this before the append was sent:
+        // only a bug reaches it.
         AppendOutcome::NotOfStream { index } => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "not_of_stream",
