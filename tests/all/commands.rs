@@ -615,3 +615,24 @@ fn a_failing_aggregate_is_classified_and_stores_nothing() {
     let (_, now) = server.get("/v1/streams/faults.thing/t1/state");
     assert_eq!(now["state"]["events"], 2, "{now}");
 }
+
+#[test]
+fn an_aggregate_put_in_a_pipeline_dead_letters_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "\n[[pipelines]]\nname = \"misused\"\ntopics = [\"accounts.account.*\"]\n[[pipelines.handlers]]\nname = \"bank\"\nplugin = \"{BANK_ACCOUNT}\"\n";
+    let server = Server::start(dir.path(), toml);
+    let (status, body) =
+        server.post("/v1/events", &json!({"topic": "accounts.account.opened", "key": "a", "payload": {}}));
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let entry = loop {
+        let (_, dlq) = server.get("/v1/dlq?subscription=misused/bank");
+        if let Some(entry) = dlq["entries"].as_array().and_then(|e| e.first()) {
+            break entry.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered: {}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(entry["code"], "handler_reject", "{entry}");
+    assert!(entry["message"].as_str().unwrap().contains("an aggregate is not a handler"), "{entry}");
+}
