@@ -160,4 +160,43 @@ mod tests {
         assert!(!overlaps("orders.>", "accounts.account"));
         assert!(!overlaps("accounts.*", "accounts.account"));
     }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/tmp/weir.toml"))
+    }
+
+    #[test]
+    fn entity_types_are_checked_and_their_events_kept_forever() {
+        let config = parse("[[entities]]\ntype = \"accounts.account\"\n[retention]\ndefault = \"7d\"\n").unwrap();
+        assert_eq!(config.entities.iter().map(|e| e.entity_type.as_str()).collect::<Vec<_>>(), ["accounts.account"]);
+        // A forever rule of its own goes first, so the default skips it.
+        let rule = &config.log_retention.rules[0];
+        assert_eq!(
+            (rule.pattern.to_string(), rule.keep, rule.compact),
+            ("accounts.account.*".into(), Keep::Forever, false)
+        );
+        for bad in ["accounts", "accounts.account.opened", "Accounts.account", "accounts.", ""] {
+            let err = parse(&format!("[[entities]]\ntype = {bad:?}\n")).unwrap_err();
+            assert_eq!(err.key, "entities[0].type", "{bad}: {err}");
+        }
+        let twice = parse("[[entities]]\ntype = \"a.b\"\n[[entities]]\ntype = \"a.b\"\n").unwrap_err();
+        assert!(twice.reason.contains("declared twice"), "{twice}");
+        // A rule naming the domain that would remove or compact its events
+        // is refused; forever, another entity or a wildcard domain passes.
+        for rule in ["pattern = \"accounts.>\"\nretention = \"7d\"", "pattern = \"accounts.account.*\"\ncompact = true"]
+        {
+            let text = format!("[[entities]]\ntype = \"accounts.account\"\n[[retention.topics]]\n{rule}\n");
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.key, "retention.topics[0]", "{err}");
+            assert!(err.reason.contains("accounts.account"), "{err}");
+        }
+        for rule in [
+            "pattern = \"accounts.>\"\nretention = \"forever\"",
+            "pattern = \"accounts.ledger.*\"\nretention = \"1d\"",
+            "pattern = \">\"\nretention = \"1d\"",
+        ] {
+            let text = format!("[[entities]]\ntype = \"accounts.account\"\n[[retention.topics]]\n{rule}\n");
+            assert!(parse(&text).is_ok(), "{rule}");
+        }
+    }
 }
