@@ -121,6 +121,7 @@ pub use runtime::{
     TestCase, parse_test_cases,
 };
 pub use runtime::{HeldBackInfo, STATE_PAGE_MAX, ScopePage, StatePage, SubscriptionEntry, SubscriptionError};
+pub use runtime::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use runtime::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,

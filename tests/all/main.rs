@@ -36,3 +36,4 @@ mod store_damage;
 mod store_format;
 mod streams;
 mod tutorial;
+mod views;

@@ -17,6 +17,7 @@ mod run;
 mod status;
 mod stream;
 mod subscription;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,9 @@ enum Command {
     /// decides it), or list the commands an entity was sent.
     #[command(name = "command")]
     Commands(command::CommandArgs),
+    /// Query the views (read models) of a running server: one key with the
+    /// log position it reflects, or the keys of a view.
+    View(view::ViewArgs),
     /// One table of the pipelines and subscriptions of a running server: state,
     /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
@@ -209,6 +213,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Consumer(args) => consumer::run(&args),
         Command::Stream(args) => stream::run(&args),
         Command::Commands(args) => command::run(&args),
+        Command::View(args) => view::run(&args),
         Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),

@@ -147,6 +147,7 @@ struct RawHandler {
     #[serde(default)]
     ready: RawReady,
     from: Option<String>,
+    view: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,6 +180,9 @@ pub struct HandlerConfig {
     /// Where the subscription starts when it has no cursor yet (`from`).
     /// By default the beginning of the log.
     pub from: crate::store::StartPosition,
+    /// The view its state serves as (`view`): a projection, queryable at
+    /// `GET /v1/views/<view>/<key>`. Unique across handlers.
+    pub view: Option<String>,
 }
 
 /// Default plugin log lines per second per subscription.
@@ -384,7 +388,22 @@ impl Config {
                     }
                     None => crate::store::StartPosition::Beginning,
                 };
+                if let Some(view) = &rh.view {
+                    check_name(view).map_err(|e| err(&format!("{key}.view"), e))?;
+                    let taken = pipelines
+                        .iter()
+                        .flat_map(|p| &p.handlers)
+                        .chain(&handlers)
+                        .any(|x| x.view.as_ref() == Some(view));
+                    if taken {
+                        return Err(err(
+                            &format!("{key}.view"),
+                            format!("view {view:?} is served by another handler already"),
+                        ));
+                    }
+                }
                 handlers.push(HandlerConfig {
+                    view: rh.view,
                     from,
                     name: rh.name,
                     plugin,

@@ -39,6 +39,7 @@ impl From<crate::runtime::SubscriptionStatus> for SubscriptionInfo {
             last_failure: s.last_failure,
             state: s.state.into(),
             stopped: s.stopped,
+            view: s.view,
             rate: RateInfo {
                 window_seconds: rate.window_seconds,
                 events_per_second: rate.events_per_second,

@@ -26,6 +26,7 @@ mod serve;
 mod status;
 mod streams;
 mod subscriptions;
+mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .merge(consumers::router(&state))
         .merge(streams::router(&state))
         .merge(commands::router(&state))
+        .merge(views::router(&state))
         .fallback(error::no_route)
         // After the merges: it applies to the routes present.
         .method_not_allowed_fallback(error::wrong_method)

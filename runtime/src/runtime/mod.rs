@@ -26,6 +26,7 @@ mod state;
 mod status;
 mod subscriptions;
 mod supervise;
+mod views;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -45,6 +46,7 @@ pub use log::{
 };
 pub use samples::{Expect, TestCase, parse_test_cases};
 pub use state::{STATE_PAGE_MAX, ScopePage, StatePage};
+pub use views::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use status::{Readiness, Resources, SubscriptionStatus};
 pub use subscriptions::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
 

@@ -54,6 +54,9 @@ pub struct SubscriptionStatus {
     pub state: &'static str,
     /// Why the worker is stopped, while it is.
     pub stopped: Option<String>,
+    /// The view its state serves (`view` in the configuration): a
+    /// projection, queryable at `GET /v1/views/<view>/…`.
+    pub view: Option<String>,
     /// Times the worker was restarted after dying, since start.
     pub restarts: u64,
     /// Rates and latency quantiles over the last few seconds.
@@ -149,7 +152,16 @@ impl Runtime {
                 // struct literal below would wait on the first guard, which
                 // lives to the end of the statement.
                 let (plugin, plugin_version) = c.active.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let view = self
+                    .config
+                    .pipelines
+                    .iter()
+                    .filter(|p| p.name == s.pipeline)
+                    .flat_map(|p| &p.handlers)
+                    .find(|h| h.name == s.handler)
+                    .and_then(|h| h.view.clone());
                 Ok(SubscriptionStatus {
+                    view,
                     state,
                     // A disabled subscription's worker has stopped, for the
                     // reason it gave.

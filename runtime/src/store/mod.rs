@@ -84,6 +84,7 @@ mod state;
 mod stats;
 mod stream;
 mod subscription;
+mod view;
 #[cfg(test)]
 mod testing;
 mod types;
@@ -110,6 +111,7 @@ pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
 pub(crate) use state::{KIND_KEY, KIND_SHARED, ScopeId, StateWrite};
+pub(crate) use view::ViewValue;
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats, corrupt_record_stand_in};
 
 use command::{Barrier, Command, Order};

@@ -18,6 +18,7 @@ mod log;
 mod plugins;
 mod streams;
 mod subscriptions;
+mod views;
 pub use commands::*;
 pub use consumers::*;
 pub use dlq::*;
@@ -25,6 +26,7 @@ pub use log::*;
 pub use plugins::*;
 pub use streams::*;
 pub use subscriptions::*;
+pub use views::*;
 
 // ---------------------------------------------------------------- errors
 
@@ -131,6 +133,10 @@ pub struct SubscriptionInfo {
     /// Why it is `disabled` or `stopped`, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The view its state serves, when it is a projection
+    /// (`GET /v1/views/<view>/…`); its lag is the view's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
     /// Rates and latency quantiles over the last few seconds.
     pub rate: RateInfo,
     /// Plugin resource use.
