@@ -76,6 +76,7 @@ mod names;
 mod process;
 mod runtime;
 mod sink;
+mod source;
 mod store;
 mod topic;
 
@@ -126,6 +127,8 @@ pub use runtime::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
+pub use source::SourceStatus;
+pub use store::SourcePosition;
 pub use store::{
     DlqEntry, DlqFilter, DlqPage, FORMAT_VERSION as STORE_FORMAT_VERSION, PUBLISH_OVERHEAD, ParkedEntry, Published,
     Store, StoreError, StoreOptions, VersionRecord,

@@ -20,6 +20,7 @@ mod hostile_plugins;
 mod hot_swap;
 mod http_errors;
 mod http_hardening;
+mod jetstream;
 mod limits;
 mod loading;
 mod metrics;

@@ -20,15 +20,22 @@ mod entities;
 mod handler;
 mod read_side;
 mod sinks;
+mod sources;
 pub use entities::{AggregateConfig, EntityConfig};
 pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
 pub use read_side::{ConsumersConfig, DEFAULT_RETENTION_INTERVAL};
 use read_side::{RawConsumers, RawRetention, log_retention};
-use sinks::RawSink;
+pub use sinks::{DEFAULT_JETSTREAM_SINK_TIMEOUT, JetStreamSinkConfig};
 pub use sinks::{
     DEFAULT_SINK_TIMEOUT, MAX_SINK_SECRETS, MAX_SINK_TIMEOUT, SINK_PIPELINE, SinkConfig, SinkFormat, SinkSecret,
     SinkUrl,
+};
+use sinks::{RawJetStreamSink, RawSink};
+use sources::RawSource;
+pub use sources::{
+    DEFAULT_SOURCE_ACK_WAIT, DEFAULT_SOURCE_BATCH, MAX_SOURCE_BATCH, NatsAuth, NatsConnection, SOURCE_PREFIX,
+    SourceConfig, TemplatePart, TopicTemplate,
 };
 
 /// Default HTTP listen address: loopback only.
@@ -88,6 +95,10 @@ struct RawConfig {
     pipelines: Vec<RawPipeline>,
     #[serde(default)]
     sinks: Vec<RawSink>,
+    #[serde(default)]
+    jetstream_sinks: Vec<RawJetStreamSink>,
+    #[serde(default)]
+    sources: Vec<RawSource>,
     #[serde(default)]
     consumers: RawConsumers,
     #[serde(default)]
@@ -255,6 +266,11 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// The webhook sinks (`[[sinks]]`), each a subscription `sinks/<name>`.
     pub sinks: Vec<SinkConfig>,
+    /// The JetStream sinks (`[[jetstream_sinks]]`), each a subscription
+    /// `sinks/<name>` too.
+    pub jetstream_sinks: Vec<JetStreamSinkConfig>,
+    /// The sources (`[[sources]]`): JetStream streams consumed into the log.
+    pub sources: Vec<SourceConfig>,
     /// The durable consumers' bounds (`[consumers]`).
     pub consumers: ConsumersConfig,
     /// The declared entity types (`[[entities]]`), whose events form entity
@@ -422,13 +438,17 @@ impl Config {
         }
 
         let sinks = sinks::sinks(raw.sinks, &|name| std::env::var(name).ok()).map_err(|(key, e)| err(&key, e))?;
+        let jetstream_sinks = sinks::jetstream_sinks(raw.jetstream_sinks, &sinks, &|name| std::env::var(name).ok())
+            .map_err(|(key, e)| err(&key, e))?;
+        let sources = sources::sources(raw.sources, retention, &|name| std::env::var(name).ok())
+            .map_err(|(key, e)| err(&key, e))?;
         // A sink's subscription is `sinks/<name>`: a pipeline of that name
         // must not have a handler of the same name.
         if let Some(clash) = pipelines
             .iter()
             .filter(|p| p.name == SINK_PIPELINE)
             .flat_map(|p| &p.handlers)
-            .find(|h| sinks.iter().any(|s| s.name == h.name))
+            .find(|h| sinks.iter().any(|s| s.name == h.name) || jetstream_sinks.iter().any(|s| s.name == h.name))
         {
             return Err(err(
                 "sinks",
@@ -464,6 +484,8 @@ impl Config {
             keep_versions,
             pipelines,
             sinks,
+            jetstream_sinks,
+            sources,
             consumers: ConsumersConfig {
                 max_consumers: raw.consumers.max_consumers.unwrap_or(ConsumersConfig::default().max_consumers),
                 max_waiting_fetches: raw

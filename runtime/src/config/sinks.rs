@@ -260,6 +260,128 @@ pub(super) fn sinks(
     Ok(out)
 }
 
+/// Default `timeout` of a JetStream sink: one publish until its PubAck.
+pub const DEFAULT_JETSTREAM_SINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJetStreamSink {
+    name: String,
+    topics: Vec<String>,
+    url: String,
+    subject: Option<String>,
+    token_env: Option<String>,
+    user_env: Option<String>,
+    password_env: Option<String>,
+    timeout: Option<String>,
+    from: Option<String>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    ready: RawReady,
+}
+
+/// One `[[jetstream_sinks]]` entry: events on `topics` published to
+/// JetStream, each with `Nats-Msg-Id` = the event's id. Its subscription is
+/// `sinks/<name>`, like a webhook sink's (the two share the names).
+#[derive(Debug, Clone)]
+pub struct JetStreamSinkConfig {
+    /// Sink name; its subscription is `sinks/<name>`.
+    pub name: String,
+    /// Topic patterns it receives.
+    pub topics: Vec<Pattern>,
+    /// Where NATS is.
+    pub connection: super::NatsConnection,
+    /// The subject published to: text with `{topic}` for the event's topic.
+    /// Default `{topic}`.
+    pub subject: String,
+    /// One publish, until its PubAck. Default [`DEFAULT_JETSTREAM_SINK_TIMEOUT`].
+    pub timeout: Duration,
+    /// Where the sink starts the first time it runs. Default the beginning.
+    pub from: crate::store::StartPosition,
+    /// Retries of a publish that failed (no PubAck, no stream, no connection).
+    pub retry: RetryPolicy,
+    /// When `GET /ready` calls the sink degraded.
+    pub ready: ReadyThresholds,
+}
+
+impl JetStreamSinkConfig {
+    /// The subject of an event on `topic`.
+    #[must_use]
+    pub fn subject_for(&self, topic: &str) -> String {
+        self.subject.replace("{topic}", topic)
+    }
+}
+
+/// Validate `[[jetstream_sinks]]`; `taken` are the webhook sinks' names.
+pub(super) fn jetstream_sinks(
+    raw: Vec<RawJetStreamSink>,
+    taken: &[SinkConfig],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<JetStreamSinkConfig>, (String, String)> {
+    let mut out: Vec<JetStreamSinkConfig> = Vec::with_capacity(raw.len());
+    for (i, rs) in raw.into_iter().enumerate() {
+        let key = format!("jetstream_sinks[{i}]");
+        let at = |field: &str| format!("{key}.{field}");
+        check_name(&rs.name).map_err(|e| (at("name"), e))?;
+        if out.iter().any(|s| s.name == rs.name) || taken.iter().any(|s| s.name == rs.name) {
+            return Err((
+                at("name"),
+                format!("sink {:?} is defined twice (sinks share the names sinks/<name>)", rs.name),
+            ));
+        }
+        if rs.topics.is_empty() {
+            return Err((at("topics"), "give at least one topic pattern".into()));
+        }
+        let topics = rs
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(t, text)| Pattern::parse(text).map_err(|e| (format!("{key}.topics[{t}]"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let connection = super::sources::connection(
+            &rs.url,
+            rs.token_env.as_deref(),
+            rs.user_env.as_deref(),
+            rs.password_env.as_deref(),
+            env,
+        )
+        .map_err(|(field, e)| (at(field), e))?;
+        let subject = rs.subject.unwrap_or_else(|| "{topic}".to_owned());
+        let sample = subject.replace("{topic}", "a.b.c");
+        if sample.is_empty()
+            || sample.split('.').any(str::is_empty)
+            || sample.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>' || c == '{')
+        {
+            return Err((at("subject"), format!("{subject:?} is not a subject (with `{{topic}}` for the topic)")));
+        }
+        let timeout = match &rs.timeout {
+            Some(text) => {
+                let t = duration(text).map_err(|e| (at("timeout"), e))?;
+                if t.is_zero() || t > MAX_SINK_TIMEOUT {
+                    return Err((at("timeout"), format!("{text:?} is outside (0s, 5m]")));
+                }
+                t
+            }
+            None => DEFAULT_JETSTREAM_SINK_TIMEOUT,
+        };
+        let from = match &rs.from {
+            Some(text) => crate::store::StartPosition::parse(text).map_err(|e| (at("from"), e))?,
+            None => crate::store::StartPosition::Beginning,
+        };
+        let retry = retry(&rs.retry).map_err(|(field, reason)| (format!("{key}.retry.{field}"), reason))?;
+        let mut ready = ReadyThresholds::default();
+        if let Some(n) = rs.ready.max_dlq {
+            ready.max_dlq = n;
+        }
+        if let Some(text) = &rs.ready.max_lag {
+            ready.max_lag = duration(text).map_err(|e| (at("ready.max_lag"), e))?;
+        }
+        out.push(JetStreamSinkConfig { name: rs.name, topics, connection, subject, timeout, from, retry, ready });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,5 +87,11 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusResponse>, A
     let rt = Arc::clone(&state.runtime);
     let (subscriptions, head, consumers) =
         blocking(move || rt.status().and_then(|s| Ok((s, rt.store().head(), rt.consumers().list()?)))).await?;
-    Ok(Json(StatusResponse { head, subscriptions: subscriptions.into_iter().map(Into::into).collect(), consumers }))
+    let sources = state.runtime.sources();
+    Ok(Json(StatusResponse {
+        head,
+        subscriptions: subscriptions.into_iter().map(Into::into).collect(),
+        consumers,
+        sources,
+    }))
 }

@@ -177,6 +177,12 @@ pub fn cloudevent_key(source: &str, id: &str) -> String {
     key
 }
 
+/// The field limits every ingest path applies, for an event built outside
+/// this module (the JetStream source).
+pub(crate) fn check_event(event: &Event) -> Result<(), IngestError> {
+    check_fields(0, event)
+}
+
 /// Validation settings of an ingest path.
 #[derive(Debug, Clone, Copy)]
 pub struct Ingest<'a> {

@@ -11,6 +11,7 @@
 //! | `samples.rs` | sample events a deploy runs first |
 //! | `dlq.rs` | DLQ list, redrive, purge |
 //! | `log.rs` | reading the log: filtered pages, lookups by position and id, lineage |
+//! | `nats.rs` | JetStream sinks (subscriptions `sinks/<name>`), the sources' status |
 //! | `subscriptions.rs` | where a new subscription starts, retention readers, orphans: list and delete |
 //! | `error.rs` | [`RuntimeError`] |
 
@@ -18,6 +19,7 @@ mod deploy;
 mod dlq;
 mod error;
 mod log;
+mod nats;
 mod prometheus;
 mod samples;
 mod sinks;
@@ -97,6 +99,8 @@ pub struct Runtime {
     consumers: crate::consumer::Consumers,
     /// The entity types' aggregates (`aggregate/`).
     aggregates: crate::aggregate::Aggregates,
+    /// The NATS runtime, the JetStream sources on it (`source/`).
+    nats: crate::source::Nats,
 }
 
 impl std::fmt::Debug for Runtime {

@@ -227,6 +227,7 @@ impl Runtime {
         );
         let _ = writeln!(out, "weir_store_commands_total {commands}");
         self.consumers.render_metrics(&mut out)?;
+        self.render_source_metrics(&mut out);
         Ok(out)
     }
 }

@@ -253,12 +253,18 @@ impl Runtime {
         for sink in &config.sinks {
             subs.push(super::sinks::start_sink(sink, config, &store, &ids, &stopping)?);
         }
+        // JetStream sinks too, publishing on the NATS runtime.
+        let mut nats = crate::source::Nats::new(config).map_err(|e| RuntimeError::Worker(e.to_string()))?;
+        for (sink, handle) in config.jetstream_sinks.iter().filter_map(|s| Some((s, nats.handle()?))) {
+            subs.push(super::nats::start_jetstream_sink(sink, handle, config, &store, &ids, &stopping)?);
+        }
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
         let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone())?;
         // Last: the durable consumers have registered as readers too.
         super::subscriptions::apply_retention(&store, &subs, config);
-        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers, aggregates })
+        nats.start_sources(config, &store, &ids);
+        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers, aggregates, nats })
     }
 
     /// Stop: every worker finishes its current invocation and commits, then
@@ -292,6 +298,9 @@ impl Runtime {
         }
         let mut first_error = None;
         let mut left_behind = Vec::new();
+        // The sources first: no more appends from them.
+        let mut nats = std::mem::replace(&mut self.nats, crate::source::Nats::none());
+        nats.stop_sources();
         for sub in &mut self.subs {
             let Some(join) = sub.join.take() else { continue };
             while !join.is_finished() && Instant::now() < until {
@@ -311,6 +320,8 @@ impl Runtime {
                 }
             }
         }
+        // The JetStream sinks' workers have stopped: their runtime can go.
+        nats.stop();
         // The last commit, on a thread of its own so a disk that does not
         // answer cannot hold the process past the deadline.
         let (tx, rx) = mpsc::channel();

@@ -230,6 +230,7 @@ impl Runtime {
             Err(e) => return Readiness { status: "not_ready", reasons: vec![format!("reading status: {e}")] },
         };
         reasons.extend(disabled);
+        reasons.extend(self.source_reasons());
         for (s, sub) in status.iter().zip(&self.subs) {
             if s.dlq > sub.ready.max_dlq {
                 reasons.push(format!("{}: {} DLQ entries, over the threshold of {}", s.name, s.dlq, sub.ready.max_dlq));

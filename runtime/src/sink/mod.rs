@@ -20,7 +20,10 @@
 //! bounded in time and in bytes read; plain `http://` only.
 
 mod client;
+mod jetstream;
 mod sign;
+
+pub(crate) use jetstream::JetStreamSink;
 
 use serde_json::{Map, Value, json};
 use weir_abi::{DeliveryRef, Event};

@@ -39,6 +39,7 @@ use super::consumer;
 use super::lifecycle::DeleteSubscription;
 use super::log::Publish;
 use super::registry::Deploy;
+use super::source::SourceAppend;
 use super::stream::StreamAppend;
 use super::subscription::{Purge, Redrive, Results};
 use super::writer::Writes;
@@ -229,6 +230,8 @@ pub(super) enum Command {
     StreamAppend(Order<StreamAppend>),
     /// A command an aggregate decided: [`Store::execute_command_blocking`](super::Store::execute_command_blocking).
     Execute(Order<Execute>),
+    /// A source's batch with its positions: [`Store::source_append`](super::Store::source_append).
+    SourceAppend(Order<SourceAppend>),
     /// Nothing, answered after the commit: [`Store::sync`](super::Store::sync).
     Sync(Order<Barrier>),
     /// Durable consumers' commands (`store/consumer.rs`).
@@ -253,6 +256,7 @@ impl Command {
             Self::Deploy(order) => order,
             Self::StreamAppend(order) => order,
             Self::Execute(order) => order,
+            Self::SourceAppend(order) => order,
             Self::Sync(order) => order,
             Self::ConsumerPut(order) => order,
             Self::ConsumerDelete(order) => order,

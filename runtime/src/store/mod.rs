@@ -80,6 +80,7 @@ mod open;
 mod registry;
 mod retention;
 mod shared;
+mod source;
 mod state;
 mod stats;
 mod stream;
@@ -106,6 +107,7 @@ pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
 pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition};
 use shared::{Shared, SharedBackend, Source};
 pub(crate) use aggregate::{CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Verdict};
+pub use source::SourcePosition;
 pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
@@ -317,6 +319,7 @@ impl Store {
             txn.open_table(retention::RETENTION_STATE).map_err(incompatible)?;
             txn.open_table(retention::RETENTION_BYTES).map_err(incompatible)?;
             txn.open_table(retention::COMPACT_LATEST).map_err(incompatible)?;
+            txn.open_table(source::SOURCES).map_err(incompatible)?;
         }
         txn.commit().map_err(storage)?;
         // Before the writer starts: no append can come before a newly

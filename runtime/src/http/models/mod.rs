@@ -91,6 +91,9 @@ pub struct StatusResponse {
     /// The durable consumers, by name: lag, in flight, DLQ.
     #[serde(default)]
     pub consumers: Vec<ConsumerInfo>,
+    /// The sources (`[[sources]]`): connection, position, lag, errors.
+    #[serde(default)]
+    pub sources: Vec<crate::SourceStatus>,
 }
 
 /// One subscription in a [`StatusResponse`].

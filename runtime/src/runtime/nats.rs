@@ -1,0 +1,155 @@
+//! The NATS JetStream side of the runtime: JetStream sinks, each a
+//! subscription `sinks/<name>` exactly as a webhook sink is, and the
+//! sources' status (`runtime/src/source/` runs them).
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use super::supervise::{Rebuild, Supervised};
+use super::{Runtime, RuntimeError, Sub};
+use crate::config::{Config, DEFAULT_LOG_LINES_PER_SECOND, JetStreamSinkConfig, SINK_PIPELINE};
+use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
+use crate::ids::IdGenerator;
+use crate::metrics::WINDOW;
+use crate::sink::JetStreamSink;
+use crate::source::SourceStatus;
+use crate::store::Store;
+
+/// Start `sink`'s subscription: its worker on a thread of its own, under a
+/// supervisor that rebuilds the sink from its configuration after a death.
+/// `nats` is the runtime its publishes run on.
+pub(super) fn start_jetstream_sink(
+    sink: &JetStreamSinkConfig,
+    nats: tokio::runtime::Handle,
+    config: &Config,
+    store: &Store,
+    ids: &Arc<IdGenerator>,
+    stopping: &Arc<AtomicBool>,
+) -> Result<Sub, RuntimeError> {
+    let name: Arc<str> = Arc::from(format!("{SINK_PIPELINE}/{}", sink.name));
+    let (tx, rx) = mpsc::channel();
+    let counters = Arc::new(SubscriptionCounters::default());
+    let build = {
+        let sink = sink.clone();
+        move || Box::new(JetStreamSink::new(sink.clone(), nats.clone())) as Box<dyn Invoke>
+    };
+    let invoker = build();
+    let spec = Spec {
+        name: Arc::clone(&name),
+        plugin_name: invoker.name(),
+        patterns: sink.topics.clone(),
+        retry: sink.retry.clone(),
+        retention: config.retention,
+        max_payload_bytes: config.max_payload_bytes,
+        log_lines_per_second: DEFAULT_LOG_LINES_PER_SECOND,
+        timing: config.metrics,
+        max_state_keys_per_scope: 0,
+    };
+    let rx = Arc::new(Mutex::new(rx));
+    super::subscriptions::prepare(store, &name, &sink.topics, sink.from)?;
+    let worker =
+        Worker::new(spec.clone(), store.clone(), invoker, Arc::clone(ids), Arc::clone(&counters), Arc::clone(&rx))?;
+    let wake = tx.clone();
+    store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
+    let supervised = Supervised {
+        spec,
+        store: store.clone(),
+        ids: Arc::clone(ids),
+        counters: Arc::clone(&counters),
+        rx,
+        rebuild: Rebuild::Native(Box::new(build)),
+        stopping: Arc::clone(stopping),
+    };
+    let join = std::thread::Builder::new()
+        .name(format!("weir-sub-{name}"))
+        .spawn(move || supervised.run(worker))
+        .map_err(|e| RuntimeError::Worker(e.to_string()))?;
+    tracing::info!(subscription = %name, url = %sink.connection.url_text(), subject = %sink.subject, "JetStream sink started");
+    Ok(Sub {
+        name,
+        pipeline: SINK_PIPELINE.to_owned(),
+        handler: sink.name.clone(),
+        topics: sink.topics.iter().map(ToString::to_string).collect(),
+        ready: sink.ready.clone(),
+        window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
+        control: tx,
+        counters,
+        join: Some(join),
+        switching: Mutex::new(()),
+    })
+}
+
+/// A metric: name, kind, help, and its value for a source.
+type Series = (&'static str, &'static str, &'static str, fn(&SourceStatus) -> u64);
+
+impl Runtime {
+    /// A status line per source (`[[sources]]`).
+    #[must_use]
+    pub fn sources(&self) -> Vec<SourceStatus> {
+        self.nats.status()
+    }
+
+    /// Why sources make the runtime degraded: one not consuming (no
+    /// connection, no stream, no consumer), with its last error.
+    pub(super) fn source_reasons(&self) -> Vec<String> {
+        self.sources()
+            .into_iter()
+            .filter(|s| s.state != "consuming")
+            .map(|s| {
+                format!(
+                    "source {} is {} to {} (stream {}){}",
+                    s.name,
+                    s.state,
+                    s.url,
+                    s.stream,
+                    s.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// The `weir_source_*` metrics, one series per source.
+    pub(super) fn render_source_metrics(&self, out: &mut String) {
+        use crate::metrics::{header, label};
+        use std::fmt::Write as _;
+        let sources = self.sources();
+        if sources.is_empty() {
+            return;
+        }
+        let series: [Series; 7] = [
+            ("weir_source_connected", "gauge", "1 while the source's NATS connection is up.", |s| {
+                u64::from(s.connected)
+            }),
+            ("weir_source_last_seq", "gauge", "The highest stream sequence the source appended (committed).", |s| {
+                s.last_seq
+            }),
+            (
+                "weir_source_lag",
+                "gauge",
+                "Messages JetStream holds for the source's consumer, not delivered yet.",
+                |s| s.lag,
+            ),
+            ("weir_source_appended_total", "counter", "Messages appended to the log since start.", |s| s.appended),
+            ("weir_source_duplicates_total", "counter", "Messages recognised as already appended since start.", |s| {
+                s.duplicates
+            }),
+            ("weir_source_rejected_total", "counter", "Messages with no usable event, terminated, since start.", |s| {
+                s.rejected
+            }),
+            (
+                "weir_source_errors_total",
+                "counter",
+                "Connection, stream, consumer or store failures since start.",
+                |s| s.errors,
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            header(out, name, kind, help);
+            for s in &sources {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", label(&s.name), value(s));
+            }
+        }
+    }
+}
