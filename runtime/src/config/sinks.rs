@@ -442,6 +442,45 @@ mod tests {
     }
 
     #[test]
+    fn a_jetstream_sink_takes_its_subject_template_and_shares_the_sink_names() {
+        #[derive(Deserialize)]
+        struct Doc {
+            jetstream_sinks: Vec<RawJetStreamSink>,
+        }
+        let parse = |text: &str, taken: &[SinkConfig]| {
+            let doc: Doc = toml::from_str(text).unwrap();
+            jetstream_sinks(doc.jetstream_sinks, taken, &|name| (name == "TOKEN").then(|| "t0ken".to_owned()))
+        };
+        let text = r#"
+            [[jetstream_sinks]]
+            name = "audit"
+            topics = ["orders.>"]
+            url = "nats://127.0.0.1:4222"
+            subject = "out.{topic}"
+            token_env = "TOKEN"
+        "#;
+        let sink = parse(text, &[]).unwrap().remove(0);
+        assert_eq!(sink.subject_for("orders.order.created"), "out.orders.order.created");
+        assert_eq!(sink.timeout, DEFAULT_JETSTREAM_SINK_TIMEOUT);
+        assert!(!format!("{sink:?}").contains("t0ken"));
+        let env = |name: &str| (name == "HOOK_SECRET").then(|| "whsec_c2VjcmV0LWJ5dGVz".to_owned());
+        let webhook = super::sinks(
+            toml::from_str::<std::collections::BTreeMap<String, Vec<RawSink>>>(ONE).unwrap().remove("sinks").unwrap(),
+            &env,
+        )
+        .unwrap();
+        let (key, reason) = parse(text, &webhook).unwrap_err();
+        assert_eq!(key, "jetstream_sinks[0].name");
+        assert!(reason.contains("defined twice"), "{reason}");
+        for bad in ["out.*", "out..{topic}", "", "out {topic}"] {
+            let (key, _) = parse(&text.replace("out.{topic}", bad), &[]).unwrap_err();
+            assert_eq!(key, "jetstream_sinks[0].subject", "{bad:?}");
+        }
+        let (key, _) = parse(&text.replace("TOKEN\"", "NOPE\""), &[]).unwrap_err();
+        assert_eq!(key, "jetstream_sinks[0].token_env");
+    }
+
+    #[test]
     fn a_missing_variable_is_named_and_a_bad_url_refused() {
         let (key, reason) = parse(ONE, &|_| None).unwrap_err();
         assert_eq!(key, "sinks[0].secret_env");
