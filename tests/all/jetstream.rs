@@ -539,3 +539,95 @@ fn sink_retries_while_nats_is_down_and_delivers_when_it_is_back() {
     assert_once_in_key_order(&messages, &ids);
     assert_eq!(sink(&server)["state"], "ok");
 }
+
+/// Every message of `stream` as an independent consumer reads it (an
+/// ephemeral pull consumer, no acks): (Nats-Msg-Id, weir-id, weir-key,
+/// payload `n`).
+fn consume_all(rt: &tokio::runtime::Runtime, stream: &mut stream::Stream) -> Vec<(String, String, String, u64)> {
+    use futures_util::StreamExt as _;
+    let total = rt.block_on(stream.info()).unwrap().state.messages;
+    rt.block_on(async {
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        let mut out = Vec::new();
+        while (out.len() as u64) < total {
+            let m = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.unwrap().unwrap().unwrap();
+            let h =
+                |n: &str| m.headers.as_ref().and_then(|h| h.get(n)).map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let payload: Value = serde_json::from_slice(&m.payload).unwrap();
+            out.push((h("Nats-Msg-Id"), h("weir-id"), h("weir-key"), payload["n"].as_u64().unwrap()));
+        }
+        out
+    })
+}
+
+#[test]
+#[ignore = "needs nats-server"]
+fn source_and_sink_kill9_during_20000_messages_each_input_appended_once_each_output_published_once() {
+    const N: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let rt = tokio();
+    let js = rt.block_on(connect_js(&nats));
+    let mut input = rt.block_on(create_stream(&js, "IN", &["in.>"]));
+    let mut output = rt.block_on(create_stream(&js, "OUT", &["out.>"]));
+    let messages = (0..N).map(|i| {
+        (
+            "in.orders.order.created".to_owned(),
+            vec![("weir-key", format!("k{}", i % 100))],
+            json!({"n": i}).to_string().into_bytes(),
+        )
+    });
+    rt.block_on(publish(&js, messages.collect()));
+    // The source's events go straight to the sink: JetStream in, JetStream out.
+    let toml = format!("{}{}", source_toml(&nats, "ack_wait = \"2s\""), sink_toml(&nats, ""));
+    let mut server = Server::start(dir.path(), &toml);
+    let mut at_kill = (0, 0);
+    wait_for("some appended and published", Duration::from_secs(60), || {
+        let head = server.get("/v1/status").1["head"].as_u64().unwrap_or(0);
+        let published = rt.block_on(output.info()).unwrap().state.messages;
+        at_kill = (head, published);
+        if published >= 1000 { Ok(()) } else { Err(format!("{at_kill:?}")) }
+    });
+    server.kill9();
+    assert!(at_kill.1 < N, "the kill came after everything was published ({at_kill:?}): it proves nothing");
+    server.restart();
+    wait_for("all appended", Duration::from_secs(120), || {
+        let head = server.get("/v1/status").1["head"].as_u64().unwrap_or(0);
+        if head >= N { Ok(()) } else { Err(head.to_string()) }
+    });
+    wait_for("the source's consumer drained", Duration::from_secs(60), || consumer_drained(&rt, &mut input));
+    assert!(server.wait_idle(Duration::from_secs(180)), "{}", server.get("/v1/status").1);
+
+    // Every input appended once, by its stream position.
+    let events = log(&server);
+    assert_eq!(events.len() as u64, N, "the log holds each input once");
+    let positions: HashSet<String> = events.iter().map(|e| e["idempotency_key"].as_str().unwrap().to_owned()).collect();
+    assert!((1..=N).all(|seq| positions.contains(&format!("nats:IN:{seq}"))));
+    // Every output published once, as an independent consumer sees it, in
+    // the log's order per key.
+    let published = consume_all(&rt, &mut output);
+    assert_eq!(published.len() as u64, N, "the output stream holds each event once");
+    let ids: HashSet<&str> = published.iter().map(|(id, ..)| id.as_str()).collect();
+    assert_eq!(ids.len() as u64, N);
+    assert!(published.iter().all(|(msg_id, weir_id, ..)| msg_id == weir_id));
+    let logged: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, logged, "what went out is what came in");
+    let order = |items: Vec<(String, u64)>| {
+        items.into_iter().fold(BTreeMap::<String, Vec<u64>>::new(), |mut m, (k, n)| {
+            m.entry(k).or_default().push(n);
+            m
+        })
+    };
+    let log_order = order(
+        events.iter().map(|e| (e["key"].as_str().unwrap().to_owned(), e["payload"]["n"].as_u64().unwrap())).collect(),
+    );
+    let out_order = order(published.iter().map(|(_, _, k, n)| (k.clone(), *n)).collect());
+    assert_eq!(out_order, log_order, "per key, the output keeps the log's order");
+}
