@@ -54,10 +54,7 @@ impl Aggregates {
         if let Some(record) = store.command_record(&request.ty, &request.key, &request.idempotency_key)? {
             return Ok(Executed { record, replayed: true });
         }
-        let mut handler = loaded.take()?;
-        let result = attempts(store, ids, max_payload_bytes, &loaded, &mut handler, &request);
-        loaded.give(handler);
-        result
+        attempts(store, ids, max_payload_bytes, &loaded, &request)
     }
 }
 
@@ -66,13 +63,18 @@ fn attempts(
     ids: &IdGenerator,
     max_payload_bytes: usize,
     loaded: &Loaded,
-    handler: &mut Handler,
     request: &CommandRequest,
 ) -> Result<Executed, AggregateError> {
     let (ty, key) = (request.ty.as_str(), request.key.as_str());
     for _ in 0..MAX_ATTEMPTS {
-        let at = fold::current(store, loaded, handler, ty, key)?;
-        let verdict = decide(ids, max_payload_bytes, loaded, handler, request, &at)?;
+        // An instance only while loading and deciding: it goes back to the
+        // pool before the commit is waited for, so commands waiting for
+        // their fsync hold none.
+        let mut handler = loaded.take()?;
+        let decided = fold::current(store, loaded, &mut handler, ty, key)
+            .and_then(|at| Ok((decide(ids, max_payload_bytes, loaded, &mut handler, request, &at)?, at)));
+        loaded.give(handler);
+        let (verdict, at) = decided?;
         let command = DecidedCommand {
             ty: request.ty.clone(),
             key: request.key.clone(),
