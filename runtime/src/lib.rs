@@ -87,6 +87,7 @@ mod topic;
 pub use config::Config;
 pub use consumer::ConsumerError;
 pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, VERSION_HEADER};
+pub use engine::AggregateCall;
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
     DEFAULT_MAX_WASM_STACK, DEFAULT_MEMORY_BYTES, DEFAULT_POOL_INSTANCES, Engine, EngineConfig, ExportInfo, Handler,
@@ -99,10 +100,9 @@ pub use engine::{
     POOL_HEADROOM, POOL_INSTANCES_PER_SUBSCRIPTION,
 };
 pub use engine::{
-    DEFAULT_MAX_STATE_KEYS_PER_SCOPE, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES, MAX_STATE_KEY_BYTES,
-    MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope,
+    DEFAULT_MAX_STATE_KEYS_PER_SCOPE, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES,
+    MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope,
 };
-pub use engine::AggregateCall;
 pub use envelope::{EnvelopeError, JsonEvent, format_time, now_nanos};
 pub use error::{EngineError, InvokeError, LoadError};
 /// The HTTP API's request and response bodies, shared by the server and the
@@ -122,18 +122,19 @@ pub use runtime::{
     TestCase, parse_test_cases,
 };
 pub use runtime::{HeldBackInfo, STATE_PAGE_MAX, ScopePage, StatePage, SubscriptionEntry, SubscriptionError};
-pub use runtime::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use runtime::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
+pub use runtime::{ReplayError, ReplayInfo};
+pub use runtime::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use source::SourceStatus;
 pub use store::SourcePosition;
+pub use store::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use store::{
     DlqEntry, DlqFilter, DlqPage, FORMAT_VERSION as STORE_FORMAT_VERSION, PUBLISH_OVERHEAD, ParkedEntry, Published,
     Store, StoreError, StoreOptions, VersionRecord,
 };
-pub use store::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use store::{
     HOLDINGS_COUNT_CAP, HeldBack, Holdings, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition,
 };

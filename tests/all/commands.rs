@@ -448,7 +448,9 @@ fn kill_9_during_20000_commands_loses_and_repeats_nothing_acknowledged() {
     server.kill9();
     server.restart();
 
-    let mut by_account: HashMap<String, Vec<(&String, &(u16, Value))>> = HashMap::new();
+    /// An account's commands: idempotency key and answer.
+    type Sent<'a> = Vec<(&'a String, &'a (u16, Value))>;
+    let mut by_account: HashMap<String, Sent<'_>> = HashMap::new();
     for ((id, key), answer) in &answers {
         by_account.entry(id.clone()).or_default().push((key, answer));
     }

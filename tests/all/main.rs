@@ -4,8 +4,8 @@
 mod abi_encoding;
 mod artifact_cache;
 mod c_plugin;
-mod commands;
 mod cli;
+mod commands;
 mod consumers;
 mod correctness_cli;
 mod correctness_ingest;
@@ -28,6 +28,7 @@ mod plugin_authoring;
 mod raw_abi;
 mod read_caps;
 mod read_log;
+mod replay;
 mod retention;
 mod server;
 mod sinks;

@@ -13,6 +13,7 @@ mod log;
 mod new;
 mod plugin;
 mod publish;
+mod replay;
 mod run;
 mod status;
 mod stream;
@@ -88,6 +89,9 @@ enum Command {
     /// Query the views (read models) of a running server: one key with the
     /// log position it reflects, or the keys of a view.
     View(view::ViewArgs),
+    /// Rebuild a stateful handler's state (a projection's view) from the
+    /// log into a shadow copy while the live one serves, then switch.
+    Replay(replay::ReplayArgs),
     /// One table of the pipelines and subscriptions of a running server: state,
     /// depth, events/s, p50/p99 latency, DLQ size and plugin version.
     Status(status::StatusArgs),
@@ -214,6 +218,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Stream(args) => stream::run(&args),
         Command::Commands(args) => command::run(&args),
         Command::View(args) => view::run(&args),
+        Command::Replay(args) => replay::run(&args),
         Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),

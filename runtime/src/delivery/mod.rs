@@ -69,12 +69,14 @@ use crate::topic::Pattern;
 mod invoke;
 mod keyed;
 mod logs;
+mod replay;
 mod stage;
 mod state;
 mod step;
 mod worker;
 
 pub use invoke::{Attempt, Failure, Invoke, LogLine};
+pub(crate) use replay::{ReplayProgress, Shadow, ShadowSpec};
 pub(crate) use worker::Worker;
 
 /// Header carrying the plugin version (sha256 prefix) on emitted events.
@@ -212,6 +214,11 @@ pub(crate) enum Control {
     /// Move these dead-lettered events back to the parked events; answer
     /// how many moved.
     Redrive { seqs: Vec<u64>, reply: Sender<Result<usize, StoreError>> },
+    /// Commit what is pending, then run `work` with the cursor (every
+    /// event before it handled, parked or dead-lettered, and committed),
+    /// the worker paused meanwhile; then forget what it counted of its
+    /// state, which `work` may have switched (a replay's last step).
+    Exclusive { work: Box<dyn FnOnce(u64) -> Result<(), String> + Send>, reply: Sender<Result<(), String>> },
     /// Commit what is pending and return.
     Stop,
     /// Panic on the worker's thread (fault-injection tests: the supervisor

@@ -22,7 +22,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::engine::{StateAccess, StateEntry, StateError, StateScope};
-use crate::store::{KIND_KEY, KIND_SHARED, ScopeId, StateWrite, Store};
+use crate::store::{KIND_KEY, KIND_SHARED, ScopeId, Space, StateWrite, Store};
 
 /// Scope counts kept before the cache is cleared and counted again on
 /// demand: bounds the memory of a subscription with many keys.
@@ -85,6 +85,12 @@ impl Overlay {
     pub(super) fn committed(&mut self) {
         self.in_flight.pop_front();
     }
+
+    /// Forget the key counts: the state they counted was switched (a
+    /// replay). Only when nothing is staged or in flight.
+    pub(super) fn reset(&mut self) {
+        self.counts.clear();
+    }
 }
 
 /// Entries of `layer` in `scope` whose keys start with `prefix`, after
@@ -114,6 +120,9 @@ pub(super) struct Session {
     key_scope: ScopeId,
     overlay: SharedOverlay,
     max_keys_per_scope: usize,
+    /// A fixed namespace (a replay's shadow) instead of the subscription's
+    /// live state.
+    namespace: Option<Arc<str>>,
     /// This invocation's writes: the final value of each key, and whether
     /// the key had a value before the invocation.
     pending: Pending,
@@ -139,7 +148,29 @@ impl Session {
             Some(key) => ScopeId { kind: KIND_KEY, name: key.to_owned() },
             None => shared_scope(),
         };
-        Self { store, subscription, key_scope, overlay, max_keys_per_scope, pending: BTreeMap::new() }
+        Self { store, subscription, key_scope, overlay, max_keys_per_scope, namespace: None, pending: BTreeMap::new() }
+    }
+
+    /// A session on the namespace `namespace` rather than the live state:
+    /// what a replay's shadow reads and writes.
+    pub(super) fn fixed(
+        store: Store,
+        subscription: Arc<str>,
+        namespace: Arc<str>,
+        event_key: Option<&str>,
+        overlay: SharedOverlay,
+        max_keys_per_scope: usize,
+    ) -> Self {
+        let mut session = Self::new(store, subscription, event_key, overlay, max_keys_per_scope);
+        session.namespace = Some(namespace);
+        session
+    }
+
+    fn space(&self) -> Space<'_> {
+        match &self.namespace {
+            Some(ns) => Space::Namespace(ns),
+            None => Space::Live(&self.subscription),
+        }
     }
 
     fn scope(&self, scope: StateScope) -> ScopeId {
@@ -158,7 +189,7 @@ impl Session {
         if let Some(v) = self.lock().lookup(scope, key) {
             return Ok(v.cloned());
         }
-        self.store.state_get(&self.subscription, scope, key).map_err(unavailable)
+        self.store.state_get(self.space(), scope, key).map_err(unavailable)
     }
 
     fn current(&self, scope: &ScopeId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
@@ -176,7 +207,7 @@ impl Session {
         }
         let finals = overlay.finals(scope);
         let probes: Vec<&[u8]> = finals.keys().map(Vec::as_slice).collect();
-        let (stored, present) = self.store.state_census(&self.subscription, scope, &probes).map_err(unavailable)?;
+        let (stored, present) = self.store.state_census(self.space(), scope, &probes).map_err(unavailable)?;
         let mut n = stored as isize;
         for ((_, value), in_store) in finals.iter().zip(present) {
             n += isize::from(value.is_some()) - isize::from(in_store);
@@ -265,7 +296,7 @@ impl StateAccess for Session {
             // deleted key is stepped over).
             let mut keys: Vec<Vec<u8>> = Vec::new();
             let stored =
-                self.store.state_scan(&self.subscription, &scope, prefix, cursor.as_deref(), 1).map_err(unavailable)?;
+                self.store.state_scan(self.space(), &scope, prefix, cursor.as_deref(), 1).map_err(unavailable)?;
             keys.extend(stored.into_iter().map(|(k, _)| k));
             {
                 let overlay = self.lock();

@@ -51,6 +51,9 @@ pub(crate) struct Worker {
     /// Keys of the events just read that already have a record.
     pub(super) prefetched: HashSet<String>,
     stop: bool,
+    /// A commit that failed while handling a control message: the worker
+    /// ends with it at the top of its loop.
+    failure: Option<StoreError>,
     redrives: Vec<Redrive>,
     pub(super) logs: PluginLogs,
 }
@@ -88,6 +91,7 @@ impl Worker {
             parked,
             prefetched: HashSet::new(),
             stop: false,
+            failure: None,
             redrives: Vec::new(),
         })
     }
@@ -98,6 +102,9 @@ impl Worker {
         loop {
             if self.poll_control() {
                 break;
+            }
+            if let Some(e) = self.failure.take() {
+                return Err(e);
             }
             self.stage.reap()?;
             self.run_redrives();
@@ -130,8 +137,25 @@ impl Worker {
                 self.swap(invoker);
                 let _ = reply.send(());
             }
+            Control::Exclusive { work, reply } => {
+                let _ = reply.send(self.exclusive(work));
+            }
             Control::Panic => panic!("fault injection: subscription {} killed", self.spec.name),
         }
+    }
+
+    /// Commit everything staged, run `work` on the committed cursor with
+    /// this worker paused, and forget the state counts it may have made
+    /// stale. A failed commit is kept to end the worker with.
+    fn exclusive(&mut self, work: Box<dyn FnOnce(u64) -> Result<(), String> + Send>) -> Result<(), String> {
+        if let Err(e) = self.stage.commit_all(self.cursor) {
+            let why = e.to_string();
+            self.failure = Some(e);
+            return Err(why);
+        }
+        let result = work(self.cursor);
+        self.stage.overlay.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        result
     }
 
     /// Take waiting control messages without blocking; the answer is

@@ -28,9 +28,9 @@ pub use limits::{
     DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES, DEFAULT_MEMORY_BYTES, LOG_LINE_OVERHEAD, Limits,
     LimitsBuilder,
 };
-pub use state::{MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope};
 pub(crate) use plugin::hex;
 pub use plugin::{ExportInfo, ImportInfo, Plugin, PluginInfo, inspect_imports_exports};
+pub use state::{MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope};
 pub(crate) use text::bounded as bounded_text;
 pub use text::{MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
 

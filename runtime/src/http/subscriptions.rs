@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::extract::Path;
@@ -20,10 +20,13 @@ use crate::runtime::{SubscriptionEntry, SubscriptionError};
 use crate::store::Holdings;
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
-    let admin = Router::new().route("/v1/subscriptions/{pipeline}/{handler}", delete(remove));
+    let admin = Router::new()
+        .route("/v1/subscriptions/{pipeline}/{handler}", delete(remove))
+        .route("/v1/subscriptions/{pipeline}/{handler}/replay", post(start_replay));
     Router::new()
         .route("/v1/subscriptions", get(list))
         .route("/v1/subscriptions/{pipeline}/{handler}/state", get(read_state))
+        .route("/v1/subscriptions/{pipeline}/{handler}/replay", get(replay_status))
         .merge(auth::admin(admin, state))
 }
 
@@ -146,4 +149,59 @@ async fn read_state(
     let entries =
         page.entries.iter().map(|(k, v)| StateEntryInfo { key: shown(k, false), value: shown(v, true) }).collect();
     Ok(Json(StateResponse { subscription: name, key: q.key, entries, next }).into_response())
+}
+
+impl From<crate::runtime::ReplayError> for ApiError {
+    fn from(e: crate::runtime::ReplayError) -> Self {
+        use crate::runtime::ReplayError as E;
+        let status = match e {
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Running(_) => StatusCode::CONFLICT,
+            E::Stateless(_) | E::Plugin(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+/// The body of `POST …/replay`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    /// `beginning` (the default), a seq, or an RFC 3339 time.
+    from: Option<String>,
+}
+
+async fn start_replay(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<crate::runtime::ReplayInfo>), ApiError> {
+    let request: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?
+    };
+    let from = match request.from.as_deref() {
+        None => crate::store::StartPosition::Beginning,
+        Some(text) => crate::store::StartPosition::parse(text).map_err(|e| ApiError::bad_request("invalid_from", e))?,
+    };
+    let name = SubscriptionName::new(&pipeline, &handler).to_string();
+    let rt = Arc::clone(&state.runtime);
+    let info = blocking(move || rt.replay(&name, from)).await?;
+    Ok((StatusCode::ACCEPTED, Json(info)))
+}
+
+async fn replay_status(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+) -> Result<Json<crate::runtime::ReplayInfo>, ApiError> {
+    let name = SubscriptionName::new(&pipeline, &handler).to_string();
+    state.runtime.replay_status(&name).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "replay_not_found",
+            format!("no replay of {name} since the server started"),
+        )
+    })
 }

@@ -21,6 +21,7 @@ mod error;
 mod log;
 mod nats;
 mod prometheus;
+mod replay;
 mod samples;
 mod sinks;
 mod start;
@@ -46,11 +47,12 @@ pub use log::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
+pub use replay::{ReplayError, ReplayInfo};
 pub use samples::{Expect, TestCase, parse_test_cases};
 pub use state::{STATE_PAGE_MAX, ScopePage, StatePage};
-pub use views::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use status::{Readiness, Resources, SubscriptionStatus};
 pub use subscriptions::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
+pub use views::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 
 use crate::config::{Config, ReadyThresholds};
 use crate::delivery::{Control, Invoke, SubscriptionCounters};
@@ -97,6 +99,8 @@ pub struct Runtime {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// The durable consumers (`consumer/`).
     consumers: crate::consumer::Consumers,
+    /// The replays started since the start (`replay.rs`).
+    replays: replay::Replays,
     /// The entity types' aggregates (`aggregate/`).
     aggregates: crate::aggregate::Aggregates,
     /// The NATS runtime, the JetStream sources on it (`source/`).

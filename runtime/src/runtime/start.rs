@@ -116,9 +116,10 @@ impl Runtime {
                 loaded.push((name, pipeline, handler, candidate));
             }
         }
-        let aggregates = crate::aggregate::Aggregates::load(&engine, &config.entities).map_err(|(ty, plugin, error)| {
-            RuntimeError::Plugin { subscription: format!("entities/{ty}"), plugin, error }
-        })?;
+        let aggregates =
+            crate::aggregate::Aggregates::load(&engine, &config.entities).map_err(|(ty, plugin, error)| {
+                RuntimeError::Plugin { subscription: format!("entities/{ty}"), plugin, error }
+            })?;
         let store = match store {
             Some(store) => store,
             None => Store::open(
@@ -264,7 +265,19 @@ impl Runtime {
         // Last: the durable consumers have registered as readers too.
         super::subscriptions::apply_retention(&store, &subs, config);
         nats.start_sources(config, &store, &ids);
-        Ok(Self { store, ids, subs, sampler, config: config.clone(), engine, stopping, consumers, aggregates, nats })
+        Ok(Self {
+            store,
+            ids,
+            subs,
+            sampler,
+            config: config.clone(),
+            engine,
+            stopping,
+            consumers,
+            aggregates,
+            nats,
+            replays: Default::default(),
+        })
     }
 
     /// Stop: every worker finishes its current invocation and commits, then

@@ -170,6 +170,10 @@ impl Supervised {
                     // runs it.
                     let _ = reply.send(());
                 }
+                Ok(Control::Exclusive { reply, .. }) => {
+                    let _ =
+                        reply.send(Err("the subscription's worker is not running; try again once it restarts".into()));
+                }
                 Ok(Control::Redrive { reply, .. }) => {
                     let why = self.counters.stopped.lock().unwrap_or_else(PoisonError::into_inner).clone();
                     let _ = reply.send(Err(StoreError::Unavailable(format!(

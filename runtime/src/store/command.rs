@@ -40,6 +40,7 @@ use super::lifecycle::DeleteSubscription;
 use super::log::Publish;
 use super::registry::Deploy;
 use super::source::SourceAppend;
+use super::state::StateOp;
 use super::stream::StreamAppend;
 use super::subscription::{Purge, Redrive, Results};
 use super::writer::Writes;
@@ -232,6 +233,9 @@ pub(super) enum Command {
     Execute(Order<Execute>),
     /// A source's batch with its positions: [`Store::source_append`](super::Store::source_append).
     SourceAppend(Order<SourceAppend>),
+    /// Handler state outside a subscription's results: a replay's shadow
+    /// (`store/state.rs`).
+    State(Order<StateOp>),
     /// Nothing, answered after the commit: [`Store::sync`](super::Store::sync).
     Sync(Order<Barrier>),
     /// Durable consumers' commands (`store/consumer.rs`).
@@ -257,6 +261,7 @@ impl Command {
             Self::StreamAppend(order) => order,
             Self::Execute(order) => order,
             Self::SourceAppend(order) => order,
+            Self::State(order) => order,
             Self::Sync(order) => order,
             Self::ConsumerPut(order) => order,
             Self::ConsumerDelete(order) => order,

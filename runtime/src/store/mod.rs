@@ -85,10 +85,10 @@ mod state;
 mod stats;
 mod stream;
 mod subscription;
-mod view;
 #[cfg(test)]
 mod testing;
 mod types;
+mod view;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -100,21 +100,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+pub(crate) use aggregate::{CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Verdict};
 pub(crate) use command::Reply;
 pub use error::StoreError;
 pub(crate) use fuzz::record as fuzz_record;
 pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
 pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition};
 use shared::{Shared, SharedBackend, Source};
-pub(crate) use aggregate::{CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Verdict};
 pub use source::SourcePosition;
+pub(crate) use state::{KIND_KEY, KIND_SHARED, LiveOutcome, ScopeId, Space, StateWrite, namespace as state_namespace};
 pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
-pub(crate) use state::{KIND_KEY, KIND_SHARED, ScopeId, StateWrite};
-pub(crate) use view::ViewValue;
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats, corrupt_record_stand_in};
+pub(crate) use view::ViewValue;
 
 use command::{Barrier, Command, Order};
 use error::storage;
@@ -312,6 +312,7 @@ impl Store {
             txn.open_table(stream::STREAMS).map_err(incompatible)?;
             txn.open_table(stream::STREAM_TYPES).map_err(incompatible)?;
             txn.open_table(state::STATE).map_err(incompatible)?;
+            txn.open_table(state::STATE_GENERATIONS).map_err(incompatible)?;
             aggregate::create(&txn).map_err(incompatible)?;
             // Added without a format change: absent, they start empty (the
             // time index then covers what is appended from now on).

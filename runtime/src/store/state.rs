@@ -7,17 +7,68 @@
 //! subscription (`SHARED` with an empty name). The worker keeps the writes
 //! of batches not yet committed in memory and reads through them
 //! (`delivery/state.rs`); this module is what is committed.
+//!
+//! The table is keyed by a *namespace*, not the subscription name itself:
+//! `state_generations` maps a subscription to its generation, and
+//! generation 0 is the subscription's name, generation n `<name>@<n>` (`@`
+//! is never in a subscription name). A replay (`delivery/replay.rs`)
+//! builds the next generation beside the live one and switches with one
+//! write of the map; every read and write resolves the namespace in its own
+//! transaction, so it sees one generation or the other, whole.
 
 use std::ops::Bound;
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 
-use super::command::Fatal;
+use super::IdempotencyRecord;
+use super::codec::{Encoded, Records, decode};
+use super::command::{Apply, Command, Failure, Fatal, Order};
+use super::subscription::{DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
 use super::{Store, StoreError, storage};
 
 /// (subscription, scope kind, scope, key) → value.
 pub(super) const STATE: TableDefinition<'_, (&str, u8, &str, &[u8]), &[u8]> = TableDefinition::new("state");
+
+/// subscription → its state's generation (absent: 0).
+pub(super) const STATE_GENERATIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("state_generations");
+
+/// The namespace of `subscription`'s state at `generation`.
+pub(crate) fn namespace(subscription: &str, generation: u64) -> String {
+    if generation == 0 { subscription.to_owned() } else { format!("{subscription}@{generation}") }
+}
+
+/// Whose state a read means: a subscription's live state (its current
+/// generation, resolved in the read's transaction), or one namespace (a
+/// replay's shadow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Space<'a> {
+    Live(&'a str),
+    Namespace(&'a str),
+}
+
+impl<'a> From<&'a str> for Space<'a> {
+    fn from(subscription: &'a str) -> Self {
+        Space::Live(subscription)
+    }
+}
+
+impl<'a> From<&'a String> for Space<'a> {
+    fn from(subscription: &'a String) -> Self {
+        Space::Live(subscription)
+    }
+}
+
+/// The namespace `space` names in `read`.
+pub(super) fn resolve(read: &ReadTransaction, space: Space<'_>) -> Result<String, StoreError> {
+    match space {
+        Space::Namespace(ns) => Ok(ns.to_owned()),
+        Space::Live(sub) => {
+            let generation = read.open_table(STATE_GENERATIONS).map_err(storage)?.get(sub).map_err(storage)?;
+            Ok(namespace(sub, generation.map_or(0, |g| g.value())))
+        }
+    }
+}
 
 /// The scope kind of the event's key.
 pub(crate) const KIND_KEY: u8 = 0;
@@ -57,9 +108,15 @@ pub(super) fn apply(w: &mut Writes<'_>, subscription: &str, writes: &[StateWrite
     if writes.is_empty() {
         return Ok(());
     }
+    let generation = w.txn.open_table(STATE_GENERATIONS)?.get(subscription)?.map_or(0, |g| g.value());
+    apply_to(w, &namespace(subscription, generation), writes)
+}
+
+/// Apply `writes` to the namespace `ns`.
+pub(super) fn apply_to(w: &mut Writes<'_>, ns: &str, writes: &[StateWrite]) -> Result<(), Fatal> {
     let mut table = w.txn.open_table(STATE)?;
     for write in writes {
-        let key = (subscription, write.scope.kind, write.scope.name.as_str(), write.key.as_slice());
+        let key = (ns, write.scope.kind, write.scope.name.as_str(), write.key.as_slice());
         match &write.value {
             Some(value) => {
                 table.insert(key, value.as_slice())?;
@@ -72,8 +129,31 @@ pub(super) fn apply(w: &mut Writes<'_>, subscription: &str, writes: &[StateWrite
     Ok(())
 }
 
-/// Remove up to `budget` state entries of `subscription`; answers how many.
+/// Remove up to `budget` state entries of `subscription`, of every
+/// generation (a replay's leftover shadow included), and its generation
+/// once they are all gone; answers how many.
 pub(super) fn delete_some(w: &mut Writes<'_>, subscription: &str, budget: usize) -> Result<usize, Fatal> {
+    let mut done = delete_namespace_some(w, subscription, budget)?;
+    // The other generations: `<subscription>@…`, between `@` and `A`.
+    let low = format!("{subscription}@");
+    while done < budget {
+        let next = {
+            let table = w.txn.open_table(STATE)?;
+            let first = table.range((low.as_str(), 0u8, "", &[][..])..)?.next().transpose()?;
+            first.map(|(k, _)| k.value().0.to_owned()).filter(|ns| ns.starts_with(&low))
+        };
+        let Some(ns) = next else { break };
+        done += delete_namespace_some(w, &ns, budget - done)?;
+    }
+    if done < budget {
+        w.txn.open_table(STATE_GENERATIONS)?.remove(subscription)?;
+    }
+    Ok(done)
+}
+
+/// Remove up to `budget` entries of the namespace `subscription`; answers
+/// how many.
+pub(super) fn delete_namespace_some(w: &mut Writes<'_>, subscription: &str, budget: usize) -> Result<usize, Fatal> {
     let mut table = w.txn.open_table(STATE)?;
     let keys: Vec<(u8, String, Vec<u8>)> = table
         .range((subscription, 0u8, "", &[][..])..)?
@@ -93,19 +173,154 @@ pub(super) fn delete_some(w: &mut Writes<'_>, subscription: &str, budget: usize)
     Ok(keys.len())
 }
 
+/// Handler state written outside a subscription's results: by a replay.
+pub(super) enum StateOp {
+    /// Writes into one namespace (a shadow's), in order.
+    Batch { namespace: String, writes: Vec<StateWrite> },
+    /// Point `subscription` at `generation`: the switch of a replay.
+    Switch { subscription: String, generation: u64 },
+    /// Remove up to [`DELETE_BATCH`](super::lifecycle::DELETE_BATCH)
+    /// entries of a namespace; answers how many.
+    DeleteNamespace { namespace: String },
+}
+
+impl Apply for StateOp {
+    /// Entries deleted, or 0.
+    type Answer = u64;
+    type Checked = ();
+
+    fn check(&self, _: &Writes<'_>, _: &mut Encoded) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn write(self, (): (), w: &mut Writes<'_>, _: Records<'_>) -> Result<u64, Fatal> {
+        match self {
+            Self::Batch { namespace, writes } => {
+                apply_to(w, &namespace, &writes)?;
+                Ok(0)
+            }
+            Self::Switch { subscription, generation } => {
+                w.txn.open_table(STATE_GENERATIONS)?.insert(subscription.as_str(), generation)?;
+                Ok(0)
+            }
+            Self::DeleteNamespace { namespace } => {
+                Ok(delete_namespace_some(w, &namespace, super::lifecycle::DELETE_BATCH)? as u64)
+            }
+        }
+    }
+}
+
+/// What the live subscription did with one event, for a replay to mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LiveOutcome {
+    /// Handled: its idempotency record names this event.
+    Handled,
+    /// Parked for a retry or dead-lettered: not applied (yet).
+    Held,
+    /// A duplicate it skipped: the record names another event.
+    Skipped,
+    /// No record left (older than the retention window).
+    Unknown,
+}
+
 impl Store {
+    /// The generation `subscription`'s live state is at.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub(crate) fn state_generation(&self, subscription: &str) -> Result<u64, StoreError> {
+        let read = self.shared.begin_read()?;
+        let table = read.open_table(STATE_GENERATIONS).map_err(storage)?;
+        Ok(table.get(subscription).map_err(storage)?.map_or(0, |g| g.value()))
+    }
+
+    /// Commit `writes` into the namespace `ns` and wait for the commit.
+    ///
+    /// # Errors
+    ///
+    /// The commit's.
+    pub(crate) fn commit_state_blocking(&self, ns: &str, writes: Vec<StateWrite>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let op = StateOp::Batch { namespace: ns.to_owned(), writes };
+        self.ask(|reply| Command::State(Order::new(op, reply))).map(drop)
+    }
+
+    /// Point `subscription`'s live state at `generation`, durably.
+    ///
+    /// # Errors
+    ///
+    /// The commit's.
+    pub(crate) fn switch_state(&self, subscription: &str, generation: u64) -> Result<(), StoreError> {
+        let op = StateOp::Switch { subscription: subscription.to_owned(), generation };
+        self.ask(|reply| Command::State(Order::new(op, reply))).map(drop)
+    }
+
+    /// Delete every entry of the namespace `ns`, in commands of a bounded
+    /// size.
+    ///
+    /// # Errors
+    ///
+    /// The commit's (what was deleted before stays deleted).
+    pub(crate) fn delete_state_namespace_blocking(&self, ns: &str) -> Result<(), StoreError> {
+        loop {
+            let op = StateOp::DeleteNamespace { namespace: ns.to_owned() };
+            if self.ask(|reply| Command::State(Order::new(op, reply)))? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// What `subscription` did with each `(seq, idempotency key)`, read in
+    /// one snapshot.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors, or a record that does not decode.
+    pub(crate) fn live_outcomes(
+        &self,
+        subscription: &str,
+        asks: &[(u64, &str)],
+    ) -> Result<Vec<LiveOutcome>, StoreError> {
+        let read = self.shared.begin_read()?;
+        let parked = read.open_table(PARKED).map_err(storage)?;
+        let dlq = read.open_table(DLQ).map_err(storage)?;
+        let records = read.open_table(IDEMPOTENCY).map_err(storage)?;
+        asks.iter()
+            .map(|(seq, key)| {
+                if parked.get((subscription, *seq)).map_err(storage)?.is_some()
+                    || dlq.get((subscription, *seq)).map_err(storage)?.is_some()
+                {
+                    return Ok(LiveOutcome::Held);
+                }
+                match records.get((subscription, *key)).map_err(storage)? {
+                    None => Ok(LiveOutcome::Unknown),
+                    Some(v) => {
+                        let record: IdempotencyRecord =
+                            decode(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
+                        Ok(if record.seq == *seq { LiveOutcome::Handled } else { LiveOutcome::Skipped })
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// The committed value of `key` in `scope` of `subscription`.
     ///
     /// # Errors
     ///
     /// Storage errors.
-    pub(crate) fn state_get(
+    pub(crate) fn state_get<'a>(
         &self,
-        subscription: &str,
+        space: impl Into<Space<'a>>,
         scope: &ScopeId,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let read = self.shared.begin_read()?;
+        let ns = resolve(&read, space.into())?;
+        let subscription = ns.as_str();
         let table = read.open_table(STATE).map_err(storage)?;
         let value = table.get((subscription, scope.kind, scope.name.as_str(), key)).map_err(storage)?;
         Ok(value.map(|v| v.value().to_vec()))
@@ -118,15 +333,17 @@ impl Store {
     /// # Errors
     ///
     /// Storage errors.
-    pub(crate) fn state_scan(
+    pub(crate) fn state_scan<'a>(
         &self,
-        subscription: &str,
+        space: impl Into<Space<'a>>,
         scope: &ScopeId,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let read = self.shared.begin_read()?;
+        let ns = resolve(&read, space.into())?;
+        let subscription = ns.as_str();
         let table = read.open_table(STATE).map_err(storage)?;
         let s = scope.name.as_str();
         let low = match after {
@@ -155,13 +372,15 @@ impl Store {
     /// # Errors
     ///
     /// Storage errors.
-    pub(crate) fn state_census(
+    pub(crate) fn state_census<'a>(
         &self,
-        subscription: &str,
+        space: impl Into<Space<'a>>,
         scope: &ScopeId,
         probes: &[&[u8]],
     ) -> Result<(usize, Vec<bool>), StoreError> {
         let read = self.shared.begin_read()?;
+        let ns = resolve(&read, space.into())?;
+        let subscription = ns.as_str();
         let table = read.open_table(STATE).map_err(storage)?;
         let s = scope.name.as_str();
         let mut count = 0;
@@ -186,13 +405,15 @@ impl Store {
     /// # Errors
     ///
     /// Storage errors.
-    pub(crate) fn state_scopes(
+    pub(crate) fn state_scopes<'a>(
         &self,
-        subscription: &str,
+        space: impl Into<Space<'a>>,
         after: Option<&ScopeId>,
         limit: usize,
     ) -> Result<Vec<ScopeId>, StoreError> {
         let read = self.shared.begin_read()?;
+        let ns = resolve(&read, space.into())?;
+        let subscription = ns.as_str();
         let table = read.open_table(STATE).map_err(storage)?;
         let mut out: Vec<ScopeId> = Vec::new();
         // The least scope after `s` is `s` and a NUL.

@@ -7,7 +7,7 @@
 
 use redb::{ReadTransaction, ReadableTable};
 
-use super::state::{Entry, KIND_KEY, STATE};
+use super::state::{Entry, KIND_KEY, STATE, resolve};
 use super::subscription::{CURSORS, PARKED};
 use super::{Store, StoreError, storage};
 
@@ -90,9 +90,10 @@ impl Store {
         max_bytes: usize,
     ) -> Result<ViewRead<Option<ViewValue>>, StoreError> {
         let read = self.shared.begin_read()?;
+        let ns = resolve(&read, subscription.into())?;
         let table = read.open_table(STATE).map_err(storage)?;
         let mut budget = max_bytes;
-        let value = scope(&table, subscription, key, max_entries, &mut budget)?;
+        let value = scope(&table, &ns, key, max_entries, &mut budget)?;
         let value = (!value.entries.is_empty() || value.truncated).then_some(value);
         Ok(ViewRead { value, position: position(&read, subscription)? })
     }
@@ -115,6 +116,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<ViewRead<ViewPage>, StoreError> {
         let read = self.shared.begin_read()?;
+        let ns = resolve(&read, subscription.into())?;
         let table = read.open_table(STATE).map_err(storage)?;
         let mut out: Vec<(String, ViewValue)> = Vec::new();
         let mut budget = max_bytes;
@@ -126,14 +128,14 @@ impl Store {
         let mut more = false;
         loop {
             let next = table
-                .range((subscription, KIND_KEY, from.as_str(), &[][..])..)
+                .range((ns.as_str(), KIND_KEY, from.as_str(), &[][..])..)
                 .map_err(storage)?
                 .next()
                 .transpose()
                 .map_err(storage)?;
             let Some((k, _)) = next else { break };
             let (sub, kind, name, _) = k.value();
-            if sub != subscription || kind != KIND_KEY || !name.starts_with(prefix) {
+            if sub != ns || kind != KIND_KEY || !name.starts_with(prefix) {
                 break;
             }
             let name = name.to_owned();
@@ -141,7 +143,7 @@ impl Store {
                 more = true;
                 break;
             }
-            let value = scope(&table, subscription, &name, max_entries, &mut budget)?;
+            let value = scope(&table, &ns, &name, max_entries, &mut budget)?;
             from = format!("{name}\0");
             out.push((name, value));
         }

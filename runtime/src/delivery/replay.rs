@@ -1,0 +1,231 @@
+//! Replay: rebuild a stateful handler's state from the log into a shadow
+//! copy while the live subscription keeps serving, then switch to it.
+//!
+//! The shadow runs the subscription's active plugin over the log from a
+//! start position, in a state namespace of its own (`<subscription>@<n>`,
+//! `store/state.rs`), emitting nothing. It applies exactly the events the
+//! live subscription applied: an event whose idempotency record names it
+//! (handled), or with no record left (older than the retention window) and
+//! a key not seen yet in this replay; not one the live subscription has
+//! parked for a retry or dead-lettered, nor a duplicate it skipped. Those
+//! held back are looked at again at the switch: handled since, they are
+//! applied then.
+//!
+//! When the shadow is close to the live cursor, the live worker pauses
+//! between two events (`Control::Exclusive`): it commits what it has
+//! staged, the shadow replays the rest up to its cursor, and one commit
+//! points the subscription at the shadow's namespace. No reader ever sees a
+//! half-built state: views and the state API read the live namespace until
+//! that commit, the shadow's after it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use weir_abi::{DeliveryRef, Event};
+
+use super::Invoke;
+use super::state::{Session, SharedOverlay};
+use crate::store::{LiveOutcome, StateWrite, Store, StoreError};
+use crate::topic::Pattern;
+
+/// Events read from the log per step.
+const BATCH: usize = 512;
+/// Stored bytes read per step.
+const BATCH_BYTES: usize = 8 << 20;
+/// Idempotency keys the shadow remembers to skip duplicates the store no
+/// longer has records of; past it the set starts again (documented).
+const MAX_SEEN_KEYS: usize = 1 << 20;
+
+/// How far a replay has got, read by status while it runs.
+#[derive(Debug, Default)]
+pub(crate) struct ReplayProgress {
+    /// The next seq the shadow reads.
+    pub(crate) position: Arc<AtomicU64>,
+    /// The live cursor the shadow is heading for.
+    pub(crate) target: AtomicU64,
+    /// Events applied to the shadow state.
+    pub(crate) applied: AtomicU64,
+    /// Events skipped: another topic, a duplicate, or held back by the
+    /// live subscription (parked, dead-lettered).
+    pub(crate) skipped: AtomicU64,
+    /// Events whose every attempt failed in the shadow (not applied).
+    pub(crate) failed: AtomicU64,
+}
+
+/// What a shadow needs.
+pub(crate) struct ShadowSpec {
+    pub(crate) subscription: Arc<str>,
+    pub(crate) patterns: Vec<Pattern>,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_state_keys_per_scope: usize,
+    /// The namespace the shadow writes (`<subscription>@<generation>`).
+    pub(crate) namespace: Arc<str>,
+    pub(crate) generation: u64,
+}
+
+/// The shadow of one replay.
+pub(crate) struct Shadow {
+    store: Store,
+    spec: ShadowSpec,
+    handler: Box<dyn Invoke>,
+    overlay: SharedOverlay,
+    position: u64,
+    seen: HashSet<String>,
+    held: BTreeSet<u64>,
+    progress: Arc<ReplayProgress>,
+}
+
+impl Shadow {
+    /// A shadow starting at `from`, on an empty namespace.
+    ///
+    /// # Errors
+    ///
+    /// The store's, clearing a namespace a failed replay left.
+    pub(crate) fn new(
+        store: Store,
+        spec: ShadowSpec,
+        handler: Box<dyn Invoke>,
+        from: u64,
+        progress: Arc<ReplayProgress>,
+    ) -> Result<Self, StoreError> {
+        store.delete_state_namespace_blocking(&spec.namespace)?;
+        progress.position.store(from, Ordering::Relaxed);
+        Ok(Self {
+            store,
+            spec,
+            handler,
+            overlay: SharedOverlay::default(),
+            position: from,
+            seen: HashSet::new(),
+            held: BTreeSet::new(),
+            progress,
+        })
+    }
+
+    /// Where the shadow has got.
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Replay the events before `to`.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub(crate) fn run_to(&mut self, to: u64) -> Result<(), StoreError> {
+        self.progress.target.store(to, Ordering::Relaxed);
+        while self.position < to {
+            let entries = self.store.read_log_each(self.position, BATCH, BATCH_BYTES)?;
+            let Some(end) = entries.last().map(|(seq, _)| seq + 1) else { break };
+            let mut events: Vec<(u64, Event)> = Vec::with_capacity(entries.len());
+            for (seq, entry) in entries {
+                if seq >= to {
+                    break;
+                }
+                // A record that does not decode is one the live
+                // subscription quarantined: it applied nothing from it.
+                match entry {
+                    Ok(event) if self.spec.patterns.iter().any(|p| p.matches(&event.topic)) => {
+                        events.push((seq, event))
+                    }
+                    _ => {
+                        self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.apply_all(&events)?;
+            self.position = end.min(to);
+            self.progress.position.store(self.position, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Apply what the live subscription applied among `events`, and commit
+    /// the writes.
+    fn apply_all(&mut self, events: &[(u64, Event)]) -> Result<(), StoreError> {
+        let asks: Vec<(u64, &str)> = events.iter().map(|(seq, e)| (*seq, e.idempotency_key.as_str())).collect();
+        let outcomes = self.store.live_outcomes(&self.spec.subscription, &asks)?;
+        let mut writes: Vec<StateWrite> = Vec::new();
+        for ((seq, event), outcome) in events.iter().zip(outcomes) {
+            let apply = match outcome {
+                LiveOutcome::Handled => true,
+                LiveOutcome::Held => {
+                    self.held.insert(*seq);
+                    false
+                }
+                LiveOutcome::Skipped => false,
+                LiveOutcome::Unknown => !self.seen.contains(&event.idempotency_key),
+            };
+            if !apply {
+                self.progress.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if self.seen.len() >= MAX_SEEN_KEYS {
+                self.seen.clear();
+            }
+            self.seen.insert(event.idempotency_key.clone());
+            match self.invoke(event) {
+                Some(mut w) => {
+                    writes.append(&mut w);
+                    self.progress.applied.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.store.commit_state_blocking(&self.spec.namespace, writes)?;
+        let mut overlay = self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        overlay.hand_over();
+        overlay.committed();
+        Ok(())
+    }
+
+    /// Run the handler on `event`, retrying a retryable failure at once up
+    /// to the subscription's attempts; the writes of the attempt that
+    /// succeeded, or `None`.
+    fn invoke(&mut self, event: &Event) -> Option<Vec<StateWrite>> {
+        for attempt in 1..=self.spec.max_attempts.max(1) {
+            let session = Session::fixed(
+                self.store.clone(),
+                Arc::clone(&self.spec.subscription),
+                Arc::clone(&self.spec.namespace),
+                event.key.as_deref(),
+                Arc::clone(&self.overlay),
+                self.spec.max_state_keys_per_scope,
+            );
+            let delivery = DeliveryRef { event, subscription: &self.spec.subscription, attempt };
+            let (outcome, state) = self.handler.invoke_with_state(delivery, Box::new(session));
+            match outcome.result {
+                Ok(_) => return Some(state.and_then(Session::recover).map(|s| s.commit()).unwrap_or_default()),
+                Err(failure) if !failure.retryable => return None,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// At the switch, with the live worker paused at `live_cursor`: apply
+    /// the held-back events the live subscription has handled since, replay
+    /// up to its cursor, and point the subscription at the shadow.
+    ///
+    /// # Errors
+    ///
+    /// The store's; nothing is switched then.
+    pub(crate) fn finish(mut self, live_cursor: u64) -> Result<(), StoreError> {
+        let held: Vec<u64> = std::mem::take(&mut self.held).into_iter().collect();
+        let mut events = Vec::new();
+        for seq in held {
+            if let Some(event) = self.store.event(seq)? {
+                events.push((seq, event));
+            }
+        }
+        // Still parked or dead-lettered: held again, and the live
+        // subscription applies them when it handles them (after the switch,
+        // to the new namespace).
+        self.apply_all(&events)?;
+        self.run_to(live_cursor)?;
+        self.store.switch_state(&self.spec.subscription, self.spec.generation)
+    }
+}
