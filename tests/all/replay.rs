@@ -43,6 +43,22 @@ fn publish(server: &Server, events: Vec<Value>) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Publish chunks of 100 events over `keys` accounts (`acct-NNN`),
+/// counting each account's events in `expected`.
+fn publish_chunks(server: &Server, chunks: std::ops::Range<usize>, keys: usize, expected: &mut BTreeMap<String, u64>) {
+    for chunk in chunks {
+        let events: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                let key = format!("acct-{:03}", n % keys);
+                *expected.entry(key.clone()).or_default() += 1;
+                order(&key, n)
+            })
+            .collect();
+        publish(server, events);
+    }
+}
+
 /// Every key of the view with its count.
 fn counts(server: &Server) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -78,17 +94,7 @@ fn a_replay_rebuilds_what_the_live_state_holds_while_the_view_keeps_serving_whol
     let dir = tempfile::tempdir().unwrap();
     let server = Arc::new(Server::start(dir.path(), &config()));
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for chunk in 0..20 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| {
-                let n = chunk * 100 + i;
-                let key = format!("acct-{:02}", n % 25);
-                *expected.entry(key.clone()).or_default() += 1;
-                order(&key, n)
-            })
-            .collect();
-        publish(&server, events);
-    }
+    publish_chunks(&server, 0..20, 25, &mut expected);
     // The live subscription dead-letters these and handles these on a
     // second attempt: the replay must do as it did.
     publish(&server, vec![order("reject-1", 0), order("retry-1", 0)]);
@@ -121,17 +127,7 @@ fn a_replay_rebuilds_what_the_live_state_holds_while_the_view_keeps_serving_whol
     assert!(status == 409 || status == 202, "{again}");
     // More events while it runs: they land in the live state, and in the
     // shadow before the switch.
-    for chunk in 20..30 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| {
-                let n = chunk * 100 + i;
-                let key = format!("acct-{:02}", n % 25);
-                *expected.entry(key.clone()).or_default() += 1;
-                order(&key, n)
-            })
-            .collect();
-        publish(&server, events);
-    }
+    publish_chunks(&server, 20..30, 25, &mut expected);
     let info = wait_replay(&server);
     assert_eq!(info["state"], "done", "{info}");
     assert!(server.wait_idle(Duration::from_secs(60)), "{}", server.stderr());
@@ -169,17 +165,7 @@ fn kill_9_during_a_replay_leaves_the_live_state_whole_and_a_new_replay_finishes(
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &config());
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-    for chunk in 0..40 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| {
-                let n = chunk * 100 + i;
-                let key = format!("k{:03}", n % 200);
-                *expected.entry(key.clone()).or_default() += 1;
-                order(&key, n)
-            })
-            .collect();
-        publish(&server, events);
-    }
+    publish_chunks(&server, 0..40, 200, &mut expected);
     assert!(server.wait_idle(Duration::from_secs(60)), "{}", server.stderr());
     let (status, _) = server.post("/v1/subscriptions/count/counter/replay", &json!({}));
     assert_eq!(status, 202);

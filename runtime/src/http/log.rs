@@ -131,7 +131,7 @@ fn filter(topics: Option<&str>, key: Option<String>) -> Result<LogFilter, ApiErr
 
 /// `wait`: a duration (`5s`, `250ms`) or whole seconds, at most
 /// [`LOG_WAIT_MAX_SECONDS`].
-fn wait(text: Option<&str>) -> Result<Duration, ApiError> {
+pub(super) fn wait(text: Option<&str>) -> Result<Duration, ApiError> {
     let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(Duration::ZERO) };
     let parsed = match text.parse::<u64>() {
         Ok(seconds) => Some(Duration::from_secs(seconds)),

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::auth::{self, Accept, Rule};
 use super::extract::{Path, Query};
-use super::models::{LOG_WAIT_MAX_SECONDS, ViewItem, ViewListResponse, ViewResponse};
+use super::models::{ViewItem, ViewListResponse, ViewResponse};
 use super::{ApiError, AppState, blocking};
 use crate::config::Scope;
 use crate::runtime::{Runtime, ViewEntry, ViewError};
@@ -62,21 +62,6 @@ struct ListQuery {
     limit: Option<usize>,
     min_position: Option<u64>,
     wait: Option<String>,
-}
-
-fn wait(text: Option<&str>) -> Result<Duration, ApiError> {
-    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(Duration::ZERO) };
-    let parsed = match text.parse::<u64>() {
-        Ok(seconds) => Some(Duration::from_secs(seconds)),
-        Err(_) => humantime::parse_duration(text).ok(),
-    };
-    match parsed {
-        Some(d) if d <= Duration::from_secs(LOG_WAIT_MAX_SECONDS) => Ok(d),
-        _ => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("`wait` is a duration of at most {LOG_WAIT_MAX_SECONDS}s (`5s`, `250ms`), not {text:?}"),
-        )),
-    }
 }
 
 /// Read-your-writes: wait until `view` has passed `min_position` (its
@@ -140,7 +125,7 @@ async fn one(
     Path((view, key)): Path<(String, String)>,
     Query(q): Query<OneQuery>,
 ) -> Result<Json<ViewResponse>, ApiError> {
-    reach(&views, &view, q.min_position, wait(q.wait.as_deref())?).await?;
+    reach(&views, &view, q.min_position, super::log::wait(q.wait.as_deref())?).await?;
     let rt = Arc::clone(&views.runtime);
     let (name, k) = (view.clone(), key.clone());
     let answer = blocking(move || rt.view_get(&name, &k)).await?;
@@ -158,7 +143,7 @@ async fn list(
     Path(view): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ViewListResponse>, ApiError> {
-    reach(&views, &view, q.min_position, wait(q.wait.as_deref())?).await?;
+    reach(&views, &view, q.min_position, super::log::wait(q.wait.as_deref())?).await?;
     let rt = Arc::clone(&views.runtime);
     let name = view.clone();
     let limit = q.limit.unwrap_or(100);
