@@ -3,13 +3,15 @@
 # run `weir demo`: a fan-out pipeline on the embedded store (no external
 # services) over sample orders, a poison one among them, and a report of what
 # each subscription did and what sits in the dead-letter queue, and why.
+# `scripts/demo.sh accounts` runs the event-sourcing demo instead (`weir demo
+# accounts`): bank accounts, their commands, two views, a replay, time travel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 echo "==> building the example plugins (wasm32-unknown-unknown)" >&2
 cargo build --quiet --profile plugin --target wasm32-unknown-unknown \
-  -p order-validator -p enricher -p filter -p audit-logger
+  -p order-validator -p enricher -p filter -p audit-logger -p bank-account -p balances -p statements
 echo "==> building weir" >&2
 cargo build --quiet -p weir-runtime --bin weir
 

@@ -24,6 +24,8 @@ const PLUGINS: &[(&str, &str)] = &[
     ("audit-logger", "AUDIT_LOGGER"),
     ("counter", "COUNTER"),
     ("bank-account", "BANK_ACCOUNT"),
+    ("balances", "BALANCES"),
+    ("statements", "STATEMENTS"),
     ("faulty-aggregate", "FAULTY_AGGREGATE"),
     ("state-hog", "STATE_HOG"),
     ("raw-abi", "RAW_ABI"),

@@ -12,6 +12,7 @@ mod correctness_ingest;
 mod crash;
 mod dashboard;
 mod delivery;
+mod demo_accounts;
 mod example_plugins;
 mod exec_truth;
 mod faults;

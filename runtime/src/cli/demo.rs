@@ -1,13 +1,16 @@
 //! `weir demo`: the main job. Starts a fan-out pipeline on the embedded
 //! store, publishes sample orders (a poison one among them), and shows what
 //! each subscription did and what sits in the dead-letter queue, and why.
+//! `weir demo accounts` is the event-sourcing demo (`demo/accounts.rs`).
+
+mod accounts;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 use weir_runtime::Config;
 use weir_runtime::DlqFilter;
 use weir_runtime::JsonEvent;
@@ -17,15 +20,28 @@ const SAMPLES: &str = include_str!("../../../samples/orders.jsonl");
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
+    #[command(subcommand)]
+    which: Option<Which>,
     /// Directory holding the example plugins built to Wasm.
-    #[arg(long, value_name = "DIR", default_value = "target/wasm32-unknown-unknown/plugin")]
+    #[arg(long, global = true, value_name = "DIR", default_value = "target/wasm32-unknown-unknown/plugin")]
     plugins: PathBuf,
     /// Data directory [default: a fresh temporary directory, removed after].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 }
 
+/// Another demo than the default one.
+#[derive(Debug, Subcommand)]
+enum Which {
+    /// Event sourcing: bank accounts decided by an aggregate, two
+    /// projections read as views (read-your-writes), a replay, time travel.
+    Accounts,
+}
+
 pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    if let Some(Which::Accounts) = args.which {
+        return accounts::run(&args.plugins, args.data_dir.as_deref());
+    }
     for plugin in ["order_validator", "audit_logger", "enricher"] {
         let path = args.plugins.join(format!("{plugin}.wasm"));
         if !path.is_file() {
