@@ -99,7 +99,8 @@ enum Command {
     /// running server, live.
     Plugin(plugin::PluginArgs),
     /// The demo: a fan-out pipeline over sample orders on the embedded
-    /// store, and what each subscription and the DLQ hold afterwards.
+    /// store, and what each subscription and the DLQ hold afterwards;
+    /// `weir demo accounts`: the bank-account event-sourcing example.
     Demo(demo::DemoArgs),
 }
 
