@@ -189,6 +189,19 @@ impl Runtime {
                 }
             }
         }
+        // Where each subscription of its topic stands, read before what
+        // the event caused: a subscription's record and its emits commit
+        // together, so one seen handled here has its emits in the reads
+        // below (the other order could see the record and miss emits
+        // committed in between).
+        let mut probes: Vec<(String, Probe)> = Vec::new();
+        for sub in self
+            .subs
+            .iter()
+            .filter(|s| s.topics.iter().any(|t| Pattern::parse(t).is_ok_and(|p| p.matches(&event.topic))))
+        {
+            probes.push((sub.name.to_string(), self.probe(&sub.name, seq, &event)?));
+        }
         // Downward: what it caused, by the subscription that emitted it
         // (an emit's source is `weir://<subscription>`).
         // One more than listed is asked for, to tell whether it was cut.
@@ -209,72 +222,80 @@ impl Runtime {
                 caused.push((by, s, e));
             }
         }
-        let mut names: Vec<String> = self
-            .subs
-            .iter()
-            .filter(|s| s.topics.iter().any(|t| Pattern::parse(t).is_ok_and(|p| p.matches(&event.topic))))
-            .map(|s| s.name.to_string())
-            .collect();
         for (by, _, _) in &caused {
-            if !by.is_empty() && !names.contains(by) {
-                names.push(by.clone());
+            if !by.is_empty() && !probes.iter().any(|(name, _)| name == by) {
+                probes.push((by.clone(), self.probe(by, seq, &event)?));
             }
         }
-        let mut subscriptions = Vec::with_capacity(names.len());
-        for name in names {
+        let mut subscriptions = Vec::with_capacity(probes.len());
+        for (name, probe) in probes {
             let emitted: Vec<(u64, Event)> =
                 caused.iter().filter(|(by, _, _)| *by == name).map(|(_, s, e)| (*s, e.clone())).collect();
-            subscriptions.push(self.subscription_lineage(name, seq, &event, emitted)?);
+            subscriptions.push(subscription_lineage(name, seq, probe, emitted));
         }
         Ok(Some(Lineage { seq, event, causes, causes_truncated, caused_truncated, missing_cause, subscriptions }))
     }
 
-    /// Where the event at `seq` stands in `subscription`.
-    fn subscription_lineage(
-        &self,
-        subscription: String,
-        seq: u64,
-        event: &Event,
-        emitted: Vec<(u64, Event)>,
-    ) -> Result<SubscriptionLineage, StoreError> {
-        let dlq = self.store.dlq_entry(&subscription, seq)?;
-        let parked = self.store.parked_entry(&subscription, seq)?;
-        let record = self.store.idempotency(&subscription, &[event.idempotency_key.as_str()])?.pop().flatten();
-        let cursor = self.store.cursor(&subscription)?;
-        let emitted_version = emitted.iter().find_map(|(_, e)| {
-            e.headers.iter().find(|h| h.name == crate::delivery::VERSION_HEADER).map(|h| h.value.clone())
-        });
-        let mut lineage = SubscriptionLineage {
-            subscription,
-            state: "pending",
-            plugin_version: emitted_version,
-            handled_at_ms: None,
-            emitted,
-            parked: None,
-            dlq: None,
-        };
-        if let Some(entry) = dlq {
-            lineage.state = "dead_lettered";
-            lineage.plugin_version = Some(entry.plugin_version.clone());
-            lineage.dlq = Some(entry);
-        } else if let Some(entry) = parked {
-            lineage.state = if entry.attempts > 0 { "retrying" } else { "waiting" };
-            lineage.parked = Some(entry);
-        } else if let Some(record) = record {
-            if record.seq == seq {
-                lineage.state = "handled";
-                lineage.plugin_version = Some(record.plugin_version);
-                lineage.handled_at_ms = Some(record.handled_at_ms);
-            } else {
-                lineage.state = "duplicate";
-            }
-        } else if cursor > seq {
-            // Past the cursor without a record: handled once its record
-            // has expired (what it emitted says so), or never handled
-            // because the subscription started after it (`from`) or read
-            // it while it was not taken; the store cannot tell these apart.
-            lineage.state = if lineage.emitted.is_empty() { "passed" } else { "handled" };
-        }
-        Ok(lineage)
+    /// What the store says of the event at `seq` in `subscription`.
+    fn probe(&self, subscription: &str, seq: u64, event: &Event) -> Result<Probe, StoreError> {
+        Ok(Probe {
+            dlq: self.store.dlq_entry(subscription, seq)?,
+            parked: self.store.parked_entry(subscription, seq)?,
+            record: self.store.idempotency(subscription, &[event.idempotency_key.as_str()])?.pop().flatten(),
+            cursor: self.store.cursor(subscription)?,
+        })
     }
+}
+
+/// A subscription's entries for one event, read before its emits.
+struct Probe {
+    dlq: Option<crate::store::DlqEntry>,
+    parked: Option<crate::store::ParkedEntry>,
+    record: Option<crate::store::IdempotencyRecord>,
+    cursor: u64,
+}
+
+/// Where the event at `seq` stands in `subscription`.
+fn subscription_lineage(
+    subscription: String,
+    seq: u64,
+    probe: Probe,
+    emitted: Vec<(u64, Event)>,
+) -> SubscriptionLineage {
+    let Probe { dlq, parked, record, cursor } = probe;
+    let emitted_version = emitted.iter().find_map(|(_, e)| {
+        e.headers.iter().find(|h| h.name == crate::delivery::VERSION_HEADER).map(|h| h.value.clone())
+    });
+    let mut lineage = SubscriptionLineage {
+        subscription,
+        state: "pending",
+        plugin_version: emitted_version,
+        handled_at_ms: None,
+        emitted,
+        parked: None,
+        dlq: None,
+    };
+    if let Some(entry) = dlq {
+        lineage.state = "dead_lettered";
+        lineage.plugin_version = Some(entry.plugin_version.clone());
+        lineage.dlq = Some(entry);
+    } else if let Some(entry) = parked {
+        lineage.state = if entry.attempts > 0 { "retrying" } else { "waiting" };
+        lineage.parked = Some(entry);
+    } else if let Some(record) = record {
+        if record.seq == seq {
+            lineage.state = "handled";
+            lineage.plugin_version = Some(record.plugin_version);
+            lineage.handled_at_ms = Some(record.handled_at_ms);
+        } else {
+            lineage.state = "duplicate";
+        }
+    } else if cursor > seq {
+        // Past the cursor without a record: handled once its record
+        // has expired (what it emitted says so), or never handled
+        // because the subscription started after it (`from`) or read
+        // it while it was not taken; the store cannot tell these apart.
+        lineage.state = if lineage.emitted.is_empty() { "passed" } else { "handled" };
+    }
+    lineage
 }
