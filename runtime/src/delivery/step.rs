@@ -140,7 +140,7 @@ impl Worker {
     /// account for what it used and logged.
     fn invoke(&mut self, event: &Event, attempt: u32) -> (Result<Vec<Emit>, Failure>, Option<Box<Session>>) {
         let delivery = DeliveryRef { event, subscription: &self.spec.name, attempt };
-        let (outcome, session) = if self.handler.uses_state() {
+        let (outcome, session) = if self.stateful {
             let session = Session::new(
                 self.store.clone(),
                 Arc::clone(&self.spec.name),

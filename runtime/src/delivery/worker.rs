@@ -36,6 +36,9 @@ pub(crate) struct Worker {
     pub(super) spec: Spec,
     pub(super) store: Store,
     pub(super) handler: Box<dyn Invoke>,
+    /// Whether the handler keeps state, asked once per handler rather than
+    /// per event (a Wasm handler answers by scanning its imports).
+    pub(super) stateful: bool,
     /// The handler's version, recorded with every outcome.
     pub(super) version: String,
     /// Its first 16 characters, for headers, spans and log lines.
@@ -83,6 +86,7 @@ impl Worker {
             version,
             spec,
             store,
+            stateful: handler.uses_state(),
             handler,
             ids,
             counters,
@@ -190,6 +194,7 @@ impl Worker {
         self.spec.plugin_name = invoker.name();
         *self.counters.active.lock().unwrap_or_else(PoisonError::into_inner) =
             (self.spec.plugin_name.clone(), self.version.clone());
+        self.stateful = invoker.uses_state();
         self.handler = invoker;
         self.counters.swaps.fetch_add(1, Ordering::Relaxed);
         self.counters.memory_high_water_bytes.store(0, Ordering::Relaxed);
