@@ -86,7 +86,8 @@ mod topic;
 // is the schema of `weir.toml`, one type per section.
 pub use config::Config;
 pub use consumer::ConsumerError;
-pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, VERSION_HEADER};
+pub use delivery::MAX_TIMER_KEY_BYTES;
+pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, TimerOp, VERSION_HEADER};
 pub use engine::AggregateCall;
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,
@@ -99,6 +100,7 @@ pub use engine::{
     DEFAULT_MAX_MODULE_BYTES, LOG_LINE_OVERHEAD, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES,
     POOL_HEADROOM, POOL_INSTANCES_PER_SUBSCRIPTION,
 };
+pub use engine::{DEFAULT_MAX_PENDING_TIMERS, DEFAULT_MAX_TIMERS_PER_INVOCATION};
 pub use engine::{
     DEFAULT_MAX_STATE_KEYS_PER_SCOPE, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES,
     MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope,
@@ -117,6 +119,7 @@ pub use ingest::{
 };
 pub use names::{BadSubscriptionName, ContentHash, SubscriptionName};
 pub use process::tune as tune_process;
+pub use runtime::TIMERS_PAGE_MAX;
 pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
@@ -129,6 +132,7 @@ pub use runtime::{
 pub use runtime::{ReplayError, ReplayInfo};
 pub use runtime::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use source::SourceStatus;
+pub use store::PendingTimer;
 pub use store::SourcePosition;
 pub use store::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use store::{

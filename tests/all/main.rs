@@ -38,5 +38,6 @@ mod state;
 mod store_damage;
 mod store_format;
 mod streams;
+mod timers;
 mod tutorial;
 mod views;

@@ -16,6 +16,8 @@ pub(super) struct RawLimits {
     max_state_value_bytes: Option<usize>,
     max_state_keys_per_scope: Option<usize>,
     max_state_write_bytes: Option<usize>,
+    max_timers_per_invocation: Option<usize>,
+    max_pending_timers: Option<usize>,
     instance: Option<String>,
     pub(super) log_lines_per_second: Option<u32>,
 }
@@ -135,6 +137,16 @@ pub(super) fn limits(raw: &RawLimits, fuel_enabled: bool) -> Result<(Limits, Ins
             return Err(("max_state_write_bytes", format!("{n} is outside 1..=67108864")));
         }
         b = b.max_state_write_bytes(n);
+    }
+    // Timer bounds: 0 refuses every timer, which is allowed.
+    if let Some(n) = raw.max_timers_per_invocation {
+        if n > 10_000 {
+            return Err(("max_timers_per_invocation", format!("{n} is outside 0..=10000")));
+        }
+        b = b.max_timers_per_invocation(n);
+    }
+    if let Some(n) = raw.max_pending_timers {
+        b = b.max_pending_timers(n);
     }
     let mode = match raw.instance.as_deref() {
         None | Some("reuse") => InstanceMode::Reuse,

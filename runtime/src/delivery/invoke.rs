@@ -55,6 +55,29 @@ pub struct Attempt {
     /// Size of the instance's memory after the attempt, when there is one;
     /// the worker keeps the high-water mark.
     pub memory_bytes: Option<usize>,
+    /// Timers the attempt asks for, in order: committed with a successful
+    /// outcome (in the same transaction), dropped with a failed one.
+    pub timers: Vec<TimerOp>,
+}
+
+/// A timer operation an attempt asks for; committed with the attempt's successful outcome, dropped otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerOp {
+    /// Schedule (or replace) the timer `key` of this subscription: at or after `fire_at_ms`
+    /// (unix ms), `emit` is appended to the log as an event caused by the scheduling event.
+    Schedule { key: String, fire_at_ms: u64, emit: weir_abi::Emit },
+    /// Cancel the timer `key` of this subscription, if it has not fired.
+    Cancel { key: String },
+}
+
+impl TimerOp {
+    /// The timer key the operation names.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Schedule { key, .. } | Self::Cancel { key } => key,
+        }
+    }
 }
 
 impl Attempt {
@@ -62,7 +85,7 @@ impl Attempt {
     /// native code returns.
     #[must_use]
     pub fn new(result: Result<Vec<Emit>, Failure>) -> Self {
-        Self { result, logs: Vec::new(), logs_dropped: 0, fuel_used: None, memory_bytes: None }
+        Self { result, logs: Vec::new(), logs_dropped: 0, fuel_used: None, memory_bytes: None, timers: Vec::new() }
     }
 }
 
@@ -154,6 +177,7 @@ impl From<Invocation> for Attempt {
             logs_dropped,
             fuel_used,
             memory_bytes,
+            timers: Vec::new(),
         }
     }
 }

@@ -73,10 +73,12 @@ mod replay;
 mod stage;
 mod state;
 mod step;
+mod timer;
 mod worker;
 
-pub use invoke::{Attempt, Failure, Invoke, LogLine};
+pub use invoke::{Attempt, Failure, Invoke, LogLine, TimerOp};
 pub(crate) use replay::{ReplayProgress, Shadow, ShadowSpec};
+pub use timer::MAX_TIMER_KEY_BYTES;
 pub(crate) use worker::Worker;
 
 /// Header carrying the plugin version (sha256 prefix) on emitted events.
@@ -242,4 +244,8 @@ pub(crate) struct Spec {
     pub(crate) timing: bool,
     /// Keys one scope of the handler's state may hold.
     pub(crate) max_state_keys_per_scope: usize,
+    /// Timer operations one attempt may ask for (`timer.rs`).
+    pub(crate) max_timers_per_invocation: usize,
+    /// Timers the subscription may have pending.
+    pub(crate) max_pending_timers: usize,
 }

@@ -17,7 +17,7 @@ use weir_abi::Event;
 
 use super::SubscriptionCounters;
 use super::state::SharedOverlay;
-use crate::store::{IdempotencyRecord, ResultItem, StateWrite, Store, StoreError};
+use crate::store::{IdempotencyRecord, ResultItem, StateWrite, Store, StoreError, TimerWrite};
 
 /// Outcome batches a worker may have handed to the writer and not seen
 /// committed yet. More keep the worker busy through a slow fsync and let
@@ -38,6 +38,8 @@ pub(super) const FLUSH_BYTES: usize = 8 << 20;
 struct InFlight {
     committed: Receiver<Result<(), StoreError>>,
     keys: HashSet<String>,
+    /// Timers it schedules (new or replaced).
+    schedules: usize,
 }
 
 pub(super) struct Stage {
@@ -55,6 +57,8 @@ pub(super) struct Stage {
     submitted_cursor: u64,
     /// About how many bytes of events the batch being built holds.
     held_bytes: usize,
+    /// Timers the batch being built schedules (new or replaced).
+    schedules: usize,
     /// The state writes not committed yet, batch by batch in step with
     /// `in_flight`: what a stateful handler reads before the store.
     pub(super) overlay: SharedOverlay,
@@ -71,6 +75,7 @@ impl Stage {
             in_flight: VecDeque::new(),
             submitted_cursor: cursor,
             held_bytes: 0,
+            schedules: 0,
             overlay: SharedOverlay::default(),
         }
     }
@@ -92,8 +97,16 @@ impl Stage {
         self.keys.contains(key) || self.in_flight.iter().any(|b| b.keys.contains(key))
     }
 
+    /// Timers scheduled (new or replaced) by outcomes not committed yet:
+    /// at most how many the store's count of pending timers will grow by
+    /// when they commit.
+    pub(super) fn uncommitted_schedules(&self) -> usize {
+        self.in_flight.iter().map(|b| b.schedules).sum::<usize>() + self.schedules
+    }
+
     /// A handled event: its record, its emits, and whether it leaves the
     /// parked table.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handled(
         &mut self,
         seq: u64,
@@ -102,12 +115,18 @@ impl Stage {
         emits: Vec<Event>,
         parked: bool,
         state: Vec<StateWrite>,
+        timers: Vec<TimerWrite>,
     ) {
         self.keys.insert(key.to_owned());
         let state_bytes: usize = state.iter().map(StateWrite::bytes).sum();
-        self.held_bytes =
-            self.held_bytes.saturating_add(emits.iter().map(event_bytes).sum()).saturating_add(state_bytes);
-        self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked, state });
+        let timer_bytes: usize = timers.iter().map(TimerWrite::bytes).sum();
+        self.schedules += timers.iter().filter(|t| matches!(t, TimerWrite::Schedule { .. })).count();
+        self.held_bytes = self
+            .held_bytes
+            .saturating_add(emits.iter().map(event_bytes).sum())
+            .saturating_add(state_bytes)
+            .saturating_add(timer_bytes);
+        self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked, state, timers });
     }
 
     /// Any other outcome: a duplicate, a park, a dead letter.
@@ -130,6 +149,7 @@ impl Stage {
         self.wait(MAX_IN_FLIGHT - 1)?;
         let items = std::mem::take(&mut self.items);
         let keys = std::mem::take(&mut self.keys);
+        let schedules = std::mem::take(&mut self.schedules);
         self.held_bytes = 0;
         let (tx, committed) = mpsc::channel();
         let counters = Arc::clone(&self.counters);
@@ -145,7 +165,7 @@ impl Stage {
             }),
         );
         self.submitted_cursor = cursor;
-        self.in_flight.push_back(InFlight { committed, keys });
+        self.in_flight.push_back(InFlight { committed, keys, schedules });
         self.lock_overlay().hand_over();
         Ok(())
     }
@@ -242,9 +262,9 @@ mod tests {
             emitted: 1,
             plugin_version: "v".into(),
         };
-        stage.handled(0, "k0", record(0), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new());
+        stage.handled(0, "k0", record(0), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
         assert!(!stage.is_heavy());
-        stage.handled(1, "k1", record(1), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new());
+        stage.handled(1, "k1", record(1), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
         assert!(stage.is_heavy(), "two halves of FLUSH_BYTES of output make a heavy batch");
         stage.flush(2).unwrap();
         assert!(!stage.is_heavy(), "handed over: the next batch starts empty");

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use weir_abi::{DeliveryRef, Emit, Event, Header};
 
 use super::VERSION_HEADER;
-use super::invoke::{Attempt, Failure};
+use super::invoke::{Attempt, Failure, TimerOp};
 use super::keyed::Prior;
 use super::logs::Origin;
 use super::state::Session;
@@ -17,7 +17,7 @@ use super::worker::Worker;
 use crate::clock::now_nanos;
 use crate::error::InvokeError;
 use crate::ingest::RESERVED_HEADER_PREFIX;
-use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StateWrite, StoreError, now_ms};
+use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StateWrite, StoreError, TimerWrite, now_ms};
 use crate::topic;
 
 /// Where the event comes from.
@@ -74,8 +74,14 @@ impl Worker {
         let started = self.spec.timing.then(Instant::now);
         // Invoke, then validate what came back: the store only ever sees
         // valid events.
-        let (result, state) = self.invoke(event, attempt);
+        let (result, state, timers) = self.invoke(event, attempt);
         let result = result.and_then(|emits| self.validate(emits));
+        // Timers only for an attempt that succeeded; checking them may
+        // commit what is staged (near the subscription's bound).
+        let result = match result {
+            Ok(emits) => self.check_timers(timers, event, seq, source)?.map(|timers| (emits, timers)),
+            Err(failure) => Err(failure),
+        };
         if let Some(started) = started {
             let elapsed = started.elapsed();
             self.counters.processing.observe(elapsed);
@@ -85,9 +91,9 @@ impl Worker {
         match result {
             // The state writes join the outcome only now: a failed attempt,
             // or emits that fail validation, leave the state as it was.
-            Ok(emits) => {
+            Ok((emits, timers)) => {
                 let state = state.map(|s| s.commit()).unwrap_or_default();
-                self.stage_handled(seq, event, emits, prior.is_some(), state);
+                self.stage_handled(seq, event, emits, prior.is_some(), state, timers);
             }
             Err(failure) => self.stage_failure(seq, event, prior, attempt, failure),
         }
@@ -138,7 +144,7 @@ impl Worker {
 
     /// Call the handler, with a state session when it keeps state, and
     /// account for what it used and logged.
-    fn invoke(&mut self, event: &Event, attempt: u32) -> (Result<Vec<Emit>, Failure>, Option<Box<Session>>) {
+    fn invoke(&mut self, event: &Event, attempt: u32) -> Invoked {
         let delivery = DeliveryRef { event, subscription: &self.spec.name, attempt };
         let (outcome, session) = if self.stateful {
             let session = Session::new(
@@ -154,7 +160,7 @@ impl Worker {
             (self.handler.invoke(delivery), None)
         };
         self.account(&outcome, event);
-        (outcome.result, session)
+        (outcome.result, session, outcome.timers)
     }
 
     /// Per-plugin resource numbers and the plugin's log lines, rate-limited.
@@ -222,7 +228,15 @@ impl Worker {
 
     /// Handled: the emits become events, and the record, the emits, the
     /// parked entry's removal and the cursor commit together.
-    fn stage_handled(&mut self, seq: u64, event: &Event, emits: Vec<Emit>, parked: bool, state: Vec<StateWrite>) {
+    fn stage_handled(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        emits: Vec<Emit>,
+        parked: bool,
+        state: Vec<StateWrite>,
+        timers: Vec<TimerWrite>,
+    ) {
         let events: Vec<Event> = emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i)).collect();
         let now = now_ms();
         let record = IdempotencyRecord {
@@ -235,7 +249,7 @@ impl Worker {
             plugin_version: self.version.clone(),
         };
         self.unpark(seq);
-        self.stage.handled(seq, &event.idempotency_key, record, events, parked, state);
+        self.stage.handled(seq, &event.idempotency_key, record, events, parked, state, timers);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         if self.spec.timing {
             let age_nanos = now_nanos().saturating_sub(event.time).max(0);
@@ -321,6 +335,10 @@ impl Worker {
     }
 }
 
+/// What [`Worker::invoke`] answers: the result, the state session (of a
+/// stateful handler) and the timer operations asked for.
+type Invoked = (Result<Vec<Emit>, Failure>, Option<Box<Session>>, Vec<TimerOp>);
+
 /// Largest failure message kept with a parked or dead-lettered event, in
 /// bytes: a handler's reason (at most `MAX_REASON_BYTES`) with room to spare.
 pub(crate) const MAX_FAILURE_MESSAGE_BYTES: usize = 2048;
@@ -328,7 +346,7 @@ pub(crate) const MAX_FAILURE_MESSAGE_BYTES: usize = 2048;
 /// Whether `name` is under [`RESERVED_HEADER_PREFIX`] (the host's headers,
 /// refused from producers at ingest too), in any case: a plugin that emits
 /// one fails with `bad_output` (docs/abi.md §9).
-fn is_reserved_header(name: &str) -> bool {
+pub(super) fn is_reserved_header(name: &str) -> bool {
     name.get(..RESERVED_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
 }
 

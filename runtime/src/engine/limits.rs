@@ -32,6 +32,11 @@ pub const DEFAULT_MAX_STATE_KEYS_PER_SCOPE: usize = 10_000;
 /// Default cap on the state bytes (keys and values) one invocation writes.
 pub const DEFAULT_MAX_STATE_WRITE_BYTES: usize = 1 << 20;
 
+/// Default cap on the timer operations one invocation asks for.
+pub const DEFAULT_MAX_TIMERS_PER_INVOCATION: usize = 64;
+/// Default cap on the timers one subscription has pending.
+pub const DEFAULT_MAX_PENDING_TIMERS: usize = 100_000;
+
 /// The limits a handler runs under. Build with [`Limits::builder`].
 ///
 /// # Examples
@@ -57,6 +62,8 @@ pub struct Limits {
     max_state_value_bytes: usize,
     max_state_keys_per_scope: usize,
     max_state_write_bytes: usize,
+    max_timers_per_invocation: usize,
+    max_pending_timers: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +81,8 @@ impl Default for Limits {
             max_state_value_bytes: DEFAULT_MAX_STATE_VALUE_BYTES,
             max_state_keys_per_scope: DEFAULT_MAX_STATE_KEYS_PER_SCOPE,
             max_state_write_bytes: DEFAULT_MAX_STATE_WRITE_BYTES,
+            max_timers_per_invocation: DEFAULT_MAX_TIMERS_PER_INVOCATION,
+            max_pending_timers: DEFAULT_MAX_PENDING_TIMERS,
         }
     }
 }
@@ -156,6 +165,19 @@ impl Limits {
     #[must_use]
     pub fn max_state_write_bytes(&self) -> usize {
         self.max_state_write_bytes
+    }
+
+    /// Cap on the timer operations (schedules and cancels) one invocation
+    /// asks for.
+    #[must_use]
+    pub fn max_timers_per_invocation(&self) -> usize {
+        self.max_timers_per_invocation
+    }
+
+    /// Cap on the timers the handler's subscription has pending.
+    #[must_use]
+    pub fn max_pending_timers(&self) -> usize {
+        self.max_pending_timers
     }
 
     pub(crate) fn state_call_limits(&self) -> super::state::StateCallLimits {
@@ -270,6 +292,24 @@ impl LimitsBuilder {
     #[must_use]
     pub fn max_state_write_bytes(mut self, bytes: usize) -> Self {
         self.0.max_state_write_bytes = bytes;
+        self
+    }
+
+    /// Cap on the timer operations one invocation asks for; more fail the
+    /// invocation as `timer_limit` (final). By default 64
+    /// ([`DEFAULT_MAX_TIMERS_PER_INVOCATION`]).
+    #[must_use]
+    pub fn max_timers_per_invocation(mut self, ops: usize) -> Self {
+        self.0.max_timers_per_invocation = ops;
+        self
+    }
+
+    /// Cap on the timers a subscription has pending; an invocation that
+    /// would pass it fails as `timer_limit` (final). By default 100,000
+    /// ([`DEFAULT_MAX_PENDING_TIMERS`]).
+    #[must_use]
+    pub fn max_pending_timers(mut self, timers: usize) -> Self {
+        self.0.max_pending_timers = timers;
         self
     }
 

@@ -28,6 +28,7 @@ pub use limits::{
     DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES, DEFAULT_MEMORY_BYTES, LOG_LINE_OVERHEAD, Limits,
     LimitsBuilder,
 };
+pub use limits::{DEFAULT_MAX_PENDING_TIMERS, DEFAULT_MAX_TIMERS_PER_INVOCATION};
 pub(crate) use plugin::hex;
 pub use plugin::{ExportInfo, ImportInfo, Plugin, PluginInfo, inspect_imports_exports};
 pub use state::{MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope};

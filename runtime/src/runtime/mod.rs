@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `start.rs` | start (plugins validated before the store opens), stop |
 //! | `supervise.rs` | each subscription's supervisor: a dead worker is reported and restarted with backoff |
+//! | `timers.rs` | the durable timers' firing task |
 //! | `status.rs` | status lines, readiness, the sampler thread |
 //! | `prometheus.rs` | the `/metrics` exposition |
 //! | `deploy.rs` | deploy, rollback, the plugin registry |
@@ -29,6 +30,7 @@ mod state;
 mod status;
 mod subscriptions;
 mod supervise;
+mod timers;
 mod views;
 
 use std::collections::VecDeque;
@@ -52,6 +54,7 @@ pub use samples::{Expect, TestCase, parse_test_cases};
 pub use state::{STATE_PAGE_MAX, ScopePage, StatePage};
 pub use status::{Readiness, Resources, SubscriptionStatus};
 pub use subscriptions::{HeldBackInfo, SubscriptionEntry, SubscriptionError};
+pub use timers::TIMERS_PAGE_MAX;
 pub use views::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 
 use crate::config::{Config, ReadyThresholds};
@@ -105,6 +108,8 @@ pub struct Runtime {
     aggregates: crate::aggregate::Aggregates,
     /// The NATS runtime, the JetStream sources on it (`source/`).
     nats: crate::source::Nats,
+    /// The durable timers' firing task (`timers.rs`).
+    timers: Option<timers::Firing>,
 }
 
 impl std::fmt::Debug for Runtime {

@@ -46,6 +46,9 @@ pub(super) fn start_jetstream_sink(
         log_lines_per_second: DEFAULT_LOG_LINES_PER_SECOND,
         timing: config.metrics,
         max_state_keys_per_scope: 0,
+        // Nor timers.
+        max_timers_per_invocation: 0,
+        max_pending_timers: 0,
     };
     let rx = Arc::new(Mutex::new(rx));
     super::subscriptions::prepare(store, &name, &sink.topics, sink.from)?;

@@ -45,6 +45,9 @@ pub(super) fn start_sink(
         timing: config.metrics,
         // A sink keeps no state.
         max_state_keys_per_scope: 0,
+        // Nor timers.
+        max_timers_per_invocation: 0,
+        max_pending_timers: 0,
     };
     let rx = Arc::new(Mutex::new(rx));
     // Its first cursor from `from`, and its place among retention's readers,

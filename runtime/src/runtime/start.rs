@@ -207,6 +207,8 @@ impl Runtime {
                 log_lines_per_second: handler.log_lines_per_second,
                 timing: config.metrics,
                 max_state_keys_per_scope: handler.limits.max_state_keys_per_scope(),
+                max_timers_per_invocation: handler.limits.max_timers_per_invocation(),
+                max_pending_timers: handler.limits.max_pending_timers(),
             };
             let rx = Arc::new(Mutex::new(rx));
             super::subscriptions::prepare(&store, &name, &pipeline.topics, handler.from)?;
@@ -265,6 +267,7 @@ impl Runtime {
         // Last: the durable consumers have registered as readers too.
         super::subscriptions::apply_retention(&store, &subs, config);
         nats.start_sources(config, &store, &ids);
+        let timers = super::timers::Firing::start(&store).map_err(|e| RuntimeError::Worker(e.to_string()))?;
         Ok(Self {
             store,
             ids,
@@ -277,6 +280,7 @@ impl Runtime {
             aggregates,
             nats,
             replays: Default::default(),
+            timers: Some(timers),
         })
     }
 
@@ -306,6 +310,10 @@ impl Runtime {
             let _ = join.join();
         }
         self.stopping.store(true, Ordering::Release);
+        // No more timers fire; those due now fire at the next start.
+        if let Some(timers) = self.timers.take() {
+            timers.stop();
+        }
         for sub in &self.subs {
             let _ = sub.control.send(Control::Stop);
         }

@@ -67,6 +67,9 @@ pub struct SubscriptionStatus {
     /// still needs (not read yet, parked or dead-lettered), in the last
     /// complete retention pass; 0 when it holds nothing back.
     pub retention_held: u64,
+    /// Durable timers the subscription's handler scheduled that have not
+    /// fired (nor been cancelled) yet.
+    pub timers_pending: u64,
 }
 
 /// A subscription's plugin resource numbers.
@@ -115,6 +118,7 @@ impl Runtime {
         };
         let dlq_counts = self.store.dlq_counts()?;
         let retention_held = self.store.retention_held();
+        let timers_pending = self.store.timer_counts()?;
         self.subs
             .iter()
             .map(|s| {
@@ -192,6 +196,7 @@ impl Runtime {
                     invocations: s.counters.invocations.load(Ordering::Relaxed),
                     last_failure: s.counters.last_failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                     retention_held: retention_held.get(&*s.name as &str).map_or(0, |h| h.events),
+                    timers_pending: timers_pending.get(&*s.name as &str).copied().unwrap_or(0),
                 })
             })
             .collect()

@@ -247,6 +247,8 @@ pub(super) enum Command {
     ConsumerRedrive(Order<consumer::Redrive>),
     /// Part of a subscription's data: [`Store::delete_subscription_blocking`](super::Store::delete_subscription_blocking).
     DeleteSubscription(Order<DeleteSubscription>),
+    /// Due timers fire: [`Store::fire_timers_blocking`](super::Store::fire_timers_blocking).
+    FireTimers(Order<super::timer::Fire>),
 }
 
 impl Command {
@@ -270,6 +272,7 @@ impl Command {
             Self::ConsumerAck(order) => order,
             Self::ConsumerRedrive(order) => order,
             Self::DeleteSubscription(order) => order,
+            Self::FireTimers(order) => order,
         }
     }
 }

@@ -87,6 +87,7 @@ mod stream;
 mod subscription;
 #[cfg(test)]
 mod testing;
+mod timer;
 mod types;
 mod view;
 mod writer;
@@ -112,6 +113,8 @@ pub(crate) use state::{KIND_KEY, KIND_SHARED, LiveOutcome, ScopeId, Space, State
 pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
+pub use timer::PendingTimer;
+pub(crate) use timer::{FIRE_BATCH, TimerEntry, TimerWrite, timer_event_id};
 pub use types::{DlqEntry, DlqFilter, ParkedEntry, Published, VersionRecord};
 pub(crate) use types::{IdempotencyRecord, ResultItem, SubscriptionStats, corrupt_record_stand_in};
 pub(crate) use view::ViewValue;
@@ -321,6 +324,8 @@ impl Store {
             txn.open_table(retention::RETENTION_BYTES).map_err(incompatible)?;
             txn.open_table(retention::COMPACT_LATEST).map_err(incompatible)?;
             txn.open_table(source::SOURCES).map_err(incompatible)?;
+            // Durable timers, also without a format change (`timer.rs`).
+            timer::create(&txn).map_err(incompatible)?;
         }
         txn.commit().map_err(storage)?;
         // Before the writer starts: no append can come before a newly
@@ -350,6 +355,7 @@ impl Store {
             batches: AtomicU64::new(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
             keep_versions: options.keep_versions.max(1),
             retention: retention::RetentionState::default(),
+            timers: timer::Signal::default(),
         });
         let entity_types: Arc<[String]> = options.entity_types.clone().into();
         let (tx, rx) = mpsc::channel();

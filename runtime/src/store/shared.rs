@@ -42,6 +42,8 @@ pub(super) struct Shared {
     pub(super) keep_versions: usize,
     /// The log's retention policy, its readers and what the pass reports.
     pub(super) retention: retention::RetentionState,
+    /// Wakes the timer firing task when a commit schedules a timer.
+    pub(super) timers: timer::Signal,
 }
 
 /// Where the database lives, to open it again after a failed commit.

@@ -53,11 +53,12 @@ impl Apply for Results {
         let mut latest_expiry = 0;
         for item in &self.items {
             match item {
-                ResultItem::Handled { key, record, emits, .. } => {
+                ResultItem::Handled { key, record, emits, timers, .. } => {
                     encoded.push(record)?;
                     for event in emits {
                         encoded.push(event)?;
                     }
+                    super::timer::encode(timers, encoded)?;
                     latest_expiry = latest_expiry.max(record.expires_at_ms);
                     recorded.push(key);
                 }
@@ -78,7 +79,7 @@ impl Apply for Results {
         let mut counts = SubscriptionStats::default();
         for item in &self.items {
             match item {
-                ResultItem::Handled { seq, key, emits, parked, state, .. } => {
+                ResultItem::Handled { seq, key, emits, parked, state, timers, .. } => {
                     w.idempotency.insert((sub, key.as_str()), next_record(&mut records)?)?;
                     // Emitted events skip the ingest index: their
                     // transaction also records the input as handled, so a
@@ -89,6 +90,7 @@ impl Apply for Results {
                         log::append(w, next_record(&mut records)?, event)?;
                     }
                     super::state::apply(w, sub, state)?;
+                    super::timer::apply(w, sub, timers, &mut records)?;
                     if *parked {
                         w.parked.remove((sub, *seq))?;
                     }

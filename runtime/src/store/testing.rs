@@ -97,6 +97,7 @@ pub(super) fn commit_state(store: &Store, subscription: &str, writes: Vec<super:
         emits: Vec::new(),
         parked: false,
         state: writes,
+        timers: Vec::new(),
     };
     let (reply, rx) = answer();
     store.submit(subscription.into(), vec![item], None, reply);

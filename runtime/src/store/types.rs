@@ -183,6 +183,8 @@ pub(crate) enum ResultItem {
         /// The handler's state writes, in order (empty for a stateless
         /// handler).
         state: Vec<super::StateWrite>,
+        /// The handler's timer operations, in order (`timer.rs`).
+        timers: Vec<super::TimerWrite>,
     },
     /// Skipped as a duplicate.
     Duplicate {

@@ -62,6 +62,9 @@ pub(super) struct Writes<'t> {
     pub(super) duplicates: u64,
     /// The store's failed commits so far ([`super::Store::generation`]).
     pub(super) generation: u64,
+    /// The earliest fire time of the timers this group scheduled
+    /// (`u64::MAX`: none), to wake the firing task after the commit.
+    pub(super) timer_earliest: u64,
     batches: &'t AtomicU64,
 }
 
@@ -71,6 +74,7 @@ struct Committed {
     appended: bool,
     published: u64,
     duplicates: u64,
+    timer_earliest: u64,
 }
 
 impl<'t> Writes<'t> {
@@ -103,6 +107,7 @@ impl<'t> Writes<'t> {
             published: 0,
             duplicates: 0,
             generation: 0,
+            timer_earliest: u64::MAX,
             batches,
         })
     }
@@ -202,6 +207,9 @@ fn run_group(shared: &Shared, orders: &mut [&mut dyn Pending], encoded: &mut Enc
             for order in orders {
                 order.answer(Ok(()));
             }
+            if group.timer_earliest != u64::MAX {
+                shared.timers.scheduled(group.timer_earliest);
+            }
             if group.appended {
                 let mut watchers = shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
                 watchers.retain(|wake| wake());
@@ -237,12 +245,12 @@ fn commit_group(
     for order in orders.iter_mut() {
         order.apply(&mut w, encoded)?;
     }
-    let (published, duplicates) = (w.published, w.duplicates);
+    let (published, duplicates, timer_earliest) = (w.published, w.duplicates, w.timer_earliest);
     let head = w.finish()?;
     super::retention::index_time(&txn, start, head, now)?;
     txn.commit()?;
     shared.head.store(head, Ordering::Release);
-    Ok(Committed { appended: head != start, published, duplicates })
+    Ok(Committed { appended: head != start, published, duplicates, timer_earliest })
 }
 
 /// Most time one garbage-collection pass spends before it lets the next
@@ -337,6 +345,7 @@ mod tests {
             emits: vec![event("c")],
             parked: false,
             state: Vec::new(),
+            timers: Vec::new(),
         };
         let (reply, results) = answer();
         let mut submit = Order::new(
