@@ -33,7 +33,7 @@ pub fn guest_output(data: &[u8]) {
 pub fn ingest(data: &[u8]) {
     let Some((&kind, bytes)) = data.split_first() else { return };
     let ids = IdGenerator::new();
-    let ingest = Ingest { ids: &ids, source: "weir:fuzz", max_payload_bytes: 1 << 20 };
+    let ingest = Ingest { ids: &ids, source: "weir:fuzz", max_payload_bytes: 1 << 20, schemas: None };
     match kind % 4 {
         0 => drop(ingest.json(bytes)),
         1 => drop(ingest.cloudevent(bytes)),

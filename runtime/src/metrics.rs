@@ -86,6 +86,36 @@ impl SizeHistogram {
     }
 }
 
+/// Bucket upper bounds of the payload-size histogram, in bytes: 64 B to 16 MiB.
+pub(crate) const BYTE_BUCKETS: [f64; 10] =
+    [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0];
+
+/// A lock-free histogram of sizes in bytes (`weir_payload_bytes`).
+#[derive(Debug, Default)]
+pub(crate) struct ByteHistogram {
+    buckets: [AtomicU64; BYTE_BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl ByteHistogram {
+    /// Record one size.
+    pub(crate) fn observe(&self, bytes: usize) {
+        if let Some(i) = BYTE_BUCKETS.iter().position(|b| bytes as f64 <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Append this histogram's sample lines for metric `name` with `labels`.
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let counts = self.buckets.iter().map(|b| b.load(Ordering::Relaxed));
+        let count = self.count.load(Ordering::Relaxed);
+        render_buckets(out, name, labels, &BYTE_BUCKETS, counts, count, self.sum.load(Ordering::Relaxed) as f64);
+    }
+}
+
 /// The `_bucket`, `_sum` and `_count` lines of a histogram; `counts` are
 /// per bucket (not cumulative), `labels` may be empty.
 fn render_buckets(

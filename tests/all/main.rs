@@ -31,6 +31,7 @@ mod read_caps;
 mod read_log;
 mod replay;
 mod retention;
+mod schemas;
 mod server;
 mod sinks;
 mod start_positions;

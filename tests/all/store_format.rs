@@ -24,7 +24,7 @@ fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
 
 fn cloudevent(source: &str, id: &str, key: &str) -> weir_abi::Event {
     let ids = IdGenerator::new();
-    let ingest = Ingest { ids: &ids, source: "weir:test", max_payload_bytes: 1 << 20 };
+    let ingest = Ingest { ids: &ids, source: "weir:test", max_payload_bytes: 1 << 20, schemas: None };
     let body = serde_json::json!({
         "specversion": "1.0", "type": "orders.order.created", "source": source, "id": id, "subject": key,
         "data": {"order_id": key, "currency": "EUR", "items": [{"sku": "a", "qty": 1, "price_cents": 100}]}

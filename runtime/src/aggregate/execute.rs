@@ -9,6 +9,7 @@ use super::fold::{self, StateAt};
 use super::{AggregateError, Aggregates, Loaded, MAX_ATTEMPTS};
 use crate::engine::Handler;
 use crate::ids::IdGenerator;
+use crate::schema::Schemas;
 use crate::store::{CommandRecord, DecidedCommand, ExecuteOutcome, Store, Verdict, entity_type};
 
 /// Header of a command's events: the command's name.
@@ -47,6 +48,7 @@ impl Aggregates {
         store: &Store,
         ids: &IdGenerator,
         max_payload_bytes: usize,
+        schemas: &Schemas,
         request: CommandRequest,
     ) -> Result<Executed, AggregateError> {
         let loaded = self.get(&request.ty)?;
@@ -54,14 +56,14 @@ impl Aggregates {
         if let Some(record) = store.command_record(&request.ty, &request.key, &request.idempotency_key)? {
             return Ok(Executed { record, replayed: true });
         }
-        attempts(store, ids, max_payload_bytes, &loaded, &request)
+        attempts(store, ids, (max_payload_bytes, schemas), &loaded, &request)
     }
 }
 
 fn attempts(
     store: &Store,
     ids: &IdGenerator,
-    max_payload_bytes: usize,
+    limits: (usize, &Schemas),
     loaded: &Loaded,
     request: &CommandRequest,
 ) -> Result<Executed, AggregateError> {
@@ -72,7 +74,7 @@ fn attempts(
         // their fsync hold none.
         let mut handler = loaded.take()?;
         let decided = fold::current(store, loaded, &mut handler, ty, key)
-            .and_then(|at| Ok((decide(ids, max_payload_bytes, loaded, &mut handler, request, &at)?, at)));
+            .and_then(|at| Ok((decide(ids, limits, loaded, &mut handler, request, &at)?, at)));
         loaded.give(handler);
         let (verdict, at) = decided?;
         let command = DecidedCommand {
@@ -102,7 +104,7 @@ fn attempts(
 /// the new state.
 fn decide(
     ids: &IdGenerator,
-    max_payload_bytes: usize,
+    (max_payload_bytes, schemas): (usize, &Schemas),
     loaded: &Loaded,
     handler: &mut Handler,
     request: &CommandRequest,
@@ -136,8 +138,14 @@ fn decide(
     let now = crate::clock::now_nanos();
     let mut events = Vec::with_capacity(emits.len());
     for (i, emit) in emits.into_iter().enumerate() {
-        events.push(event(ids, request, i, emit, now, max_payload_bytes)?);
+        let event = event(ids, request, i, emit, now, max_payload_bytes)?;
+        // The topic's `[[schemas]]` entry, as for every event the log takes.
+        schemas
+            .check(&event.topic, event.schema_version, &event.payload)
+            .map_err(|error| AggregateError::Schema { index: i, error })?;
+        events.push(event);
     }
+    schemas.observe(&events);
     let mut state = at.state.clone();
     for event in &events {
         let call = handler.evolve(EvolveRef { state: state.as_deref(), event });

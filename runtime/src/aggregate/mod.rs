@@ -194,6 +194,8 @@ pub(crate) enum AggregateError {
     Aggregate { error: InvokeError },
     #[error("the aggregate answered an event the host refuses: {0}")]
     BadEvent(String),
+    #[error("the aggregate answered an event its topic's schema refuses: event {index}: {error}")]
+    Schema { index: usize, error: crate::schema::SchemaError },
     #[error("the aggregate could not start: {0}")]
     Start(String),
     #[error("the aggregate module was refused: {1}")]

@@ -15,6 +15,7 @@ mod plugin;
 mod publish;
 mod replay;
 mod run;
+mod schema;
 mod status;
 mod stream;
 mod subscription;
@@ -98,6 +99,10 @@ enum Command {
     /// Deploy, list, inspect the history of and roll back handler plugins on a
     /// running server, live.
     Plugin(plugin::PluginArgs),
+    /// Payload schemas per topic (`[[schemas]]`): list, show and check a
+    /// config's offline (compatibility included); `stats` sizes and fields
+    /// per topic and version from the log of a running server.
+    Schema(schema::SchemaArgs),
     /// The demo: a fan-out pipeline over sample orders on the embedded
     /// store, and what each subscription and the DLQ hold afterwards;
     /// `weir demo accounts`: the bank-account event-sourcing example.
@@ -223,6 +228,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Subscription(args) => subscription::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Plugin(args) => plugin::run(&args),
+        Command::Schema(args) => schema::run(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {

@@ -19,6 +19,7 @@ use http::{RawHttp, http_config};
 mod entities;
 mod handler;
 mod read_side;
+mod schemas;
 mod sinks;
 mod sources;
 pub use entities::{AggregateConfig, EntityConfig};
@@ -26,6 +27,7 @@ pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
 pub use read_side::{ConsumersConfig, DEFAULT_RETENTION_INTERVAL};
 use read_side::{RawConsumers, RawRetention, log_retention};
+pub use schemas::{MAX_SCHEMA_ENTRIES, MAX_SCHEMA_VERSIONS};
 pub use sinks::{DEFAULT_JETSTREAM_SINK_TIMEOUT, JetStreamSinkConfig};
 pub use sinks::{
     DEFAULT_SINK_TIMEOUT, MAX_SINK_SECRETS, MAX_SINK_TIMEOUT, SINK_PIPELINE, SinkConfig, SinkFormat, SinkSecret,
@@ -103,6 +105,8 @@ struct RawConfig {
     consumers: RawConsumers,
     #[serde(default)]
     entities: Vec<entities::RawEntity>,
+    #[serde(default)]
+    schemas: Vec<schemas::RawSchemas>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +280,9 @@ pub struct Config {
     /// The declared entity types (`[[entities]]`), whose events form entity
     /// streams and are kept forever.
     pub entities: Vec<EntityConfig>,
+    /// The payload schemas per topic pattern (`[[schemas]]`): declared
+    /// versions, JSON Schemas, payload limits. Empty by default.
+    pub schemas: crate::schema::Schemas,
 }
 
 /// Default of `[plugins] keep_versions`.
@@ -467,7 +474,9 @@ impl Config {
             .map_err(|(k, e)| err(&k, e))?;
         let (mut log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
         entities::protect(&mut log_retention, &entities).map_err(|(k, e)| err(&k, e))?;
+        let schemas = schemas::schemas(raw.schemas, &resolve).map_err(|(k, e)| err(&k, e))?;
         Ok(Self {
+            schemas,
             entities,
             log_retention,
             retention_interval,

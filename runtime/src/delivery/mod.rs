@@ -238,6 +238,8 @@ pub(crate) struct Spec {
     pub(crate) retry: RetryPolicy,
     pub(crate) retention: Duration,
     pub(crate) max_payload_bytes: usize,
+    /// `[[schemas]]`: every emit is checked against its topic's entry.
+    pub(crate) schemas: crate::schema::Schemas,
     /// Plugin log lines let through per second (also the burst).
     pub(crate) log_lines_per_second: u32,
     /// Time invocations for the latency histograms (`[metrics] enabled`).

@@ -222,6 +222,17 @@ impl Worker {
                 }
                 .into());
             }
+            // Last, once the emit is otherwise valid: its topic's schema
+            // (`[[schemas]]`). A violation is the handler's bug, not a
+            // passing fault: final, straight to the DLQ with the reason.
+            if let Err(e) = self.spec.schemas.check(&emit.topic, emit.schema_version, &emit.payload) {
+                return Err(Failure::new(schema_failure_code(&e), format!("emit #{i}: {e}"), false));
+            }
+        }
+        if !self.spec.schemas.is_empty() {
+            for emit in &emits {
+                self.spec.schemas.observe_size(&emit.topic, emit.payload.len());
+            }
         }
         Ok(emits)
     }
@@ -348,6 +359,13 @@ pub(crate) const MAX_FAILURE_MESSAGE_BYTES: usize = 2048;
 /// one fails with `bad_output` (docs/abi.md §9).
 pub(super) fn is_reserved_header(name: &str) -> bool {
     name.get(..RESERVED_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
+}
+
+/// The failure code of an emit its topic's schema refuses: always
+/// `schema_violation` (an undeclared version or an oversized payload
+/// included), so the DLQ and the failure metrics name one cause.
+fn schema_failure_code(_: &crate::schema::SchemaError) -> &'static str {
+    "schema_violation"
 }
 
 /// A digest of what an event emitted, kept in its idempotency record.

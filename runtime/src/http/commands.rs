@@ -64,6 +64,7 @@ impl From<AggregateError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "aggregate_failed")
             }
             AggregateError::Refused(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, *code),
+            AggregateError::Schema { error, .. } => (StatusCode::UNPROCESSABLE_ENTITY, error.code()),
         };
         Self::new(status, code, e.to_string())
     }
@@ -158,7 +159,7 @@ async fn send(
         // its body.
         rt.aggregates().get(&ty)?;
         let request = parse(&ty, &key, &body, max)?;
-        rt.aggregates().execute(rt.store(), rt.ids(), max, request).map_err(ApiError::from)
+        rt.aggregates().execute(rt.store(), rt.ids(), max, &rt.config().schemas, request).map_err(ApiError::from)
     })
     .await?;
     let record = &executed.record;

@@ -118,7 +118,11 @@ impl From<IngestError> for ApiError {
             IngestError::TooLarge { .. }
             | IngestError::TooManyEvents { .. }
             | IngestError::FieldTooLarge { .. }
-            | IngestError::TooManyHeaders { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            | IngestError::TooManyHeaders { .. }
+            | IngestError::Schema { source: crate::schema::SchemaError::TooLarge { .. }, .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            IngestError::Schema { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::BAD_REQUEST,
         };
         Self { index: e.index(), ..Self::new(status, e.code(), e.to_string()) }

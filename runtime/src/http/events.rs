@@ -104,8 +104,15 @@ async fn publish(
 ) -> Result<Json<PublishResponse>, ApiError> {
     let rt = Arc::clone(&state.runtime);
     let events = tokio::task::spawn_blocking(move || {
-        let ingest = Ingest { ids: rt.ids(), source: "weir:http", max_payload_bytes: rt.config().max_payload_bytes };
-        parse(&ingest, &headers, &body)
+        let ingest = Ingest {
+            ids: rt.ids(),
+            source: "weir:http",
+            max_payload_bytes: rt.config().max_payload_bytes,
+            schemas: Some(&rt.config().schemas),
+        };
+        let events = parse(&ingest, &headers, &body)?;
+        rt.config().schemas.observe(&events);
+        Ok::<_, ApiError>(events)
     })
     .await??;
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -112,8 +112,15 @@ async fn append(
     let rt = Arc::clone(&state.runtime);
     let (t, k) = (ty.clone(), key.clone());
     let (expected, events) = blocking(move || {
-        let ingest = Ingest { ids: rt.ids(), source: "weir:http", max_payload_bytes: rt.config().max_payload_bytes };
-        parse(&ingest, &t, &k, &body)
+        let ingest = Ingest {
+            ids: rt.ids(),
+            source: "weir:http",
+            max_payload_bytes: rt.config().max_payload_bytes,
+            schemas: Some(&rt.config().schemas),
+        };
+        let parsed = parse(&ingest, &t, &k, &body)?;
+        rt.config().schemas.observe(&parsed.1);
+        Ok::<_, ApiError>(parsed)
     })
     .await?;
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -83,6 +83,16 @@ pub enum IngestError {
         /// The limit.
         max: usize,
     },
+    /// Event number `index` fails its topic's `[[schemas]]` entry: over its
+    /// `max_payload_bytes`, an undeclared `schema_version`, or a payload its
+    /// version's schema refuses.
+    #[error("event {index}: {source}")]
+    Schema {
+        /// Position in the request.
+        index: usize,
+        /// Which check, and why.
+        source: crate::schema::SchemaError,
+    },
     /// Event number `index` sets a header only the host may set.
     #[error(
         "event {index}: header {name:?}: names beginning with `weir-` are reserved for the host (it sets `weir-plugin-version` on what a plugin emits)"
@@ -132,6 +142,7 @@ impl IngestError {
             Self::FieldTooLarge { .. } => "field_too_large",
             Self::TooManyHeaders { .. } => "too_many_headers",
             Self::ReservedHeader { .. } => "reserved_header",
+            Self::Schema { source, .. } => source.code(),
         }
     }
 
@@ -144,7 +155,8 @@ impl IngestError {
             | Self::TooLarge { index, .. }
             | Self::FieldTooLarge { index, .. }
             | Self::TooManyHeaders { index, .. }
-            | Self::ReservedHeader { index, .. } => Some(*index),
+            | Self::ReservedHeader { index, .. }
+            | Self::Schema { index, .. } => Some(*index),
             _ => None,
         }
     }
@@ -192,6 +204,9 @@ pub struct Ingest<'a> {
     pub source: &'a str,
     /// Largest payload.
     pub max_payload_bytes: usize,
+    /// The payload schemas every event is checked against (`[[schemas]]`);
+    /// `None` checks none.
+    pub schemas: Option<&'a crate::schema::Schemas>,
 }
 
 impl Ingest<'_> {
@@ -201,6 +216,11 @@ impl Ingest<'_> {
             return Err(IngestError::TooLarge { index, size: event.payload.len(), max: self.max_payload_bytes });
         }
         check_fields(index, &event)?;
+        if let Some(schemas) = self.schemas {
+            schemas
+                .check(&event.topic, event.schema_version, &event.payload)
+                .map_err(|source| IngestError::Schema { index, source })?;
+        }
         Ok(event)
     }
 

@@ -1,7 +1,7 @@
 use super::*;
 
 fn ingest(ids: &IdGenerator) -> Ingest<'_> {
-    Ingest { ids, source: "weir:test", max_payload_bytes: 64 }
+    Ingest { ids, source: "weir:test", max_payload_bytes: 64, schemas: None }
 }
 
 #[test]

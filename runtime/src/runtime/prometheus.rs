@@ -226,6 +226,7 @@ impl Runtime {
             "Commands (publishes, outcome batches, admin) committed since start.",
         );
         let _ = writeln!(out, "weir_store_commands_total {commands}");
+        self.config.schemas.render_metrics(&mut out);
         self.consumers.render_metrics(&mut out)?;
         self.render_source_metrics(&mut out);
         Ok(out)

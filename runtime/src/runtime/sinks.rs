@@ -41,6 +41,7 @@ pub(super) fn start_sink(
         retry: sink.retry.clone(),
         retention: config.retention,
         max_payload_bytes: config.max_payload_bytes,
+        schemas: config.schemas.clone(),
         log_lines_per_second: DEFAULT_LOG_LINES_PER_SECOND,
         timing: config.metrics,
         // A sink keeps no state.

@@ -204,6 +204,7 @@ impl Runtime {
                 retry: handler.retry.clone(),
                 retention: config.retention,
                 max_payload_bytes: config.max_payload_bytes,
+                schemas: config.schemas.clone(),
                 log_lines_per_second: handler.log_lines_per_second,
                 timing: config.metrics,
                 max_state_keys_per_scope: handler.limits.max_state_keys_per_scope(),

@@ -113,7 +113,7 @@ fn cloudevent(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>)
     }
     let ct = content_type.unwrap_or(&config.content_type);
     raw.push(("content-type", ct.as_bytes()));
-    let ingest = crate::ingest::Ingest { ids, source: &config.source, max_payload_bytes: usize::MAX };
+    let ingest = crate::ingest::Ingest { ids, source: &config.source, max_payload_bytes: usize::MAX, schemas: None };
     let mut events = ingest.cloudevent_binary(&raw, message.payload.to_vec()).map_err(|e| e.to_string())?;
     events.pop().ok_or_else(|| "the CloudEvent made no event".to_owned())
 }

@@ -162,6 +162,7 @@ impl Nats {
                 store: store.clone(),
                 ids: Arc::clone(ids),
                 max_payload_bytes: config.max_payload_bytes,
+                schemas: config.schemas.clone(),
             };
             runtime.spawn(task.run(self.stop.subscribe()));
             tracing::info!(source = %source.name, stream = %source.stream, url = %source.connection.url_text(), "JetStream source started");

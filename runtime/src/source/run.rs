@@ -31,6 +31,8 @@ pub(super) struct Task {
     pub(super) store: Store,
     pub(super) ids: Arc<IdGenerator>,
     pub(super) max_payload_bytes: usize,
+    /// `[[schemas]]`: checked after the message is mapped, as at every ingest.
+    pub(super) schemas: crate::schema::Schemas,
 }
 
 /// Why a round of consuming ended.
@@ -180,7 +182,16 @@ impl Task {
                 stream_seq,
                 published,
             };
-            match to_event(&self.config, &self.ids, self.max_payload_bytes, &delivered) {
+            let event = to_event(&self.config, &self.ids, self.max_payload_bytes, &delivered).and_then(|event| {
+                self.schemas
+                    .check(&event.topic, event.schema_version, &event.payload)
+                    .map(|()| {
+                        self.schemas.observe([&event]);
+                        event
+                    })
+                    .map_err(|e| format!("{}: {e}", e.code()))
+            });
+            match event {
                 Ok(event) => {
                     seqs.push(stream_seq);
                     events.push(event);

@@ -1,0 +1,216 @@
+use serde_json::json;
+
+use super::*;
+
+fn schema(v: serde_json::Value) -> Schema {
+    Schema::from_value(&v).unwrap()
+}
+
+fn fails(s: &Schema, v: serde_json::Value) -> Violation {
+    s.validate(&v).unwrap_err()
+}
+
+#[test]
+fn every_keyword_of_the_subset_is_enforced_with_its_pointer() {
+    let s = schema(json!({
+        "type": "object",
+        "required": ["id", "amount"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"type": "string", "minLength": 2, "maxLength": 4},
+            "amount": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 100},
+            "status": {"enum": ["new", "paid"]},
+            "kind": {"const": "order"},
+            "lines": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"$ref": "#/$defs/line"}},
+            "either": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+            "any": {"anyOf": [{"type": "integer", "maximum": 1}, {"type": "boolean"}]},
+            "all": {"allOf": [{"type": "integer"}, {"exclusiveMinimum": 5}, {"maximum": 9}]}
+        },
+        "$defs": {"line": {"type": "object", "required": ["sku"], "additionalProperties": {"type": "integer"}}}
+    }));
+    assert!(s.validate(&json!({"id": "ab", "amount": 1.5})).is_ok());
+    assert!(s.validate(&json!({"id": "ab", "amount": null, "lines": [{"sku": 1, "n": 2}]})).is_ok());
+    let cases = [
+        (json!([]), "", "type"),
+        (json!({"id": "ab"}), "", "required"),
+        (json!({"id": "ab", "amount": 1, "extra": 1}), "/extra", "additionalProperties"),
+        (json!({"id": "a", "amount": 1}), "/id", "minLength"),
+        (json!({"id": "abcde", "amount": 1}), "/id", "maxLength"),
+        (json!({"id": "ab", "amount": "1"}), "/amount", "type"),
+        (json!({"id": "ab", "amount": -1}), "/amount", "minimum"),
+        (json!({"id": "ab", "amount": 100}), "/amount", "exclusiveMaximum"),
+        (json!({"id": "ab", "amount": 1, "status": "gone"}), "/status", "enum"),
+        (json!({"id": "ab", "amount": 1, "kind": "x"}), "/kind", "const"),
+        (json!({"id": "ab", "amount": 1, "lines": []}), "/lines", "minItems"),
+        (json!({"id": "ab", "amount": 1, "lines": [{"sku": 1}, {"sku": 1}, {"sku": 1}]}), "/lines", "maxItems"),
+        (json!({"id": "ab", "amount": 1, "lines": [{"x": 1}]}), "/lines/0", "required"),
+        (json!({"id": "ab", "amount": 1, "lines": [{"sku": 1, "n": "2"}]}), "/lines/0/n", "type"),
+        (json!({"id": "ab", "amount": 1, "either": 1.5}), "/either", "oneOf"),
+        (json!({"id": "ab", "amount": 1, "any": 2}), "/any", "anyOf"),
+        (json!({"id": "ab", "amount": 1, "all": 5}), "/all", "exclusiveMinimum"),
+        (json!({"id": "ab", "amount": 1, "all": 10}), "/all", "maximum"),
+    ];
+    for (value, pointer, keyword) in cases {
+        let v = fails(&s, value.clone());
+        assert_eq!((v.pointer.as_str(), v.keyword), (pointer, keyword), "{value}: {v}");
+    }
+    // `1.0` is an integer, and equal to `1`.
+    assert!(schema(json!({"type": "integer", "enum": [1]})).validate(&json!(1.0)).is_ok());
+    // Pointers escape `/` and `~`.
+    let v = fails(&schema(json!({"additionalProperties": false})), json!({"a/b~": 1}));
+    assert_eq!(v.pointer, "/a~1b~0");
+}
+
+#[test]
+fn what_is_outside_the_subset_is_refused_at_load() {
+    for (bad, needle) in [
+        (json!({"pattern": "^a"}), "regular-expression"),
+        (json!({"format": "email"}), "not enforced"),
+        (json!({"uniqueItems": true}), "not in the subset"),
+        (json!({"items": [{}]}), "tuple"),
+        (json!({"$ref": "other.json"}), "local references"),
+        (json!({"$ref": "#/$defs/missing"}), "no such entry"),
+        (json!({"type": "float"}), "not a JSON type"),
+        (json!({"properties": {"a": {"$defs": {}}}}), "only accepted at the root"),
+        (json!(3), "object or a boolean"),
+    ] {
+        let e = Schema::from_value(&bad).unwrap_err();
+        assert!(e.to_string().contains(needle), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn hostile_schemas_are_bounded() {
+    // Too big.
+    let big = format!("{{\"enum\": [{}0]}}", "0,".repeat(MAX_SCHEMA_BYTES / 2));
+    assert!(Schema::parse(&big).unwrap_err().reason.contains("over the maximum"));
+    // Too deep.
+    let mut deep = json!(true);
+    for _ in 0..=MAX_SCHEMA_DEPTH {
+        deep = json!({"items": deep});
+    }
+    assert!(Schema::from_value(&deep).unwrap_err().reason.contains("deeper"));
+    // Too many nodes.
+    let props: serde_json::Map<String, serde_json::Value> =
+        (0..=MAX_SCHEMA_NODES).map(|i| (format!("p{i}"), json!(true))).collect();
+    let e = Schema::from_value(&json!({"properties": props})).unwrap_err();
+    assert!(e.reason.contains("subschemas"), "{e}");
+    // `$ref` loops that never descend are refused; recursion through
+    // properties is fine.
+    for looping in [
+        json!({"$ref": "#"}),
+        json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}),
+    ] {
+        assert!(Schema::from_value(&looping).unwrap_err().reason.contains("$ref loop"), "{looping}");
+    }
+    let list = schema(json!({"type": "object", "properties": {"next": {"$ref": "#"}}}));
+    let mut value = json!({});
+    for _ in 0..100 {
+        value = json!({"next": value});
+    }
+    assert!(list.validate(&value).is_ok());
+    // Exponential work through `anyOf`s of `$ref`s: stopped by the step bound.
+    let mut defs = serde_json::Map::new();
+    defs.insert("d0".into(), json!({"type": "string"}));
+    for i in 1..40 {
+        let prev = format!("#/$defs/d{}", i - 1);
+        defs.insert(format!("d{i}"), json!({"anyOf": [{"$ref": prev}, {"$ref": prev}]}));
+    }
+    let blowup = schema(json!({"$defs": defs, "$ref": "#/$defs/d39"}));
+    let v = blowup.validate(&json!(1)).unwrap_err();
+    assert_eq!(v.keyword, "budget", "{v}");
+}
+
+fn compat(mode: &str, old: serde_json::Value, new: serde_json::Value) -> Result<(), String> {
+    Compatibility::parse(mode).unwrap().check(&schema(old), &schema(new))
+}
+
+#[test]
+fn compatibility_refuses_with_the_reason() {
+    let v1 = json!({"type": "object", "required": ["id"], "additionalProperties": false,
+        "properties": {"id": {"type": "string"}, "n": {"type": "integer"}}});
+    // Adding an optional property to a closed object, widening a type: backward.
+    let v2 = json!({"type": "object", "required": ["id"], "additionalProperties": false,
+        "properties": {"id": {"type": "string"}, "n": {"type": "number"}, "note": {"type": "string"}}});
+    // To an open one it is not: `{"note": 5}` was valid.
+    let open = json!({"type": "object", "properties": {"note": {"type": "string"}}});
+    let e = compat("backward", json!({"type": "object"}), open).unwrap_err();
+    assert!(e.contains("/properties/note"), "{e}");
+    compat("backward", v1.clone(), v2.clone()).unwrap();
+    // ...not forward: `n` narrowed from number to integer seen the other way.
+    let e = compat("forward", v1.clone(), v2.clone()).unwrap_err();
+    assert!(e.contains("type narrowed") && e.contains("/properties/n"), "{e}");
+    let e = compat(
+        "forward",
+        v1.clone(),
+        json!({"type": "object", "required": ["id"], "additionalProperties": false,
+        "properties": {"id": {"type": "string"}, "n": {"type": "integer"}, "note": {"type": "string"}}}),
+    )
+    .unwrap_err();
+    assert!(e.contains("/properties/note") && e.contains("allows nothing"), "{e}");
+    assert!(compat("full", v1.clone(), v2).is_err());
+    // A new required property.
+    let v3 = json!({"type": "object", "required": ["id", "currency"], "properties": {"id": {"type": "string"}}});
+    let e = compat("backward", v1.clone(), v3).unwrap_err();
+    assert!(e.contains("\"currency\" is required"), "{e}");
+    // A removed enum value.
+    let e = compat("backward", json!({"enum": ["a", "b"]}), json!({"enum": ["a"]})).unwrap_err();
+    assert!(e.contains("\"b\""), "{e}");
+    compat("backward", json!({"enum": ["a"]}), json!({"enum": ["a", "b"]})).unwrap();
+    // Bounds.
+    assert!(compat("backward", json!({"maxLength": 10}), json!({"maxLength": 5})).unwrap_err().contains("maxLength"));
+    assert!(compat("backward", json!({"minimum": 0}), json!({"exclusiveMinimum": 0})).is_err());
+    compat("backward", json!({"exclusiveMinimum": 0}), json!({"minimum": 0})).unwrap();
+    // Closing an open object.
+    assert!(compat("backward", v1.clone(), json!({"type": "object", "additionalProperties": false})).is_err());
+    // Identical, with oneOf and recursion: compatible every way.
+    let rec = json!({"oneOf": [{"required": ["a"]}, {"required": ["b"]}], "properties": {"next": {"$ref": "#"}}});
+    compat("full", rec.clone(), rec).unwrap();
+    // anyOf split on the old side.
+    compat(
+        "backward",
+        json!({"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+        json!({"type": ["number", "string"]}),
+    )
+    .unwrap();
+    assert!(compat("none", json!({"type": "string"}), json!({"type": "integer"})).is_ok());
+    // The orders example: amount from a number to an object.
+    let o1 = json!({"type": "object", "properties": {"amount": {"type": "number"}}});
+    let o2 = json!({"type": "object", "properties": {"amount": {"type": "object", "required": ["value", "currency"]}}});
+    let e = compat("backward", o1, o2).unwrap_err();
+    assert!(e.contains("/properties/amount") && e.contains("number"), "{e}");
+}
+
+#[test]
+fn the_registry_checks_size_version_and_body() {
+    let entry = TopicSchemas::new(
+        crate::topic::Pattern::parse("orders.order.*").unwrap(),
+        Compatibility::Backward,
+        Some(32),
+        vec![SchemaVersion {
+            version: 1,
+            origin: Some("inline".into()),
+            text: None,
+            schema: Some(std::sync::Arc::new(schema(json!({"type": "object", "required": ["id"]})))),
+        }],
+    );
+    let schemas = Schemas::new(vec![entry]);
+    schemas.check("orders.order.created", 1, br#"{"id":1}"#).unwrap();
+    schemas.check("payments.card.charged", 7, b"not json at all, no schema").unwrap();
+    let code = |r: Result<(), SchemaError>| r.unwrap_err().code();
+    assert_eq!(code(schemas.check("orders.order.created", 2, b"{}")), "unknown_schema_version");
+    assert_eq!(code(schemas.check("orders.order.created", 1, b"{}")), "schema_violation");
+    assert_eq!(code(schemas.check("orders.order.created", 1, b"<xml/>")), "schema_violation");
+    let e = schemas.check("orders.order.created", 1, &[b' '; 33]).unwrap_err();
+    assert_eq!(e.code(), "payload_too_large");
+    assert!(e.to_string().contains("32 bytes"), "{e}");
+    let ids = crate::ids::IdGenerator::new();
+    let event = |topic: &str| {
+        crate::envelope::JsonEvent { topic: topic.into(), ..Default::default() }.into_event(&ids, "t").unwrap()
+    };
+    schemas.observe(&[event("orders.order.created"), event("payments.card.charged")]);
+    let mut out = String::new();
+    schemas.render_metrics(&mut out);
+    assert!(out.contains("weir_payload_bytes_count{pattern=\"orders.order.*\"} 1"), "{out}");
+    assert!(out.contains("weir_payload_bytes_count{pattern=\"other\"} 1"), "{out}");
+}
