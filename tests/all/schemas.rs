@@ -440,3 +440,35 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[test]
+fn an_aggregate_event_that_violates_its_schema_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Deposits of at most 1000: the aggregate itself allows any amount.
+    let toml = r#"
+[[entities]]
+type = "accounts.account"
+aggregate = "{BANK_ACCOUNT}"
+
+[[schemas]]
+topic = "accounts.account.deposited"
+[[schemas.versions]]
+version = 1
+schema = '{"type": "object", "required": ["amount"], "properties": {"amount": {"type": "integer", "maximum": 1000}}}'
+"#;
+    let server = Server::start(dir.path(), toml);
+    let command = |name: &str, payload: Value, key: &str| {
+        server.post(
+            "/v1/commands/accounts.account/a1",
+            &json!({"command": name, "payload": payload, "idempotency_key": key}),
+        )
+    };
+    assert_eq!(command("open", json!({"owner": "ann"}), "c1").0, 200);
+    assert_eq!(command("deposit", json!({"amount": 10}), "c2").0, 200);
+    let answer = command("deposit", json!({"amount": 5000}), "c3");
+    let message = refused(&answer, 422, "schema_violation");
+    assert!(message.contains("/amount") && message.contains("maximum"), "{message}");
+    assert_eq!(head(&server), 2, "the refused command stored nothing");
+    let (_, stream) = server.get("/v1/streams/accounts.account/a1");
+    assert_eq!(stream["revision"], 1, "{stream}");
+}
