@@ -122,6 +122,9 @@ pub use names::{BadSubscriptionName, ContentHash, SubscriptionName};
 pub use process::tune as tune_process;
 pub use runtime::TIMERS_PAGE_MAX;
 pub use runtime::{
+    DRY_RUN_DEFAULT_EVENTS, DRY_RUN_MAX_EVENTS, DryRunDifference, DryRunError, DryRunReport, OutputSummary,
+};
+pub use runtime::{
     DeployError, DeployReport, Expect, Readiness, RedriveReport, Resources, Runtime, RuntimeError, SubscriptionStatus,
     TestCase, parse_test_cases,
 };

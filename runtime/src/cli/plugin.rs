@@ -7,7 +7,9 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use weir_runtime::models::{DeployRequest, DeployResponse, HistoryResponse, PluginsResponse, RollbackRequest};
+use weir_runtime::models::{
+    DeployRequest, DeployResponse, DryRunRequest, HistoryResponse, PluginsResponse, RollbackRequest,
+};
 
 use super::client::{Client, ServerArgs};
 
@@ -26,7 +28,12 @@ enum PluginCommand {
     #[command(after_help = "\
 A test-events file holds one sample per line: a plain event (it must not fail in the sandbox),
 or {\"event\": {…}, \"expect\": \"ok\" | \"retry\" | \"reject\", \"emits\": N}. Any sample that traps,
-times out, or does not produce what it expects refuses the deploy; the running version stays.")]
+times out, or does not produce what it expects refuses the deploy; the running version stays.
+
+With --replay-from, nothing is deployed: the module runs over the log from that position (its
+handler's topics, up to --limit events) on an instance of its own, state kept in memory and
+starting empty, and what it emits for each event is compared with what the running handler
+recorded. Exit status 0 when every compared event's outputs are the same, 1 when any differ.")]
     Deploy {
         /// `<pipeline>/<handler>`.
         handler: String,
@@ -38,6 +45,13 @@ times out, or does not produce what it expects refuses the deploy; the running v
         /// Who deploys, recorded in the history [default: $USER].
         #[arg(long)]
         by: Option<String>,
+        /// Dry run from this position (`beginning`, a seq, or an RFC 3339
+        /// time): compare outputs with the recorded ones, deploy nothing.
+        #[arg(long, value_name = "POSITION")]
+        replay_from: Option<String>,
+        /// Most events of the handler's topics the dry run reads.
+        #[arg(long, value_name = "N", default_value_t = weir_runtime::DRY_RUN_DEFAULT_EVENTS, requires = "replay_from")]
+        limit: usize,
     },
     /// Each handler with its active version.
     List,
@@ -96,9 +110,15 @@ fn split(handler: &str) -> anyhow::Result<(&str, &str)> {
 pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.server);
     match &args.command {
-        PluginCommand::Deploy { handler, file, test_events, by } => {
+        PluginCommand::Deploy { handler, file, test_events, by, replay_from, limit } => {
             let (pipeline, name) = split(handler)?;
             let module = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            if let Some(from) = replay_from {
+                if test_events.is_some() {
+                    bail!("--test-events and --replay-from do not go together: a dry run deploys nothing");
+                }
+                return dry_run(&client, handler, (pipeline, name), &module, from, *limit);
+            }
             let mut samples = Vec::new();
             if let Some(path) = test_events {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -200,6 +220,71 @@ pub(crate) fn run(args: &PluginArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `deploy --replay-from`: ask the server for a dry run and print its report.
+fn dry_run(
+    client: &Client,
+    handler: &str,
+    (pipeline, name): (&str, &str),
+    module: &[u8],
+    from: &str,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let body = DryRunRequest {
+        module_base64: base64::engine::general_purpose::STANDARD.encode(module),
+        from: Some(from.to_owned()),
+        limit: Some(limit),
+    };
+    let report: Value = client.post(&format!("/v1/plugins/{pipeline}/{name}/dry-run"), &body)?;
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    println!(
+        "dry run of {} as {handler} (running: {}), nothing deployed or written",
+        short(report["sha256"].as_str()),
+        short(report["active"].as_str())
+    );
+    let to = report["to"].as_u64().map_or_else(|| "-".to_owned(), |t| t.to_string());
+    println!(
+        "  read {} events of its topics, seq {} to {to}{}",
+        n("events"),
+        n("from"),
+        if report["truncated"].as_bool() == Some(true) { " (stopped at --limit; the log goes on)" } else { "" }
+    );
+    println!(
+        "  compared {}: {} same, {} different; the candidate failed on {}; {} not handled by the running version (not compared)",
+        n("compared"),
+        n("same"),
+        n("different"),
+        n("candidate_failed"),
+        n("not_compared")
+    );
+    println!("  state: {}", report["state"].as_str().unwrap_or("-"));
+    let empty = Vec::new();
+    for d in report["differences"].as_array().unwrap_or(&empty) {
+        println!(
+            "\n  seq {} ({}, key {}):",
+            d["seq"],
+            d["topic"].as_str().unwrap_or("?"),
+            d["key"].as_str().unwrap_or("-")
+        );
+        let outputs = |v: &Value| {
+            v.as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|o| format!("{} {}", o["topic"].as_str().unwrap_or("?"), o["payload"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+        };
+        println!("    recorded:  {}", outputs(&d["recorded"]).join(" | "));
+        match d["candidate_error"].as_str() {
+            Some(error) => println!("    candidate: failed: {error}"),
+            None => println!("    candidate: {}", outputs(&d["candidate"]).join(" | ")),
+        }
+    }
+    let listed = report["differences"].as_array().map_or(0, Vec::len) as u64;
+    if n("different") > listed {
+        println!("\n  … and {} more", n("different") - listed);
+    }
+    Ok(if n("different") == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// A sha256's first 12 characters, or `-`.

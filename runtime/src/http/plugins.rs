@@ -13,8 +13,8 @@ use base64::Engine as _;
 use super::auth::{self, Accept, Rule};
 use super::extract::{Body, JsonBody, OptionalJsonBody, Path, Query};
 use super::models::{
-    DeployRequest, DeployResponse, HandlerInfo, HistoryEntry, HistoryResponse, PluginsResponse, PutModuleQuery,
-    RollbackRequest,
+    DeployRequest, DeployResponse, DryRunRequest, HandlerInfo, HistoryEntry, HistoryResponse, PluginsResponse,
+    PutModuleQuery, RollbackRequest,
 };
 use super::{ApiError, AppState, blocking};
 use crate::config::Scope;
@@ -27,7 +27,8 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
     let module = Router::new().route("/v1/plugins/{pipeline}/{handler}", put(put_module));
     let json = Router::new()
         .route("/v1/plugins/{pipeline}/{handler}/deploy", post(deploy))
-        .route("/v1/plugins/{pipeline}/{handler}/rollback", post(rollback));
+        .route("/v1/plugins/{pipeline}/{handler}/rollback", post(rollback))
+        .route("/v1/plugins/{pipeline}/{handler}/dry-run", post(dry_run));
     let admin = |body| Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body };
     Router::new()
         .merge(auth::guard(reads, state, admin(Accept::Any)))
@@ -103,4 +104,34 @@ async fn rollback(
         blocking(move || rt.rollback(SubscriptionName::new(&pipeline, &handler).as_str(), request.to.as_deref(), &by))
             .await?;
     Ok(Json(report.into()))
+}
+
+/// Run a candidate module over the log and compare its outputs with the
+/// recorded ones; nothing is written (`weir plugin deploy --replay-from`).
+async fn dry_run(
+    State(state): State<AppState>,
+    Path((pipeline, handler)): Path<(String, String)>,
+    JsonBody(request): JsonBody<DryRunRequest>,
+) -> Result<Json<crate::runtime::DryRunReport>, ApiError> {
+    let module = base64::engine::general_purpose::STANDARD
+        .decode(request.module_base64.as_bytes())
+        .map_err(|e| ApiError::bad_request("invalid_base64", format!("module_base64: {e}")))?;
+    let from = match request.from.as_deref() {
+        None => crate::store::StartPosition::Beginning,
+        Some(text) => crate::store::StartPosition::parse(text).map_err(|e| ApiError::bad_request("invalid_from", e))?,
+    };
+    let limit = request.limit.unwrap_or(crate::runtime::DRY_RUN_DEFAULT_EVENTS);
+    let rt = Arc::clone(&state.runtime);
+    let report = blocking(move || {
+        rt.dry_run(SubscriptionName::new(&pipeline, &handler).as_str(), &module, from, limit).map_err(|e| match e {
+            crate::runtime::DryRunError::Deploy(e) => ApiError::from(e),
+            crate::runtime::DryRunError::Store(e) => ApiError::from(e),
+            e @ crate::runtime::DryRunError::Busy => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, e.code(), e.to_string())
+            }
+            e @ crate::runtime::DryRunError::Limit(_) => ApiError::bad_request(e.code(), e.to_string()),
+        })
+    })
+    .await?;
+    Ok(Json(report))
 }

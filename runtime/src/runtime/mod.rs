@@ -18,6 +18,7 @@
 
 mod deploy;
 mod dlq;
+mod dry_run;
 mod error;
 mod log;
 mod nats;
@@ -44,6 +45,9 @@ use weir_abi::Event;
 
 pub use deploy::{DeployError, DeployReport};
 pub use dlq::RedriveReport;
+pub use dry_run::{
+    DRY_RUN_DEFAULT_EVENTS, DRY_RUN_MAX_EVENTS, DryRunDifference, DryRunError, DryRunReport, OutputSummary,
+};
 pub use error::RuntimeError;
 pub use log::{
     LINEAGE_MAX_CAUSED, LINEAGE_MAX_DEPTH, LOG_MAX_ANSWER_BYTES, LOG_MAX_SCANNED, LOG_MAX_SCANNED_BYTES,
@@ -104,6 +108,7 @@ pub struct Runtime {
     consumers: crate::consumer::Consumers,
     /// The replays started since the start (`replay.rs`).
     replays: replay::Replays,
+    dry_runs: dry_run::DryRuns,
     /// The entity types' aggregates (`aggregate/`).
     aggregates: crate::aggregate::Aggregates,
     /// The NATS runtime, the JetStream sources on it (`source/`).

@@ -282,6 +282,7 @@ impl Runtime {
             nats,
             replays: Default::default(),
             timers: Some(timers),
+            dry_runs: super::dry_run::DryRuns::new(),
         })
     }
 

@@ -102,3 +102,15 @@ pub struct DeployResponse {
     /// False when the module was already the active version.
     pub changed: bool,
 }
+
+/// The body of `POST /v1/plugins/{pipeline}/{handler}/dry-run`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunRequest {
+    /// The candidate module, base64 (standard alphabet, padded).
+    pub module_base64: String,
+    /// Where to start: `beginning` (the default), a seq, or an RFC 3339 time.
+    pub from: Option<String>,
+    /// Most events of the handler's topics to run [default: 10,000; at most 100,000].
+    pub limit: Option<usize>,
+}
