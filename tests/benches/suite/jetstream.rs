@@ -1156,3 +1156,108 @@ pub(crate) fn pull_round_trips(payloads: &[Vec<u8>], batch: usize, ack: PullAck)
     );
     Ok(PullRun { events_per_sec: total as f64 / secs.max(1e-9), secs, client_cpu_secs, server_cpu_secs })
 }
+
+// ---------------------------------------------------------------------------
+// appends with an expected last sequence per subject (issue 14's comparison)
+
+/// One append per request, with `Nats-Expected-Last-Subject-Sequence`, as
+/// Weir's `POST /v1/streams/…` with an expected revision.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct AppendRun {
+    pub(crate) appends: usize,
+    pub(crate) secs: f64,
+    pub(crate) per_sec: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Appends the server refused for a wrong expected sequence (must be 0:
+    /// every client owns its subjects).
+    pub(crate) conflicts: usize,
+    pub(crate) server_cpu_secs: f64,
+}
+
+impl Writer {
+    /// `HPUB` with the expected last sequence of the subject.
+    fn publish_expecting(&mut self, subject: &str, reply: &str, last: u64, payload: &[u8]) -> io::Result<()> {
+        let header = format!("NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: {last}\r\n\r\n");
+        write!(self.out, "HPUB {subject} {reply} {} {}\r\n", header.len(), header.len() + payload.len())?;
+        self.out.write_all(header.as_bytes())?;
+        self.out.write_all(payload)?;
+        self.out.write_all(b"\r\n")
+    }
+}
+
+/// `clients` connections, each appending `n / clients` events one request at
+/// a time to its own `keys / clients` subjects `accounts.account.<key>`,
+/// each append expecting the subject's last sequence it saw.
+pub(crate) fn expected_appends(clients: usize, keys: usize, n: usize) -> anyhow::Result<AppendRun> {
+    let server = NatsServer::start(&Mode { sync_always: false })?;
+    let port = server.port();
+    let mut setup = Conn::connect(port)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = setup.request("$JS.API.INFO", &Value::Null) {
+        ensure!(Instant::now() < deadline, "JetStream is not answering: {e:#}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    setup.request(
+        "$JS.API.STREAM.CREATE.ACCOUNTS",
+        &json!({ "name": "ACCOUNTS", "subjects": ["accounts.>"], "storage": "file", "retention": "limits",
+                 "discard": "old", "num_replicas": 1 }),
+    )?;
+    let per_client = n / clients;
+    let owned = (keys / clients).max(1);
+    let cpu0 = crate::read_side::cpu_of(&server.child.id().to_string());
+    let started = Instant::now();
+    type Client = JoinHandle<anyhow::Result<(Vec<u64>, usize)>>;
+    let workers: Vec<Client> = (0..clients)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut conn = Conn::connect(port)?;
+                let mut last = vec![0u64; owned];
+                let (mut latencies, mut conflicts) = (Vec::with_capacity(per_client), 0usize);
+                for i in 0..per_client {
+                    let slot = i % owned;
+                    let key = c + clients * slot;
+                    let subject = format!("accounts.account.{key}");
+                    let payload = format!(r#"{{"amount":{},"balance":{}}}"#, 100, 100 * (i / owned + 1));
+                    conn.requests += 1;
+                    let reply = format!("{}.r.{}", conn.inbox, conn.requests);
+                    let sent = Instant::now();
+                    conn.w.publish_expecting(&subject, &reply, last[slot], payload.as_bytes())?;
+                    let msg = loop {
+                        let msg = conn.next_msg()?;
+                        if msg.sid == SID_REQUEST && msg.subject == reply {
+                            break msg;
+                        }
+                    };
+                    latencies.push(nanos(sent.elapsed()));
+                    let ack: Value = serde_json::from_slice(msg.payload())
+                        .with_context(|| format!("ack: {}", String::from_utf8_lossy(msg.payload())))?;
+                    match ack["seq"].as_u64() {
+                        Some(seq) if ack.get("error").is_none() => last[slot] = seq,
+                        _ => conflicts += 1,
+                    }
+                }
+                Ok((latencies, conflicts))
+            })
+        })
+        .collect();
+    let (mut latencies, mut conflicts) = (Vec::with_capacity(n), 0);
+    for w in workers {
+        let (l, c) = w.join().map_err(|_| anyhow!("an append client panicked"))??;
+        latencies.extend(l);
+        conflicts += c;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let server_cpu_secs = crate::read_side::cpu_of(&server.child.id().to_string()) - cpu0;
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1e6;
+    Ok(AppendRun {
+        appends: latencies.len(),
+        secs,
+        per_sec: latencies.len() as f64 / secs.max(1e-9),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        conflicts,
+        server_cpu_secs,
+    })
+}

@@ -7,6 +7,7 @@
 //! or with options after `--`; `--help` lists them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod event_sourcing;
 mod jetstream;
 mod procs;
 mod read_side;
@@ -29,7 +30,7 @@ USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
 
 OPTIONS:
   --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency memory swap metrics
-                    read sse consumer webhook [default: all of them]
+                    read sse consumer webhook commands appends views [default: all of them]
   --events N        events per throughput run [default: 200000]
   --rate N          offered rate of the latency runs, events/s [default: 10000]
   --seconds N       length of the latency runs, after 1 s of warm-up [default: 10]
@@ -58,10 +59,19 @@ SCENARIOS:
            nats-server unless --require-nats)
   webhook  a webhook sink on every event to a local receiver answering 204
            (a tenth of --events)
+  commands POST /v1/commands from 64 clients over 10,000 accounts (bank-account
+           aggregate): the opens, then --events / 2 deposits and withdrawals
+  appends  POST /v1/streams with an expected revision, 64 clients, 10,000
+           streams, --events / 2 appends; beside JetStream with
+           Nats-Expected-Last-Subject-Sequence (skipped without nats-server)
+  views    a balances projection over --events account events: view queries
+           by key from 4 clients, then a replay that rebuilds it
 ";
 
-const ALL: [&str; 14] =
-    ["s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics", "read", "sse", "consumer", "webhook"];
+const ALL: [&str; 17] = [
+    "s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics", "read", "sse", "consumer", "webhook",
+    "commands", "appends", "views",
+];
 
 struct Options {
     scenarios: Vec<String>,
@@ -523,6 +533,7 @@ fn main() {
     }
 
     read_side(&mut r, &o);
+    event_sourcing::report(&mut r, &o, &mut results);
 
     targets(&mut r, &results, o.plugins);
     std::fs::create_dir_all(&o.out).unwrap_or_else(|e| panic!("cannot create {}: {e}", o.out.display()));
@@ -794,6 +805,19 @@ fn targets(r: &mut Report, results: &std::collections::BTreeMap<String, f64>, pl
     }
     if let Some(t) = get("restart_secs") {
         rows.push((format!("restart with 100 plugins < 1 s (run with {plugins})"), format!("{t:.3} s"), t < 1.0));
+    }
+    if let Some(c) = get("commands_per_sec") {
+        rows.push((
+            "`commands` ≥ 20,000 commands/s (64 clients, 10,000 accounts)".to_owned(),
+            thousands(c),
+            c >= 20_000.0,
+        ));
+    }
+    if let Some(p99) = get("view_p99_ms") {
+        rows.push(("view query p99 < 1 ms".to_owned(), format!("{p99:.2} ms"), p99 < 1.0));
+    }
+    if let Some(rate) = get("replay_per_sec") {
+        rows.push(("replay ≥ 200,000 events/s folded".to_owned(), thousands(rate), rate >= 200_000.0));
     }
     if let Some(m) = get("per_plugin_mib") {
         rows.push(("≤ 2 MiB RSS per additional plugin".to_owned(), format!("{m:.2} MiB"), m <= 2.0));

@@ -25,9 +25,9 @@ use crate::weir::{events, publish_all, stop};
 
 /// A runtime holding a log of `n` events (no pipelines), its HTTP API
 /// served on a free loopback port.
-struct Served {
-    rt: Arc<Runtime>,
-    url: String,
+pub(crate) struct Served {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) url: String,
     io: tokio::runtime::Runtime,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown: tokio::sync::oneshot::Sender<()>,
@@ -43,7 +43,7 @@ fn publish(rt: &Runtime, ids: &IdGenerator, from: usize, n: usize) {
 }
 
 impl Served {
-    fn start(n: usize, extra_toml: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(n: usize, extra_toml: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
@@ -81,7 +81,7 @@ impl Served {
     }
 
     /// Stop serving, then stop the runtime cleanly.
-    fn finish(self) -> anyhow::Result<()> {
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
         let Self { rt, io, server, shutdown, _dir, .. } = self;
         let _ = shutdown.send(());
         io.block_on(server).context("the HTTP server task")?.context("the HTTP server")?;
@@ -91,14 +91,17 @@ impl Served {
     }
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
+pub(crate) fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build(),
     )
 }
 
 /// The body of a 200 answer, or an error with the status and the body.
-fn ok_body(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn ok_body(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
     let mut response = result.with_context(|| what.to_owned())?;
     let status = response.status().as_u16();
     let body = response.body_mut().with_config().limit(64 << 20).read_to_vec().with_context(|| what.to_owned())?;
@@ -106,7 +109,7 @@ fn ok_body(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>, what: 
     Ok(body)
 }
 
-fn post_json(agent: &ureq::Agent, url: &str, body: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn post_json(agent: &ureq::Agent, url: &str, body: &[u8]) -> anyhow::Result<Vec<u8>> {
     ok_body(agent.post(url).header("content-type", "application/json").send(body), url)
 }
 
@@ -153,7 +156,7 @@ pub(crate) fn thread_cpu() -> f64 {
 
 /// CPU time of this process so far, every thread, in seconds (clock ticks
 /// of 10 ms).
-fn process_cpu() -> f64 {
+pub(crate) fn process_cpu() -> f64 {
     cpu_of("self")
 }
 
