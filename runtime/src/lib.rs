@@ -136,9 +136,9 @@ pub use runtime::{
 pub use runtime::{ReplayError, ReplayInfo};
 pub use runtime::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use schema::{
-    Compatibility, CompileError as SchemaCompileError, MAX_COMPAT_STEPS, MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH,
-    MAX_SCHEMA_NODES, MAX_VALIDATION_DEPTH, MAX_VALIDATION_STEPS, OTHER_PATTERN_LABEL, Schema, SchemaError,
-    SchemaVersion, Schemas, TopicSchemas, Violation as SchemaViolation,
+    Compatibility, CompileError as SchemaCompileError, MAX_COMPAT_DEPTH, MAX_COMPAT_STEPS, MAX_SCHEMA_BYTES,
+    MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, MAX_VALIDATION_DEPTH, MAX_VALIDATION_STEPS, OTHER_PATTERN_LABEL, Schema,
+    SchemaError, SchemaVersion, Schemas, TopicSchemas, Violation as SchemaViolation,
 };
 pub use source::SourceStatus;
 pub use store::PendingTimer;

@@ -18,7 +18,7 @@ use weir_tests::Server;
 
 /// A nats-server with JetStream on 127.0.0.1: a free port, its store in
 /// `dir`. Killed when dropped.
-struct Nats {
+pub(crate) struct Nats {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
@@ -34,7 +34,7 @@ fn nats_binary() -> PathBuf {
 }
 
 impl Nats {
-    fn start(dir: &Path) -> Self {
+    pub(crate) fn start(dir: &Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut nats = Self { child: None, port, dir: dir.join("nats") };
         nats.restart();
@@ -86,12 +86,12 @@ impl Drop for Nats {
     }
 }
 
-fn tokio() -> tokio::runtime::Runtime {
+pub(crate) fn tokio() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 /// A JetStream context on `nats`, retried while the server starts.
-async fn connect_js(nats: &Nats) -> jetstream::Context {
+pub(crate) async fn connect_js(nats: &Nats) -> jetstream::Context {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match async_nats::connect(nats.url()).await {
@@ -102,7 +102,7 @@ async fn connect_js(nats: &Nats) -> jetstream::Context {
     }
 }
 
-async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+pub(crate) async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
     js.create_stream(stream::Config {
         name: name.into(),
         subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
@@ -113,11 +113,11 @@ async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -
 }
 
 /// A message to publish: subject, headers, payload.
-type Outgoing = (String, Vec<(&'static str, String)>, Vec<u8>);
+pub(crate) type Outgoing = (String, Vec<(&'static str, String)>, Vec<u8>);
 
 /// Publish `messages` (subject, headers, payload), each until its PubAck,
 /// with up to 256 acks outstanding.
-async fn publish(js: &jetstream::Context, messages: Vec<Outgoing>) {
+pub(crate) async fn publish(js: &jetstream::Context, messages: Vec<Outgoing>) {
     let mut pending = std::collections::VecDeque::new();
     for (subject, headers, payload) in messages {
         let mut map = HeaderMap::new();
@@ -152,12 +152,12 @@ fn log(server: &Server) -> Vec<Value> {
     }
 }
 
-fn source_status(server: &Server) -> Value {
+pub(crate) fn source_status(server: &Server) -> Value {
     server.get("/v1/status").1["sources"][0].clone()
 }
 
 /// Wait until `check` holds, or fail with `what` and the last value seen.
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + timeout;
     loop {
         match check() {
@@ -168,7 +168,7 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(),
     }
 }
 
-fn source_toml(nats: &Nats, extra: &str) -> String {
+pub(crate) fn source_toml(nats: &Nats, extra: &str) -> String {
     format!(
         "[[sources]]\nname = \"in\"\ntype = \"jetstream\"\nurl = \"{}\"\nstream = \"IN\"\nsubjects = [\"in.>\"]\n{extra}\n",
         nats.url()

@@ -472,3 +472,37 @@ schema = '{"type": "object", "required": ["amount"], "properties": {"amount": {"
     let (_, stream) = server.get("/v1/streams/accounts.account/a1");
     assert_eq!(stream["revision"], 1, "{stream}");
 }
+
+#[test]
+#[ignore = "needs nats-server"]
+fn the_jetstream_source_checks_schemas_too() {
+    use crate::jetstream::{Nats, connect_js, create_stream, publish, source_status, source_toml, tokio, wait_for};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let rt = tokio();
+    let js = rt.block_on(connect_js(&nats));
+    rt.block_on(create_stream(&js, "IN", &["in.>"]));
+    let subject = "in.orders.order.created".to_owned();
+    rt.block_on(publish(
+        &js,
+        vec![
+            (subject.clone(), Vec::new(), br#"{"n": 1}"#.to_vec()),
+            (subject.clone(), Vec::new(), br#"{"n": "one"}"#.to_vec()),
+            (subject.clone(), Vec::new(), b"n=1".to_vec()),
+            (subject, vec![("weir-schema-version", "2".to_owned())], br#"{"n": 1}"#.to_vec()),
+        ],
+    ));
+    let toml = format!(
+        "{}{}",
+        source_toml(&nats, ""),
+        "[[schemas]]\ntopic = \"orders.order.created\"\n[[schemas.versions]]\nversion = 1\nschema = '{\"required\": [\"n\"], \"properties\": {\"n\": {\"type\": \"integer\"}}}'\n"
+    );
+    let server = Server::start(dir.path(), &toml);
+    wait_for("one appended, three rejected", Duration::from_secs(30), || {
+        let s = source_status(&server);
+        if s["appended"] == 1 && s["rejected"] == 3 { Ok(()) } else { Err(s.to_string()) }
+    });
+    let last_error = source_status(&server)["last_error"].as_str().unwrap().to_owned();
+    assert!(last_error.contains("unknown_schema_version"), "{last_error}");
+    assert_eq!(head(&server), 1);
+}

@@ -38,6 +38,9 @@ use super::validate::{json_eq, type_names as type_names_of};
 
 /// Most comparisons one compatibility check makes.
 pub const MAX_COMPAT_STEPS: u64 = 100_000;
+/// Deepest nesting of comparisons (each a few stack frames): `$ref` chains
+/// can nest deeper than the schema text does.
+pub const MAX_COMPAT_DEPTH: usize = 64;
 
 /// The compatibility a topic's versions must keep (`compatibility` in
 /// `[[schemas]]`).
@@ -106,8 +109,14 @@ impl Compatibility {
 ///
 /// The reason, with the schema location it was found at.
 pub(crate) fn includes(a: &Schema, b: &Schema) -> Result<(), String> {
-    let mut c = Checker { a, b, steps: 0, assumed: HashSet::new() };
-    c.sub(vec![Item::Whole(0)], 0, "")
+    let mut c = Checker { a, b, steps: 0, depth: 0, abort: None, assumed: HashSet::new() };
+    let result = c.sub(vec![Item::Whole(0)], 0, "");
+    // A bound hit inside an `anyOf` trial must not read as that branch's
+    // failure: it ends the whole check, with its own reason.
+    match c.abort {
+        Some(why) => Err(why),
+        None => result,
+    }
 }
 
 /// A conjunct of the `a` side: a whole subschema, or one whose `anyOf` and
@@ -122,23 +131,49 @@ struct Checker<'s> {
     a: &'s Schema,
     b: &'s Schema,
     steps: u64,
+    depth: usize,
+    /// Set once a bound is hit: every later comparison fails with it.
+    abort: Option<String>,
     assumed: HashSet<(Vec<Item>, NodeId)>,
 }
 
 impl Checker<'_> {
+    /// Whether the conjunction `s` of `a`'s subschemas is included in `b`'s
+    /// subschema `t`.
     fn sub(&mut self, s: Vec<Item>, t: NodeId, at: &str) -> Result<(), String> {
+        if let Some(why) = &self.abort {
+            return Err(why.clone());
+        }
+        if self.depth >= MAX_COMPAT_DEPTH {
+            let why =
+                format!("{}: the schemas nest too deeply to compare (more than {MAX_COMPAT_DEPTH} levels)", place(at));
+            self.abort = Some(why.clone());
+            return Err(why);
+        }
+        self.depth += 1;
+        let result = self.included(s, t, at);
+        self.depth -= 1;
+        result
+    }
+
+    fn included(&mut self, s: Vec<Item>, t: NodeId, at: &str) -> Result<(), String> {
         self.steps += 1;
         if self.steps > MAX_COMPAT_STEPS {
-            return Err(format!("the schemas are too complex to compare within {MAX_COMPAT_STEPS} steps"));
+            let why = format!("the schemas are too complex to compare within {MAX_COMPAT_STEPS} steps");
+            self.abort = Some(why.clone());
+            return Err(why);
         }
         if let [Item::Whole(n)] = s.as_slice()
-            && equal(self.a, *n, self.b, t, &mut HashSet::new())
+            && equal(self.a, *n, self.b, t, &mut HashSet::new(), 0)
         {
             return Ok(());
         }
         // Flatten `a`'s conjuncts: `$ref` and `allOf` join the list; the
         // first `anyOf`/`oneOf` met splits the question into one per branch.
         let mut conj: Vec<NodeId> = Vec::new();
+        // The same conjuncts with their split marks, for the comparisons
+        // below: a `Base` must not be split again.
+        let mut flat: Vec<Item> = Vec::new();
         let mut seen: HashSet<Item> = HashSet::new();
         let mut work = s.clone();
         while let Some(item) = work.pop() {
@@ -168,6 +203,7 @@ impl Checker<'_> {
                 return Ok(());
             }
             conj.push(id);
+            flat.push(item);
             work.extend(k.reference.map(Item::Whole));
             work.extend(k.all_of.iter().map(|&i| Item::Whole(i)));
         }
@@ -187,10 +223,10 @@ impl Checker<'_> {
         if !self.assumed.insert((key, t)) {
             return Ok(());
         }
-        self.keywords(&conj, t, kt, at)
+        self.keywords(&conj, &flat, t, kt, at)
     }
 
-    fn keywords(&mut self, conj: &[NodeId], t: NodeId, kt: &Keywords, at: &str) -> Result<(), String> {
+    fn keywords(&mut self, conj: &[NodeId], flat: &[Item], t: NodeId, kt: &Keywords, at: &str) -> Result<(), String> {
         let ks: Vec<&Keywords> = conj
             .iter()
             .filter_map(|&id| match self.a.node(id) {
@@ -257,16 +293,16 @@ impl Checker<'_> {
             self.object(&ks, kt, at)?;
         }
         if let Some(target) = kt.reference {
-            self.sub(wholes(conj), target, at)?;
+            self.sub(flat.to_vec(), target, at)?;
         }
         for &branch in &kt.all_of {
-            self.sub(wholes(conj), branch, at)?;
+            self.sub(flat.to_vec(), branch, at)?;
         }
         if !kt.any_of.is_empty() {
             let mut first = None;
             let mut ok = false;
             for (i, &branch) in kt.any_of.iter().enumerate() {
-                match self.sub(wholes(conj), branch, &format!("{at}/anyOf/{i}")) {
+                match self.sub(flat.to_vec(), branch, &format!("{at}/anyOf/{i}")) {
                     Ok(()) => {
                         ok = true;
                         break;
@@ -283,7 +319,7 @@ impl Checker<'_> {
         if !kt.one_of.is_empty() {
             let mut found = None;
             for (i, &branch) in kt.one_of.iter().enumerate() {
-                if self.sub(wholes(conj), branch, &format!("{at}/oneOf/{i}")).is_ok() {
+                if self.sub(flat.to_vec(), branch, &format!("{at}/oneOf/{i}")).is_ok() {
                     found = Some(i);
                     break;
                 }
@@ -355,10 +391,6 @@ impl Checker<'_> {
     }
 }
 
-fn wholes(conj: &[NodeId]) -> Vec<Item> {
-    conj.iter().map(|&id| Item::Whole(id)).collect()
-}
-
 fn place(at: &str) -> String {
     if at.is_empty() { "at the root".to_owned() } else { format!("at {at}") }
 }
@@ -428,13 +460,16 @@ fn bound_check(ks: &[&Keywords], kt: &Keywords, at: &str) -> Result<(), String> 
 
 /// Whether two subschemas (of two schemas) are the same, keyword for
 /// keyword. `$ref` pairs met again are assumed equal.
-fn equal(a: &Schema, x: NodeId, b: &Schema, y: NodeId, seen: &mut HashSet<(NodeId, NodeId)>) -> bool {
+/// Past 10,000 pairs or [`MAX_COMPAT_DEPTH`] levels it answers "not equal",
+/// which only costs the shortcut.
+fn equal(a: &Schema, x: NodeId, b: &Schema, y: NodeId, seen: &mut HashSet<(NodeId, NodeId)>, depth: usize) -> bool {
     if !seen.insert((x, y)) {
         return true;
     }
-    if seen.len() > 10_000 {
+    if seen.len() > 10_000 || depth > MAX_COMPAT_DEPTH {
         return false;
     }
+    let depth = depth + 1;
     let (kx, ky) = match (a.node(x), b.node(y)) {
         (Node::Bool(p), Node::Bool(q)) => return p == q,
         (Node::Keywords(kx), Node::Keywords(ky)) => (kx, ky),
@@ -442,11 +477,11 @@ fn equal(a: &Schema, x: NodeId, b: &Schema, y: NodeId, seen: &mut HashSet<(NodeI
     };
     let opt = |p: Option<NodeId>, q: Option<NodeId>, seen: &mut HashSet<(NodeId, NodeId)>| match (p, q) {
         (None, None) => true,
-        (Some(p), Some(q)) => equal(a, p, b, q, seen),
+        (Some(p), Some(q)) => equal(a, p, b, q, seen, depth),
         _ => false,
     };
     let list = |p: &[NodeId], q: &[NodeId], seen: &mut HashSet<(NodeId, NodeId)>| {
-        p.len() == q.len() && p.iter().zip(q).all(|(p, q)| equal(a, *p, b, *q, seen))
+        p.len() == q.len() && p.iter().zip(q).all(|(p, q)| equal(a, *p, b, *q, seen, depth))
     };
     let values = |p: &Option<Vec<Value>>, q: &Option<Vec<Value>>| match (p, q) {
         (None, None) => true,
@@ -466,10 +501,9 @@ fn equal(a: &Schema, x: NodeId, b: &Schema, y: NodeId, seen: &mut HashSet<(NodeI
         && kx.required.len() == ky.required.len()
         && kx.required.iter().all(|r| ky.required.contains(r))
         && kx.properties.len() == ky.properties.len()
-        && kx
-            .properties
-            .iter()
-            .all(|(n, p)| ky.properties.iter().find(|(m, _)| m == n).is_some_and(|(_, q)| equal(a, *p, b, *q, seen)))
+        && kx.properties.iter().all(|(n, p)| {
+            ky.properties.iter().find(|(m, _)| m == n).is_some_and(|(_, q)| equal(a, *p, b, *q, seen, depth))
+        })
         && opt(kx.additional, ky.additional, seen)
         && opt(kx.items, ky.items, seen)
         && opt(kx.reference, ky.reference, seen)

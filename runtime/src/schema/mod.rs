@@ -21,7 +21,7 @@ mod compat;
 mod compile;
 mod validate;
 
-pub use compat::{Compatibility, MAX_COMPAT_STEPS};
+pub use compat::{Compatibility, MAX_COMPAT_DEPTH, MAX_COMPAT_STEPS};
 pub use compile::{CompileError, MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH, MAX_SCHEMA_NODES, Schema};
 pub use validate::{MAX_VALIDATION_DEPTH, MAX_VALIDATION_STEPS, Violation};
 

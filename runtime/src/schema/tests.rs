@@ -214,3 +214,38 @@ fn the_registry_checks_size_version_and_body() {
     assert!(out.contains("weir_payload_bytes_count{pattern=\"orders.order.*\"} 1"), "{out}");
     assert!(out.contains("weir_payload_bytes_count{pattern=\"other\"} 1"), "{out}");
 }
+
+#[test]
+fn validation_depth_and_compatibility_work_are_bounded() {
+    // A chain of `allOf`s through `$ref`s nests past the depth bound on a
+    // single value, within every load bound.
+    let mut defs = serde_json::Map::new();
+    defs.insert("d0".into(), json!(true));
+    for i in 1..300 {
+        defs.insert(format!("d{i}"), json!({"allOf": [{"$ref": format!("#/$defs/d{}", i - 1)}]}));
+    }
+    let chain = schema(json!({"$defs": defs, "$ref": "#/$defs/d299"}));
+    let v = chain.validate(&json!(1)).unwrap_err();
+    assert!(v.keyword == "budget" && v.reason.contains("deeper"), "{v}");
+
+    // Two exponential `anyOf` chains that differ at the bottom: the
+    // comparison stops at its step bound, and says so.
+    let blowup = |bottom: serde_json::Value| {
+        let mut defs = serde_json::Map::new();
+        defs.insert("d0".into(), bottom);
+        for i in 1..40 {
+            let prev = format!("#/$defs/d{}", i - 1);
+            defs.insert(format!("d{i}"), json!({"anyOf": [{"$ref": prev}, {"$ref": prev}]}));
+        }
+        json!({"$defs": defs, "$ref": "#/$defs/d39"})
+    };
+    let e = compat("backward", blowup(json!({"type": "string"})), blowup(json!({"type": "integer"}))).unwrap_err();
+    assert!(e.contains("nest too deeply"), "{e}");
+    // Wide and shallow: alternative i of 500 fits the reader's alternative
+    // i, found after i tries: 125,000 comparisons.
+    let writer: Vec<_> = (0..500).map(|i| json!({"type": "integer", "maximum": i})).collect();
+    let mut reader: Vec<_> = (0..500).map(|i| json!({"type": "integer", "maximum": i})).collect();
+    reader.push(json!({"type": "string"}));
+    let e = compat("backward", json!({"anyOf": writer}), json!({"anyOf": reader})).unwrap_err();
+    assert!(e.contains("too complex"), "{e}");
+}
