@@ -375,6 +375,16 @@ fn list_show_and_stats() {
     assert!(stdout.contains("orders.order.created v2: 1 events"), "{stdout}");
     let note = stdout.lines().find(|l| l.trim_start().starts_with("note")).unwrap();
     assert!(note.contains(" 1 of 3"), "{note}");
+    // What it keeps is bounded: 256 fields per group, 1000 groups.
+    let wide: serde_json::Map<String, Value> = (0..300).map(|i| (format!("f{i:03}"), json!(i))).collect();
+    assert_eq!(server.post("/v1/events", &json!({"topic": "wide.thing.happened", "payload": wide})).0, 200);
+    let many: Vec<Value> = (0..1001).map(|i| json!({"topic": format!("many.t{i}.happened"), "payload": i})).collect();
+    assert_eq!(server.post("/v1/events", &json!(many)).0, 200);
+    let out = weir(&["schema", "stats", "--server", &server.url], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(44 occurrences of fields past the first 256 not counted)"), "{stdout}");
+    // Two order versions, the wide topic and 997 of the many make 1000 groups.
+    assert!(stdout.contains("(4 events of topics/versions past the first 1000 not counted)"), "{stdout}");
     // The scan is bounded.
     let out = weir(&["schema", "stats", "--server", &server.url, "--limit", "2", "--json"], dir.path());
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -175,6 +175,27 @@ mod tests {
         Pattern::parse(text).unwrap()
     }
 
+    fn parse(text: &str) -> Result<crate::Config, crate::config::ConfigError> {
+        crate::Config::parse(text, Path::new("/nonexistent/weir.toml"))
+    }
+
+    #[test]
+    fn entries_and_versions_are_bounded() {
+        let entries: String =
+            (0..=MAX_SCHEMA_ENTRIES).map(|i| format!("[[schemas]]\ntopic = \"a.b.c{i}\"\n")).collect();
+        let e = parse(&entries).unwrap_err();
+        assert_eq!(e.key, "schemas", "{e}");
+        assert!(e.reason.contains("more than 256"), "{e}");
+        let versions: String =
+            (1..=MAX_SCHEMA_VERSIONS + 1).map(|v| format!("[[schemas.versions]]\nversion = {v}\n")).collect();
+        let e = parse(&format!("[[schemas]]\ntopic = \"a.b.c\"\n{versions}")).unwrap_err();
+        assert_eq!(e.key, "schemas[0].versions", "{e}");
+        // Within the bounds, a version without a schema accepts anything.
+        let c = parse("[[schemas]]\ntopic = \"a.b.c\"\n[[schemas.versions]]\nversion = 1\n").unwrap();
+        c.schemas.check("a.b.c", 1, b"not json").unwrap();
+        assert_eq!(c.schemas.check("a.b.c", 2, b"").unwrap_err().code(), "unknown_schema_version");
+    }
+
     #[test]
     fn overlapping_patterns_are_found() {
         assert!(overlap(&p("orders.order.*"), &p("orders.order.created")));
