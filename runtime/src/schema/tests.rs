@@ -249,3 +249,84 @@ fn validation_depth_and_compatibility_work_are_bounded() {
     let e = compat("backward", json!({"anyOf": writer}), json!({"anyOf": reader})).unwrap_err();
     assert!(e.contains("too complex"), "{e}");
 }
+
+mod soundness {
+    //! The compatibility check is sound: whenever it says `a` is included
+    //! in `b`, no value valid under `a` is refused by `b`. Random schemas of
+    //! the subset against random values. (Of random pairs, about one in
+    //! eight is found included with a value valid under the first, so the
+    //! property is not vacuous.)
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::super::{Schema, compat::includes};
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(Value::from),
+            (-2i64..4).prop_map(Value::from),
+            Just(json!(1.5)),
+            prop::sample::select(vec!["", "a", "ab", "abc"]).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), inner, 0..3)
+                    .prop_map(|m| { Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()) }),
+            ]
+        })
+    }
+
+    fn type_name() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["null", "boolean", "object", "array", "number", "integer", "string"])
+    }
+
+    fn schema() -> impl Strategy<Value = Value> {
+        let small = prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            type_name().prop_map(|t| json!({"type": t})),
+            (type_name(), type_name()).prop_map(|(t, u)| json!({"type": [t, u]})),
+            prop::collection::vec(value(), 1..3).prop_map(|v| json!({"enum": v})),
+            value().prop_map(|v| json!({"const": v})),
+            (-2i64..4).prop_map(|n| json!({"minimum": n})),
+            (-2i64..4).prop_map(|n| json!({"exclusiveMaximum": n})),
+            (0u64..3).prop_map(|n| json!({"type": "string", "maxLength": n})),
+            (0u64..3).prop_map(|n| json!({"minItems": n})),
+            prop::collection::vec(prop::sample::select(vec!["a", "b"]), 1..3).prop_map(|r| json!({"required": r})),
+        ];
+        small.prop_recursive(3, 24, 3, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone())
+                    .prop_map(|(a, b)| json!({"properties": {"a": a}, "additionalProperties": b})),
+                (inner.clone(), prop::option::of(inner.clone())).prop_map(|(a, b)| match b {
+                    Some(b) => json!({"type": "object", "properties": {"a": a, "b": b}}),
+                    None => json!({"properties": {"a": a}, "required": ["a"]}),
+                }),
+                inner.clone().prop_map(|s| json!({"type": "array", "items": s})),
+                prop::collection::vec(inner.clone(), 1..3).prop_map(|v| json!({"anyOf": v})),
+                prop::collection::vec(inner.clone(), 1..3).prop_map(|v| json!({"allOf": v})),
+                prop::collection::vec(inner.clone(), 1..3).prop_map(|v| json!({"oneOf": v})),
+                (inner.clone(), type_name())
+                    .prop_map(|(s, t)| json!({"$defs": {"d": s}, "$ref": "#/$defs/d", "type": t})),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #[test]
+        fn included_means_no_counterexample(a in schema(), b in schema(), values in prop::collection::vec(value(), 48)) {
+            let (Ok(sa), Ok(sb)) = (Schema::from_value(&a), Schema::from_value(&b)) else { return Ok(()) };
+            prop_assert!(includes(&sa, &sa).is_ok(), "not reflexive: {}", a);
+            if includes(&sa, &sb).is_ok() {
+                for v in &values {
+                    if sa.validate(v).is_ok() {
+                        prop_assert!(sb.validate(v).is_ok(), "{} included in {} but {} is refused by the latter", a, b, v);
+                    }
+                }
+            }
+        }
+    }
+}
