@@ -136,7 +136,9 @@ fn list(config: &Config) -> anyhow::Result<ExitCode> {
             .map(|v| if v.schema.is_some() { v.version.to_string() } else { format!("{} (no schema)", v.version) })
             .collect();
         let max = e.max_payload_bytes.map_or_else(|| "-".to_owned(), |m| m.to_string());
-        writeln!(out, "{:<32} {:<14} {max:>17}  {}", e.pattern, e.compatibility.as_str(), versions.join(", "))?;
+        // `Pattern`'s Display ignores widths: pad its text.
+        let pattern = e.pattern.to_string();
+        writeln!(out, "{pattern:<32} {:<14} {max:>17}  {}", e.compatibility.as_str(), versions.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }
