@@ -516,3 +516,64 @@ fn the_jetstream_source_checks_schemas_too() {
     assert!(last_error.contains("unknown_schema_version"), "{last_error}");
     assert_eq!(head(&server), 1);
 }
+
+#[test]
+fn every_keyword_of_the_subset_refuses_at_ingest_with_its_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = json!({
+        "type": "object",
+        "required": ["id"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"type": "string", "minLength": 2, "maxLength": 4},
+            "n": {"type": ["integer", "null"], "minimum": 0, "maximum": 10},
+            "x": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "status": {"enum": ["new", "paid"]},
+            "kind": {"const": "order"},
+            "tags": {"type": "array", "minItems": 1, "maxItems": 2, "items": {"$ref": "#/$defs/tag"}},
+            "one": {"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 5}]},
+            "any": {"anyOf": [{"type": "boolean"}, {"type": "string"}]},
+            "all": {"allOf": [{"type": "integer"}, {"maximum": 3}]},
+            "never": false,
+            "meta": {"type": "object", "additionalProperties": {"type": "string"}}
+        },
+        "$defs": {"tag": {"type": "string", "maxLength": 3}}
+    });
+    let toml = format!("[[schemas]]\ntopic = \"t.t.t\"\n[[schemas.versions]]\nversion = 1\nschema = '{schema}'\n");
+    let server = Server::start(dir.path(), &toml);
+    let ok = json!({"id": "ab", "n": null, "x": 0.5, "status": "new", "kind": "order", "tags": ["a"], "one": 1,
+                    "any": true, "all": 2, "meta": {"k": "v"}});
+    assert_eq!(server.post("/v1/events", &json!({"topic": "t.t.t", "payload": ok})).0, 200);
+    let cases = [
+        (json!(1), "", "type"),
+        (json!({}), "", "required"),
+        (json!({"id": "ab", "zzz": 1}), "/zzz", "additionalProperties"),
+        (json!({"id": "a"}), "/id", "minLength"),
+        (json!({"id": "abcde"}), "/id", "maxLength"),
+        (json!({"id": "ab", "n": 1.5}), "/n", "type"),
+        (json!({"id": "ab", "n": -1}), "/n", "minimum"),
+        (json!({"id": "ab", "n": 11}), "/n", "maximum"),
+        (json!({"id": "ab", "x": 0}), "/x", "exclusiveMinimum"),
+        (json!({"id": "ab", "x": 1}), "/x", "exclusiveMaximum"),
+        (json!({"id": "ab", "status": "old"}), "/status", "enum"),
+        (json!({"id": "ab", "kind": "refund"}), "/kind", "const"),
+        (json!({"id": "ab", "tags": []}), "/tags", "minItems"),
+        (json!({"id": "ab", "tags": ["a", "b", "c"]}), "/tags", "maxItems"),
+        (json!({"id": "ab", "tags": ["a", "long"]}), "/tags/1", "maxLength"),
+        (json!({"id": "ab", "one": 7}), "/one", "oneOf"),
+        (json!({"id": "ab", "any": 1}), "/any", "anyOf"),
+        (json!({"id": "ab", "all": 4}), "/all", "maximum"),
+        (json!({"id": "ab", "never": 1}), "/never", "properties"),
+        (json!({"id": "ab", "meta": {"k": 1}}), "/meta/k", "type"),
+    ];
+    for (payload, pointer, keyword) in cases {
+        let answer = server.post("/v1/events", &json!({"topic": "t.t.t", "payload": payload}));
+        let message = refused(&answer, 422, "schema_violation");
+        let at = if pointer.is_empty() { "\"the payload\"".to_owned() } else { format!("\"{pointer}\"") };
+        assert!(
+            message.contains(&format!("at {at}:")) && message.ends_with(&format!("(keyword {keyword})")),
+            "{payload}: {message}"
+        );
+    }
+    assert_eq!(head(&server), 1, "nothing refused was stored");
+}
