@@ -23,6 +23,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("filter", "FILTER"),
     ("audit-logger", "AUDIT_LOGGER"),
     ("counter", "COUNTER"),
+    ("reminder", "REMINDER"),
     ("bank-account", "BANK_ACCOUNT"),
     ("balances", "BALANCES"),
     ("statements", "STATEMENTS"),

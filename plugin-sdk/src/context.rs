@@ -2,6 +2,7 @@ use serde::de::DeserializeOwned;
 
 use crate::HandlerError;
 use crate::state::{self, Backend, Scope, State};
+use crate::timer::{self, Timers};
 
 /// Facts about the current delivery, handed to the handler with the event,
 /// and the handler's [state](crate::state).
@@ -10,6 +11,7 @@ pub struct Context {
     subscription: String,
     attempt: u32,
     state: Backend,
+    timers: Timers,
 }
 
 impl Context {
@@ -18,7 +20,7 @@ impl Context {
     // In Wasm the backend is a unit struct (the state lives in the host).
     #[allow(clippy::default_constructed_unit_structs)]
     pub fn new(subscription: impl Into<String>, attempt: u32) -> Self {
-        Self { subscription: subscription.into(), attempt, state: Backend::default() }
+        Self { subscription: subscription.into(), attempt, state: Backend::default(), timers: Timers::default() }
     }
 
     /// The state of the event's key: what this subscription stored for
@@ -44,9 +46,55 @@ impl Context {
         event: &crate::Event,
     ) -> Result<Vec<crate::Emit>, HandlerError> {
         self.state.begin(event.key.as_deref());
+        self.timers.begin();
         let result = handler(event, self);
         self.state.finish(result.is_ok());
+        self.timers.finish(result.is_ok());
         result
+    }
+
+    /// Every timer operation the handler asked for and kept (those of failed
+    /// events are dropped), in order: to assert on in native tests.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[must_use]
+    pub fn timer_ops(&self) -> &[timer::TimerOp] {
+        &self.timers.ops
+    }
+
+    /// The timer `key` as the host would hold it after these operations
+    /// (none having fired): when it fires and what it appends.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[must_use]
+    pub fn pending_timer(&self, key: &str) -> Option<(u64, &weir_abi::Emit)> {
+        self.timers.pending(key)
+    }
+
+    /// Schedule (or replace) the timer `key`: at or after `at_or_after_ms`
+    /// (Unix milliseconds; take the time from the event,
+    /// [`timer::event_time_ms`]) the host appends `emit` to the log, caused
+    /// by the event being handled. Committed with the events the handler
+    /// returns; dropped if it fails. See [`crate::timer`].
+    ///
+    /// # Errors
+    ///
+    /// A rejection when the key is empty or longer than
+    /// [`timer::MAX_KEY_BYTES`].
+    pub fn schedule(&mut self, at_or_after_ms: u64, key: &str, emit: crate::Emit) -> Result<(), HandlerError> {
+        timer::check_key(key)?;
+        self.timers.schedule(key, at_or_after_ms, emit.into_abi())
+    }
+
+    /// Cancel the timer `key` if it has not fired (nothing happens when
+    /// there is none). Committed with the events the handler returns.
+    ///
+    /// # Errors
+    ///
+    /// A rejection when the key is empty or longer than
+    /// [`timer::MAX_KEY_BYTES`].
+    pub fn cancel_timer(&mut self, key: &str) -> Result<(), HandlerError> {
+        timer::check_key(key)?;
+        self.timers.cancel(key);
+        Ok(())
     }
 
     /// The state of one key (`None`: the shared state), to look at in native

@@ -9,6 +9,7 @@ mod event;
 pub mod log;
 pub mod state;
 pub mod testing;
+pub mod timer;
 
 #[doc(hidden)]
 pub mod __private;

@@ -208,6 +208,13 @@ pub enum InvokeError {
         /// Which bound, and by how much.
         reason: String,
     },
+    /// The handler asked for more timers than it may (operations per
+    /// invocation, or the bytes of their events). Final, as `state_limit`.
+    #[error("timer limit: {reason}")]
+    TimerLimit {
+        /// Which bound, and by how much.
+        reason: String,
+    },
     /// The host could not read the handler's state from the store; the
     /// event is tried again later.
     #[error("handler state unavailable: {reason}")]
@@ -220,7 +227,7 @@ pub enum InvokeError {
 impl InvokeError {
     /// A stable machine code: `trap`, `timeout`, `out_of_fuel`,
     /// `memory_limit`, `bad_output`, `handler_retry`, `handler_reject`,
-    /// `init_failed`, `state_limit` or `state_unavailable`. (`abi_mismatch`
+    /// `init_failed`, `state_limit`, `state_unavailable` or `timer_limit`. (`abi_mismatch`
     /// is refused at load:
     /// [`LoadError::code`].)
     #[must_use]
@@ -236,6 +243,7 @@ impl InvokeError {
             Self::InitFailed { .. } => "init_failed",
             Self::StateLimit { .. } => "state_limit",
             Self::StateUnavailable { .. } => "state_unavailable",
+            Self::TimerLimit { .. } => "timer_limit",
         }
     }
 

@@ -87,7 +87,6 @@ mod topic;
 // is the schema of `weir.toml`, one type per section.
 pub use config::Config;
 pub use consumer::ConsumerError;
-pub use delivery::MAX_TIMER_KEY_BYTES;
 pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, TimerOp, VERSION_HEADER};
 pub use engine::AggregateCall;
 pub use engine::{
@@ -106,6 +105,7 @@ pub use engine::{
     DEFAULT_MAX_STATE_KEYS_PER_SCOPE, DEFAULT_MAX_STATE_VALUE_BYTES, DEFAULT_MAX_STATE_WRITE_BYTES,
     MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope,
 };
+pub use engine::{MAX_TIMER_KEY_BYTES, TimerCall};
 pub use envelope::{EnvelopeError, JsonEvent, format_time, now_nanos};
 pub use error::{EngineError, InvokeError, LoadError};
 /// The HTTP API's request and response bodies, shared by the server and the

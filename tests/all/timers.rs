@@ -251,3 +251,168 @@ fn a_timer_due_while_the_runtime_was_down_fires_at_the_next_start() {
     assert_eq!(pending(&rt), 0);
     rt.shutdown().unwrap();
 }
+
+// ------------------------------------------------ the Wasm handler, the SDK
+
+const REMINDER: &str = "[[pipelines]]\nname = \"tasks\"\ntopics = [\"tasks.task.created\", \"tasks.task.done\"]\n\
+                        [[pipelines.handlers]]\nname = \"reminder\"\nplugin = \"{REMINDER}\"\n";
+const WASM_SUB: &str = "tasks/reminder";
+
+#[test]
+fn a_plugin_without_timer_imports_loads_unchanged_and_the_reminder_declares_them() {
+    let engine = weir_tests::engine();
+    let counter = weir_tests::load(&engine, weir_tests::plugins::COUNTER);
+    assert!(counter.info().imports.iter().all(|i| !i.name.starts_with("timer_")), "an ABI 1 plugin of before");
+    let reminder = weir_tests::load(&engine, weir_tests::plugins::REMINDER);
+    let timers: Vec<(&str, &str)> = reminder
+        .info()
+        .imports
+        .iter()
+        .filter(|i| i.module == "weir" && i.name.starts_with("timer_"))
+        .map(|i| (i.name.as_str(), i.ty.as_str()))
+        .collect();
+    assert!(timers.contains(&("timer_schedule", "func(i32, i32, i64, i32, i32)")), "{timers:?}");
+    assert!(timers.contains(&("timer_cancel", "func(i32, i32)")), "{timers:?}");
+    // A plugin of before runs as before, with no timer asked for.
+    let mut handler = weir_tests::handler(&engine, weir_tests::plugins::AUDIT_LOGGER, weir_runtime::Limits::default());
+    let invocation = weir_tests::invoke(&mut handler, &weir_tests::keyed("t.e.x", "a"));
+    assert_eq!(weir_tests::code(&invocation), "ok");
+    assert!(invocation.timers.is_empty());
+}
+
+#[test]
+fn the_engine_hands_back_a_wasm_handlers_timers_and_bounds_them() {
+    let engine = weir_tests::engine();
+    let mut handler = weir_tests::handler(&engine, weir_tests::plugins::REMINDER, weir_runtime::Limits::default());
+    let created = task("tasks.task.created", "t-1", json!({ "remind_in_ms": 1000 }));
+    let invocation = weir_tests::invoke(&mut handler, &created);
+    assert_eq!(weir_tests::code(&invocation), "ok");
+    let [weir_runtime::TimerCall::Schedule { key, fire_at_ms, emit }] = invocation.timers.as_slice() else {
+        panic!("{:?}", invocation.timers)
+    };
+    assert_eq!((key.as_str(), *fire_at_ms), ("t-1", (created.time / 1_000_000) as u64 + 1000));
+    assert_eq!((emit.topic.as_str(), emit.causation_id), ("tasks.task.reminder", Some(created.id)));
+    let done = weir_tests::invoke(&mut handler, &task("tasks.task.done", "t-1", json!({})));
+    assert_eq!(done.timers, [weir_runtime::TimerCall::Cancel { key: "t-1".into() }], "none left from the last event");
+    // More operations than allowed trap in the host at the first one over.
+    let limits = weir_runtime::Limits::builder().max_timers_per_invocation(3).build();
+    let mut bounded = weir_tests::handler(&engine, weir_tests::plugins::REMINDER, limits);
+    let burst = weir_tests::invoke(&mut bounded, &task("tasks.task.created", "b", json!({ "burst": 4 })));
+    assert_eq!(weir_tests::code(&burst), "timer_limit");
+    let fits = weir_tests::invoke(&mut bounded, &task("tasks.task.created", "b", json!({ "burst": 3 })));
+    assert_eq!((weir_tests::code(&fits), fits.timers.len()), ("ok", 3));
+    // The engine gives the timers of a failed invocation back too; the
+    // worker drops them (`a_failed_wasm_attempt_…` below).
+    let rejected = weir_tests::invoke(&mut handler, &task("tasks.task.created", "reject-1", json!({})));
+    assert_eq!(weir_tests::code(&rejected), "handler_reject");
+}
+
+#[test]
+fn a_wasm_handlers_over_the_bound_or_failed_attempt_leaves_no_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::start(&config(dir.path(), REMINDER)).unwrap();
+    let n = weir_runtime::DEFAULT_MAX_TIMERS_PER_INVOCATION;
+    rt.publish_blocking(vec![
+        task("tasks.task.created", "many", json!({ "burst": n + 1, "remind_in_ms": 3_600_000 })),
+        task("tasks.task.created", "reject-1", json!({ "remind_in_ms": 0 })),
+        task("tasks.task.created", "kept", json!({ "remind_in_ms": 3_600_000 })),
+    ])
+    .unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let dlq = rt.dlq(&DlqFilter { subscription: Some(WASM_SUB.into()), ..DlqFilter::default() }).unwrap();
+    let codes: Vec<(&str, Option<&str>, u32)> =
+        dlq.iter().map(|d| (d.code.as_str(), d.event.key.as_deref(), d.attempts)).collect();
+    assert_eq!(codes, [("timer_limit", Some("many"), 1), ("handler_reject", Some("reject-1"), 1)]);
+    let keys: Vec<String> = rt.timers(WASM_SUB, None, 100).unwrap().into_iter().map(|t| t.key).collect();
+    assert_eq!(keys, ["kept"]);
+    rt.shutdown().unwrap();
+}
+
+// ------------------------------------------------------ the real binary
+
+fn reminders_over_http(server: &weir_tests::Server) -> Vec<String> {
+    let (status, page) = server.get("/v1/log?topics=tasks.task.reminder&limit=1000");
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().unwrap().iter().map(|e| e["event"]["key"].as_str().unwrap().to_owned()).collect()
+}
+
+fn timers_over_http(server: &weir_tests::Server) -> Value {
+    let (status, page) = server.get(&format!("/v1/subscriptions/{WASM_SUB}/timers"));
+    assert_eq!(status, 200, "{page}");
+    page
+}
+
+fn post(server: &weir_tests::Server, events: Value) {
+    let (status, body) = server.post("/v1/events", &events);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_timer_fires_after_a_restart_of_the_real_binary_and_is_visible_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = weir_tests::Server::start(dir.path(), REMINDER);
+    post(
+        &server,
+        json!([
+            { "topic": "tasks.task.created", "key": "t-1", "payload": { "remind_in_ms": 1500 } },
+            { "topic": "tasks.task.created", "key": "t-2", "payload": { "remind_in_ms": 1500 } },
+            { "topic": "tasks.task.done", "key": "t-2", "payload": {} },
+        ]),
+    );
+    assert!(server.wait_idle(IDLE), "{}", server.stderr());
+    let page = timers_over_http(&server);
+    assert_eq!(page["pending"], 1, "{page}");
+    assert_eq!(page["timers"][0]["key"], "t-1");
+    assert_eq!(page["timers"][0]["topic"], "tasks.task.reminder");
+    let fire_at = page["timers"][0]["fire_at_ms"].as_u64().unwrap();
+    let (_, metrics) = server.get("/metrics");
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains(&format!("weir_timers_pending{{subscription=\"{WASM_SUB}\"}} 1")), "{metrics}");
+    let (_, status) = server.get("/v1/status");
+    assert_eq!(status["subscriptions"][0]["timers_pending"], 1, "{status}");
+    assert!(reminders_over_http(&server).is_empty(), "not before its time");
+
+    assert!(server.terminate().success(), "{}", server.stderr());
+    wait_for(Duration::from_secs(10), "the fire time", || weir_runtime::now_nanos() / 1_000_000 > fire_at as i64);
+    server.restart();
+    wait_for(Duration::from_secs(20), "the reminder", || !reminders_over_http(&server).is_empty());
+    assert_eq!(reminders_over_http(&server), ["t-1"], "fired once, t-2's was cancelled");
+    assert_eq!(timers_over_http(&server)["pending"], 0);
+    let (_, metrics) = server.get("/metrics");
+    assert!(metrics.as_str().unwrap().contains(&format!("weir_timers_pending{{subscription=\"{WASM_SUB}\"}} 0")));
+    assert!(server.terminate().success(), "{}", server.stderr());
+}
+
+#[test]
+fn timers_fire_exactly_once_through_kill_9_between_commit_and_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = weir_tests::Server::start(dir.path(), REMINDER);
+    // 4 × 50 timers, all due in 2 s.
+    let tasks: Vec<Value> = (0..4)
+        .map(|i| json!({ "topic": "tasks.task.created", "key": format!("t{i}"), "payload": { "remind_in_ms": 2000, "burst": 50 } }))
+        .collect();
+    post(&server, Value::Array(tasks));
+    // Committed: the timers are in the store...
+    wait_for(Duration::from_secs(20), "the timers' commit", || timers_over_http(&server)["pending"] == 200);
+    // ...and the process dies before any fires.
+    server.kill9();
+    server.restart();
+    // Again around the fire time, until every one has fired.
+    let mut kills = 1;
+    while reminders_over_http(&server).len() < 200 && kills < 5 {
+        std::thread::sleep(Duration::from_millis(300));
+        server.kill9();
+        server.restart();
+        kills += 1;
+    }
+    wait_for(Duration::from_secs(30), "every reminder", || reminders_over_http(&server).len() >= 200);
+    server.kill9();
+    server.restart();
+    let mut fired = reminders_over_http(&server);
+    assert_eq!(fired.len(), 200, "no timer fired twice");
+    fired.sort();
+    fired.dedup();
+    assert_eq!(fired.len(), 200, "every timer fired");
+    assert_eq!(timers_over_http(&server)["pending"], 0);
+    assert!(server.terminate().success(), "{}", server.stderr());
+}

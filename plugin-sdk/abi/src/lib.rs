@@ -81,6 +81,15 @@ pub mod imports {
     /// encoded length (`u32` little-endian key length, key, value), written
     /// at `out_ptr` only when it fits in `out_cap`.
     pub const STATE_NEXT: &str = "state_next";
+    /// `(key_ptr: i32, key_len: i32, fire_at_ms: i64, emit_ptr: i32, emit_len: i32)`:
+    /// schedule (or replace) the timer named by the UTF-8 key: at or after
+    /// `fire_at_ms` (Unix milliseconds) the encoded [`Emit`](crate::Emit) is
+    /// appended to the log, caused by the event being handled. Committed
+    /// with a successful outcome, dropped otherwise.
+    pub const TIMER_SCHEDULE: &str = "timer_schedule";
+    /// `(key_ptr: i32, key_len: i32)`: cancel the timer named by the key, if
+    /// it has not fired. Committed with a successful outcome.
+    pub const TIMER_CANCEL: &str = "timer_cancel";
 }
 
 /// The scopes of handler state, the first argument of every `state_*`

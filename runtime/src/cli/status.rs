@@ -173,6 +173,10 @@ fn table(report: &Report) -> String {
     for s in report.status.subscriptions.iter().filter(|s| s.retention_held > 0) {
         let _ = writeln!(out, "  retention held back by {}: {} event(s) it still needs", s.name, s.retention_held);
     }
+    // Durable timers waiting to fire (`GET …/timers` lists them).
+    for s in report.status.subscriptions.iter().filter(|s| s.timers_pending > 0) {
+        let _ = writeln!(out, "  timers pending in {}: {}", s.name, s.timers_pending);
+    }
     consumers(&mut out, report);
     out
 }

@@ -7,7 +7,7 @@
 
 use weir_abi::{DeliveryRef, Emit, LogLevel};
 
-use crate::engine::{Handler, Invocation, PluginLog, StateAccess};
+use crate::engine::{Handler, Invocation, PluginLog, StateAccess, TimerCall};
 use crate::error::InvokeError;
 
 /// What a subscription invokes: a Wasm [`Handler`], or native code standing
@@ -145,7 +145,9 @@ impl From<InvokeError> for Failure {
             InvokeError::HandlerRetry { reason } => Self::new(code, reason, true),
             InvokeError::HandlerReject { reason } => Self::new(code, reason, false),
             // Deterministic: the same event would go over the bound again.
-            limit @ InvokeError::StateLimit { .. } => Self::new(code, limit.to_string(), false),
+            limit @ (InvokeError::StateLimit { .. } | InvokeError::TimerLimit { .. }) => {
+                Self::new(code, limit.to_string(), false)
+            }
             other => Self::new(code, other.to_string(), true),
         }
     }
@@ -168,7 +170,10 @@ impl From<PluginLog> for LogLine {
 
 impl From<Invocation> for Attempt {
     fn from(invocation: Invocation) -> Self {
-        let Invocation { result, logs, logs_dropped, fuel_used, memory_bytes } = invocation;
+        let Invocation { result, logs, logs_dropped, fuel_used, memory_bytes, timers } = invocation;
+        // Timers travel only with a success: a failed attempt's are dropped
+        // here already.
+        let timers = if result.is_ok() { timers.into_iter().map(TimerOp::from).collect() } else { Vec::new() };
         Self {
             result: result.map_err(Failure::from),
             // Same layout both sides, so this reuses the vector in place;
@@ -177,7 +182,16 @@ impl From<Invocation> for Attempt {
             logs_dropped,
             fuel_used,
             memory_bytes,
-            timers: Vec::new(),
+            timers,
+        }
+    }
+}
+
+impl From<TimerCall> for TimerOp {
+    fn from(call: TimerCall) -> Self {
+        match call {
+            TimerCall::Schedule { key, fire_at_ms, emit } => Self::Schedule { key, fire_at_ms, emit },
+            TimerCall::Cancel { key } => Self::Cancel { key },
         }
     }
 }
@@ -242,10 +256,12 @@ mod tests {
             logs_dropped: 2,
             fuel_used: Some(7),
             memory_bytes: Some(65536),
+            timers: vec![TimerCall::Cancel { key: "k".into() }],
         };
         let attempt = Attempt::from(invocation);
         assert_eq!(attempt.result.as_ref().map_err(|f| f.code), Err("out_of_fuel"));
         assert_eq!(attempt.logs, vec![LogLine { level: LogLevel::Warn, message: "hm".into() }]);
         assert_eq!((attempt.logs_dropped, attempt.fuel_used, attempt.memory_bytes), (2, Some(7), Some(65536)));
+        assert!(attempt.timers.is_empty(), "a failed invocation's timers are dropped");
     }
 }

@@ -78,7 +78,6 @@ mod worker;
 
 pub use invoke::{Attempt, Failure, Invoke, LogLine, TimerOp};
 pub(crate) use replay::{ReplayProgress, Shadow, ShadowSpec};
-pub use timer::MAX_TIMER_KEY_BYTES;
 pub(crate) use worker::Worker;
 
 /// Header carrying the plugin version (sha256 prefix) on emitted events.

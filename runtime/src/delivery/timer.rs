@@ -10,18 +10,15 @@ use super::VERSION_HEADER;
 use super::invoke::{Failure, TimerOp};
 use super::step::{Source, is_reserved_header};
 use super::worker::Worker;
+use crate::engine::MAX_TIMER_KEY_BYTES;
 use crate::error::InvokeError;
 use crate::store::{StoreError, TimerEntry, TimerWrite, timer_event_id};
 use crate::topic;
 
-/// Longest timer key, in bytes: keys are stored and listed, and a handler
-/// names its timers, it does not store data in their names.
-pub const MAX_TIMER_KEY_BYTES: usize = 256;
-
 /// The failure of an attempt that asked for more timers than allowed: final,
 /// since the same event would ask for them again.
-fn limit(message: String) -> Failure {
-    Failure::new("timer_limit", message, false)
+fn limit(reason: String) -> Failure {
+    InvokeError::TimerLimit { reason }.into()
 }
 
 fn bad(reason: String) -> Failure {

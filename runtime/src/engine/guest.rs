@@ -37,6 +37,7 @@ impl Guest {
             state_failure: None,
             state_written: 0,
             state_limits: limits.state_call_limits(),
+            timers: super::timer::TimerCalls::new(limits),
         };
         let mut store = Store::new(engine.wasmtime(), state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
@@ -77,6 +78,7 @@ impl Guest {
         state.fault = None;
         state.state_failure = None;
         state.state_written = 0;
+        state.timers.reset();
         state.log_budget = self.limits.max_log_bytes();
         state.log_lines_left = self.limits.max_log_lines();
         state.logs.clear();

@@ -41,6 +41,9 @@ pub struct Invocation {
     /// shrinks, so this is the instance's high-water mark), when an
     /// instance ran.
     pub memory_bytes: Option<usize>,
+    /// The timer operations it asked for (`weir::timer_*`), in order; the
+    /// caller commits them with a successful outcome only.
+    pub timers: Vec<super::timer::TimerCall>,
 }
 
 /// A live, initialised instance with its typed exports and the reusable
@@ -245,8 +248,12 @@ impl Handler {
             },
         };
         live.guest.store.data_mut().state = state;
+        live.guest.store.data_mut().timers.open = true;
         let result = live.handle(&self.encoded);
-        let state = live.guest.store.data_mut().state.take();
+        let host = live.guest.store.data_mut();
+        host.timers.open = false;
+        let timers = std::mem::take(&mut host.timers.calls);
+        let state = host.state.take();
         let (logs, logs_dropped) = live.guest.drain_logs();
         let fuel_used = live.guest.fuel_used();
         let memory_bytes = Some(live.guest.memory.data_size(&live.guest.store));
@@ -257,7 +264,7 @@ impl Handler {
         if keep && self.mode == InstanceMode::Reuse {
             self.live = Some(live);
         }
-        (Invocation { result, logs, logs_dropped, fuel_used, memory_bytes }, state)
+        (Invocation { result, logs, logs_dropped, fuel_used, memory_bytes, timers }, state)
     }
 }
 
@@ -356,30 +363,44 @@ fn check_emits(emits: &[Emit], limits: &Limits) -> Result<(), InvokeError> {
         });
     }
     for (i, emit) in emits.iter().enumerate() {
-        if emit.headers.len() > limits.max_headers_per_emit() {
-            return Err(InvokeError::BadOutput {
-                reason: format!(
-                    "emit #{i} has {} headers, over the cap of {}",
-                    emit.headers.len(),
-                    limits.max_headers_per_emit()
-                ),
-            });
-        }
-        let bytes: usize = emit.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-        if bytes > limits.max_header_bytes_per_emit() {
-            return Err(InvokeError::BadOutput {
-                reason: format!(
-                    "emit #{i} has {bytes} bytes of headers, over the cap of {}",
-                    limits.max_header_bytes_per_emit()
-                ),
-            });
-        }
+        check_headers(&format!("emit #{i}"), emit, limits)?;
+    }
+    Ok(())
+}
+
+/// The caps on one emitted event's headers (count and bytes); `what` names
+/// it in the failure. Also for a timer's event (`timer.rs`).
+pub(super) fn check_headers(what: &str, emit: &Emit, limits: &Limits) -> Result<(), InvokeError> {
+    if emit.headers.len() > limits.max_headers_per_emit() {
+        return Err(InvokeError::BadOutput {
+            reason: format!(
+                "{what} has {} headers, over the cap of {}",
+                emit.headers.len(),
+                limits.max_headers_per_emit()
+            ),
+        });
+    }
+    let bytes: usize = emit.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if bytes > limits.max_header_bytes_per_emit() {
+        return Err(InvokeError::BadOutput {
+            reason: format!(
+                "{what} has {bytes} bytes of headers, over the cap of {}",
+                limits.max_header_bytes_per_emit()
+            ),
+        });
     }
     Ok(())
 }
 
 fn failed(error: InvokeError) -> Invocation {
-    Invocation { result: Err(error), logs: Vec::new(), logs_dropped: 0, fuel_used: None, memory_bytes: None }
+    Invocation {
+        result: Err(error),
+        logs: Vec::new(),
+        logs_dropped: 0,
+        fuel_used: None,
+        memory_bytes: None,
+        timers: Vec::new(),
+    }
 }
 
 impl Plugin {

@@ -43,6 +43,8 @@ pub(crate) struct HostState {
     /// Bytes of keys and values the current invocation has written.
     pub(super) state_written: usize,
     pub(super) state_limits: StateCallLimits,
+    /// The timer operations of the current invocation (`timer.rs`).
+    pub(super) timers: super::timer::TimerCalls,
 }
 
 impl ResourceLimiter for HostState {
@@ -113,7 +115,8 @@ pub(crate) fn define_host_functions(linker: &mut Linker<HostState>) -> wasmtime:
             Ok(())
         },
     )?;
-    super::state::define(linker)
+    super::state::define(linker)?;
+    super::timer::define(linker)
 }
 
 /// Turn a wasmtime error into a classified failure.

@@ -13,6 +13,7 @@ mod limits;
 mod plugin;
 mod state;
 mod text;
+mod timer;
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use plugin::{ExportInfo, ImportInfo, Plugin, PluginInfo, inspect_imports_exp
 pub use state::{MAX_STATE_KEY_BYTES, MemoryState, MemoryWrite, StateAccess, StateEntry, StateError, StateScope};
 pub(crate) use text::bounded as bounded_text;
 pub use text::{MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_REASON_BYTES};
+pub use timer::{MAX_TIMER_KEY_BYTES, TimerCall};
 
 use crate::error::EngineError;
 

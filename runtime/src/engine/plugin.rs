@@ -116,11 +116,13 @@ const OPTIONAL: [(&str, &str); 4] = [
 ];
 const LOG_TYPE: &str = "func(i32, i32, i32)";
 
-/// `weir::log`, or one of the `weir::state_*` functions, with its type.
+/// `weir::log`, or one of the `weir::state_*` or `weir::timer_*` functions,
+/// with its type.
 fn is_allowed_import(import: &ImportInfo) -> bool {
     import.module == HOST_MODULE
         && ((import.name == imports::LOG && import.ty == LOG_TYPE)
-            || super::state::IMPORT_TYPES.iter().any(|(name, ty)| import.name == *name && import.ty == *ty))
+            || super::state::IMPORT_TYPES.iter().any(|(name, ty)| import.name == *name && import.ty == *ty)
+            || super::timer::IMPORT_TYPES.iter().any(|(name, ty)| import.name == *name && import.ty == *ty))
 }
 
 impl Engine {

@@ -55,6 +55,7 @@ impl From<crate::runtime::SubscriptionStatus> for SubscriptionInfo {
                 plugin_log_lines_dropped: res.plugin_log_lines_dropped,
             },
             retention_held: s.retention_held,
+            timers_pending: s.timers_pending,
         }
     }
 }

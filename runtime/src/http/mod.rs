@@ -26,6 +26,7 @@ mod serve;
 mod status;
 mod streams;
 mod subscriptions;
+mod timers;
 mod views;
 
 use std::net::SocketAddr;

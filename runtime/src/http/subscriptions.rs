@@ -27,6 +27,7 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
         .route("/v1/subscriptions", get(list))
         .route("/v1/subscriptions/{pipeline}/{handler}/state", get(read_state))
         .route("/v1/subscriptions/{pipeline}/{handler}/replay", get(replay_status))
+        .route("/v1/subscriptions/{pipeline}/{handler}/timers", get(super::timers::list))
         .merge(auth::admin(admin, state))
 }
 

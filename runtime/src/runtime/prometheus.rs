@@ -58,6 +58,13 @@ impl Runtime {
             "Events the log's retention would have removed but the subscription still needs (last complete pass).",
             &|s| s.retention_held,
         );
+        per_sub(
+            &mut out,
+            "weir_timers_pending",
+            "gauge",
+            "Durable timers the subscription's handler scheduled that have not fired nor been cancelled.",
+            &|s| s.timers_pending,
+        );
         header(
             &mut out,
             "weir_log_stored_bytes",

@@ -18,6 +18,7 @@ mod log;
 mod plugins;
 mod streams;
 mod subscriptions;
+mod timers;
 mod views;
 pub use commands::*;
 pub use consumers::*;
@@ -26,6 +27,7 @@ pub use log::*;
 pub use plugins::*;
 pub use streams::*;
 pub use subscriptions::*;
+pub use timers::*;
 pub use views::*;
 
 // ---------------------------------------------------------------- errors
@@ -148,6 +150,9 @@ pub struct SubscriptionInfo {
     /// still needs, in the last complete retention pass.
     #[serde(default)]
     pub retention_held: u64,
+    /// Durable timers its handler scheduled that have not fired yet.
+    #[serde(default)]
+    pub timers_pending: u64,
 }
 
 /// A subscription's committed counters.
