@@ -24,6 +24,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("audit-logger", "AUDIT_LOGGER"),
     ("counter", "COUNTER"),
     ("reminder", "REMINDER"),
+    ("saga-service", "SAGA_SERVICE"),
     ("bank-account", "BANK_ACCOUNT"),
     ("balances", "BALANCES"),
     ("statements", "STATEMENTS"),

@@ -75,6 +75,7 @@ mod metrics;
 mod names;
 mod process;
 mod runtime;
+pub mod saga;
 mod schema;
 mod sink;
 mod source;
@@ -134,6 +135,7 @@ pub use runtime::{
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
 pub use runtime::{ReplayError, ReplayInfo};
+pub use runtime::{SAGA_PAGE_MAX, SAGA_SCAN_MAX, SagaActionReport, SagaError, SagaPage};
 pub use runtime::{VIEW_MAX_BYTES, VIEW_MAX_ENTRIES, VIEW_PAGE_MAX, ViewAnswer, ViewEntry, ViewError};
 pub use schema::{
     Compatibility, CompileError as SchemaCompileError, MAX_COMPAT_DEPTH, MAX_COMPAT_STEPS, MAX_SCHEMA_BYTES,

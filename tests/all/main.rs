@@ -32,6 +32,7 @@ mod read_caps;
 mod read_log;
 mod replay;
 mod retention;
+mod sagas;
 mod schemas;
 mod server;
 mod sinks;

@@ -19,6 +19,7 @@ use http::{RawHttp, http_config};
 mod entities;
 mod handler;
 mod read_side;
+mod sagas;
 mod schemas;
 mod sinks;
 mod sources;
@@ -27,6 +28,10 @@ pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
 pub use read_side::{ConsumersConfig, DEFAULT_RETENTION_INTERVAL};
 use read_side::{RawConsumers, RawRetention, log_retention};
+pub use sagas::{
+    Compensation, Correlation, DEFAULT_MAX_INSTANCES, DEFAULT_SAGA_TIMEOUT, DEFAULT_STEP_TIMEOUT, MAX_REPLY_TOPICS,
+    MAX_SAGA_STEPS, SAGA_PIPELINE, SAGA_TOPIC_DOMAIN, SagaConfig, SagaStep,
+};
 pub use schemas::{MAX_SCHEMA_ENTRIES, MAX_SCHEMA_VERSIONS};
 pub use sinks::{DEFAULT_JETSTREAM_SINK_TIMEOUT, JetStreamSinkConfig};
 pub use sinks::{
@@ -107,6 +112,7 @@ struct RawConfig {
     entities: Vec<entities::RawEntity>,
     #[serde(default)]
     schemas: Vec<schemas::RawSchemas>,
+    sagas: Vec<sagas::RawSaga>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +289,9 @@ pub struct Config {
     /// The payload schemas per topic pattern (`[[schemas]]`): declared
     /// versions, JSON Schemas, payload limits. Empty by default.
     pub schemas: crate::schema::Schemas,
+    /// The orchestrated sagas (`[[sagas]]`), each a subscription
+    /// `sagas/<name>` (docs/sagas.md).
+    pub sagas: Vec<SagaConfig>,
 }
 
 /// Default of `[plugins] keep_versions`.
@@ -355,10 +364,13 @@ impl Config {
             check_name(&rp.name).map_err(|e| err(&format!("{key}.name"), e))?;
             // Durable consumers' DLQ entries are the subscriptions
             // `consumers/<name>`: a pipeline of that name would share them.
-            if rp.name == "consumers" {
+            if rp.name == "consumers" || rp.name == SAGA_PIPELINE {
                 return Err(err(
                     &format!("{key}.name"),
-                    "\"consumers\" is reserved: durable consumers' dead letters are listed as consumers/<name>".into(),
+                    format!(
+                        "{:?} is reserved: durable consumers' dead letters are listed as consumers/<name>, sagas' subscriptions are sagas/<name>",
+                        rp.name
+                    ),
                 ));
             }
             if pipelines.iter().any(|x: &PipelineConfig| x.name == rp.name) {
@@ -463,6 +475,14 @@ impl Config {
             ));
         }
 
+        let sagas = {
+            let consumed = |t: &str| {
+                pipelines.iter().flat_map(|p| &p.topics).any(|p| p.matches(t))
+                    || sinks.iter().flat_map(|s| &s.topics).any(|p| p.matches(t))
+                    || jetstream_sinks.iter().flat_map(|s| &s.topics).any(|p| p.matches(t))
+            };
+            sagas::sagas(raw.sagas, &consumed).map_err(|(key, e)| err(&key, e))?
+        };
         let keep_versions = raw.plugins.keep_versions.unwrap_or(DEFAULT_KEEP_VERSIONS);
         if keep_versions == 0 {
             return Err(err(
@@ -477,6 +497,7 @@ impl Config {
         let schemas = schemas::schemas(raw.schemas, &resolve).map_err(|(k, e)| err(&k, e))?;
         Ok(Self {
             schemas,
+            sagas,
             entities,
             log_retention,
             retention_interval,

@@ -22,6 +22,7 @@ mod extract;
 mod log;
 pub mod models;
 mod plugins;
+mod sagas;
 mod serve;
 mod status;
 mod streams;
@@ -70,8 +71,15 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         &state,
         Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body: Accept::Json },
     );
+    // Like the DLQ: reads need `read`, the actions guard themselves (admin).
+    let sagas = auth::guard(
+        sagas::router(&state),
+        &state,
+        Rule { read: Some(Scope::Read), write: Some(Scope::Admin), body: Accept::Json },
+    );
     Router::new()
         .merge(status::router(&state))
+        .merge(sagas)
         .merge(events::router(&state))
         .merge(dlq)
         .merge(plugins::router(&state))

@@ -14,6 +14,7 @@
 //! | `log.rs` | reading the log: filtered pages, lookups by position and id, lineage |
 //! | `nats.rs` | JetStream sinks (subscriptions `sinks/<name>`), the sources' status |
 //! | `subscriptions.rs` | where a new subscription starts, retention readers, orphans: list and delete |
+//! | `sagas.rs` | saga coordinators (subscriptions `sagas/<name>`): start, list, show, operator actions |
 //! | `error.rs` | [`RuntimeError`] |
 
 mod deploy;
@@ -24,6 +25,7 @@ mod log;
 mod nats;
 mod prometheus;
 mod replay;
+mod sagas;
 mod samples;
 mod sinks;
 mod start;
@@ -54,6 +56,7 @@ pub use log::{
     LOG_MAX_TOPIC_PATTERNS, Lineage, LogFilter, LogPage, SubscriptionLineage,
 };
 pub use replay::{ReplayError, ReplayInfo};
+pub use sagas::{SAGA_PAGE_MAX, SAGA_SCAN_MAX, SagaActionReport, SagaError, SagaPage};
 pub use samples::{Expect, TestCase, parse_test_cases};
 pub use state::{STATE_PAGE_MAX, ScopePage, StatePage};
 pub use status::{Readiness, Resources, SubscriptionStatus};
@@ -115,6 +118,8 @@ pub struct Runtime {
     nats: crate::source::Nats,
     /// The durable timers' firing task (`timers.rs`).
     timers: Option<timers::Firing>,
+    /// Each saga's metrics, by name (`saga/`).
+    sagas: Vec<(String, Arc<crate::saga::SagaMetrics>)>,
 }
 
 impl std::fmt::Debug for Runtime {

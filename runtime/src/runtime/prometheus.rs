@@ -236,6 +236,7 @@ impl Runtime {
         self.config.schemas.render_metrics(&mut out);
         self.consumers.render_metrics(&mut out)?;
         self.render_source_metrics(&mut out);
+        self.render_saga_metrics(&mut out)?;
         Ok(out)
     }
 }

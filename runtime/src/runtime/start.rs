@@ -262,6 +262,13 @@ impl Runtime {
         for (sink, handle) in config.jetstream_sinks.iter().filter_map(|s| Some((s, nats.handle()?))) {
             subs.push(super::nats::start_jetstream_sink(sink, handle, config, &store, &ids, &stopping)?);
         }
+        // Saga coordinators: subscriptions `sagas/<name>`.
+        let mut sagas = Vec::with_capacity(config.sagas.len());
+        for saga in &config.sagas {
+            let metrics = Arc::new(crate::saga::SagaMetrics::default());
+            subs.push(super::sagas::start_saga(saga, &metrics, config, &store, &ids, &stopping)?);
+            sagas.push((saga.name.clone(), metrics));
+        }
         let sampler = Some(spawn_sampler(&subs)?);
         tracing::info!(subscriptions = subs.len(), data_dir = %config.data_dir.display(), "runtime started");
         let consumers = crate::consumer::Consumers::new(store.clone(), config.consumers.clone())?;
@@ -283,6 +290,7 @@ impl Runtime {
             replays: Default::default(),
             timers: Some(timers),
             dry_runs: super::dry_run::DryRuns::new(),
+            sagas,
         })
     }
 
