@@ -387,32 +387,33 @@ fn a_timer_fires_after_a_restart_of_the_real_binary_and_is_visible_until_then() 
 fn timers_fire_exactly_once_through_kill_9_between_commit_and_fire() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = weir_tests::Server::start(dir.path(), REMINDER);
-    // 4 × 50 timers, all due in 2 s.
-    let tasks: Vec<Value> = (0..4)
-        .map(|i| json!({ "topic": "tasks.task.created", "key": format!("t{i}"), "payload": { "remind_in_ms": 2000, "burst": 50 } }))
+    // 10 × 60 timers, all due in 2 s: more than one firing transaction
+    // (`FIRE_BATCH`, 512) takes, so a kill can fall between two.
+    let tasks: Vec<Value> = (0..10)
+        .map(|i| json!({ "topic": "tasks.task.created", "key": format!("t{i}"), "payload": { "remind_in_ms": 2000, "burst": 60 } }))
         .collect();
     post(&server, Value::Array(tasks));
     // Committed: the timers are in the store...
-    wait_for(Duration::from_secs(20), "the timers' commit", || timers_over_http(&server)["pending"] == 200);
+    wait_for(Duration::from_secs(20), "the timers' commit", || timers_over_http(&server)["pending"] == 600);
     // ...and the process dies before any fires.
     server.kill9();
     server.restart();
     // Again around the fire time, until every one has fired.
     let mut kills = 1;
-    while reminders_over_http(&server).len() < 200 && kills < 5 {
+    while reminders_over_http(&server).len() < 600 && kills < 5 {
         std::thread::sleep(Duration::from_millis(300));
         server.kill9();
         server.restart();
         kills += 1;
     }
-    wait_for(Duration::from_secs(30), "every reminder", || reminders_over_http(&server).len() >= 200);
+    wait_for(Duration::from_secs(30), "every reminder", || reminders_over_http(&server).len() >= 600);
     server.kill9();
     server.restart();
     let mut fired = reminders_over_http(&server);
-    assert_eq!(fired.len(), 200, "no timer fired twice");
+    assert_eq!(fired.len(), 600, "no timer fired twice");
     fired.sort();
     fired.dedup();
-    assert_eq!(fired.len(), 200, "every timer fired");
+    assert_eq!(fired.len(), 600, "every timer fired");
     assert_eq!(timers_over_http(&server)["pending"], 0);
     assert!(server.terminate().success(), "{}", server.stderr());
 }

@@ -33,7 +33,15 @@ impl Firing {
 
     /// Stop the task and wait for it (it holds a store handle, which must
     /// be gone before the store closes).
-    pub(super) fn stop(mut self) {
+    pub(super) fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Also when the runtime is dropped without a shutdown: the task's store
+/// handle would otherwise keep the store open for the rest of the process.
+impl Drop for Firing {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         self.store.wake_timer_task();
         if let Some(join) = self.join.take() {
