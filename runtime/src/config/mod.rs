@@ -112,6 +112,7 @@ struct RawConfig {
     entities: Vec<entities::RawEntity>,
     #[serde(default)]
     schemas: Vec<schemas::RawSchemas>,
+    #[serde(default)]
     sagas: Vec<sagas::RawSaga>,
 }
 
