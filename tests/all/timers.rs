@@ -417,3 +417,67 @@ fn timers_fire_exactly_once_through_kill_9_between_commit_and_fire() {
     assert_eq!(timers_over_http(&server)["pending"], 0);
     assert!(server.terminate().success(), "{}", server.stderr());
 }
+
+/// Asks for whatever timer operation its event's payload names, as a
+/// hostile native handler could.
+struct Hostile;
+
+impl Invoke for Hostile {
+    fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Attempt {
+        let p: Value = serde_json::from_slice(&delivery.event.payload).unwrap_or_default();
+        let mut attempt = Attempt::new(Ok(Vec::new()));
+        let emit = Emit {
+            topic: p["topic"].as_str().unwrap_or("tasks.task.reminder").into(),
+            key: None,
+            schema_version: 1,
+            content_type: String::new(),
+            headers: Vec::new(),
+            idempotency_key: None,
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![0; p["payload_bytes"].as_u64().unwrap_or(0) as usize],
+        };
+        let key = "k".repeat(p["key_bytes"].as_u64().unwrap_or(1) as usize);
+        attempt.timers.push(TimerOp::Schedule { key, fire_at_ms: u64::MAX, emit });
+        attempt
+    }
+
+    fn name(&self) -> String {
+        "hostile".into()
+    }
+
+    fn version(&self) -> String {
+        "native-hostile-1".into()
+    }
+}
+
+#[test]
+fn a_timer_with_a_bad_key_or_event_is_refused_like_a_bad_emit() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = toml("[pipelines.handlers.retry]\nmax_attempts = 1\n");
+    let native: HashMap<String, Box<dyn Invoke>> = HashMap::from([(SUB.to_owned(), Box::new(Hostile) as _)]);
+    let rt = Runtime::start_with_native(&config(dir.path(), &toml), None, native).unwrap();
+    let too_big = rt.config().max_payload_bytes + 1;
+    rt.publish_blocking(vec![
+        task("tasks.task.created", "long-key", json!({ "key_bytes": weir_runtime::MAX_TIMER_KEY_BYTES + 1 })),
+        task("tasks.task.created", "empty-key", json!({ "key_bytes": 0 })),
+        task("tasks.task.created", "bad-topic", json!({ "topic": "Not A Topic" })),
+        task("tasks.task.created", "big-payload", json!({ "payload_bytes": too_big })),
+        task("tasks.task.created", "fine", json!({ "key_bytes": weir_runtime::MAX_TIMER_KEY_BYTES })),
+    ])
+    .unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let dlq = rt.dlq(&DlqFilter { subscription: Some(SUB.into()), ..DlqFilter::default() }).unwrap();
+    let refused: Vec<(&str, Option<&str>)> = dlq.iter().map(|d| (d.code.as_str(), d.event.key.as_deref())).collect();
+    assert_eq!(
+        refused,
+        [
+            ("bad_output", Some("long-key")),
+            ("bad_output", Some("empty-key")),
+            ("bad_output", Some("bad-topic")),
+            ("bad_output", Some("big-payload")),
+        ]
+    );
+    assert_eq!(pending(&rt), 1, "only the one at the key bound is kept");
+    rt.shutdown().unwrap();
+}

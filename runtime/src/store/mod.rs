@@ -37,6 +37,9 @@
 //! - `aggregate.rs`: `aggregate_snapshots`, `commands` and `command_log`,
 //!   an aggregate's snapshot per entity and the record of every command;
 //!   the command that stores a decided command with its events.
+//! - `timer.rs`: `timers`, `timer_due` and `timer_counts`, the durable
+//!   timers; applied with a subscription's results, fired by the `Fire`
+//!   command.
 //! - `mod.rs`: `meta` (the store format); [`Store`], [`StoreOptions`] and
 //!   opening.
 //!
