@@ -46,6 +46,11 @@ const PLUGINS: &[(&str, &str)] = &[
     ("header-bomb", "HEADER_BOMB"),
     ("output-flood", "OUTPUT_FLOOD"),
     ("huge-reason", "HUGE_REASON"),
+    ("orders-upcaster", "ORDERS_UPCASTER"),
+    ("orders-v2", "ORDERS_V2"),
+    ("orders-splitter", "ORDERS_SPLITTER"),
+    ("orders-v3", "ORDERS_V3"),
+    ("broken-upcaster", "BROKEN_UPCASTER"),
 ];
 
 /// (source file in `plugins/c` without `.c`, constant name).

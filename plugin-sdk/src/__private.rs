@@ -177,3 +177,37 @@ pub unsafe fn evolve<A: crate::Aggregate>(ptr: i32, len: i32) -> i64 {
 pub fn aggregate_handle() -> i64 {
     output(&crate::aggregate::not_a_handler(), |_| Vec::new())
 }
+
+/// `weir_upcast`.
+///
+/// # Safety
+///
+/// `ptr`/`len` must describe the host's input buffer.
+pub unsafe fn upcast(ptr: i32, len: i32, f: crate::upcast::UpcasterFn, from: u32, to: u32) -> i64 {
+    install_panic_hook();
+    // SAFETY: forwarded from the caller.
+    let bytes = unsafe { input(ptr, len) };
+    let answer = match encoding::decode::<weir_abi::Upcast>(bytes) {
+        Ok(input) if input.from != from || input.to != to || input.event.schema_version != from => {
+            weir_abi::Upcasted::Failed(format!(
+                "this upcaster turns version {from} into {to}; the host asked {} → {} of an event at version {}",
+                input.from, input.to, input.event.schema_version
+            ))
+        }
+        Ok(input) => match f(&input.event) {
+            Ok(events) => weir_abi::Upcasted::Events(events),
+            Err(reason) => weir_abi::Upcasted::Failed(reason),
+        },
+        Err(e) => weir_abi::Upcasted::Failed(format!("plugin could not decode the upcast input: {e}")),
+    };
+    output(&answer, |e| {
+        encoding::encode(&weir_abi::Upcasted::Failed(format!("plugin could not encode its answer: {e}")))
+            .unwrap_or_default()
+    })
+}
+
+/// `weir_handle` of an upcaster: it rejects every delivery.
+#[must_use]
+pub fn upcaster_handle() -> i64 {
+    output(&Outcome::Reject("an upcaster is not a handler: deploy it as [[upcasters]]".into()), |_| Vec::new())
+}

@@ -10,6 +10,7 @@ pub mod log;
 pub mod state;
 pub mod testing;
 pub mod timer;
+pub mod upcast;
 
 #[doc(hidden)]
 pub mod __private;
@@ -40,9 +41,20 @@ pub use weir_sdk_macros::handler;
 /// called once per instance with the plugin configuration from the runtime's
 /// config file, before any event.
 pub use weir_sdk_macros::init;
+/// Marks the one upcaster function of a plugin and generates its Wasm
+/// exports: `weir_upcast` beside the required ones (its `weir_handle`
+/// rejects every delivery). The function must have the signature
+/// `fn(&Event) -> Result<Vec<Upcast>, String>`; the arguments
+/// `topic = "…"`, `from = N` and `to = M` are required (the plugin
+/// describes itself with them, and the host refuses a module whose
+/// versions differ from its `[[upcasters]]` entry), `name`, `version` and
+/// `description` optional.
+pub use weir_sdk_macros::upcaster;
 
 /// Everything a handler usually needs, in one `use`.
 pub mod prelude {
+    pub use crate::upcast::{Upcast, UpcastExt};
+    pub use crate::upcaster;
     pub use crate::{Aggregate, CommandContext, Rejection, aggregate};
     pub use crate::{Config, Context, Emit, Event, EventExt, EventId, HandlerError, Header, handler, init};
     pub use crate::{debug, error, info, trace, warn};

@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use crate::aggregate::{Given, When, given};
+pub use crate::upcast::run as upcast;
 use crate::{Event, EventId, Header};
 
 /// Start an event on `topic` with a fresh id, schema version 1, an empty

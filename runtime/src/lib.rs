@@ -81,6 +81,7 @@ mod sink;
 mod source;
 mod store;
 mod topic;
+mod upcast;
 
 // The public API, curated: what an embedding program, the `weir` binary and
 // the tests may name. Everything else is an implementation detail that can
@@ -154,3 +155,4 @@ pub use store::{
     HOLDINGS_COUNT_CAP, HeldBack, Holdings, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition,
 };
 pub use topic::{Pattern as TopicPattern, TopicError, validate as validate_topic};
+pub use upcast::{UpcasterError, check_accepts};

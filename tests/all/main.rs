@@ -43,4 +43,5 @@ mod store_format;
 mod streams;
 mod timers;
 mod tutorial;
+mod upcasters;
 mod views;

@@ -23,10 +23,12 @@ mod aggregate;
 pub mod encoding;
 mod id;
 mod types;
+mod upcast;
 
 pub use aggregate::{CommandMsg, Decide, Decision, Evolve, EvolveRef, Evolved};
 pub use id::{EventId, ParseEventIdError};
 pub use types::{Delivery, DeliveryRef, Emit, Event, Header, InitOutcome, LogLevel, Outcome, PluginDescription};
+pub use upcast::{Upcast, UpcastEvent, UpcastRef, Upcasted};
 
 /// The ABI version this crate speaks. A module's `weir_abi_version` export
 /// must return exactly this value for the host to load it.
@@ -58,6 +60,9 @@ pub mod exports {
     /// `(ptr: i32, len: i32) -> i64`: fold one encoded [`Evolve`](crate::Evolve)
     /// (optional; an aggregate exports it with [`DECIDE`]).
     pub const EVOLVE: &str = "weir_evolve";
+    /// `(ptr: i32, len: i32) -> i64`: upcast one encoded [`Upcast`](crate::Upcast)
+    /// (optional; a module with it is an upcaster).
+    pub const UPCAST: &str = "weir_upcast";
 }
 
 /// Names of the functions the host provides in module [`HOST_MODULE`].

@@ -24,6 +24,12 @@ pub fn aggregate(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_aggregate(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
 }
 
+/// See `weir_sdk::upcaster`.
+#[proc_macro_attribute]
+pub fn upcaster(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand_upcaster(args.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+}
+
 /// See `weir_sdk::init`.
 #[proc_macro_attribute]
 pub fn init(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -305,6 +311,103 @@ fn expand_aggregate(args: TokenStream2, item: TokenStream2) -> syn::Result<Token
                     description: ::std::string::String::from(#description),
                     topics: ::std::vec::Vec::new(),
                     schema_versions: ::std::vec::Vec::new(),
+                })
+            }
+        }
+    })
+}
+
+fn expand_upcaster(args: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    const SIG: &str = "fn(&Event) -> Result<Vec<Upcast>, String>";
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args)?;
+    let (mut topic, mut from, mut to) = (None, None, None);
+    let (mut name, mut version, mut description) = (None, None, None);
+    for meta in metas {
+        let Meta::NameValue(nv) = &meta else {
+            return Err(syn::Error::new(
+                meta.span(),
+                "expected `key = value`, e.g. `topic = \"orders.order.created\"`",
+            ));
+        };
+        let key = nv.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let int = |e: &Expr| match e {
+            Expr::Lit(ExprLit { lit: Lit::Int(i), .. }) => i.base10_parse::<u32>(),
+            other => Err(syn::Error::new(other.span(), format!("`{key}` takes an integer literal, e.g. `{key} = 1`"))),
+        };
+        match key.as_str() {
+            "topic" => topic = Some(string(&nv.value, "topic")?),
+            "from" => from = Some(int(&nv.value)?),
+            "to" => to = Some(int(&nv.value)?),
+            "name" => name = Some(string(&nv.value, "name")?),
+            "version" => version = Some(string(&nv.value, "version")?),
+            "description" => description = Some(string(&nv.value, "description")?),
+            _ => {
+                return Err(syn::Error::new(
+                    nv.path.span(),
+                    format!(
+                        "unknown upcaster argument `{key}`; expected one of `topic`, `from`, `to`, `name`, `version`, `description`"
+                    ),
+                ));
+            }
+        }
+    }
+    let call_site = proc_macro2::Span::call_site();
+    let topic = topic.ok_or_else(|| syn::Error::new(call_site, "#[weir_sdk::upcaster] needs `topic = \"…\"`"))?;
+    let from = from.ok_or_else(|| syn::Error::new(call_site, "#[weir_sdk::upcaster] needs `from = N`"))?;
+    let to = to.ok_or_else(|| syn::Error::new(call_site, "#[weir_sdk::upcaster] needs `to = M`"))?;
+    if from == 0 || to <= from {
+        return Err(syn::Error::new(call_site, "#[weir_sdk::upcaster] needs 1 <= from < to: upcasters go forward"));
+    }
+    let func = check_fn(item, "upcaster", 1, SIG)?;
+    let ident = &func.sig.ident;
+    let name = name.map_or_else(|| quote!(::core::env!("CARGO_PKG_NAME")), |s| quote!(#s));
+    let version = version.map_or_else(|| quote!(::core::env!("CARGO_PKG_VERSION")), |s| quote!(#s));
+    let description = description.map_or_else(|| quote!(::core::env!("CARGO_PKG_DESCRIPTION")), |s| quote!(#s));
+    let check = quote_spanned! {ident.span()=>
+        const _: ::weir_sdk::upcast::UpcasterFn = #ident;
+    };
+    Ok(quote! {
+        #func
+        #check
+
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        mod __weir_upcaster_exports {
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_abi_version() -> i32 {
+                ::weir_sdk::__private::abi_version()
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_alloc(len: i32) -> i32 {
+                ::weir_sdk::__private::alloc_bytes(len)
+            }
+
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn weir_dealloc(ptr: i32, len: i32) {
+                // SAFETY: the host frees only buffers it was given, once (docs/abi.md).
+                unsafe { ::weir_sdk::__private::dealloc_bytes(ptr, len) }
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_handle(_ptr: i32, _len: i32) -> i64 {
+                ::weir_sdk::__private::upcaster_handle()
+            }
+
+            #[unsafe(no_mangle)]
+            unsafe extern "C" fn weir_upcast(ptr: i32, len: i32) -> i64 {
+                // SAFETY: the host passes its live input buffer (docs/abi.md).
+                unsafe { ::weir_sdk::__private::upcast(ptr, len, super::#ident, #from, #to) }
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn weir_describe() -> i64 {
+                ::weir_sdk::__private::describe(&::weir_sdk::PluginDescription {
+                    name: ::std::string::String::from(#name),
+                    version: ::std::string::String::from(#version),
+                    description: ::std::string::String::from(#description),
+                    topics: ::std::vec![::std::string::String::from(#topic)],
+                    schema_versions: ::std::vec![#from, #to],
                 })
             }
         }

@@ -21,7 +21,11 @@ pub(crate) struct InspectArgs {
     json: bool,
     /// Also run the plugin's `weir_init` with this configuration (a JSON
     /// value, as in weir.toml's `config`), under the default limits, so a
-    /// configuration it refuses shows before a deploy.
+    /// configuration it refuses shows before a deploy. A path to a `.toml`
+    /// file is the runtime's configuration instead: then inspect says
+    /// whether every version that can arrive on the topics the module is
+    /// subscribed to (or, if no handler there runs it, the topics it
+    /// declares) reaches a version it accepts through the `[[upcasters]]`.
     #[arg(long, value_name = "JSON", conflicts_with = "config_file")]
     config: Option<String>,
     /// As --config, read from a JSON file.
@@ -32,6 +36,11 @@ pub(crate) struct InspectArgs {
 }
 
 pub(crate) fn run(args: &InspectArgs) -> anyhow::Result<ExitCode> {
+    if let Some(toml) = args.config.as_deref().map(Path::new).filter(|p| is_toml_file(p)) {
+        let config = weir_runtime::Config::load(toml)?;
+        let accepted = inspect_reach(&args.module, &args.cache, args.json, &config)?;
+        return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     let init = super::plugin_config(args.config.as_deref(), args.config_file.as_deref())?;
     let accepted = inspect_with(&args.module, &args.cache, args.json, init)?;
     Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -61,6 +70,8 @@ fn inspect_with(module: &Path, cache: &CacheArgs, as_json: bool, init: Option<Ve
             report["imports"] = imports_json(&info.imports);
             report["exports"] = exports_json(&info.exports);
             report["init"] = json!(info.has_init);
+            report["accepts"] = json!(info.description.as_ref().map(|d| d.schema_versions.clone()).unwrap_or_default());
+            report["upcaster"] = json!(info.is_upcaster());
             if let Some(d) = &info.description {
                 report["plugin"] = json!({
                     "name": d.name, "version": d.version, "description": d.description,
@@ -110,6 +121,74 @@ fn inspect_with(module: &Path, cache: &CacheArgs, as_json: bool, init: Option<Ve
     Ok(accepted)
 }
 
+fn is_toml_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "toml") && path.is_file()
+}
+
+/// [`inspect_with`], then the reach check against `config`'s upcasters.
+fn inspect_reach(
+    module: &Path,
+    cache: &CacheArgs,
+    as_json: bool,
+    config: &weir_runtime::Config,
+) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let engine = super::engine(cache, |_| {})?;
+    let plugin = match engine.load(&bytes) {
+        Ok(plugin) => plugin,
+        Err(_) => return inspect_with(module, cache, as_json, None),
+    };
+    let description = plugin.info().description.clone().unwrap_or_default();
+    let accepts = description.schema_versions.clone();
+    // The pipelines whose handlers run this file; else the declared topics.
+    let here = std::fs::canonicalize(module).ok();
+    let mut patterns: Vec<weir_runtime::TopicPattern> = config
+        .pipelines
+        .iter()
+        .filter(|p| p.handlers.iter().any(|h| std::fs::canonicalize(&h.plugin).ok() == here))
+        .flat_map(|p| p.topics.iter().cloned())
+        .collect();
+    if patterns.is_empty() {
+        patterns = description.topics.iter().filter_map(|t| weir_runtime::TopicPattern::parse(t).ok()).collect();
+    }
+    let reach: Vec<Value> = patterns
+        .iter()
+        .map(|p| match weir_runtime::check_accepts(config, p, &accepts) {
+            Ok(()) => json!({ "pattern": p.to_string(), "ok": true }),
+            Err(reason) => json!({ "pattern": p.to_string(), "ok": false, "reason": reason }),
+        })
+        .collect();
+    let ok = reach.iter().all(|r| r["ok"] == true);
+    if as_json {
+        let report = json!({
+            "file": module.display().to_string(),
+            "sha256": plugin.info().sha256,
+            "accepts": accepts,
+            "upcaster": plugin.info().is_upcaster(),
+            "reach": reach,
+            "accepted": ok,
+        });
+        println!("{report}");
+    } else {
+        inspect_with(module, cache, false, None)?;
+        for r in &reach {
+            match r["reason"].as_str() {
+                None => println!("reach:        {} ok", r["pattern"].as_str().unwrap_or_default()),
+                Some(reason) => println!("reach:        {} NO: {reason}", r["pattern"].as_str().unwrap_or_default()),
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn accepts_text(accepts: &[u32]) -> String {
+    if accepts.is_empty() {
+        "any schema version (as stored)".to_owned()
+    } else {
+        accepts.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    }
+}
+
 fn imports_json(imports: &[ImportInfo]) -> Value {
     imports.iter().map(|i| json!({ "module": i.module, "name": i.name, "type": i.ty })).collect()
 }
@@ -130,6 +209,15 @@ fn print_text(report: &Value) {
         println!("plugin:       {} {} — {}", s(&p["name"]), s(&p["version"]), s(&p["description"]));
         if let Some(topics) = p["topics"].as_array().filter(|t| !t.is_empty()) {
             println!("topics:       {}", topics.iter().map(s).collect::<Vec<_>>().join(", "));
+        }
+    }
+    if let Some(accepts) = report.get("accepts").and_then(Value::as_array) {
+        let versions: Vec<u32> =
+            accepts.iter().filter_map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok())).collect();
+        if report["upcaster"] == true {
+            println!("upcaster:     versions {}", versions.iter().map(u32::to_string).collect::<Vec<_>>().join(" → "));
+        } else {
+            println!("accepts:      {}", accepts_text(&versions));
         }
     }
     if let Some(init) = report.get("init") {

@@ -23,6 +23,7 @@ mod sagas;
 mod schemas;
 mod sinks;
 mod sources;
+mod upcasters;
 pub use entities::{AggregateConfig, EntityConfig};
 pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
@@ -44,6 +45,7 @@ pub use sources::{
     DEFAULT_SOURCE_ACK_WAIT, DEFAULT_SOURCE_BATCH, MAX_SOURCE_BATCH, NatsAuth, NatsConnection, SOURCE_PREFIX,
     SourceConfig, TemplatePart, TopicTemplate,
 };
+pub use upcasters::{DEFAULT_UPCAST_OUTPUTS, MAX_UPCAST_OUTPUTS, UPCASTER_PIPELINE, UpcasterConfig};
 
 /// Default HTTP listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -114,6 +116,8 @@ struct RawConfig {
     schemas: Vec<schemas::RawSchemas>,
     #[serde(default)]
     sagas: Vec<sagas::RawSaga>,
+    #[serde(default)]
+    upcasters: Vec<upcasters::RawUpcaster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +297,8 @@ pub struct Config {
     /// The orchestrated sagas (`[[sagas]]`), each a subscription
     /// `sagas/<name>` (docs/sagas.md).
     pub sagas: Vec<SagaConfig>,
+    /// The upcasters (`[[upcasters]]`), applied at delivery.
+    pub upcasters: Vec<UpcasterConfig>,
 }
 
 /// Default of `[plugins] keep_versions`.
@@ -372,6 +378,12 @@ impl Config {
                         "{:?} is reserved: durable consumers' dead letters are listed as consumers/<name>, sagas' subscriptions are sagas/<name>",
                         rp.name
                     ),
+                ));
+            }
+            if rp.name == UPCASTER_PIPELINE {
+                return Err(err(
+                    &format!("{key}.name"),
+                    "\"upcasters\" is reserved: the upcasters' versions are kept as upcasters/<name>".into(),
                 ));
             }
             if pipelines.iter().any(|x: &PipelineConfig| x.name == rp.name) {
@@ -493,12 +505,15 @@ impl Config {
         }
         let entities = entities::entities(&raw.entities, &resolve, raw.engine.fuel.unwrap_or(false))
             .map_err(|(k, e)| err(&k, e))?;
+        let upcasters = upcasters::upcasters(raw.upcasters, &resolve, raw.engine.fuel.unwrap_or(false))
+            .map_err(|(k, e)| err(&k, e))?;
         let (mut log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
         entities::protect(&mut log_retention, &entities).map_err(|(k, e)| err(&k, e))?;
         let schemas = schemas::schemas(raw.schemas, &resolve).map_err(|(k, e)| err(&k, e))?;
         Ok(Self {
             schemas,
             sagas,
+            upcasters,
             entities,
             log_retention,
             retention_interval,

@@ -31,6 +31,11 @@ pub trait Invoke: Send {
     ) -> (Attempt, Option<Box<dyn StateAccess>>) {
         (self.invoke(delivery), Some(state))
     }
+    /// The schema versions the handler accepts (`weir_describe`); empty
+    /// means any, as stored. Events are upcast to the newest of them.
+    fn schema_versions(&self) -> Vec<u32> {
+        Vec::new()
+    }
     /// The plugin's name, for logs and DLQ entries.
     fn name(&self) -> String;
     /// The version identity recorded with every outcome (sha256 of the
@@ -212,6 +217,10 @@ impl Invoke for Handler {
     ) -> (Attempt, Option<Box<dyn StateAccess>>) {
         let (invocation, state) = Handler::invoke_with_state(self, delivery, Some(state));
         (invocation.into(), state)
+    }
+
+    fn schema_versions(&self) -> Vec<u32> {
+        self.plugin().info().description.as_ref().map(|d| d.schema_versions.clone()).unwrap_or_default()
     }
 
     fn name(&self) -> String {

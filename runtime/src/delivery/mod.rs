@@ -74,6 +74,7 @@ mod stage;
 mod state;
 mod step;
 mod timer;
+mod upcasting;
 mod worker;
 
 pub use invoke::{Attempt, Failure, Invoke, LogLine, TimerOp};
@@ -249,4 +250,7 @@ pub(crate) struct Spec {
     pub(crate) max_timers_per_invocation: usize,
     /// Timers the subscription may have pending.
     pub(crate) max_pending_timers: usize,
+    /// The upcasters, for a handler that declares the versions it accepts
+    /// (`None` for sinks: they take events as stored).
+    pub(crate) upcasters: Option<Arc<crate::upcast::Upcasters>>,
 }

@@ -19,6 +19,11 @@ use crate::error::InvokeError;
 use crate::ingest::RESERVED_HEADER_PREFIX;
 use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StateWrite, StoreError, TimerWrite, now_ms};
 use crate::topic;
+use crate::upcast::Delivered;
+
+/// What one successful attempt leaves to stage: its emits, its state
+/// writes and its timers.
+pub(super) type Done = (Vec<Emit>, Vec<StateWrite>, Vec<TimerWrite>);
 
 /// Where the event comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +56,65 @@ impl Worker {
             self.stage_duplicate(seq);
             return Ok(());
         }
-        // Upcasting to the schema version the handler declares belongs here:
-        // after dedupe, so a duplicate costs nothing; before the invocation,
-        // which sees its result.
         let prior = self.parked.prior(seq);
         let attempt = prior.map_or(0, |p| p.attempts) + 1;
+        // Upcast to the newest schema version the handler accepts: after
+        // dedupe, so a duplicate costs nothing; before the invocation, which
+        // sees the result. The log keeps the event as stored.
+        match self.upcast(event) {
+            Ok(Delivered::AsStored) => self.run_one(seq, event, event, prior, attempt, source)?,
+            Ok(Delivered::Upcast(events)) => self.run_upcast(seq, event, &events, prior, attempt, source)?,
+            Err(failure) => self.stage_failure(seq, event, prior, attempt, failure),
+        }
+        // Bound what the batch being built holds: hand it over early once
+        // its outputs pass `FLUSH_BYTES`. The cursor handed over covers
+        // exactly what is staged: a fresh event is read at the cursor, which
+        // moves past it just before its step; a parked event lies behind the
+        // cursor, which has not moved since the last hand-over.
+        if self.stage.is_heavy() {
+            let cursor = match source {
+                Source::Log => seq + 1,
+                Source::Parked => self.stage.submitted_cursor(),
+            };
+            self.stage.flush(cursor)?;
+        }
+        Ok(())
+    }
+
+    /// Invoke the handler on `delivered` (the stored `event`, or what the
+    /// upcasters made of it keeping its identity), validate, and stage the
+    /// outcome. A failure dead-letters or parks the event as stored.
+    pub(super) fn run_one(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        delivered: &Event,
+        prior: Option<Prior>,
+        attempt: u32,
+        source: Source,
+    ) -> Result<(), StoreError> {
+        match self.attempt_one(seq, delivered, attempt, source)? {
+            // The state writes join the outcome only now: a failed attempt,
+            // or emits that fail validation, leave the state as it was.
+            Ok((emits, state, timers)) => self.stage_handled(seq, delivered, emits, prior.is_some(), state, timers),
+            Err(failure) => {
+                let failure = super::upcasting::delivered_as(failure, event, delivered);
+                self.stage_failure(seq, event, prior, attempt, failure);
+            }
+        }
+        Ok(())
+    }
+
+    /// One invocation on `event`: invoke, then validate what came back (the
+    /// store only ever sees valid events). Answers the emits, the state
+    /// writes and the timers, which the caller stages.
+    pub(super) fn attempt_one(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        attempt: u32,
+        source: Source,
+    ) -> Result<Result<Done, Failure>, StoreError> {
         self.counters.invocations.fetch_add(1, Ordering::Relaxed);
         // Disabled unless the filter enables debug for `weir::invoke`: a
         // span per event is too dear to pay by default at 100k events/s.
@@ -72,8 +131,6 @@ impl Worker {
         );
         let _entered = span.enter();
         let started = self.spec.timing.then(Instant::now);
-        // Invoke, then validate what came back: the store only ever sees
-        // valid events.
         let (result, state, timers) = self.invoke(event, attempt);
         let result = result.and_then(|emits| self.validate(emits));
         // Timers only for an attempt that succeeded; checking them may
@@ -87,29 +144,7 @@ impl Worker {
             self.counters.processing.observe(elapsed);
             tracing::trace!(target: "weir::invoke", elapsed_us = elapsed.as_micros() as u64, ok = result.is_ok(), "invoked");
         }
-        // Stage the outcome for the writer.
-        match result {
-            // The state writes join the outcome only now: a failed attempt,
-            // or emits that fail validation, leave the state as it was.
-            Ok((emits, timers)) => {
-                let state = state.map(|s| s.commit()).unwrap_or_default();
-                self.stage_handled(seq, event, emits, prior.is_some(), state, timers);
-            }
-            Err(failure) => self.stage_failure(seq, event, prior, attempt, failure),
-        }
-        // Bound what the batch being built holds: hand it over early once
-        // its outputs pass `FLUSH_BYTES`. The cursor handed over covers
-        // exactly what is staged: a fresh event is read at the cursor, which
-        // moves past it just before its step; a parked event lies behind the
-        // cursor, which has not moved since the last hand-over.
-        if self.stage.is_heavy() {
-            let cursor = match source {
-                Source::Log => seq + 1,
-                Source::Parked => self.stage.submitted_cursor(),
-            };
-            self.stage.flush(cursor)?;
-        }
-        Ok(())
+        Ok(result.map(|(emits, timers)| (emits, state.map(|s| s.commit()).unwrap_or_default(), timers)))
     }
 
     /// Park a new event behind its key's pending events, if it has any.
@@ -239,7 +274,7 @@ impl Worker {
 
     /// Handled: the emits become events, and the record, the emits, the
     /// parked entry's removal and the cursor commit together.
-    fn stage_handled(
+    pub(super) fn stage_handled(
         &mut self,
         seq: u64,
         event: &Event,
@@ -270,7 +305,14 @@ impl Worker {
 
     /// Failed: retried later (parked, its key held), or dead-lettered when
     /// the failure is final or the retries are used up.
-    fn stage_failure(&mut self, seq: u64, event: &Event, prior: Option<Prior>, attempt: u32, failure: Failure) {
+    pub(super) fn stage_failure(
+        &mut self,
+        seq: u64,
+        event: &Event,
+        prior: Option<Prior>,
+        attempt: u32,
+        failure: Failure,
+    ) {
         let now = now_ms();
         let Failure { code, message, retryable, retry_after } = failure;
         // Any failure message may quote the plugin (an invalid topic it
@@ -320,7 +362,7 @@ impl Worker {
 
     /// An emit as an event of the log: a fresh id, this subscription as its
     /// source, the plugin version as a header, and the input as its cause.
-    fn to_event(&self, emit: Emit, input: &Event, index: usize) -> Event {
+    pub(super) fn to_event(&self, emit: Emit, input: &Event, index: usize) -> Event {
         let id = self.ids.next_id();
         let mut headers = emit.headers;
         headers.push(Header::new(VERSION_HEADER, self.version_short.clone()));
@@ -369,7 +411,7 @@ fn schema_failure_code(_: &crate::schema::SchemaError) -> &'static str {
 }
 
 /// A digest of what an event emitted, kept in its idempotency record.
-fn digest(events: &[Event]) -> String {
+pub(super) fn digest(events: &[Event]) -> String {
     if events.is_empty() {
         // The common case of a handler that emits nothing: no hashing.
         return String::new();

@@ -59,6 +59,11 @@ pub(crate) struct Worker {
     failure: Option<StoreError>,
     redrives: Vec<Redrive>,
     pub(super) logs: PluginLogs,
+    /// The schema versions the handler accepts (empty: any), asked once
+    /// per handler like `stateful`.
+    pub(super) accepts: Vec<u32>,
+    /// This worker's upcaster instances, when upcasters are configured.
+    pub(super) upcast: Option<crate::upcast::Local>,
 }
 
 impl Worker {
@@ -79,6 +84,8 @@ impl Worker {
         *counters.active.lock().unwrap_or_else(PoisonError::into_inner) = (handler.name(), version.clone());
         counters.cursor.store(cursor, Ordering::Relaxed);
         counters.parked.store(parked.len() as u64, Ordering::Relaxed);
+        let upcast =
+            spec.upcasters.as_ref().filter(|u| !u.is_empty()).map(|u| crate::upcast::Local::new(Arc::clone(u)));
         Ok(Self {
             logs: PluginLogs::new(spec.log_lines_per_second),
             stage: Stage::new(store.clone(), Arc::clone(&spec.name), Arc::clone(&counters), cursor),
@@ -87,6 +94,8 @@ impl Worker {
             spec,
             store,
             stateful: handler.uses_state(),
+            accepts: handler.schema_versions(),
+            upcast,
             handler,
             ids,
             counters,
@@ -195,6 +204,7 @@ impl Worker {
         *self.counters.active.lock().unwrap_or_else(PoisonError::into_inner) =
             (self.spec.plugin_name.clone(), self.version.clone());
         self.stateful = invoker.uses_state();
+        self.accepts = invoker.schema_versions();
         self.handler = invoker;
         self.counters.swaps.fetch_add(1, Ordering::Relaxed);
         self.counters.memory_high_water_bytes.store(0, Ordering::Relaxed);

@@ -48,7 +48,7 @@ pub struct Invocation {
 
 /// A live, initialised instance with its typed exports and the reusable
 /// input buffer.
-struct Live {
+pub(super) struct Live {
     guest: Guest,
     alloc: TypedFunc<i32, i32>,
     dealloc: TypedFunc<(i32, i32), ()>,
@@ -110,7 +110,7 @@ impl Live {
 
     /// Call an aggregate's export `name` on `encoded` and decode its answer
     /// (`what` names it in a failure).
-    fn call_aggregate<T: serde::de::DeserializeOwned>(
+    pub(super) fn call_aggregate<T: serde::de::DeserializeOwned>(
         &mut self,
         name: &str,
         encoded: &[u8],
@@ -120,6 +120,11 @@ impl Live {
         let (ptr, len) = self.write_input(encoded)?;
         let packed = self.guest.call(&func, (ptr, len))?;
         self.guest.take_output(packed, &self.dealloc, what)
+    }
+
+    /// The limits the instance runs under.
+    pub(super) fn limits(&self) -> &Limits {
+        &self.guest.limits
     }
 
     /// Start an invocation and copy `encoded` into the reused input buffer.
@@ -291,12 +296,23 @@ impl Handler {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, encoding::EncodeError>,
         f: impl FnOnce(&mut Live, &[u8]) -> Result<T, InvokeError>,
     ) -> AggregateCall<T> {
-        let failed = |error| AggregateCall { result: Err(error), logs: Vec::new(), logs_dropped: 0 };
         if !self.plugin.info().is_aggregate() {
-            return failed(InvokeError::BadOutput {
-                reason: "the module is not an aggregate: it exports no weir_decide and weir_evolve".into(),
-            });
+            let reason = "the module is not an aggregate: it exports no weir_decide and weir_evolve".into();
+            return AggregateCall { result: Err(InvokeError::BadOutput { reason }), logs: Vec::new(), logs_dropped: 0 };
         }
+        self.export_call(encode, f)
+    }
+
+    /// Run `f` on a live instance with the input encoded: the call sequence
+    /// of every export besides `weir_handle` (an aggregate's, an
+    /// upcaster's), under the limits and instance rules of
+    /// [`Handler::invoke`].
+    pub(super) fn export_call<T>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<usize, encoding::EncodeError>,
+        f: impl FnOnce(&mut Live, &[u8]) -> Result<T, InvokeError>,
+    ) -> AggregateCall<T> {
+        let failed = |error| AggregateCall { result: Err(error), logs: Vec::new(), logs_dropped: 0 };
         self.encoded.clear();
         if let Err(e) = encode(&mut self.encoded) {
             return failed(InvokeError::BadOutput { reason: format!("the host could not encode the input: {e}") });

@@ -14,6 +14,7 @@ mod plugin;
 mod state;
 mod text;
 mod timer;
+mod upcast;
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;

@@ -107,12 +107,14 @@ const REQUIRED: [(&str, &str); 4] = [
     (exports::DEALLOC, "func(i32, i32)"),
     (exports::HANDLE, "func(i32, i32) -> i64"),
 ];
-const OPTIONAL: [(&str, &str); 4] = [
+const OPTIONAL: [(&str, &str); 5] = [
     (exports::INIT, "func(i32, i32) -> i64"),
     (exports::DESCRIBE, "func() -> i64"),
     // An aggregate's (docs/abi.md): both or neither.
     (exports::DECIDE, "func(i32, i32) -> i64"),
     (exports::EVOLVE, "func(i32, i32) -> i64"),
+    // An upcaster's (docs/abi.md §15).
+    (exports::UPCAST, "func(i32, i32) -> i64"),
 ];
 const LOG_TYPE: &str = "func(i32, i32, i32)";
 

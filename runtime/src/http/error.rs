@@ -150,7 +150,12 @@ impl From<DeployError> for ApiError {
             | DeployError::AmbiguousVersion { .. }
             | DeployError::NothingToRollBack(_)
             | DeployError::ModulePruned(_) => StatusCode::NOT_FOUND,
-            DeployError::Invalid(_) | DeployError::SampleFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Invalid(_) | DeployError::SampleFailed { .. } | DeployError::Unreachable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            DeployError::Upcaster(crate::UpcasterError::Unknown(_)) => StatusCode::NOT_FOUND,
+            DeployError::Upcaster(crate::UpcasterError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            DeployError::Upcaster(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         let stage = match &e {

@@ -38,7 +38,26 @@ impl Runtime {
         by: &str,
         tests: &[TestCase],
     ) -> Result<DeployReport, DeployError> {
+        // An upcaster's versions are kept under `upcasters/<name>`: the same
+        // registry, its own switch (upcast/).
+        if self.upcasters.owns(handler) {
+            return self.switch_upcaster(handler, module, by, "deploy");
+        }
         self.switch(handler, module, by, "deploy", tests)
+    }
+
+    /// Deploy or roll back an upcaster: every subscription runs the new
+    /// module from its next event on.
+    fn switch_upcaster(
+        &self,
+        name: &str,
+        module: Vec<u8>,
+        by: &str,
+        action: &str,
+    ) -> Result<DeployReport, DeployError> {
+        let (version, sha256, previous, changed) =
+            self.upcasters.deploy(&self.engine, &self.store, name, module, by, action)?;
+        Ok(DeployReport { handler: name.to_owned(), version, sha256, previous, changed })
     }
 
     /// Switch `handler` back to an earlier version from its history: the one
@@ -87,6 +106,9 @@ impl Runtime {
         };
         let module =
             self.store.module(&target.sha256)?.ok_or_else(|| DeployError::ModulePruned(target.sha256.clone()))?;
+        if self.upcasters.owns(handler) {
+            return self.switch_upcaster(handler, module, by, "rollback");
+        }
         self.switch_locked(handler, module, by, "rollback", &[])
     }
 
@@ -173,6 +195,11 @@ impl Runtime {
             return Ok(DeployReport { handler: handler.to_owned(), version, sha256, previous, changed: false });
         }
         let plugin = self.engine.load(&module).map_err(DeployError::Invalid)?;
+        // The versions the new module accepts must be reachable from every
+        // version that can arrive on the handler's topics (upcast/).
+        let accepts = plugin.info().description.as_ref().map(|d| d.schema_versions.clone()).unwrap_or_default();
+        let patterns = self.config.pipelines.iter().find(|p| p.name == sub.pipeline).map(|p| p.topics.clone());
+        self.upcasters.check_handler(&patterns.unwrap_or_default(), &accepts).map_err(DeployError::Unreachable)?;
         let instance = plugin
             .handler(settings.limits.clone(), settings.config.clone(), settings.mode)
             .map_err(DeployError::Invalid)?;
@@ -302,6 +329,13 @@ pub enum DeployError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The new version accepts schema versions that a version arriving on
+    /// one of the handler's topics cannot reach through the upcasters.
+    #[error("the module was refused: {0}")]
+    Unreachable(String),
+    /// An upcaster's module was refused.
+    #[error("the module was refused: {0}")]
+    Upcaster(#[from] crate::upcast::UpcasterError),
     /// The handler's worker is gone.
     #[error("{0}")]
     Runtime(String),
@@ -322,6 +356,8 @@ impl DeployError {
             | Self::ModulePruned(_) => "no_such_version",
             Self::Store(e) => e.code(),
             Self::Runtime(_) => "worker",
+            Self::Unreachable(_) => "unreachable_version",
+            Self::Upcaster(e) => e.code(),
         }
     }
 }

@@ -48,6 +48,18 @@ pub enum RuntimeError {
         /// What is wrong with it (in the message, not a `source()`).
         error: Box<StoreError>,
     },
+    /// An upcaster module does not fit its `[[upcasters]]` entry.
+    #[error("{0}")]
+    Upcaster(String),
+    /// A handler accepts schema versions that some version arriving on a
+    /// topic it subscribes to cannot reach through the upcasters.
+    #[error("handler {subscription}: {reason}")]
+    Unreachable {
+        /// The subscription.
+        subscription: String,
+        /// Which version of which topic pattern reaches what.
+        reason: String,
+    },
     /// A worker thread could not be started or died.
     #[error("subscription worker failed: {0}")]
     Worker(String),
@@ -77,6 +89,8 @@ impl RuntimeError {
             Self::StoredModule { error, .. } => error.code(),
             Self::UnknownSubscription(_) => "unknown_subscription",
             Self::Worker(_) => "worker",
+            Self::Upcaster(_) => "not_an_upcaster",
+            Self::Unreachable { .. } => "unreachable_version",
             Self::ShutdownTimeout { .. } => "shutdown_timeout",
         }
     }

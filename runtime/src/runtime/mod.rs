@@ -114,6 +114,8 @@ pub struct Runtime {
     dry_runs: dry_run::DryRuns,
     /// The entity types' aggregates (`aggregate/`).
     aggregates: crate::aggregate::Aggregates,
+    /// The upcasters (`upcast/`), shared with every worker.
+    upcasters: Arc<crate::upcast::Upcasters>,
     /// The NATS runtime, the JetStream sources on it (`source/`).
     nats: crate::source::Nats,
     /// The durable timers' firing task (`timers.rs`).

@@ -50,6 +50,7 @@ pub(super) fn start_jetstream_sink(
         // Nor timers.
         max_timers_per_invocation: 0,
         max_pending_timers: 0,
+        upcasters: None,
     };
     let rx = Arc::new(Mutex::new(rx));
     super::subscriptions::prepare(store, &name, &sink.topics, sink.from)?;

@@ -62,6 +62,8 @@ pub(super) fn start_saga(
         // backoff).
         max_timers_per_invocation: 16,
         max_pending_timers: saga.max_instances.saturating_mul(2).saturating_add(16),
+        // A saga coordinator takes events as stored.
+        upcasters: None,
     };
     let rx = Arc::new(Mutex::new(rx));
     super::subscriptions::prepare(store, &name, &topics, saga.from)?;

@@ -49,6 +49,7 @@ pub(super) fn start_sink(
         // Nor timers.
         max_timers_per_invocation: 0,
         max_pending_timers: 0,
+        upcasters: None,
     };
     let rx = Arc::new(Mutex::new(rx));
     // Its first cursor from `from`, and its place among retention's readers,

@@ -84,7 +84,10 @@ impl Runtime {
                 .unwrap_or(crate::DEFAULT_MEMORY_BYTES),
             // Pool slots from the number of subscriptions, with headroom for
             // deploy probes and swaps, instead of a fixed count.
-            pool_instances: EngineConfig::pool_instances_for(config.pipelines.iter().map(|p| p.handlers.len()).sum()),
+            // Each subscription may also hold an instance of every upcaster.
+            pool_instances: EngineConfig::pool_instances_for(
+                config.pipelines.iter().map(|p| p.handlers.len()).sum::<usize>() * (1 + config.upcasters.len()),
+            ),
             ..EngineConfig::default()
         })?;
         // Load every configured plugin file before the store is opened (or
@@ -116,6 +119,19 @@ impl Runtime {
                 loaded.push((name, pipeline, handler, candidate));
             }
         }
+        // The upcasters too, and every handler that declares the versions
+        // it accepts is checked against them: each version that can arrive
+        // on its topics must reach one it accepts.
+        let upcasters = Arc::new(crate::upcast::Upcasters::load(&engine, config)?);
+        for (name, pipeline, _, candidate) in &loaded {
+            let accepts = match candidate {
+                Candidate::Native(invoker) => invoker.schema_versions(),
+                Candidate::File { instance, .. } => instance.schema_versions(),
+            };
+            upcasters
+                .check_handler(&pipeline.topics, &accepts)
+                .map_err(|reason| RuntimeError::Unreachable { subscription: name.clone(), reason })?;
+        }
         let aggregates =
             crate::aggregate::Aggregates::load(&engine, &config.entities).map_err(|(ty, plugin, error)| {
                 RuntimeError::Plugin { subscription: format!("entities/{ty}"), plugin, error }
@@ -138,6 +154,7 @@ impl Runtime {
             )?,
         };
         aggregates.restore(&engine, &store, &config.entities)?;
+        upcasters.restore(&engine, &store)?;
         // A handler runs its active version from the registry; the configured
         // file is only its initial version. Every module is loaded before any
         // worker starts: a bad one stops the start with nothing running.
@@ -165,7 +182,13 @@ impl Runtime {
                 Some(sha) => {
                     let bytes = active_module(&store, &name, &sha)?;
                     let plugin = engine.load(&bytes).map_err(fail)?;
-                    plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?
+                    let instance =
+                        plugin.handler(handler.limits.clone(), handler.config.clone(), handler.mode).map_err(fail)?;
+                    // A deployed version is held to the same check as the file.
+                    upcasters
+                        .check_handler(&pipeline.topics, &instance.schema_versions())
+                        .map_err(|reason| RuntimeError::Unreachable { subscription: name.clone(), reason })?;
+                    instance
                 }
                 None => {
                     store.deploy_blocking(
@@ -183,6 +206,9 @@ impl Runtime {
         let mut keep: Vec<String> = Vec::new();
         for (name, ..) in &prepared {
             keep.extend(store.history(name)?.into_iter().map(|(_, record)| record.sha256));
+        }
+        for name in upcasters.registry_names() {
+            keep.extend(store.history(&name)?.into_iter().map(|(_, record)| record.sha256));
         }
         match engine.evict_artifacts(keep.iter().map(String::as_str)) {
             Ok(0) => {}
@@ -210,6 +236,7 @@ impl Runtime {
                 max_state_keys_per_scope: handler.limits.max_state_keys_per_scope(),
                 max_timers_per_invocation: handler.limits.max_timers_per_invocation(),
                 max_pending_timers: handler.limits.max_pending_timers(),
+                upcasters: Some(Arc::clone(&upcasters)),
             };
             let rx = Arc::new(Mutex::new(rx));
             super::subscriptions::prepare(&store, &name, &pipeline.topics, handler.from)?;
@@ -286,6 +313,7 @@ impl Runtime {
             stopping,
             consumers,
             aggregates,
+            upcasters,
             nats,
             replays: Default::default(),
             timers: Some(timers),

@@ -107,6 +107,7 @@ impl Runtime {
         let mut names: BTreeSet<String> = self.subs.iter().map(|s| s.name.to_string()).collect();
         names.extend(self.store.reader_names());
         names.extend(self.aggregates().registry_names());
+        names.extend(self.upcasters.registry_names());
         names
     }
 
