@@ -275,9 +275,31 @@ fn cancel_compensates_and_resume_and_skip_act_on_compensation_failed() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (status, body) = act(&server, "cancel-1", "cancel");
-    assert_eq!(status, 200, "{body}");
+    // Through the CLI, as an operator would.
+    let cache = dir.path().join("cache");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["saga", "--server", server.url.as_str()];
+        all.extend_from_slice(args);
+        let out = weir_tests::weir(&all, &cache);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cli(&["list", "--status", "running"]);
+    assert!(ok && text.contains("cancel-1") && text.contains("running"), "{text}");
+    let (ok, text) = cli(&["cancel", "cancel-1"]);
+    assert!(ok && text.contains("cancel: saga cancel-1 is now"), "{text}");
     let cancelled = wait_status(&server, "cancel-1", &["cancelled"]);
+    let (ok, text) = cli(&["show", "cancel-1"]);
+    assert!(
+        ok && text.contains("status    cancelled")
+            && text.contains("compensate")
+            && text.contains("stock.item.release"),
+        "{text}"
+    );
+    let (ok, text) = cli(&["cancel", "cancel-1"]);
+    assert!(!ok && text.contains("409") && text.contains("saga_conflict"), "{text}");
     assert_eq!(compensations(&cancelled), ["inventory", "payment"]);
     assert_effects(&server, "cancel-1", &["payment", "inventory"], &["payment", "inventory"]);
     // A finished saga cannot be cancelled again.
@@ -432,4 +454,46 @@ fn kill_9_during_many_concurrent_sagas_leaves_none_stuck_and_nothing_applied_twi
             assert_eq!(count(&effects(&server, service, id), "received:forward"), sent, "{id} {service}: {s}");
         }
     }
+}
+
+/// Every bound a producer can push against: instances kept
+/// (`max_instances`), the saga id's length, a start without an id, and the
+/// list's page size. Each refused start is dead-lettered with its reason
+/// and leaves the state as it was.
+#[test]
+fn the_bounds_refuse_what_is_over_them_and_keep_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("30s", 1, 1).replacen("timeout = \"10m\"", "timeout = \"10m\"\nmax_instances = 3", 1);
+    let server = Server::start(dir.path(), &text);
+    place(&server, &(0..3).map(|i| json!({ "order_id": format!("b-{i}") })).collect::<Vec<_>>());
+    for i in 0..3 {
+        wait_status(&server, &format!("b-{i}"), &["completed"]);
+    }
+    let long = "x".repeat(201);
+    place(&server, &[json!({ "order_id": "b-3" }), json!({ "order_id": long })]);
+    let (status, body) =
+        server.post("/v1/events", &json!({ "topic": "orders.order.placed", "payload": { "no_id": true } }));
+    assert_eq!(status, 200, "{body}");
+    assert!(server.wait_idle(Duration::from_secs(30)), "{}", server.stderr());
+    let (_, dlq) = server.get("/v1/dlq?subscription=sagas/order");
+    let codes: Vec<(&str, &str)> = dlq["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["code"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(codes.len(), 3, "{dlq}");
+    assert!(codes.iter().any(|(c, m)| *c == "saga_limit" && m.contains("max_instances = 3")), "{codes:?}");
+    assert!(codes.iter().any(|(c, m)| *c == "handler_reject" && m.contains("1-200 bytes")), "{codes:?}");
+    assert!(codes.iter().any(|(c, m)| *c == "handler_reject" && m.contains("/order_id")), "{codes:?}");
+    assert!(saga(&server, "b-3").is_none());
+    // Pages: bounded, and the cursor goes on where the last one stopped.
+    assert_eq!(server.get("/v1/sagas?limit=501").0, 400);
+    let (_, first) = server.get("/v1/sagas?limit=2");
+    assert_eq!(first["sagas"].as_array().unwrap().len(), 2, "{first}");
+    let next = first["next"].as_str().unwrap();
+    let (_, second) = server.get(&format!("/v1/sagas?limit=2&after={next}"));
+    let ids: Vec<&str> = second["sagas"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["b-2"], "{second}");
+    assert!(second["next"].is_null(), "{second}");
 }

@@ -15,6 +15,7 @@ mod plugin;
 mod publish;
 mod replay;
 mod run;
+mod saga;
 mod schema;
 mod status;
 mod stream;
@@ -71,6 +72,9 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Inspect, redrive and purge the dead-letter queue of a running server.
     Dlq(dlq::DlqArgs),
+    /// Saga instances of a running server: list, show (with the timeline),
+    /// cancel, resume, skip.
+    Saga(saga::SagaArgs),
     /// Read the log of a running server, follow it (`tail`), show an event
     /// and its lineage.
     Log(log::LogArgs),
@@ -219,6 +223,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Publish(args) => publish::run(&args),
         Command::Dlq(args) => dlq::run(&args),
+        Command::Saga(args) => saga::run(&args),
         Command::Log(args) => log::run(&args),
         Command::Consumer(args) => consumer::run(&args),
         Command::Stream(args) => stream::run(&args),

@@ -88,6 +88,24 @@ impl Coordinator {
                     save(state, &inst)?;
                 }
                 None => {
+                    // The counts add up to the instances kept: exact, and
+                    // read in the same snapshot as the instance.
+                    let mut kept: u64 = 0;
+                    for status in SagaStatus::ALL {
+                        let n = state.get(StateScope::Shared, &count_key(status)).map_err(state_failure)?;
+                        kept += n.map_or(0, |v| count_value(&v));
+                    }
+                    if kept >= self.cfg().max_instances as u64 {
+                        return Err(Failure::new(
+                            "saga_limit",
+                            format!(
+                                "saga {} keeps {kept} instances, the most max_instances = {} allows",
+                                self.cfg().name,
+                                self.cfg().max_instances
+                            ),
+                            false,
+                        ));
+                    }
                     let input = serde_json::from_slice(&event.payload).unwrap_or(serde_json::Value::Null);
                     let nonce = rand::random::<u64>() | 1;
                     let inst = self.machine.start(id, input, event.id.to_string(), nonce, now, &mut fx);
