@@ -43,6 +43,14 @@ topics = ["jobs.*.created"]
 [[pipelines.handlers]]
 name = "worker"
 plugin = "{VERSIONED_V1}"
+
+[[pipelines]]
+name = "tally"
+topics = ["payments.charge.requested"]
+[[pipelines.handlers]]
+name = "counter"
+plugin = "{COUNTER}"
+view = "charges"
 "#;
 
 /// `admin_token` first (it continues the `[http]` table that
@@ -60,8 +68,15 @@ fn sink(url: &str) -> String {
     format!("\n[[sinks]]\nname = \"hook\"\ntopics = [\"orders.>\"]\nurl = \"{url}\"\nsecret_env = \"PATH\"\n")
 }
 
-const SUBSCRIPTIONS: [&str; 6] =
-    ["orders/validator", "orders/audit", "enrich/enricher", "payments/charger", "jobs/worker", "sinks/hook"];
+const SUBSCRIPTIONS: [&str; 7] = [
+    "orders/validator",
+    "orders/audit",
+    "enrich/enricher",
+    "payments/charger",
+    "jobs/worker",
+    "tally/counter",
+    "sinks/hook",
+];
 
 /// How long any one thing the test waits for may take.
 const WAIT: Duration = Duration::from_secs(30);
@@ -480,13 +495,17 @@ fn the_dashboard_shows_live_numbers_and_redrives_and_purges_dead_letters() {
 
     // A row per subscription, with the server's numbers.
     for sub in SUBSCRIPTIONS {
-        browser.wait_text(&cell(sub, "name"), "a row per subscription", |t| t == sub);
+        browser.wait_text(&format!("{} .subname", cell(sub, "name")), "a row per subscription", |t| t == sub);
     }
     let rows = browser.script("return document.querySelectorAll('#subs-body tr[data-sub]').length", &[]);
     assert_eq!(rows, json!(SUBSCRIPTIONS.len()));
     browser.wait_text(&cell("jobs/worker", "dlq"), "the worker's DLQ count", |t| t == "1");
     browser.wait_text(&cell("jobs/worker", "state"), "the worker failing", |t| t == "failing");
     browser.wait_text(&cell("orders/validator", "dlq"), "the validator's DLQ count", |t| t == "2");
+    // A projection's row names the view it serves.
+    browser.wait_text(&format!("{} [data-view]", cell("tally/counter", "name")), "the view's name", |t| {
+        t == "view charges"
+    });
     let v1 = weir_tests::sha256(&std::fs::read(plugins::VERSIONED_V1).unwrap());
     browser.wait_text(&cell("jobs/worker", "plugin"), "the worker's plugin version", |t| t.contains(&v1[..12]));
     // The graph: an edge and a depth label per subscription.

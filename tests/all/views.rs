@@ -125,3 +125,78 @@ fn weir_view_get_and_list_print_the_view() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("acct-9") && text.contains(r#"{"count":2}"#), "{text}");
 }
+
+#[test]
+fn past_256_reads_waiting_for_a_view_the_rest_get_503_and_the_256_are_answered_when_it_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config("20ms"));
+    publish(&server, vec![order("acct-1", 0)]);
+    assert!(server.wait_idle(Duration::from_secs(30)), "{}", server.stderr());
+    // The view reflects every event before `position` (the counter's own
+    // emits included): waiting for `position` waits for the next event.
+    let (_, now) = server.get("/v1/views/counts/acct-1");
+    let next = now["position"].as_u64().unwrap();
+    // 300 reads wait for a position the view has not passed: each either
+    // waits (holding its place) or is refused at once, so 44 refusals mean
+    // 256 are waiting.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..300)
+        .map(|_| {
+            let (tx, url) = (tx.clone(), format!("{}/v1/views/counts/acct-1?min_position={next}&wait=30s", server.url));
+            std::thread::spawn(move || {
+                let agent = ureq::Agent::new_with_config(
+                    ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(90)))
+                        .build(),
+                );
+                let mut answer = agent.get(&url).call().unwrap();
+                let status = answer.status().as_u16();
+                let retry_after = answer.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                let body: Value = serde_json::from_slice(&answer.body_mut().read_to_vec().unwrap()).unwrap();
+                tx.send((status, retry_after, body)).unwrap();
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    while refused.len() < 44 {
+        refused.push(rx.recv_timeout(Duration::from_secs(30)).expect("44 refusals before the view moves"));
+    }
+    if let Ok(extra) = rx.recv_timeout(Duration::from_millis(500)) {
+        panic!("no more than 44 answered before the view moved: {extra:?}");
+    }
+    for (status, retry_after, body) in &refused {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert!(body["error"]["message"].as_str().unwrap().contains("256 view reads are waiting"), "{body}");
+    }
+    // The view moves past the position: every waiting read is answered with
+    // the new value.
+    publish(&server, vec![order("acct-1", 1)]);
+    let served: Vec<(u16, Option<String>, Value)> =
+        (0..256).map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("every waiting read answered")).collect();
+    for (status, _, body) in &served {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["value"], json!({ "count": 2 }), "{body}");
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    // Their places are free again.
+    let (status, body) = server.get(&format!("/v1/views/counts/acct-1?min_position={next}&wait=1s"));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn each_view_has_its_lag_in_the_metrics_under_its_own_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config("20ms"));
+    publish(&server, (0..5).map(|n| order("acct-1", n)).collect());
+    assert!(server.wait_idle(Duration::from_secs(30)), "{}", server.stderr());
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text").to_owned();
+    assert!(text.contains("# TYPE weir_view_lag_events gauge"), "{text}");
+    assert!(text.contains("weir_view_lag_events{view=\"counts\",subscription=\"count/counter\"} 0"), "{text}");
+    assert!(text.contains("weir_view_lag_seconds{view=\"counts\",subscription=\"count/counter\"} 0"), "{text}");
+}

@@ -51,6 +51,36 @@ impl Runtime {
                 writeln!(out, "weir_subscription_lag_seconds{{subscription=\"{}\"}} {}", label(&s.name), s.lag_seconds);
         }
         per_sub(&mut out, "weir_subscription_dlq_depth", "gauge", "Events in the dead-letter queue.", &|s| s.dlq);
+        // The same numbers by view name, for dashboards and alerts that
+        // speak of the read model rather than the handler serving it.
+        let views: Vec<&SubscriptionStatus> = status.iter().filter(|s| s.view.is_some()).collect();
+        if !views.is_empty() {
+            let per_view = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&SubscriptionStatus) -> String| {
+                header(out, name, "gauge", help);
+                for s in &views {
+                    let view = s.view.as_deref().unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "{name}{{view=\"{}\",subscription=\"{}\"}} {}",
+                        label(view),
+                        label(&s.name),
+                        value(s)
+                    );
+                }
+            };
+            per_view(
+                &mut out,
+                "weir_view_lag_events",
+                "Events in the log the view does not reflect yet (its projection's queue depth).",
+                &|s| s.lag.to_string(),
+            );
+            per_view(
+                &mut out,
+                "weir_view_lag_seconds",
+                "Event-time distance from the oldest event the view does not reflect to the newest in the log.",
+                &|s| s.lag_seconds.to_string(),
+            );
+        }
         per_sub(
             &mut out,
             "weir_subscription_retention_held",
