@@ -124,7 +124,14 @@ fn a_replay_rebuilds_what_the_live_state_holds_while_the_view_keeps_serving_whol
     assert_eq!(status, 202, "{started}");
     assert_eq!(started["generation"], 1);
     let (status, again) = server.post("/v1/subscriptions/count/counter/replay", &json!({}));
-    assert!(status == 409 || status == 202, "{again}");
+    // One replay at a time: refused while the first runs; accepted only if
+    // the first had already switched (then it builds the next generation,
+    // never a second copy of the same one).
+    match status {
+        409 => assert_eq!(again["error"]["code"], "replay_running", "{again}"),
+        202 => assert_eq!(again["generation"], 2, "a second replay ran beside the first: {again}"),
+        other => panic!("a second replay answered {other}: {again}"),
+    }
     // More events while it runs: they land in the live state, and in the
     // shadow before the switch.
     publish_chunks(&server, 20..30, 25, &mut expected);
