@@ -47,6 +47,9 @@ pub(crate) struct Keywords {
     pub(crate) types: Option<Types>,
     /// `enum`, or `const` as an enum of one.
     pub(crate) enumeration: Option<Vec<Value>>,
+    /// Validation steps one `enum` check is charged: one per value, plus
+    /// one per 64 bytes of their JSON text.
+    pub(crate) enumeration_cost: u64,
     pub(crate) minimum: Option<f64>,
     pub(crate) maximum: Option<f64>,
     pub(crate) exclusive_minimum: Option<f64>,
@@ -68,8 +71,18 @@ pub(crate) struct Keywords {
 impl Keywords {
     /// The schema a property called `name` is checked against, if any
     /// beyond `true`: its `properties` entry, else `additionalProperties`.
+    /// `properties` is sorted by name: a payload's keys cost a binary search
+    /// each, not a walk of the schema's properties.
     pub(crate) fn property(&self, name: &str) -> Option<NodeId> {
-        self.properties.iter().find(|(n, _)| n == name).map(|(_, id)| *id).or(self.additional)
+        match self.properties.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(i) => Some(self.properties[i].1),
+            Err(_) => self.additional,
+        }
+    }
+
+    /// Whether `properties` names `name`.
+    pub(crate) fn declares(&self, name: &str) -> bool {
+        self.properties.binary_search_by(|(n, _)| n.as_str().cmp(name)).is_ok()
     }
 }
 
@@ -293,9 +306,13 @@ impl Compiler {
                 "type" => k.types = Some(types(v).map_err(|r| at(key, r))?),
                 "enum" => {
                     let Value::Array(values) = v else { return Err(at(key, "must be an array".into())) };
+                    k.enumeration_cost = enumeration_cost(values);
                     k.enumeration = Some(values.clone());
                 }
-                "const" => k.enumeration = Some(vec![v.clone()]),
+                "const" => {
+                    k.enumeration_cost = enumeration_cost(std::slice::from_ref(v));
+                    k.enumeration = Some(vec![v.clone()]);
+                }
                 "minimum" => k.minimum = Some(number(v).map_err(|r| at(key, r))?),
                 "maximum" => k.maximum = Some(number(v).map_err(|r| at(key, r))?),
                 "exclusiveMinimum" => k.exclusive_minimum = Some(number(v).map_err(|r| at(key, r))?),
@@ -321,6 +338,7 @@ impl Compiler {
                         let id = self.child(sub, &format!("{pointer}/properties/{}", escape(name)), depth)?;
                         k.properties.push((name.clone(), id));
                     }
+                    k.properties.sort_by(|a, b| a.0.cmp(&b.0));
                 }
                 "additionalProperties" => {
                     k.additional = Some(self.child(v, &format!("{pointer}/additionalProperties"), depth)?);
@@ -398,6 +416,11 @@ impl Compiler {
             .map(|(_, id)| *id)
             .ok_or_else(|| format!("{target:?}: no such entry in the root's $defs"))
     }
+}
+
+fn enumeration_cost(values: &[Value]) -> u64 {
+    let bytes: usize = values.iter().map(|v| serde_json::to_string(v).map_or(0, |t| t.len())).sum();
+    values.len() as u64 + bytes as u64 / 64
 }
 
 fn types(v: &Value) -> Result<Types, String> {

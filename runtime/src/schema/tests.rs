@@ -56,6 +56,13 @@ fn every_keyword_of_the_subset_is_enforced_with_its_pointer() {
     }
     // `1.0` is an integer, and equal to `1`.
     assert!(schema(json!({"type": "integer", "enum": [1]})).validate(&json!(1.0)).is_ok());
+    // A failed branch leaves the pointer of the next failure as it was.
+    let s = schema(json!({"anyOf": [{"additionalProperties": false}, {"properties": {"b": {"type": "string"}}}]}));
+    assert_eq!(fails(&s, json!({"a": 1, "b": 2})).pointer, "");
+    let s = schema(
+        json!({"allOf": [{"anyOf": [{"additionalProperties": false}, true]}, {"properties": {"b": {"type": "string"}}}]}),
+    );
+    assert_eq!(fails(&s, json!({"a": 1, "b": 2})).pointer, "/b");
     // Pointers escape `/` and `~`.
     let v = fails(&schema(json!({"additionalProperties": false})), json!({"a/b~": 1}));
     assert_eq!(v.pointer, "/a~1b~0");
@@ -119,6 +126,40 @@ fn hostile_schemas_are_bounded() {
     let blowup = schema(json!({"$defs": defs, "$ref": "#/$defs/d39"}));
     let v = blowup.validate(&json!(1)).unwrap_err();
     assert_eq!(v.keyword, "budget", "{v}");
+
+    // Work per step is charged too: a 1 MiB string measured again and again,
+    // a large enum checked for every item of a large array.
+    let started = std::time::Instant::now();
+    let mut defs = serde_json::Map::new();
+    defs.insert("d0".into(), json!({"type": "string", "minLength": 1, "enum": ["x"]}));
+    for i in 1..40 {
+        let prev = format!("#/$defs/d{}", i - 1);
+        defs.insert(format!("d{i}"), json!({"anyOf": [{"$ref": prev}, {"$ref": prev}]}));
+    }
+    let strings = schema(json!({"$defs": defs, "$ref": "#/$defs/d39"}));
+    let v = strings.validate(&json!("y".repeat(1 << 20))).unwrap_err();
+    assert_eq!(v.keyword, "budget", "{v}");
+    let values: Vec<serde_json::Value> = (0..20_000).map(|i| json!(format!("value-{i}"))).collect();
+    let big_enum = schema(json!({"type": "array", "items": {"enum": values}}));
+    let items: Vec<serde_json::Value> = (0..10_000).map(|_| json!("value-19999")).collect();
+    assert!(big_enum.validate(&json!(["value-7"])).is_ok());
+    let v = big_enum.validate(&json!(items)).unwrap_err();
+    assert_eq!(v.keyword, "budget", "{v}");
+    // An object of many keys walked again and again.
+    let mut defs = serde_json::Map::new();
+    // Fails at the last key, after walking the others.
+    defs.insert("d0".into(), json!({"required": ["k0"], "properties": {"k99999": {"type": "string"}}}));
+    for i in 1..40 {
+        let prev = format!("#/$defs/d{}", i - 1);
+        defs.insert(format!("d{i}"), json!({"anyOf": [{"$ref": prev}, {"$ref": prev}]}));
+    }
+    let objects = schema(json!({"$defs": defs, "$ref": "#/$defs/d39"}));
+    let wide: serde_json::Map<String, serde_json::Value> = (0..100_000).map(|i| (format!("k{i}"), json!(i))).collect();
+    let v = objects.validate(&serde_json::Value::Object(wide)).unwrap_err();
+    assert_eq!(v.keyword, "budget", "{v}");
+    // Generous for a debug build on a busy machine; well under a second in
+    // release.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
 }
 
 fn compat(mode: &str, old: serde_json::Value, new: serde_json::Value) -> Result<(), String> {

@@ -57,7 +57,7 @@ impl Schema {
     /// Validate `value` against the subschema `id` (the compatibility check
     /// asks whether old `enum` values pass the new schema).
     pub(crate) fn validate_at(&self, id: NodeId, value: &Value) -> Result<(), Violation> {
-        let mut v = Validator { schema: self, steps: 0, path: Vec::new() };
+        let mut v = Validator { schema: self, steps: 0, trials: 0, path: Vec::new() };
         v.check(id, value, 0).map_err(|f| match f {
             Fail::Invalid(v) | Fail::Budget(v) => v,
         })
@@ -67,6 +67,10 @@ impl Schema {
 struct Validator<'s, 'v> {
     schema: &'s Schema,
     steps: u64,
+    /// How many `anyOf`/`oneOf` branches being tried enclose the current
+    /// check: a failure there is thrown away, so its pointer is not built
+    /// (a payload key can be long, and branches can be many).
+    trials: u32,
     path: Vec<Seg<'v>>,
 }
 
@@ -84,11 +88,13 @@ impl<'v> Validator<'_, 'v> {
     }
 
     fn invalid(&self, keyword: &'static str, reason: String) -> Fail {
-        Fail::Invalid(Violation { pointer: self.pointer(), keyword, reason })
+        let pointer = if self.trials > 0 { String::new() } else { self.pointer() };
+        Fail::Invalid(Violation { pointer, keyword, reason })
     }
 
-    fn check(&mut self, id: NodeId, value: &'v Value, depth: usize) -> Result<(), Fail> {
-        self.steps += 1;
+    /// Count `n` steps of work against the budget.
+    fn charge(&mut self, n: u64) -> Result<(), Fail> {
+        self.steps = self.steps.saturating_add(n);
         if self.steps > MAX_VALIDATION_STEPS {
             return Err(Fail::Budget(Violation {
                 pointer: self.pointer(),
@@ -96,6 +102,11 @@ impl<'v> Validator<'_, 'v> {
                 reason: format!("validation took more than {MAX_VALIDATION_STEPS} steps; the payload is refused"),
             }));
         }
+        Ok(())
+    }
+
+    fn check(&mut self, id: NodeId, value: &'v Value, depth: usize) -> Result<(), Fail> {
+        self.charge(1)?;
         if depth > MAX_VALIDATION_DEPTH {
             return Err(Fail::Budget(Violation {
                 pointer: self.pointer(),
@@ -116,6 +127,11 @@ impl<'v> Validator<'_, 'v> {
                 self.invalid("type", format!("{} is not of type {}", super::compile::kind(value), type_names(types)))
             );
         }
+        if k.enumeration.is_some() {
+            // Comparing is work too: a large enum, or large values in it,
+            // cost in proportion (weighed once, at load).
+            self.charge(k.enumeration_cost)?;
+        }
         if let Some(values) = &k.enumeration
             && !values.iter().any(|e| json_eq(e, value))
         {
@@ -124,7 +140,9 @@ impl<'v> Validator<'_, 'v> {
         }
         match value {
             Value::Number(n) => self.number(k, n.as_f64().unwrap_or(f64::NAN))?,
-            Value::String(s) => {
+            Value::String(s) if k.min_length.is_some() || k.max_length.is_some() => {
+                // Counting characters reads the string: charged by its size.
+                self.charge(1 + s.len() as u64 / 256)?;
                 let len = s.chars().count() as u64;
                 if let Some(min) = k.min_length
                     && len < min
@@ -159,17 +177,24 @@ impl<'v> Validator<'_, 'v> {
                 }
             }
             Value::Object(map) => {
+                // Each required name is looked up, each key of the value
+                // walked: work in proportion, charged before it is done.
+                self.charge(k.required.len() as u64)?;
                 if let Some(missing) = k.required.iter().find(|name| !map.contains_key(name.as_str())) {
                     return Err(self.invalid("required", format!("required property {missing:?} is missing")));
                 }
                 if !k.properties.is_empty() || k.additional.is_some() {
+                    self.charge(map.len() as u64)?;
                     for (name, v) in map {
                         let Some(sub) = k.property(name) else { continue };
                         self.path.push(Seg::Key(name));
                         if matches!(schema.node(sub), Node::Bool(false)) {
-                            let declared = k.properties.iter().any(|(n, _)| n == name);
+                            let declared = k.declares(name);
                             let keyword = if declared { "properties" } else { "additionalProperties" };
-                            return Err(self.invalid(keyword, format!("property {name:?} is not allowed")));
+                            let name = preview(&Value::String(name.clone()));
+                            let fail = self.invalid(keyword, format!("property {name} is not allowed"));
+                            self.path.pop();
+                            return Err(fail);
                         }
                         let r = self.check(sub, v, depth + 1);
                         self.path.pop();
@@ -188,7 +213,10 @@ impl<'v> Validator<'_, 'v> {
         if !k.any_of.is_empty() {
             let mut matched = false;
             for &sub in &k.any_of {
-                match self.check(sub, value, depth + 1) {
+                self.trials += 1;
+                let tried = self.check(sub, value, depth + 1);
+                self.trials -= 1;
+                match tried {
                     Ok(()) => {
                         matched = true;
                         break;
@@ -204,7 +232,10 @@ impl<'v> Validator<'_, 'v> {
         if !k.one_of.is_empty() {
             let mut matched = 0;
             for &sub in &k.one_of {
-                match self.check(sub, value, depth + 1) {
+                self.trials += 1;
+                let tried = self.check(sub, value, depth + 1);
+                self.trials -= 1;
+                match tried {
                     Ok(()) => matched += 1,
                     Err(Fail::Invalid(_)) => {}
                     Err(budget) => return Err(budget),
@@ -295,15 +326,17 @@ pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// A value for an error message, cut short.
+/// A value for an error message, cut short: scalars as they are (strings
+/// cut to 64 characters), arrays and objects by kind only, so a failing
+/// branch of an `anyOf` never serializes a large payload.
 fn preview(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() <= 64 {
-        return text;
+    match v {
+        // By bytes: counting the characters of a long string is work.
+        Value::String(s) if s.len() > 64 => {
+            let cut: String = s.chars().take(61).collect();
+            format!("{:?}...", cut)
+        }
+        Value::Array(_) | Value::Object(_) => super::compile::kind(v).to_owned(),
+        scalar => scalar.to_string(),
     }
-    let mut end = 61;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
