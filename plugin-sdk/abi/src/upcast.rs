@@ -97,3 +97,25 @@ pub enum Upcasted {
     /// (`upcast_failed`) with the original as stored.
     Failed(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{decode, encode};
+
+    #[test]
+    fn the_bytes_are_the_documented_ones() {
+        // docs/abi.md 16.3.
+        assert_eq!(encode(&Upcasted::Failed("no".into())).unwrap(), [0x01, 0x02, 0x6e, 0x6f]);
+        let one = UpcastEvent { key: None, content_type: String::new(), headers: vec![], payload: b"{}".to_vec() };
+        let bytes = encode(&Upcasted::Events(vec![one.clone()])).unwrap();
+        assert_eq!(bytes, [0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x7b, 0x7d]);
+        assert_eq!(decode::<Upcasted>(&bytes).unwrap(), Upcasted::Events(vec![one]));
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn the_charged_size_is_the_documented_one() {
+        assert_eq!(core::mem::size_of::<UpcastEvent>(), 96);
+    }
+}
