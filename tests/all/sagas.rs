@@ -497,3 +497,34 @@ fn the_bounds_refuse_what_is_over_them_and_keep_the_rest() {
     assert_eq!(ids, ["b-2"], "{second}");
     assert!(second["next"].is_null(), "{second}");
 }
+
+/// The overall timeout is a durable timer too: it falls while the runtime
+/// is down (killed with -9), and fires at the next start, compensating the
+/// completed steps in reverse.
+#[test]
+fn the_overall_timeout_fires_after_a_kill_and_restart_and_compensates() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("60s", 1, 1).replacen("timeout = \"10m\"", "timeout = \"2s\"", 1);
+    let mut server = Server::start(dir.path(), &text);
+    place(&server, &[json!({ "order_id": "late-1", "silent": ["shipping"] })]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while saga(&server, "late-1").is_none_or(|s| s["step"] != 2) {
+        assert!(Instant::now() < deadline, "{}", server.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = saga(&server, "late-1").unwrap();
+    assert_eq!(running["status"], "running");
+    server.kill9();
+    // Down past the saga's deadline.
+    let due = running["deadline_ms"].as_u64().unwrap();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    while now() <= due + 200 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.restart();
+    let s = wait_status(&server, "late-1", &["compensated"]);
+    assert_eq!(s["cause"], "the saga timed out");
+    assert!(s["timeline"].as_array().unwrap().iter().any(|e| e["kind"] == "deadline"), "{s}");
+    assert_eq!(compensations(&s), ["inventory", "payment"]);
+    assert_effects(&server, "late-1", &["payment", "inventory"], &["payment", "inventory"]);
+}
