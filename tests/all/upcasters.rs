@@ -430,3 +430,26 @@ fn inspect_shows_what_a_module_accepts_and_whether_the_config_reaches_it() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["reach"][0]["ok"], true, "{report}");
 }
+
+#[test]
+fn an_upcaster_answering_more_than_max_outputs_fails_the_event_and_nothing_of_it_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = chain_config("ORDERS_V3").replace("from = 2\nto = 3\n", "from = 2\nto = 3\nmax_outputs = 2\n");
+    assert!(toml.contains("max_outputs = 2"));
+    let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
+    rt.publish_blocking(vec![
+        order("two", "a", 1, json!({ "id": "two", "amount": 1, "split": 2 })),
+        order("three", "b", 1, json!({ "id": "three", "amount": 1, "split": 3 })),
+    ])
+    .unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let seen = seen(&rt);
+    assert_eq!(seen.iter().filter(|s| s["id"] == "two").count(), 2);
+    assert_eq!(seen.iter().filter(|s| s["id"] == "three").count(), 0, "{seen:?}");
+    let dlq = rt.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!((dlq[0].code.as_str(), dlq[0].event.idempotency_key.as_str()), ("upcast_failed", "three"));
+    assert!(dlq[0].message.contains("3 upcast events, over the cap of 2"), "{}", dlq[0].message);
+    assert_eq!(dlq[0].event.schema_version, 1, "the original, as stored");
+    rt.shutdown().unwrap();
+}
