@@ -577,3 +577,41 @@ fn every_keyword_of_the_subset_refuses_at_ingest_with_its_pointer() {
     }
     assert_eq!(head(&server), 1, "nothing refused was stored");
 }
+
+#[test]
+fn a_timer_whose_event_violates_its_schema_is_refused_when_scheduled() {
+    let dir = tempfile::tempdir().unwrap();
+    // The reminder schedules tasks.task.reminder {task, due_ms}: the schema
+    // wants an `owner` it never has.
+    let toml = r#"
+[[pipelines]]
+name = "tasks"
+topics = ["tasks.task.created", "tasks.task.done"]
+[[pipelines.handlers]]
+name = "reminder"
+plugin = "{REMINDER}"
+
+[[schemas]]
+topic = "tasks.task.reminder"
+[[schemas.versions]]
+version = 1
+schema = '{"type": "object", "required": ["task", "owner"]}'
+"#;
+    let server = Server::start(dir.path(), toml);
+    let task = json!({"topic": "tasks.task.created", "key": "t-1", "payload": {"remind_in_ms": 1}});
+    assert_eq!(server.post("/v1/events", &task).0, 200);
+    let mut entries = Vec::new();
+    wait_for("the dead letter", || {
+        entries = server.get("/v1/dlq").1["entries"].as_array().unwrap().clone();
+        !entries.is_empty()
+    });
+    assert_eq!(entries[0]["code"], "schema_violation", "{entries:?}");
+    assert_eq!(entries[0]["attempts"], 1, "final at once: {entries:?}");
+    let message = entries[0]["message"].as_str().unwrap();
+    assert!(message.contains("timer \"t-1\"") && message.contains("\"owner\""), "{message}");
+    // No timer is pending and none fires: the log holds the task alone.
+    let (_, timers) = server.get("/v1/subscriptions/tasks/reminder/timers");
+    assert_eq!(timers["timers"], json!([]), "{timers}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(head(&server), 1);
+}

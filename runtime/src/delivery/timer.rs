@@ -62,6 +62,15 @@ impl Worker {
             {
                 return Ok(Err(bad(format!("timer {:?}: {reason}", crate::engine::bounded_text(key, 64)))));
             }
+            // Its topic's schema (`[[schemas]]`), checked when it is
+            // scheduled, as an emit's is when emitted: the event it will
+            // append is fixed now, and a violation is final.
+            if let TimerOp::Schedule { emit, key, .. } = &op
+                && let Err(e) = self.spec.schemas.check(&emit.topic, emit.schema_version, &emit.payload)
+            {
+                let key = crate::engine::bounded_text(key, 64);
+                return Ok(Err(Failure::new("schema_violation", format!("timer {key:?}: {e}"), false)));
+            }
             last.insert(key.to_owned(), op);
         }
         let schedules: Vec<&str> =
