@@ -453,3 +453,39 @@ fn an_upcaster_answering_more_than_max_outputs_fails_the_event_and_nothing_of_it
     assert_eq!(dlq[0].event.schema_version, 1, "the original, as stored");
     rt.shutdown().unwrap();
 }
+
+#[test]
+fn versions_declared_in_schemas_must_reach_what_a_handler_accepts_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let upcaster_and_handler = r#"
+[[upcasters]]
+name = "orders-v2"
+topic = "orders.order.created"
+from = 1
+to = 2
+plugin = "{ORDERS_UPCASTER}"
+
+[[pipelines]]
+name = "orders"
+topics = ["orders.order.created"]
+[[pipelines.handlers]]
+name = "v2"
+plugin = "{ORDERS_V2}"
+"#;
+    // Versions 1 and 2 declared: both reach 2.
+    let declared = |versions: &[u32]| -> String {
+        let mut toml = "[[schemas]]\ntopic = \"orders.>\"\ncompatibility = \"none\"\n".to_owned();
+        for v in versions {
+            toml.push_str(&format!("[[schemas.versions]]\nversion = {v}\n"));
+        }
+        toml
+    };
+    let rt = Runtime::start(&config(dir.path(), &format!("{}{upcaster_and_handler}", declared(&[1, 2])))).unwrap();
+    rt.shutdown().unwrap();
+    // Version 3 declared too: nothing brings it to 2.
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        Runtime::start(&config(dir.path(), &format!("{}{upcaster_and_handler}", declared(&[1, 2, 3])))).unwrap_err();
+    assert_eq!(err.code(), "unreachable_version", "{err}");
+    assert!(err.to_string().contains("version 3 of orders.order.created"), "{err}");
+}

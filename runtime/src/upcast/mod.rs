@@ -85,6 +85,8 @@ struct Entry {
 pub(crate) struct Upcasters {
     entries: Vec<Entry>,
     edges: Vec<Edge>,
+    /// The versions `[[schemas]]` declares, per pattern: they can arrive too.
+    declared: Vec<(crate::topic::Pattern, Vec<u32>)>,
     generation: AtomicU64,
     /// Held through a deploy: two deploys run one after the other.
     deploying: Mutex<()>,
@@ -166,7 +168,13 @@ impl Upcasters {
             .enumerate()
             .map(|(index, e)| Edge { index, topic: e.config.topic.clone(), from: e.config.from, to: e.config.to })
             .collect();
-        Ok(Self { entries, edges, generation: AtomicU64::new(0), deploying: Mutex::new(()) })
+        Ok(Self {
+            entries,
+            edges,
+            declared: declared(config),
+            generation: AtomicU64::new(0),
+            deploying: Mutex::new(()),
+        })
     }
 
     /// Whether any upcaster is configured.
@@ -285,7 +293,7 @@ impl Upcasters {
     /// refused.
     pub(crate) fn check_handler(&self, patterns: &[crate::topic::Pattern], accepts: &[u32]) -> Result<(), String> {
         for pattern in patterns {
-            check_reach(&self.edges, pattern, accepts, &[])?;
+            check_reach(&self.edges, pattern, accepts, &extra(&self.declared, pattern))?;
         }
         Ok(())
     }
@@ -306,5 +314,21 @@ pub fn check_accepts(config: &Config, pattern: &crate::topic::Pattern, accepts: 
         .enumerate()
         .map(|(index, u)| Edge { index, topic: u.topic.clone(), from: u.from, to: u.to })
         .collect();
-    check_reach(&edges, pattern, accepts, &[])
+    check_reach(&edges, pattern, accepts, &extra(&declared(config), pattern))
+}
+
+/// The versions each `[[schemas]]` entry declares.
+fn declared(config: &Config) -> Vec<(crate::topic::Pattern, Vec<u32>)> {
+    config
+        .schemas
+        .entries()
+        .iter()
+        .map(|e| (e.pattern.clone(), e.versions.iter().map(|v| v.version).collect()))
+        .filter(|(_, versions): &(_, Vec<u32>)| !versions.is_empty())
+        .collect()
+}
+
+/// The declared versions of the entries whose pattern overlaps `pattern`.
+fn extra(declared: &[(crate::topic::Pattern, Vec<u32>)], pattern: &crate::topic::Pattern) -> Vec<u32> {
+    declared.iter().filter(|(p, _)| plan::overlaps(p, pattern)).flat_map(|(_, v)| v.iter().copied()).collect()
 }
