@@ -5,13 +5,15 @@
 # each subscription did and what sits in the dead-letter queue, and why.
 # `scripts/demo.sh accounts` runs the event-sourcing demo instead (`weir demo
 # accounts`): bank accounts, their commands, two views, a replay, time travel.
+# `scripts/demo.sh sagas` runs the orchestrated-saga demo (`weir demo sagas`):
+# orders through payment, inventory and shipping, compensated in reverse order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 echo "==> building the example plugins (wasm32-unknown-unknown)" >&2
 cargo build --quiet --profile plugin --target wasm32-unknown-unknown \
-  -p order-validator -p enricher -p filter -p audit-logger -p bank-account -p balances -p statements
+  -p order-validator -p enricher -p filter -p audit-logger -p bank-account -p balances -p statements -p saga-service
 echo "==> building weir" >&2
 cargo build --quiet -p weir-runtime --bin weir
 

@@ -13,6 +13,7 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod demo_accounts;
+mod demo_sagas;
 mod dry_run;
 mod example_plugins;
 mod exec_truth;

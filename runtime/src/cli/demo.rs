@@ -1,9 +1,11 @@
 //! `weir demo`: the main job. Starts a fan-out pipeline on the embedded
 //! store, publishes sample orders (a poison one among them), and shows what
 //! each subscription did and what sits in the dead-letter queue, and why.
-//! `weir demo accounts` is the event-sourcing demo (`demo/accounts.rs`).
+//! `weir demo accounts` is the event-sourcing demo (`demo/accounts.rs`),
+//! `weir demo sagas` the orchestrated-saga demo (`demo/sagas.rs`).
 
 mod accounts;
+mod sagas;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,11 +38,17 @@ enum Which {
     /// Event sourcing: bank accounts decided by an aggregate, two
     /// projections read as views (read-your-writes), a replay, time travel.
     Accounts,
+    /// Orchestrated sagas: orders through payment, inventory and shipping;
+    /// one completes, others are compensated in reverse order (a failure,
+    /// a timeout), with their timelines.
+    Sagas,
 }
 
 pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    if let Some(Which::Accounts) = args.which {
-        return accounts::run(&args.plugins, args.data_dir.as_deref());
+    match args.which {
+        Some(Which::Accounts) => return accounts::run(&args.plugins, args.data_dir.as_deref()),
+        Some(Which::Sagas) => return sagas::run(&args.plugins, args.data_dir.as_deref()),
+        None => {}
     }
     for plugin in ["order_validator", "audit_logger", "enricher"] {
         let path = args.plugins.join(format!("{plugin}.wasm"));
