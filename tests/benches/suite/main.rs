@@ -11,6 +11,7 @@ mod event_sourcing;
 mod jetstream;
 mod procs;
 mod read_side;
+mod sagas;
 mod weir;
 
 use std::fmt::Write as _;
@@ -30,7 +31,8 @@ USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
 
 OPTIONS:
   --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency memory swap metrics
-                    read sse consumer webhook commands appends views [default: all of them]
+                    read sse consumer webhook commands appends views sagas
+                    [default: all of them]
   --events N        events per throughput run [default: 200000]
   --rate N          offered rate of the latency runs, events/s [default: 10000]
   --seconds N       length of the latency runs, after 1 s of warm-up [default: 10]
@@ -66,11 +68,14 @@ SCENARIOS:
            Nats-Expected-Last-Subject-Sequence (skipped without nats-server)
   views    a balances projection over --events account events: view queries
            by key from 4 clients, then a replay that rebuilds it
+  sagas    3-step sagas on the saga-service Wasm plugin: --events / 20 sagas
+           all completing, then with 10% compensating; p99 duration (start
+           appended -> completed) at --rate / 50 sagas/s for --seconds
 ";
 
-const ALL: [&str; 17] = [
+const ALL: [&str; 18] = [
     "s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics", "read", "sse", "consumer", "webhook",
-    "commands", "appends", "views",
+    "commands", "appends", "views", "sagas",
 ];
 
 struct Options {
@@ -534,6 +539,7 @@ fn main() {
 
     read_side(&mut r, &o);
     event_sourcing::report(&mut r, &o, &mut results);
+    sagas::report(&mut r, &o, &mut results);
 
     targets(&mut r, &results, o.plugins);
     std::fs::create_dir_all(&o.out).unwrap_or_else(|e| panic!("cannot create {}: {e}", o.out.display()));
