@@ -2,17 +2,15 @@
 //! subscription `sinks/<name>` exactly as a webhook sink is, and the
 //! sources' status (`runtime/src/source/` runs them).
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
-use super::supervise::{Rebuild, Supervised};
+use super::supervise::Native;
 use super::{Runtime, RuntimeError, Sub};
 use crate::config::{Config, DEFAULT_LOG_LINES_PER_SECOND, JetStreamSinkConfig, SINK_PIPELINE};
-use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
+use crate::delivery::{Invoke, Spec, SubscriptionCounters};
 use crate::ids::IdGenerator;
-use crate::metrics::WINDOW;
 use crate::sink::JetStreamSink;
 use crate::source::SourceStatus;
 use crate::store::Store;
@@ -52,38 +50,20 @@ pub(super) fn start_jetstream_sink(
         max_pending_timers: 0,
         upcasters: None,
     };
-    let rx = Arc::new(Mutex::new(rx));
-    super::subscriptions::prepare(store, &name, &sink.topics, sink.from)?;
-    let worker =
-        Worker::new(spec.clone(), store.clone(), invoker, Arc::clone(ids), Arc::clone(&counters), Arc::clone(&rx))?;
-    let wake = tx.clone();
-    store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
-    let supervised = Supervised {
+    let sub = Native {
         spec,
-        store: store.clone(),
-        ids: Arc::clone(ids),
-        counters: Arc::clone(&counters),
-        rx,
-        rebuild: Rebuild::Native(Box::new(build)),
-        stopping: Arc::clone(stopping),
-    };
-    let join = std::thread::Builder::new()
-        .name(format!("weir-sub-{name}"))
-        .spawn(move || supervised.run(worker))
-        .map_err(|e| RuntimeError::Worker(e.to_string()))?;
-    tracing::info!(subscription = %name, url = %sink.connection.url_text(), subject = %sink.subject, "JetStream sink started");
-    Ok(Sub {
-        name,
+        invoker,
+        build: Box::new(build),
         pipeline: SINK_PIPELINE.to_owned(),
         handler: sink.name.clone(),
-        topics: sink.topics.iter().map(ToString::to_string).collect(),
+        from: sink.from,
         ready: sink.ready.clone(),
-        window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
-        control: tx,
+        control: (tx, rx),
         counters,
-        join: Some(join),
-        switching: Mutex::new(()),
-    })
+    }
+    .start(store, ids, stopping)?;
+    tracing::info!(subscription = %name, url = %sink.connection.url_text(), subject = %sink.subject, "JetStream sink started");
+    Ok(sub)
 }
 
 /// A metric: name, kind, help, and its value for a source.

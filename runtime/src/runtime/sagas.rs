@@ -2,17 +2,15 @@
 //! subscription `sagas/<name>` with its own worker and supervisor, exactly
 //! as a sink does, with a [`Coordinator`] as what it invokes.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 
-use super::supervise::{Rebuild, Supervised};
+use super::supervise::Native;
 use super::{RuntimeError, Sub};
 use crate::config::{Config, DEFAULT_LOG_LINES_PER_SECOND, RetryPolicy, SAGA_PIPELINE, SagaConfig};
-use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
+use crate::delivery::{Invoke, Spec, SubscriptionCounters};
 use crate::ids::IdGenerator;
-use crate::metrics::WINDOW;
 use crate::saga::{Coordinator, SagaMetrics};
 use crate::store::Store;
 use crate::topic::Pattern;
@@ -65,38 +63,20 @@ pub(super) fn start_saga(
         // A saga coordinator takes events as stored.
         upcasters: None,
     };
-    let rx = Arc::new(Mutex::new(rx));
-    super::subscriptions::prepare(store, &name, &topics, saga.from)?;
-    let worker =
-        Worker::new(spec.clone(), store.clone(), invoker, Arc::clone(ids), Arc::clone(&counters), Arc::clone(&rx))?;
-    let wake = tx.clone();
-    store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
-    let supervised = Supervised {
+    let sub = Native {
         spec,
-        store: store.clone(),
-        ids: Arc::clone(ids),
-        counters: Arc::clone(&counters),
-        rx,
-        rebuild: Rebuild::Native(Box::new(build)),
-        stopping: Arc::clone(stopping),
-    };
-    let join = std::thread::Builder::new()
-        .name(format!("weir-sub-{name}"))
-        .spawn(move || supervised.run(worker))
-        .map_err(|e| RuntimeError::Worker(e.to_string()))?;
-    tracing::info!(subscription = %name, steps = saga.steps.len(), "saga coordinator started");
-    Ok(Sub {
-        name,
+        invoker,
+        build: Box::new(build),
         pipeline: SAGA_PIPELINE.to_owned(),
         handler: saga.name.clone(),
-        topics: topics.iter().map(ToString::to_string).collect(),
+        from: saga.from,
         ready: crate::config::ReadyThresholds::default(),
-        window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
-        control: tx,
+        control: (tx, rx),
         counters,
-        join: Some(join),
-        switching: Mutex::new(()),
-    })
+    }
+    .start(store, ids, stopping)?;
+    tracing::info!(subscription = %name, steps = saga.steps.len(), "saga coordinator started");
+    Ok(sub)
 }
 
 /// Most instances one page of `GET /v1/sagas` answers.

@@ -11,17 +11,20 @@
 //! loads the registry's active version, which the deploy already
 //! recorded), and a redrive is refused with the reason.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::deploy::active_module;
-use crate::config::HandlerConfig;
+use super::{RuntimeError, Sub};
+use crate::config::{HandlerConfig, ReadyThresholds};
 use crate::delivery::{Control, Invoke, Spec, SubscriptionCounters, Worker};
 use crate::engine::Engine;
 use crate::ids::IdGenerator;
-use crate::store::{Store, StoreError};
+use crate::metrics::WINDOW;
+use crate::store::{StartPosition, Store, StoreError};
 
 /// First wait before a restart.
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -44,6 +47,73 @@ pub(super) enum Rebuild {
     /// Native code that can be built again (a webhook sink from its
     /// configuration).
     Native(Box<dyn Fn() -> Box<dyn Invoke> + Send>),
+}
+
+/// A subscription whose invoker is native code (a webhook sink, a
+/// JetStream sink, a saga coordinator), ready to start with the same
+/// cursor, worker, supervisor and thread as a handler's.
+pub(super) struct Native {
+    pub(super) spec: Spec,
+    /// The first invoker; `build` makes the next after a death.
+    pub(super) invoker: Box<dyn Invoke>,
+    pub(super) build: Box<dyn Fn() -> Box<dyn Invoke> + Send>,
+    pub(super) pipeline: String,
+    pub(super) handler: String,
+    /// Where its cursor starts the first time.
+    pub(super) from: StartPosition,
+    pub(super) ready: ReadyThresholds,
+    /// Its control channel (made by the caller: a sink's disabler holds
+    /// the sender).
+    pub(super) control: (Sender<Control>, Receiver<Control>),
+    pub(super) counters: Arc<SubscriptionCounters>,
+}
+
+impl Native {
+    /// Its first cursor from `from` and its place among retention's
+    /// readers, exactly as for a handler; then its worker on a thread of
+    /// its own, woken by every commit, under a supervisor that rebuilds it
+    /// with `build` after a death.
+    pub(super) fn start(
+        self,
+        store: &Store,
+        ids: &Arc<IdGenerator>,
+        stopping: &Arc<AtomicBool>,
+    ) -> Result<Sub, RuntimeError> {
+        let Self { spec, invoker, build, pipeline, handler, from, ready, control: (tx, rx), counters } = self;
+        let name = Arc::clone(&spec.name);
+        let rx = Arc::new(Mutex::new(rx));
+        super::subscriptions::prepare(store, &name, &spec.patterns, from)?;
+        let worker =
+            Worker::new(spec.clone(), store.clone(), invoker, Arc::clone(ids), Arc::clone(&counters), Arc::clone(&rx))?;
+        let wake = tx.clone();
+        store.watch(Box::new(move || wake.send(Control::Wake).is_ok()));
+        let topics = spec.patterns.iter().map(ToString::to_string).collect();
+        let supervised = Supervised {
+            spec,
+            store: store.clone(),
+            ids: Arc::clone(ids),
+            counters: Arc::clone(&counters),
+            rx,
+            rebuild: Rebuild::Native(build),
+            stopping: Arc::clone(stopping),
+        };
+        let join = std::thread::Builder::new()
+            .name(format!("weir-sub-{name}"))
+            .spawn(move || supervised.run(worker))
+            .map_err(|e| RuntimeError::Worker(e.to_string()))?;
+        Ok(Sub {
+            name,
+            pipeline,
+            handler,
+            topics,
+            ready,
+            window: Arc::new(Mutex::new(VecDeque::with_capacity(WINDOW + 1))),
+            control: tx,
+            counters,
+            join: Some(join),
+            switching: Mutex::new(()),
+        })
+    }
 }
 
 /// Everything a subscription's thread needs to run and restart its worker.
