@@ -36,6 +36,17 @@ const BATCH_BYTES: usize = 8 << 20;
 /// Idempotency keys the shadow remembers to skip duplicates the store no
 /// longer has records of; past it the set starts again (documented).
 const MAX_SEEN_KEYS: usize = 1 << 20;
+/// Bytes (keys and values) of committed writes the shadow keeps in its
+/// overlay, so a later event of the same key reads them from memory rather
+/// than through a store transaction: only the shadow writes its namespace,
+/// so what it keeps stays exact. Past it, the overlay starts again.
+const MAX_KEPT_BYTES: usize = 64 << 20;
+/// Events applied between two commits of the shadow's writes (each commit
+/// an fsync), and bytes of writes: whichever comes first. The shadow is
+/// not durable progress (a replay that stops starts again), so only the
+/// memory of the writes waiting bounds how many wait.
+const COMMIT_EVENTS: usize = 8192;
+const COMMIT_BYTES: usize = 8 << 20;
 
 /// How far a replay has got, read by status while it runs.
 #[derive(Debug, Default)]
@@ -74,6 +85,12 @@ pub(crate) struct Shadow {
     seen: HashSet<String>,
     held: BTreeSet<u64>,
     progress: Arc<ReplayProgress>,
+    /// Bytes of writes kept in the overlay ([`MAX_KEPT_BYTES`]).
+    kept: usize,
+    /// Writes not committed yet, of how many events, and their bytes.
+    pending: Vec<StateWrite>,
+    pending_events: usize,
+    pending_bytes: usize,
 }
 
 impl Shadow {
@@ -100,6 +117,10 @@ impl Shadow {
             seen: HashSet::new(),
             held: BTreeSet::new(),
             progress,
+            kept: 0,
+            pending: Vec::new(),
+            pending_events: 0,
+            pending_bytes: 0,
         })
     }
 
@@ -138,15 +159,15 @@ impl Shadow {
             self.position = end.min(to);
             self.progress.position.store(self.position, Ordering::Relaxed);
         }
-        Ok(())
+        self.flush()
     }
 
-    /// Apply what the live subscription applied among `events`, and commit
-    /// the writes.
+    /// Apply what the live subscription applied among `events`; commit the
+    /// writes waiting when they are enough ([`COMMIT_EVENTS`],
+    /// [`COMMIT_BYTES`]).
     fn apply_all(&mut self, events: &[(u64, Event)]) -> Result<(), StoreError> {
         let asks: Vec<(u64, &str)> = events.iter().map(|(seq, e)| (*seq, e.idempotency_key.as_str())).collect();
         let outcomes = self.store.live_outcomes(&self.spec.subscription, &asks)?;
-        let mut writes: Vec<StateWrite> = Vec::new();
         for ((seq, event), outcome) in events.iter().zip(outcomes) {
             let apply = match outcome {
                 LiveOutcome::Handled => true,
@@ -167,7 +188,9 @@ impl Shadow {
             self.seen.insert(event.idempotency_key.clone());
             match self.invoke(event) {
                 Some(mut w) => {
-                    writes.append(&mut w);
+                    self.pending_bytes = w.iter().fold(self.pending_bytes, |n, w| n.saturating_add(w.bytes()));
+                    self.pending_events += 1;
+                    self.pending.append(&mut w);
                     self.progress.applied.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
@@ -175,10 +198,26 @@ impl Shadow {
                 }
             }
         }
+        if self.pending_events >= COMMIT_EVENTS || self.pending_bytes >= COMMIT_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Commit the writes waiting, in order (a later write of a key wins).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let writes = std::mem::take(&mut self.pending);
+        self.kept = self.kept.saturating_add(self.pending_bytes);
+        (self.pending_events, self.pending_bytes) = (0, 0);
         self.store.commit_state_blocking(&self.spec.namespace, writes)?;
-        let mut overlay = self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        overlay.hand_over();
-        overlay.committed();
+        // The writes stay in the overlay (now a copy of what is committed)
+        // until it holds too much.
+        if self.kept >= MAX_KEPT_BYTES {
+            let mut overlay = self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            overlay.hand_over();
+            overlay.committed();
+            self.kept = 0;
+        }
         Ok(())
     }
 
