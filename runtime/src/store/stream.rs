@@ -219,6 +219,12 @@ pub(super) struct StreamAppend {
     expected: ExpectedRevision,
     events: Vec<Event>,
     _admitted: Admitted,
+    /// Whether the events' idempotency keys go through the ingest index
+    /// (looked up, then claimed). Not for a command's append: the command
+    /// record committed in the same transaction makes a retry answer that
+    /// record, so its derived keys can never append twice (as emits skip
+    /// the index because their input's record is committed with them).
+    dedup: bool,
 }
 
 /// What the check decided.
@@ -230,8 +236,8 @@ pub(super) enum Decided {
 }
 
 impl StreamAppend {
-    /// An append made as part of another command (an aggregate's,
-    /// `aggregate.rs`).
+    /// An append made as part of an aggregate's command (`aggregate.rs`):
+    /// its events skip the ingest index (see `dedup`).
     pub(super) fn new(
         ty: String,
         key: String,
@@ -239,7 +245,7 @@ impl StreamAppend {
         events: Vec<Event>,
         admitted: Admitted,
     ) -> Self {
-        Self { ty, key, expected, events, _admitted: admitted }
+        Self { ty, key, expected, events, _admitted: admitted, dedup: false }
     }
 }
 
@@ -260,12 +266,12 @@ impl Apply for StreamAppend {
         // Known keys (live in the ingest index, including what earlier
         // commands of this group claimed).
         let mut known = Vec::with_capacity(self.events.len());
-        for event in &self.events {
+        for event in self.events.iter().filter(|_| self.dedup) {
             let entry = w.ingest.get(event.idempotency_key.as_str())?.map(|v| v.value());
             known.push(entry.filter(|(_, _, expires)| *expires > w.now).map(|(id, seq, _)| (EventId(id), seq)));
         }
         let current = w.streams.current(ty, key)?;
-        if !self.events.is_empty() && known.iter().all(Option::is_some) {
+        if !known.is_empty() && known.iter().all(Option::is_some) {
             let mut events = Vec::with_capacity(known.len());
             for (id, seq) in known.into_iter().flatten() {
                 events.push(StreamPublished { id, seq, revision: w.streams.revision_of(ty, key, seq)? });
@@ -295,7 +301,7 @@ impl Apply for StreamAppend {
             let bytes = next_record(&mut records)?;
             // The check found no key known; claiming records them for the
             // ingest path and later appends alike.
-            if ingest::claim(w, &event.idempotency_key, event.id)?.is_some() {
+            if self.dedup && ingest::claim(w, &event.idempotency_key, event.id)?.is_some() {
                 return Err(Fatal(StoreError::Storage(
                     "a stream append's idempotency key became known between its check and its write (a bug in Weir)"
                         .into(),
@@ -303,7 +309,9 @@ impl Apply for StreamAppend {
             }
             let seq = append(w, bytes, &event)?;
             w.published += 1;
-            w.ingested.push(event.idempotency_key);
+            if self.dedup {
+                w.ingested.push(event.idempotency_key);
+            }
             revision = first + i as u64;
             events.push(StreamPublished { id: event.id, seq, revision: Some(revision) });
         }
@@ -339,7 +347,7 @@ impl Store {
     ) {
         match self.admit(&events) {
             Ok(admitted) => self.send(Command::StreamAppend(Order::new(
-                StreamAppend { ty, key, expected, events, _admitted: admitted },
+                StreamAppend { ty, key, expected, events, _admitted: admitted, dedup: true },
                 reply,
             ))),
             Err(refused) => reply(Err(refused)),
@@ -359,7 +367,8 @@ impl Store {
         events: Vec<Event>,
     ) -> Result<AppendOutcome, StoreError> {
         let admitted = self.admit(&events)?;
-        let command = StreamAppend { ty: ty.to_owned(), key: key.to_owned(), expected, events, _admitted: admitted };
+        let command =
+            StreamAppend { ty: ty.to_owned(), key: key.to_owned(), expected, events, _admitted: admitted, dedup: true };
         self.ask(|reply| Command::StreamAppend(Order::new(command, reply)))
     }
 
