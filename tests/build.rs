@@ -51,6 +51,9 @@ const PLUGINS: &[(&str, &str)] = &[
     ("orders-splitter", "ORDERS_SPLITTER"),
     ("orders-v3", "ORDERS_V3"),
     ("broken-upcaster", "BROKEN_UPCASTER"),
+    ("orders-upcaster-broken", "ORDERS_UPCASTER_BROKEN"),
+    ("bench-upcaster", "BENCH_UPCASTER"),
+    ("bench-filter-v2", "BENCH_FILTER_V2"),
 ];
 
 /// (source file in `plugins/c` without `.c`, constant name).

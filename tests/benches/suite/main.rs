@@ -12,6 +12,7 @@ mod jetstream;
 mod procs;
 mod read_side;
 mod sagas;
+mod schemas;
 mod weir;
 
 use std::fmt::Write as _;
@@ -31,7 +32,7 @@ USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
 
 OPTIONS:
   --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency memory swap metrics
-                    read sse consumer webhook commands appends views sagas
+                    read sse consumer webhook commands appends views sagas schemas
                     [default: all of them]
   --events N        events per throughput run [default: 200000]
   --rate N          offered rate of the latency runs, events/s [default: 10000]
@@ -71,11 +72,13 @@ SCENARIOS:
   sagas    3-step sagas on the saga-service Wasm plugin: --events / 20 sagas
            all completing, then with 10% compensating; p99 duration (start
            appended -> completed) at --rate / 50 sagas/s for --seconds
+  schemas  s2 as is, with a JSON Schema checked at ingest, with v2-only
+           handlers fed v2, and fed v1 through one upcaster step
 ";
 
-const ALL: [&str; 18] = [
+const ALL: [&str; 19] = [
     "s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics", "read", "sse", "consumer", "webhook",
-    "commands", "appends", "views", "sagas",
+    "commands", "appends", "views", "sagas", "schemas",
 ];
 
 struct Options {
@@ -540,6 +543,7 @@ fn main() {
     read_side(&mut r, &o);
     event_sourcing::report(&mut r, &o, &mut results);
     sagas::report(&mut r, &o, &mut results);
+    schemas::report(&mut r, &o, &mut results);
 
     targets(&mut r, &results, o.plugins);
     std::fs::create_dir_all(&o.out).unwrap_or_else(|e| panic!("cannot create {}: {e}", o.out.display()));

@@ -59,11 +59,13 @@ pub(crate) struct Setup {
     pub(crate) fresh: bool,
     /// Latency histograms on (the default) or off.
     pub(crate) metrics: bool,
+    /// Schemas and upcasters on the input topic (the `schemas` scenario).
+    pub(crate) schemas: crate::schemas::Variant,
 }
 
 impl Setup {
     pub(crate) const fn new(shape: Shape) -> Self {
-        Self { shape, native: false, fresh: false, metrics: true }
+        Self { shape, native: false, fresh: false, metrics: true, schemas: crate::schemas::Variant::None }
     }
 
     fn subscriptions(self) -> &'static [&'static str] {
@@ -76,15 +78,16 @@ impl Setup {
 
     fn config(self, dir: &std::path::Path) -> Config {
         let instance = if self.fresh { "fresh" } else { "reuse" };
+        let plugin = self.schemas.handler_plugin();
         let handler = |name: &str, config: &str| {
             format!(
-                "[[pipelines.handlers]]\nname = \"{name}\"\nplugin = {:?}\nlimits = {{ instance = \"{instance}\" }}\n{config}",
-                plugins::FILTER
+                "[[pipelines.handlers]]\nname = \"{name}\"\nplugin = {plugin:?}\nlimits = {{ instance = \"{instance}\" }}\n{config}"
             )
         };
         let pipeline = |name: &str, topic: &str| format!("[[pipelines]]\nname = \"{name}\"\ntopics = [\"{topic}\"]\n");
         let mut text =
             format!("data_dir = {:?}\n[metrics]\nenabled = {}\n", dir.join("data").display().to_string(), self.metrics);
+        text += &self.schemas.config();
         match self.shape {
             Shape::Single => {
                 text += &pipeline("bench", "orders.order.created");
@@ -202,10 +205,11 @@ pub(crate) fn throughput(setup: Setup, n: usize) -> Throughput {
     let dir = tempfile::tempdir().expect("temp dir");
     let rt = Arc::new(setup.start(dir.path()));
     let ids = IdGenerator::new();
-    let batches: Vec<Vec<Event>> = (0..n).step_by(500).map(|i| events(&ids, i, 500.min(n - i))).collect();
+    let mut batches: Vec<Vec<Event>> = (0..n).step_by(500).map(|i| events(&ids, i, 500.min(n - i))).collect();
+    setup.schemas.prepare(&mut batches);
     let subs = setup.subscriptions();
     let started = Instant::now();
-    publish_all(&rt, batches);
+    publish_all(&rt, batches.into_iter().map(|b| setup.schemas.admit(&rt, b)));
     let publish_secs = started.elapsed().as_secs_f64();
     loop {
         if min_cursor(&rt, subs) >= rt.store().head() && rt.is_idle() {
@@ -215,6 +219,7 @@ pub(crate) fn throughput(setup: Setup, n: usize) -> Throughput {
     }
     let total_secs = started.elapsed().as_secs_f64();
     let (commits, commands) = rt.store().commit_stats();
+    setup.schemas.verify(&rt, subs, n);
     stop(rt);
     Throughput {
         events: n,
