@@ -14,6 +14,7 @@ mod dashboard;
 mod delivery;
 mod demo_accounts;
 mod demo_sagas;
+mod demo_schemas;
 mod dry_run;
 mod example_plugins;
 mod exec_truth;

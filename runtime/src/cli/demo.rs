@@ -2,10 +2,12 @@
 //! store, publishes sample orders (a poison one among them), and shows what
 //! each subscription did and what sits in the dead-letter queue, and why.
 //! `weir demo accounts` is the event-sourcing demo (`demo/accounts.rs`),
-//! `weir demo sagas` the orchestrated-saga demo (`demo/sagas.rs`).
+//! `weir demo sagas` the orchestrated-saga demo (`demo/sagas.rs`),
+//! `weir demo schemas` the versioned-events demo (`demo/schemas.rs`).
 
 mod accounts;
 mod sagas;
+mod schemas;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,12 +44,16 @@ enum Which {
     /// one completes, others are compensated in reverse order (a failure,
     /// a timeout), with their timelines.
     Sagas,
+    /// Versioned events: v1 and v2 producers side by side, a v2-only
+    /// handler, a broken upcaster fixed live and its dead letters redriven.
+    Schemas,
 }
 
 pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Some(Which::Accounts) => return accounts::run(&args.plugins, args.data_dir.as_deref()),
         Some(Which::Sagas) => return sagas::run(&args.plugins, args.data_dir.as_deref()),
+        Some(Which::Schemas) => return schemas::run(&args.plugins, args.data_dir.as_deref()),
         None => {}
     }
     for plugin in ["order_validator", "audit_logger", "enricher"] {
