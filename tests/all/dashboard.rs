@@ -884,3 +884,59 @@ fn the_log_browser_filters_follows_and_opens_lineage_and_the_graph_shows_consume
         None => eprintln!("this chromedriver has no browser log: script error check skipped"),
     }
 }
+
+#[test]
+#[ignore = "needs chromium and chromedriver (Debian: chromium, chromium-driver); run with `cargo test -- --include-ignored`"]
+fn the_dashboard_lists_running_and_failed_sagas_with_their_timeline() {
+    let Some((driver_bin, chromium)) = Browser::installed() else {
+        panic!("chromium and chromedriver are not installed (Debian: chromium, chromium-driver): this test needs them");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &super::sagas::config("60s", 1, 1));
+    // One completes; one finds no courier and its payment's refund fails
+    // for good: compensation_failed, which an operator must see.
+    let orders = json!([
+        { "topic": "orders.order.placed", "key": "c-1", "payload": { "order_id": "ok-1" } },
+        { "topic": "orders.order.placed", "key": "c-2",
+          "payload": { "order_id": "stuck-1", "address": "nowhere", "undo_fail": ["payment"] } },
+    ]);
+    assert_eq!(server.post("/v1/events", &orders).0, 200);
+    eventually("one saga completed and one compensation_failed", || {
+        let (_, ok) = server.get("/v1/sagas/ok-1");
+        let (_, stuck) = server.get("/v1/sagas/stuck-1");
+        ok["status"] == "completed" && stuck["status"] == "compensation_failed"
+    });
+
+    let browser = Browser::launch(&driver_bin, &chromium, dir.path());
+    browser.goto(&format!("{}/", server.url));
+    // The panel appears because a coordinator runs; by default it lists
+    // the running and failed instances only.
+    browser.wait_text("#saga-body tr[data-saga-id=\"stuck-1\"] [data-state]", "the failed saga", |t| {
+        t == "compensation_failed"
+    });
+    assert!(browser.displayed("#saga-panel"));
+    assert_eq!(
+        browser.script("return document.querySelectorAll('#saga-body tr[data-saga-id=\"ok-1\"]').length", &[]),
+        json!(0)
+    );
+    // Its timeline: the failure at shipping, then the compensation of the
+    // payment that failed.
+    browser.click("#saga-body tr[data-saga-id=\"stuck-1\"]");
+    browser.wait_text("#saga-detail h3", "the timeline's title", |t| {
+        t.contains("stuck-1") && t.contains("compensation_failed")
+    });
+    let kinds = browser
+        .script("return Array.from(document.querySelectorAll('#saga-timeline li')).map((li) => li.dataset.kind)", &[]);
+    let kinds: Vec<&str> = kinds.as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"started"), "{kinds:?}");
+    assert!(kinds.contains(&"compensation_failed"), "{kinds:?}");
+    // Another status shows the completed one.
+    browser.script(
+        "const s = document.querySelector('#saga-status'); s.value = 'completed'; s.dispatchEvent(new Event('change'));",
+        &[],
+    );
+    browser.wait_text("#saga-body tr[data-saga-id=\"ok-1\"] [data-state]", "the completed saga", |t| t == "completed");
+    if let Some(errors) = browser.script_errors() {
+        assert!(errors.is_empty(), "the page logged errors: {errors:?}");
+    }
+}

@@ -18,7 +18,7 @@ const SERVICES: [&str; 3] = ["payment", "inventory", "shipping"];
 
 /// The three services and the saga `order` over them. `step_timeout` and
 /// `comp_attempts` vary per test.
-fn config(step_timeout: &str, attempts: u32, comp_attempts: u32) -> String {
+pub(crate) fn config(step_timeout: &str, attempts: u32, comp_attempts: u32) -> String {
     let service = |name: &str, topics: &[&str], cfg: &str| {
         format!(
             r#"
