@@ -41,7 +41,7 @@ impl Nats {
         nats
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -135,7 +135,7 @@ pub(crate) async fn publish(js: &jetstream::Context, messages: Vec<Outgoing>) {
 }
 
 /// Every event in Weir's log, by position.
-fn log(server: &Server) -> Vec<Value> {
+pub(crate) fn log(server: &Server) -> Vec<Value> {
     let mut out = Vec::new();
     let mut after: Option<u64> = None;
     loop {
@@ -177,7 +177,7 @@ pub(crate) fn source_toml(nats: &Nats, extra: &str) -> String {
 
 /// The consumer has nothing pending and nothing unacked: JetStream will
 /// deliver nothing more.
-fn consumer_drained(rt: &tokio::runtime::Runtime, stream: &mut stream::Stream) -> Result<(), String> {
+pub(crate) fn consumer_drained(rt: &tokio::runtime::Runtime, stream: &mut stream::Stream) -> Result<(), String> {
     let info = rt.block_on(stream.consumer_info("weir-in")).map_err(|e| e.to_string())?;
     if info.num_pending == 0 && info.num_ack_pending == 0 {
         Ok(())

@@ -38,6 +38,7 @@ mod sagas;
 mod schemas;
 mod server;
 mod sinks;
+mod source_dlq;
 mod start_positions;
 mod state;
 mod store_damage;

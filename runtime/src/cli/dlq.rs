@@ -20,10 +20,10 @@ pub(crate) struct DlqArgs {
 
 #[derive(Debug, Clone, Args)]
 struct Filter {
-    /// Only this subscription (`<pipeline>/<handler>`).
+    /// Only this subscription (`<pipeline>/<handler>`, `consumers/<name>`, `sources/<name>`).
     #[arg(long, short = 's')]
     subscription: Option<String>,
-    /// Only this failure code (`handler_reject`, `timeout`, …).
+    /// Only this failure code (`handler_reject`, `timeout`, `source_rejected`, …).
     #[arg(long)]
     code: Option<String>,
     /// Only this sequence number.

@@ -380,6 +380,12 @@ impl Config {
                     ),
                 ));
             }
+            if rp.name == "sources" {
+                return Err(err(
+                    &format!("{key}.name"),
+                    "\"sources\" is reserved: the sources' dead letters are listed as sources/<name>".into(),
+                ));
+            }
             if rp.name == UPCASTER_PIPELINE {
                 return Err(err(
                     &format!("{key}.name"),

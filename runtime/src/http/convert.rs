@@ -98,7 +98,16 @@ impl From<&crate::store::DlqEntry> for DlqEntryInfo {
 
 impl From<&crate::store::DlqEntry> for DlqEntryDetail {
     fn from(e: &crate::store::DlqEntry) -> Self {
-        Self { entry: e.into(), event: JsonEvent::from_event(&e.event) }
+        let source_message = crate::source::stored_message(e).map(|m| super::models::SourceMessageInfo {
+            subject: m.subject,
+            stream: m.stream,
+            stream_seq: m.stream_seq,
+            reason_code: m.reason_code,
+            payload_bytes: m.payload_bytes,
+            payload_truncated: m.payload_truncated,
+            headers_truncated: m.headers_truncated,
+        });
+        Self { entry: e.into(), event: JsonEvent::from_event(&e.event), source_message }
     }
 }
 

@@ -129,11 +129,13 @@ impl From<IngestError> for ApiError {
     }
 }
 
-/// A redrive's failure: 404 for an unknown subscription, else 503.
+/// A redrive's failure: 404 for an unknown subscription, 422 for source
+/// entries that still make no event, else 503.
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         let status = match e {
             RuntimeError::UnknownSubscription(_) => StatusCode::NOT_FOUND,
+            RuntimeError::SourceRedrive { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         Self::new(status, e.code(), e.to_string())

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Runtime, RuntimeError};
 use crate::delivery::Control;
-use crate::store::{DlqEntry, DlqFilter, DlqPage, StoreError};
+use crate::store::{DlqEntry, DlqFilter, DlqPage, Redriven, StoreError};
 
 /// What a redrive did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -56,29 +56,42 @@ impl Runtime {
     }
 
     /// Send the DLQ entries passing `filter` back through their
-    /// subscription's current handler.
+    /// subscription's current handler. A source's entry (`sources/<name>`,
+    /// a message that made no event) is mapped again with the source's
+    /// current configuration and appended to the log if it now makes an
+    /// event.
     ///
     /// # Idempotency
     ///
     /// An entry is moved out of the DLQ and into the subscription's parked
     /// events in one transaction: redriving twice moves it once. The
-    /// subscription's idempotency check still applies when it runs.
+    /// subscription's idempotency check still applies when it runs. A
+    /// source's entry is removed in the transaction that appends its event.
     ///
     /// # Errors
     ///
-    /// Storage errors, or an unknown subscription in the filter.
+    /// Storage errors, an unknown subscription in the filter, or source
+    /// entries that still make no event (they stay; the others selected
+    /// are redriven, and the error says how many).
     pub fn redrive(&self, filter: &DlqFilter) -> Result<RedriveReport, RuntimeError> {
         if let Some(name) = &filter.subscription
             && !self.subs.iter().any(|s| &*s.name == name)
             && !name.starts_with(crate::consumer::DLQ_PREFIX)
+            && !name.starts_with(crate::config::SOURCE_PREFIX)
         {
             return Err(RuntimeError::UnknownSubscription(name.clone()));
         }
         let mut by_sub: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut sources: Vec<DlqEntry> = Vec::new();
         for entry in self.store.dlq(filter)? {
-            by_sub.entry(entry.subscription).or_default().push(entry.seq);
+            if entry.subscription.starts_with(crate::config::SOURCE_PREFIX) {
+                sources.push(entry);
+            } else {
+                by_sub.entry(entry.subscription).or_default().push(entry.seq);
+            }
         }
         let mut report = RedriveReport::default();
+        let refused = self.redrive_sources(sources, &mut report)?;
         for (name, seqs) in by_sub {
             // A durable consumer's entries go back to its pending deliveries.
             if let Some(consumer) = name.strip_prefix(crate::consumer::DLQ_PREFIX) {
@@ -107,7 +120,40 @@ impl Runtime {
             report.redriven += moved;
             report.missing += total - moved;
         }
+        if !refused.is_empty() {
+            return Err(RuntimeError::SourceRedrive { redriven: report.redriven, refused });
+        }
         Ok(report)
+    }
+
+    /// Map each source entry again with its source's current configuration
+    /// and append what now makes an event; answers why the others stay.
+    fn redrive_sources(&self, entries: Vec<DlqEntry>, report: &mut RedriveReport) -> Result<Vec<String>, StoreError> {
+        let mut refused = Vec::new();
+        for entry in entries {
+            let name = entry.subscription.strip_prefix(crate::config::SOURCE_PREFIX).unwrap_or_default();
+            let Some(source) = self.config.sources.iter().find(|s| s.name == name) else {
+                refused.push(format!("{} #{}: no source {name:?} is configured", entry.subscription, entry.seq));
+                continue;
+            };
+            let schemas = &self.config.schemas;
+            let event = match crate::source::remap(source, &self.ids, self.config.max_payload_bytes, schemas, &entry) {
+                Ok(event) => event,
+                Err(why) => {
+                    refused.push(why.to_string());
+                    continue;
+                }
+            };
+            let position = entry.event.idempotency_key.clone();
+            match self.store.source_redrive_blocking(entry.subscription.clone(), entry.seq, position, event)? {
+                Redriven::Missing => report.missing += 1,
+                Redriven::Appended(published) => {
+                    tracing::info!(subscription = %entry.subscription, seq = entry.seq, log_seq = published.seq, duplicate = published.duplicate, "source message redriven");
+                    report.redriven += 1;
+                }
+            }
+        }
+        Ok(refused)
     }
 
     /// Delete the DLQ entries passing `filter`.

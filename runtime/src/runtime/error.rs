@@ -60,6 +60,19 @@ pub enum RuntimeError {
         /// Which version of which topic pattern reaches what.
         reason: String,
     },
+    /// Source DLQ entries that still make no event with the source's
+    /// current configuration: they stay in the DLQ.
+    #[error(
+        "source DLQ entries not redriven, they stay ({} of them; {redriven} others redriven): {}",
+        refused.len(),
+        refused.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+    )]
+    SourceRedrive {
+        /// Entries redriven by the same request.
+        redriven: usize,
+        /// Why each refused entry stays.
+        refused: Vec<String>,
+    },
     /// A worker thread could not be started or died.
     #[error("subscription worker failed: {0}")]
     Worker(String),
@@ -89,6 +102,7 @@ impl RuntimeError {
             Self::StoredModule { error, .. } => error.code(),
             Self::UnknownSubscription(_) => "unknown_subscription",
             Self::Worker(_) => "worker",
+            Self::SourceRedrive { .. } => "source_still_rejected",
             Self::Upcaster(_) => "not_an_upcaster",
             Self::Unreachable { .. } => "unreachable_version",
             Self::ShutdownTimeout { .. } => "shutdown_timeout",

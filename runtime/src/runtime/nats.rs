@@ -73,7 +73,16 @@ impl Runtime {
     /// A status line per source (`[[sources]]`).
     #[must_use]
     pub fn sources(&self) -> Vec<SourceStatus> {
-        self.nats.status()
+        let mut sources = self.nats.status();
+        // Counted from the DLQ's keys: no entry is decoded.
+        if !sources.is_empty()
+            && let Ok(counts) = self.store.dlq_counts()
+        {
+            for s in &mut sources {
+                s.dlq = counts.get(&s.name).copied().unwrap_or(0);
+            }
+        }
+        sources
     }
 
     /// Why sources make the runtime degraded: one not consuming (no
@@ -103,7 +112,7 @@ impl Runtime {
         if sources.is_empty() {
             return;
         }
-        let series: [Series; 7] = [
+        let series: [Series; 9] = [
             ("weir_source_connected", "gauge", "1 while the source's NATS connection is up.", |s| {
                 u64::from(s.connected)
             }),
@@ -123,6 +132,13 @@ impl Runtime {
             ("weir_source_rejected_total", "counter", "Messages with no usable event, terminated, since start.", |s| {
                 s.rejected
             }),
+            (
+                "weir_source_dead_lettered_total",
+                "counter",
+                "Rejected messages stored in the DLQ (sources/<name>) since start.",
+                |s| s.dead_lettered,
+            ),
+            ("weir_source_dlq_depth", "gauge", "The source's DLQ entries (sources/<name>).", |s| s.dlq),
             (
                 "weir_source_errors_total",
                 "counter",

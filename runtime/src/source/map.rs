@@ -57,18 +57,55 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
         .map(async_nats::HeaderValue::as_str)
 }
 
+/// Why a message makes no event: a stable code (`payload_too_large`,
+/// `no_topic`, `no_key`, `invalid_topic`, `field_too_large`, a schema
+/// check's code, …) and the reason. The message is then dead-lettered as
+/// `sources/<name>` (`dlq.rs`) and terminated in JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl Rejection {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The event for `message`, or why it has none (the message is then
-/// terminated in JetStream and counted as rejected).
+/// terminated in JetStream and counted as rejected). The source itself uses
+/// [`map_message`]; this is the same mapping with a plain-text reason.
+#[allow(dead_code)]
 pub(crate) fn to_event(
     config: &SourceConfig,
     ids: &IdGenerator,
     max_payload_bytes: usize,
     message: &Delivered<'_>,
 ) -> Result<Event, String> {
+    map_message(config, ids, max_payload_bytes, message).map_err(|r| r.message)
+}
+
+/// [`to_event`] with the rejection's stable code.
+pub(crate) fn map_message(
+    config: &SourceConfig,
+    ids: &IdGenerator,
+    max_payload_bytes: usize,
+    message: &Delivered<'_>,
+) -> Result<Event, Rejection> {
     if message.payload.len() > max_payload_bytes {
-        return Err(format!(
-            "payload of {} bytes exceeds the maximum of {max_payload_bytes} bytes (ingest.max_payload_bytes)",
-            message.payload.len()
+        return Err(Rejection::new(
+            "payload_too_large",
+            format!(
+                "payload of {} bytes exceeds the maximum of {max_payload_bytes} bytes (ingest.max_payload_bytes)",
+                message.payload.len()
+            ),
         ));
     }
     let h = |name: &str| header(message.headers, name);
@@ -84,19 +121,24 @@ pub(crate) fn to_event(
     {
         match message.subject.split('.').nth(n - 1) {
             Some(token) => event.key = Some(token.to_owned()),
-            None => return Err(format!("subject {:?} has no token {n} for the key", message.subject)),
+            None => {
+                return Err(Rejection::new(
+                    "no_key",
+                    format!("subject {:?} has no token {n} for the key", message.subject),
+                ));
+            }
         }
     }
     if let Some(key) = h("weir-idempotency-key").or_else(|| h("Nats-Msg-Id")) {
         event.idempotency_key = key.to_owned();
     }
-    crate::ingest::check_event(&event).map_err(|e| e.to_string())?;
+    crate::ingest::check_event(&event).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
     Ok(event)
 }
 
 /// A binary-mode CloudEvent: as over HTTP, with the subject's topic when
 /// `ce-type` is not a topic.
-fn cloudevent(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>) -> Result<Event, String> {
+fn cloudevent(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>) -> Result<Event, Rejection> {
     let mut raw: Vec<(&str, &[u8])> = Vec::new();
     let mut content_type = None;
     if let Some(headers) = message.headers {
@@ -114,16 +156,18 @@ fn cloudevent(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>)
     let ct = content_type.unwrap_or(&config.content_type);
     raw.push(("content-type", ct.as_bytes()));
     let ingest = crate::ingest::Ingest { ids, source: &config.source, max_payload_bytes: usize::MAX, schemas: None };
-    let mut events = ingest.cloudevent_binary(&raw, message.payload.to_vec()).map_err(|e| e.to_string())?;
-    events.pop().ok_or_else(|| "the CloudEvent made no event".to_owned())
+    let mut events = ingest
+        .cloudevent_binary(&raw, message.payload.to_vec())
+        .map_err(|e| Rejection::new(e.code(), e.to_string()))?;
+    events.pop().ok_or_else(|| Rejection::new("invalid_cloudevent", "the CloudEvent made no event"))
 }
 
 /// Any other message: topic from the headers or the subject.
-fn plain(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>) -> Result<Event, String> {
+fn plain(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>) -> Result<Event, Rejection> {
     let h = |name: &str| header(message.headers, name);
     let topic = match h("weir-topic").or_else(|| h("ce-type")) {
         Some(topic) => topic.to_owned(),
-        None => config.topic.apply(message.subject)?,
+        None => config.topic.apply(message.subject).map_err(|e| Rejection::new("no_topic", e))?,
     };
     let mut headers = BTreeMap::new();
     if let Some(map) = message.headers {
@@ -149,7 +193,11 @@ fn plain(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>) -> R
         source: h("weir-source").or_else(|| h("ce-source")).map(str::to_owned).or_else(|| Some(config.source.clone())),
         key: None,
         schema_version: h("weir-schema-version")
-            .map(|v| v.parse().map_err(|_| format!("weir-schema-version {v:?} is not a number")))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    Rejection::new("invalid_schema_version", format!("weir-schema-version {v:?} is not a number"))
+                })
+            })
             .transpose()?,
         time: h("weir-time").or_else(|| h("ce-time")).map(str::to_owned),
         content_type: None,
@@ -160,7 +208,7 @@ fn plain(config: &SourceConfig, ids: &IdGenerator, message: &Delivered<'_>) -> R
         payload: None,
         payload_base64: None,
     };
-    let mut event = json.into_event(ids, &config.source).map_err(|e| e.to_string())?;
+    let mut event = json.into_event(ids, &config.source).map_err(|e| Rejection::new(e.code(), e.to_string()))?;
     if h("weir-time").is_none() && h("ce-time").is_none() && message.published > 0 {
         // The time JetStream stored it: the same on every redelivery.
         event.time = message.published;

@@ -16,8 +16,11 @@
 //! workers, which publish from their own threads, must outlive the HTTP
 //! server's runtime during shutdown.
 
+mod dlq;
 mod map;
 mod run;
+
+pub(crate) use dlq::{remap, stored_message};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +44,9 @@ pub(crate) struct SourceState {
     pub(crate) appended: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    /// Rejected messages stored in the DLQ (a redelivery of one already
+    /// there is not counted again).
+    pub(crate) dead_lettered: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) last_seq: AtomicU64,
     /// Messages JetStream still holds for the consumer, as the last
@@ -94,9 +100,16 @@ pub struct SourceStatus {
     pub appended: u64,
     /// Messages recognised as already appended since start.
     pub duplicates: u64,
-    /// Messages with no usable event (no topic, too large …), terminated in
-    /// JetStream, since start.
+    /// Messages with no usable event (no topic, too large …), dead-lettered
+    /// as `sources/<name>` and terminated in JetStream, since start.
     pub rejected: u64,
+    /// Of them, those stored in the DLQ since start (not a redelivery of
+    /// one already there).
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// The source's DLQ entries now.
+    #[serde(default)]
+    pub dlq: u64,
     /// Connection, stream, consumer or store failures since start.
     pub errors: u64,
     /// The last of them or the last rejection.
@@ -164,6 +177,12 @@ impl Nats {
                 max_payload_bytes: config.max_payload_bytes,
                 schemas: config.schemas.clone(),
             };
+            // Its DLQ entries (`sources/<name>`) belong to a running reader,
+            // so they are not listed as an orphan's; their seqs are stream
+            // positions, so they hold no log event back (retention skips
+            // `sources/` names).
+            let reader = crate::store::RetentionReader { patterns: Some(Vec::new()), position: None };
+            store.register_reader(&dlq::subscription(&source.name), reader);
             runtime.spawn(task.run(self.stop.subscribe()));
             tracing::info!(source = %source.name, stream = %source.stream, url = %source.connection.url_text(), "JetStream source started");
             self.sources.push((source.clone(), state));
@@ -195,6 +214,9 @@ impl Nats {
                     appended: s.appended.load(Ordering::Relaxed),
                     duplicates: s.duplicates.load(Ordering::Relaxed),
                     rejected: s.rejected.load(Ordering::Relaxed),
+                    dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+                    // Filled in by the runtime, which reads the store.
+                    dlq: 0,
                     errors: s.errors.load(Ordering::Relaxed),
                     last_error: s.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
                 }

@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use futures_util::{FutureExt as _, StreamExt as _};
 
 use super::SourceState;
-use super::map::{Delivered, to_event};
+use super::map::{Delivered, Rejection, map_message};
 use crate::config::SourceConfig;
 use crate::ids::IdGenerator;
 use crate::store::{Store, StoreError};
@@ -160,11 +160,16 @@ impl Task {
         }
     }
 
-    /// Map, commit, then ack one batch.
+    /// Map, commit, then ack one batch. A message that makes no event is
+    /// committed with the batch as a DLQ entry (`dlq.rs`), and terminated
+    /// in JetStream only after the commit.
     async fn append(&self, stream: &str, created: i64, batch: Vec<jetstream::Message>) -> Result<(), Stop> {
         let mut seqs = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
         let mut keep = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        let mut terminate = Vec::new();
+        let now_ms = crate::store::now_ms();
         for message in batch {
             let (stream_seq, pending, published) = match message.info() {
                 Ok(info) => (
@@ -182,14 +187,14 @@ impl Task {
                 stream_seq,
                 published,
             };
-            let event = to_event(&self.config, &self.ids, self.max_payload_bytes, &delivered).and_then(|event| {
+            let event = map_message(&self.config, &self.ids, self.max_payload_bytes, &delivered).and_then(|event| {
                 self.schemas
                     .check(&event.topic, event.schema_version, &event.payload)
                     .map(|()| {
                         self.schemas.observe([&event]);
                         event
                     })
-                    .map_err(|e| format!("{}: {e}", e.code()))
+                    .map_err(|e| Rejection::new(e.code(), e.to_string()))
             });
             match event {
                 Ok(event) => {
@@ -198,47 +203,66 @@ impl Task {
                     keep.push(message);
                 }
                 Err(why) => {
-                    let why = format!("stream seq {stream_seq} (subject {:?}): {why}", message.subject.as_str());
-                    tracing::warn!(source = %self.config.name, reason = %why, "JetStream source: message rejected and terminated");
+                    let text = format!(
+                        "stream seq {stream_seq} (subject {:?}): {}: {}",
+                        message.subject.as_str(),
+                        why.code,
+                        why.message
+                    );
+                    tracing::warn!(source = %self.config.name, reason = %text, "JetStream source: message rejected, dead-lettered and terminated");
                     self.state.rejected.fetch_add(1, Ordering::Relaxed);
-                    *self.state.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
-                    if let Err(e) = message.ack_with(AckKind::Term).await {
-                        return Err(Stop::Failed(format!("terminating a rejected message: {e}")));
-                    }
+                    *self.state.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
+                    let position = crate::store::source_position_key(&self.config.name, stream, created, stream_seq);
+                    rejected.push(super::dlq::entry(
+                        &self.config,
+                        &self.ids,
+                        &delivered,
+                        position,
+                        &why,
+                        self.max_payload_bytes,
+                        now_ms,
+                    ));
+                    terminate.push(message);
                 }
             }
         }
-        if events.is_empty() {
-            return Ok(());
-        }
         let highest = seqs.iter().copied().max().unwrap_or(0);
-        let published = loop {
+        let outcome = loop {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let reply = Box::new(move |result| drop(tx.send(result)));
-            match self.store.source_append(&self.config.name, stream, created, seqs, events, reply) {
+            match self.store.source_commit(&self.config.name, stream, created, seqs, events, rejected, reply) {
                 Ok(()) => {}
                 Err(refused) => {
-                    let (error, s, e) = *refused;
+                    let (error, s, e, r) = *refused;
                     if !matches!(error, StoreError::Overloaded { .. }) {
                         return Err(Stop::Failed(format!("the store refused a batch: {error}")));
                     }
                     // Backpressure: the messages wait in JetStream's hands
                     // (unacked) until the store takes them.
-                    (seqs, events) = (s, e);
+                    (seqs, events, rejected) = (s, e, r);
                     tokio::time::sleep(OVERLOADED_WAIT).await;
                     continue;
                 }
             }
             match rx.await {
-                Ok(Ok(published)) => break published,
+                Ok(Ok(outcome)) => break outcome,
                 Ok(Err(StoreError::Closed)) | Err(_) => return Err(Stop::Closed),
                 Ok(Err(e)) => return Err(Stop::Failed(format!("the store failed a batch: {e}"))),
             }
         };
+        let published = &outcome.published;
         let duplicates = published.iter().filter(|p| p.duplicate).count() as u64;
-        self.state.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        self.state.duplicates.fetch_add(duplicates + outcome.rejected_duplicates, Ordering::Relaxed);
         self.state.appended.fetch_add(published.len() as u64 - duplicates, Ordering::Relaxed);
+        self.state.dead_lettered.fetch_add(outcome.dead_lettered, Ordering::Relaxed);
         self.state.last_seq.fetch_max(highest, Ordering::Relaxed);
+        // Committed (in the log or the DLQ), not yet acked or terminated: a
+        // crash here gets them delivered again, and they are recognised.
+        for message in terminate {
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                return Err(Stop::Failed(format!("terminating a rejected message: {e}")));
+            }
+        }
         for message in keep {
             if let Err(e) = message.ack().await {
                 // Committed, not acked: it comes again and is recognised.

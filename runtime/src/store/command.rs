@@ -39,7 +39,7 @@ use super::consumer;
 use super::lifecycle::DeleteSubscription;
 use super::log::Publish;
 use super::registry::Deploy;
-use super::source::SourceAppend;
+use super::source::{SourceAppend, SourceRedrive};
 use super::state::StateOp;
 use super::stream::StreamAppend;
 use super::subscription::{Purge, Redrive, Results};
@@ -233,6 +233,8 @@ pub(super) enum Command {
     Execute(Order<Execute>),
     /// A source's batch with its positions: [`Store::source_append`](super::Store::source_append).
     SourceAppend(Order<SourceAppend>),
+    /// A dead-lettered source message appended: [`Store::source_redrive_blocking`](super::Store::source_redrive_blocking).
+    SourceRedrive(Order<SourceRedrive>),
     /// Handler state outside a subscription's results: a replay's shadow
     /// (`store/state.rs`).
     State(Order<StateOp>),
@@ -263,6 +265,7 @@ impl Command {
             Self::StreamAppend(order) => order,
             Self::Execute(order) => order,
             Self::SourceAppend(order) => order,
+            Self::SourceRedrive(order) => order,
             Self::State(order) => order,
             Self::Sync(order) => order,
             Self::ConsumerPut(order) => order,

@@ -112,6 +112,7 @@ pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
 pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionRule, StartPosition};
 use shared::{Shared, SharedBackend, Source};
 pub use source::SourcePosition;
+pub(crate) use source::{Redriven, position_key as source_position_key};
 pub(crate) use state::{KIND_KEY, KIND_SHARED, LiveOutcome, ScopeId, Space, StateWrite, namespace as state_namespace};
 pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};

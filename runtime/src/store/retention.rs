@@ -445,6 +445,9 @@ fn low_water_marks(w: &Writes<'_>, state: &RetentionState) -> Result<Marks, Fata
     }
     names.extend(super::lifecycle::names_in(&w.parked)?);
     names.extend(super::lifecycle::names_in(&w.dlq)?);
+    // A source's DLQ entries are keyed by stream position, not log seq,
+    // and hold no log event.
+    names.retain(|n| !n.starts_with(crate::config::SOURCE_PREFIX));
     names.sort();
     names.dedup();
     let mut marks = Marks::new();

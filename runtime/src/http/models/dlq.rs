@@ -99,6 +99,32 @@ pub struct DlqEntryDetail {
     pub entry: DlqEntryInfo,
     /// The event, in its JSON form.
     pub event: JsonEvent,
+    /// For an entry of a source (`sources/<name>`, code
+    /// `source_rejected`): the message that made no event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_message: Option<SourceMessageInfo>,
+}
+
+/// A JetStream message a source dead-lettered because it made no event.
+/// Its headers are the entry's event's headers after the `weir-source-*`
+/// ones, its payload the event's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMessageInfo {
+    /// The subject it was published on.
+    pub subject: String,
+    /// The stream it was read from.
+    pub stream: String,
+    /// Its stream sequence.
+    pub stream_seq: u64,
+    /// Why it made no event (`no_topic`, `payload_too_large`, …).
+    pub reason_code: String,
+    /// Its payload's real size in bytes.
+    pub payload_bytes: u64,
+    /// Only the payload's first 4096 bytes are kept (it was over
+    /// `ingest.max_payload_bytes`): it cannot be redriven.
+    pub payload_truncated: bool,
+    /// Headers past 32 KiB were dropped: it cannot be redriven.
+    pub headers_truncated: bool,
 }
 
 /// `POST /v1/dlq/redrive`.
