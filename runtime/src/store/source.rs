@@ -450,4 +450,22 @@ mod tests {
         let outcome = commit(&store, Vec::new(), Vec::new(), vec![rejected(2, 7)], 7);
         assert_eq!((outcome.dead_lettered, outcome.rejected_duplicates), (0, 1));
     }
+
+    #[test]
+    fn a_sources_entries_hold_no_log_event_back() {
+        let (_dir, store) = temp_store();
+        let events: Vec<Event> = (0..6).map(|i| event(&format!("k{i}"))).collect();
+        store.publish_blocking(events).unwrap();
+        // Its seq is a stream position (2), not log seq 2; and its source
+        // is gone from the configuration (no reader registered).
+        commit(&store, Vec::new(), Vec::new(), vec![rejected(2, 7)], 7);
+        store.set_retention(crate::store::RetentionPolicy { rules: Vec::new(), default: crate::store::Keep::Bytes(1) });
+        crate::store::testing::write_at(&store, crate::store::now_ms(), |w| {
+            super::super::retention::sweep(w, &store.shared.retention).map(drop)
+        });
+        let left: Vec<u64> = store.read_log(0, usize::MAX).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert!(!left.contains(&2), "held back by a source's entry: {left:?}");
+        assert!(store.retention_held().is_empty(), "{:?}", store.retention_held());
+        assert_eq!(keys(&store).len(), 1, "the entry itself stays");
+    }
 }
