@@ -4,8 +4,8 @@
 //! real `nats-server -js` and the real `weir` binary (helpers from
 //! `jetstream.rs`).
 //!
-//! They need `nats-server`: ignored by default, and they fail, not pass,
-//! when it is missing.
+//! Those against `nats-server` are ignored by default, and they fail, not
+//! pass, when it is missing.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -283,4 +283,18 @@ fn redrive_after_a_topic_fix_appends_the_message_once() {
     wait_for("the consumer drained", Duration::from_secs(10), || consumer_drained(&rt, &mut stream));
     assert_eq!(log(&server).len(), 1);
     assert!(source_dlq(&server).is_empty());
+}
+
+#[test]
+fn a_pipeline_named_sources_is_refused_since_sources_dlq_entries_use_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[[pipelines]]\nname = \"sources\"\ntopics = [\"orders.>\"]\n[[pipelines.handlers]]\nname = \"in\"\nplugin = {:?}\n",
+        weir_tests::plugins::ALL[0].1
+    );
+    let error = weir_runtime::Config::parse(&toml, &dir.path().join("weir.toml")).unwrap_err();
+    assert!(error.to_string().contains("\"sources\" is reserved"), "{error}");
+    assert!(
+        weir_runtime::Config::parse(&toml.replace("\"sources\"", "\"orders\""), &dir.path().join("weir.toml")).is_ok()
+    );
 }
