@@ -74,13 +74,9 @@ impl Runtime {
     #[must_use]
     pub fn sources(&self) -> Vec<SourceStatus> {
         let mut sources = self.nats.status();
-        // Counted from the DLQ's keys: no entry is decoded.
-        if !sources.is_empty()
-            && let Ok(counts) = self.store.dlq_counts()
-        {
-            for s in &mut sources {
-                s.dlq = counts.get(&s.name).copied().unwrap_or(0);
-            }
+        // Counted from the keys of the source's own range: nothing decoded.
+        for s in &mut sources {
+            s.dlq = self.store.dlq_count(&s.name).unwrap_or(0);
         }
         sources
     }

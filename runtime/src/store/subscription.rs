@@ -332,6 +332,19 @@ impl Store {
         Ok(counts)
     }
 
+    /// DLQ entries of one subscription, counted from the keys of its range
+    /// alone (a source's status line asks for its own only).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn dlq_count(&self, subscription: &str) -> Result<u64, StoreError> {
+        let read = self.shared.begin_read()?;
+        let table = read.open_table(DLQ).map_err(storage)?;
+        let range = table.range((subscription, 0)..=(subscription, u64::MAX)).map_err(storage)?;
+        Ok(range.count() as u64)
+    }
+
     /// DLQ entries passing `filter`, by subscription and sequence number.
     ///
     /// # Errors
