@@ -137,7 +137,9 @@ impl Shadow {
     pub(crate) fn run_to(&mut self, to: u64) -> Result<(), StoreError> {
         self.progress.target.store(to, Ordering::Relaxed);
         while self.position < to {
-            let entries = self.store.read_log_each(self.position, BATCH, BATCH_BYTES)?;
+            let patterns = &self.spec.patterns;
+            let wanted = |topic: &str| patterns.iter().any(|p| p.matches(topic));
+            let entries = self.store.read_log_each(self.position, BATCH, BATCH_BYTES, &wanted)?;
             let Some(end) = entries.last().map(|(seq, _)| seq + 1) else { break };
             let mut events: Vec<(u64, Event)> = Vec::with_capacity(entries.len());
             for (seq, entry) in entries {
@@ -147,9 +149,7 @@ impl Shadow {
                 // A record that does not decode is one the live
                 // subscription quarantined: it applied nothing from it.
                 match entry {
-                    Ok(event) if self.spec.patterns.iter().any(|p| p.matches(&event.topic)) => {
-                        events.push((seq, event))
-                    }
+                    Ok(Some(event)) => events.push((seq, event)),
                     _ => {
                         self.progress.skipped.fetch_add(1, Ordering::Relaxed);
                     }

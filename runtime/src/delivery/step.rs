@@ -410,15 +410,69 @@ fn schema_failure_code(_: &crate::schema::SchemaError) -> &'static str {
     "schema_violation"
 }
 
+/// Past this many bytes the digest's encoding buffer is given back.
+const DIGEST_BUF_KEEP: usize = 64 * 1024;
+
 /// A digest of what an event emitted, kept in its idempotency record.
 pub(super) fn digest(events: &[Event]) -> String {
     if events.is_empty() {
         // The common case of a handler that emits nothing: no hashing.
         return String::new();
     }
-    let mut hasher = Sha256::new();
-    for e in events {
-        hasher.update(weir_abi::encoding::encode(e).unwrap_or_default());
+    // One buffer per thread, reused: encoding each emit into a fresh
+    // vector (grown from empty) cost more than the hash itself on a chained
+    // pipeline, where every event emits (issue 18). Same bytes as
+    // `encoding::encode`, so the same digest.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    let mut hasher = Sha256::new();
+    BUF.with_borrow_mut(|buf| {
+        for e in events {
+            buf.clear();
+            if weir_abi::encoding::encode_into(e, buf).is_err() {
+                buf.clear();
+            }
+            hasher.update(&buf[..]);
+        }
+        // A large emit must not pin its size in every worker thread.
+        if buf.capacity() > DIGEST_BUF_KEEP {
+            *buf = Vec::new();
+        }
+    });
     crate::engine::hex(&hasher.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_abi::{Event, EventId};
+
+    #[test]
+    fn the_digest_is_the_sha256_of_the_encoded_emits_whatever_the_buffer_held() {
+        use sha2::{Digest, Sha256};
+        let event = |payload: usize| Event {
+            id: EventId([3; 16]),
+            topic: "a.b.c".into(),
+            source: "weir://p/h".into(),
+            key: Some("k".into()),
+            schema_version: 1,
+            time: 5,
+            content_type: "application/json".into(),
+            headers: Vec::new(),
+            idempotency_key: "k/p/h#0".into(),
+            correlation_id: None,
+            causation_id: Some(EventId([1; 16])),
+            payload: vec![9; payload],
+        };
+        let events = [event(100_000), event(10), event(300)];
+        let mut hasher = Sha256::new();
+        for e in &events {
+            hasher.update(weir_abi::encoding::encode(e).unwrap());
+        }
+        let expected = crate::engine::hex(&hasher.finalize()[..16]);
+        // Twice: the second run starts from the buffer the first left.
+        assert_eq!(super::digest(&events), expected);
+        assert_eq!(super::digest(&events), expected);
+        assert_eq!(super::digest(&[]), "");
+    }
 }

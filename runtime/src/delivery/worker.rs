@@ -7,8 +7,6 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use weir_abi::Event;
-
 use super::keyed::{Clock, Parked};
 use super::logs::PluginLogs;
 use super::stage::Stage;
@@ -251,7 +249,10 @@ impl Worker {
     /// The next batch of the log from the cursor. Answers whether there was
     /// any; on stop it returns early, the rest re-read after restart.
     fn run_new(&mut self) -> Result<bool, StoreError> {
-        let entries = self.store.read_log_each(self.cursor, BATCH, BATCH_BYTES)?;
+        // Events of other topics are passed over undecoded (`None`).
+        let patterns = &self.spec.patterns;
+        let wanted = |topic: &str| patterns.iter().any(|p| p.matches(topic));
+        let entries = self.store.read_log_each(self.cursor, BATCH, BATCH_BYTES, &wanted)?;
         let Some(mut read_end) = entries.last().map(|(seq, _)| seq + 1) else {
             return Ok(false);
         };
@@ -263,7 +264,8 @@ impl Worker {
         let mut events = Vec::with_capacity(entries.len());
         for (seq, entry) in entries {
             match entry {
-                Ok(event) => events.push((seq, event)),
+                Ok(Some(event)) => events.push((seq, event)),
+                Ok(None) => {}
                 Err(error) if events.is_empty() => {
                     self.damaged(seq, error)?;
                     self.cursor = seq + 1;
@@ -275,14 +277,12 @@ impl Worker {
                 }
             }
         }
-        let wanted: Vec<(u64, Event)> =
-            events.into_iter().filter(|(_, e)| self.spec.patterns.iter().any(|p| p.matches(&e.topic))).collect();
         // One read transaction for the whole batch's idempotency keys.
-        let keys: Vec<&str> = wanted.iter().map(|(_, e)| e.idempotency_key.as_str()).collect();
+        let keys: Vec<&str> = events.iter().map(|(_, e)| e.idempotency_key.as_str()).collect();
         let recorded = self.store.idempotency(&self.spec.name, &keys)?;
         self.prefetched =
             keys.iter().zip(recorded).filter(|(_, r)| r.is_some()).map(|(k, _)| (*k).to_owned()).collect();
-        for (seq, event) in wanted {
+        for (seq, event) in events {
             self.cursor = seq + 1;
             self.step(seq, &event, Source::Log)?;
             // Stop promptly: the rest is re-read after restart.

@@ -135,17 +135,61 @@ impl<'a> Iterator for Records<'a> {
 /// [`StoreError::RecordCorrupt`] naming the record when the version byte,
 /// the checksum or the body is wrong.
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T, StoreError> {
+    match verified_body(bytes) {
+        Ok(body) => decode_body(body, what),
+        Err(reason) => Err(StoreError::RecordCorrupt { record: what(), reason }),
+    }
+}
+
+/// Decode a record's body already verified by [`verify`].
+///
+/// # Errors
+///
+/// [`StoreError::RecordCorrupt`] naming the record when the body does not
+/// decode, or does not end where the record ends.
+pub(super) fn decode_body<T: DeserializeOwned>(body: &[u8], what: impl FnOnce() -> String) -> Result<T, StoreError> {
     let damaged = |what: String, reason: String| StoreError::RecordCorrupt { record: what, reason };
-    let body = match verified_body(bytes) {
-        Ok(body) => body,
-        Err(reason) => return Err(damaged(what(), reason)),
-    };
     let limited = config().with_limit::<DECODE_LIMIT>();
     match bincode::serde::decode_from_slice::<T, _>(body, limited) {
         Ok((value, used)) if used == body.len() => Ok(value),
         Ok((_, used)) => Err(damaged(what(), format!("{} trailing bytes after the record", body.len() - used))),
         Err(e) => Err(damaged(what(), format!("the checksum matches but the body does not decode: {e}"))),
     }
+}
+
+/// The topic of an event record's verified body ([`verify`]), read without
+/// decoding the rest: the id (16 bytes) and the topic (a length and UTF-8
+/// bytes, borrowed) lead the event's wire order, so a reader skips the
+/// events of topics it does not want for a checksum and a few bytes rather
+/// than a whole decode (issue 18).
+///
+/// # Errors
+///
+/// [`StoreError::RecordCorrupt`] naming the record when no topic decodes.
+pub(super) fn event_topic(body: &[u8], what: impl FnOnce() -> String) -> Result<&str, StoreError> {
+    /// The leading fields of [`weir_abi::Event`], borrowed.
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        _id: weir_abi::EventId,
+        #[serde(borrow)]
+        topic: &'a str,
+    }
+    match bincode::serde::borrow_decode_from_slice::<Head<'_>, _>(body, config().with_limit::<DECODE_LIMIT>()) {
+        Ok((head, _)) => Ok(head.topic),
+        Err(e) => Err(StoreError::RecordCorrupt {
+            record: what(),
+            reason: format!("the checksum matches but the topic does not decode: {e}"),
+        }),
+    }
+}
+
+/// The body of a record, once its version and checksum are verified.
+///
+/// # Errors
+///
+/// [`StoreError::RecordCorrupt`] naming the record, as [`decode`].
+pub(super) fn verify(bytes: &[u8], what: impl FnOnce() -> String) -> Result<&[u8], StoreError> {
+    verified_body(bytes).map_err(|reason| StoreError::RecordCorrupt { record: what(), reason })
 }
 
 fn verified_body(bytes: &[u8]) -> Result<&[u8], String> {
@@ -232,6 +276,41 @@ mod tests {
         assert_eq!(decode::<String>(records[2], || "t".into()).unwrap(), "three");
         encoded.clear();
         assert_eq!(encoded.records().count(), 0);
+    }
+
+    #[test]
+    fn the_topic_is_read_from_an_event_record_without_decoding_it_and_damage_still_shows() {
+        let mut event = weir_abi::Event {
+            id: weir_abi::EventId([7; 16]),
+            topic: "orders.order.created".into(),
+            source: "s".into(),
+            key: Some("k".into()),
+            schema_version: 1,
+            time: 1,
+            content_type: String::new(),
+            headers: Vec::new(),
+            idempotency_key: "k".into(),
+            correlation_id: None,
+            causation_id: None,
+            payload: vec![1; 300],
+        };
+        for topic in ["a.b.c", "orders.order.created", &"x".repeat(300)] {
+            event.topic = topic.to_owned();
+            let bytes = encode(&event).unwrap();
+            assert_eq!(event_topic(verify(&bytes, || "t".into()).unwrap(), || "t".into()).unwrap(), topic);
+            assert_eq!(decode::<weir_abi::Event>(&bytes, || "t".into()).unwrap().topic, topic);
+        }
+        let bytes = encode(&event).unwrap();
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x10;
+            let err = verify(&damaged, || format!("byte {i}")).unwrap_err();
+            assert_eq!(err.code(), "store_record_corrupt", "byte {i}");
+        }
+        // A body that passes the checksum but is too short for a topic.
+        let short = encode(&[1_u8; 3]).unwrap();
+        let body = verify(&short, || "t".into()).unwrap();
+        assert!(event_topic(body, || "t".into()).unwrap_err().to_string().contains("topic does not decode"));
     }
 
     #[test]
