@@ -59,6 +59,7 @@
 
 mod aggregate;
 mod clock;
+mod cluster;
 pub mod config;
 mod consumer;
 mod delivery;
@@ -87,6 +88,7 @@ mod upcast;
 // the tests may name. Everything else is an implementation detail that can
 // move between modules without breaking anyone. `config` stays a module: it
 // is the schema of `weir.toml`, one type per section.
+pub use cluster::{ClusterStatus, NodeStatus, PartitionStatus};
 pub use config::Config;
 pub use consumer::ConsumerError;
 pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, TimerOp, VERSION_HEADER};

@@ -24,7 +24,7 @@ pub(crate) struct Nats {
     dir: PathBuf,
 }
 
-fn nats_binary() -> PathBuf {
+pub(crate) fn nats_binary() -> PathBuf {
     for candidate in ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
         if Command::new(candidate).arg("--version").output().is_ok_and(|o| o.status.success()) {
             return PathBuf::from(candidate);

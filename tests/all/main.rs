@@ -5,6 +5,7 @@ mod abi_encoding;
 mod artifact_cache;
 mod c_plugin;
 mod cli;
+mod cluster;
 mod commands;
 mod consumers;
 mod correctness_cli;

@@ -3,6 +3,7 @@
 
 mod build;
 mod client;
+mod cluster;
 mod command;
 mod consumer;
 mod demo;
@@ -75,6 +76,8 @@ enum Command {
     /// Saga instances of a running server: list, show (with the timeline),
     /// cancel, resume, skip.
     Saga(saga::SagaArgs),
+    /// A cluster of nodes (`[cluster]`): nodes, partition owners, lag.
+    Cluster(cluster::ClusterArgs),
     /// Read the log of a running server, follow it (`tail`), show an event
     /// and its lineage.
     Log(log::LogArgs),
@@ -224,6 +227,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Publish(args) => publish::run(&args),
         Command::Dlq(args) => dlq::run(&args),
         Command::Saga(args) => saga::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Log(args) => log::run(&args),
         Command::Consumer(args) => consumer::run(&args),
         Command::Stream(args) => stream::run(&args),

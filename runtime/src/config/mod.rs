@@ -16,6 +16,7 @@ pub use http::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT_PUBLISH_BYTES, HttpConfig, Scope,
 };
 use http::{RawHttp, http_config};
+mod cluster;
 mod entities;
 mod handler;
 mod read_side;
@@ -24,6 +25,7 @@ mod schemas;
 mod sinks;
 mod sources;
 mod upcasters;
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, DEFAULT_PARTITIONS, MAX_PARTITIONS, partition_of};
 pub use entities::{AggregateConfig, EntityConfig};
 pub use handler::RetryPolicy;
 use handler::{RawLimits, RawRetry, limits, retry};
@@ -108,6 +110,7 @@ struct RawConfig {
     jetstream_sinks: Vec<RawJetStreamSink>,
     #[serde(default)]
     sources: Vec<RawSource>,
+    cluster: Option<cluster::RawCluster>,
     #[serde(default)]
     consumers: RawConsumers,
     #[serde(default)]
@@ -299,6 +302,9 @@ pub struct Config {
     pub sagas: Vec<SagaConfig>,
     /// The upcasters (`[[upcasters]]`), applied at delivery.
     pub upcasters: Vec<UpcasterConfig>,
+    /// `[cluster]`: several nodes sharing the pipelines' work by partition
+    /// on NATS JetStream (docs/scale-out.md). `None`: one node, the default.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Default of `[plugins] keep_versions`.
@@ -476,7 +482,7 @@ impl Config {
         }
 
         let sinks = sinks::sinks(raw.sinks, &|name| std::env::var(name).ok()).map_err(|(key, e)| err(&key, e))?;
-        let jetstream_sinks = sinks::jetstream_sinks(raw.jetstream_sinks, &sinks, &|name| std::env::var(name).ok())
+        let mut jetstream_sinks = sinks::jetstream_sinks(raw.jetstream_sinks, &sinks, &|name| std::env::var(name).ok())
             .map_err(|(key, e)| err(&key, e))?;
         let sources = sources::sources(raw.sources, retention, &|name| std::env::var(name).ok())
             .map_err(|(key, e)| err(&key, e))?;
@@ -516,7 +522,29 @@ impl Config {
         let (mut log_retention, retention_interval) = log_retention(&raw.retention).map_err(|(k, e)| err(&k, e))?;
         entities::protect(&mut log_retention, &entities).map_err(|(k, e)| err(&k, e))?;
         let schemas = schemas::schemas(raw.schemas, &resolve).map_err(|(k, e)| err(&k, e))?;
+        let cluster =
+            cluster::cluster(raw.cluster, listen, &|name| std::env::var(name).ok()).map_err(|(k, e)| err(&k, e))?;
+        if cluster.is_some() {
+            // What a cluster does not run yet: each of these keeps state or
+            // takes input outside the partitions (docs/scale-out.md).
+            let refused = [
+                (
+                    "sources",
+                    !sources.is_empty(),
+                    "the partitions are the cluster's input: publish to a node over HTTP, or to the cluster's stream",
+                ),
+                ("entities", !entities.is_empty(), "commands need routing to the owner of the entity's partition"),
+                ("sagas", !sagas.is_empty(), "saga coordinators keep timers that do not follow a partition yet"),
+            ];
+            if let Some((key, _, why)) = refused.iter().find(|(_, present, _)| *present) {
+                return Err(err(key, format!("not supported with [cluster] yet: {why}")));
+            }
+            for sink in &mut jetstream_sinks {
+                sink.message_id_is_key = true;
+            }
+        }
         Ok(Self {
+            cluster,
             schemas,
             sagas,
             upcasters,

@@ -303,6 +303,10 @@ pub struct JetStreamSinkConfig {
     pub retry: RetryPolicy,
     /// When `GET /ready` calls the sink degraded.
     pub ready: ReadyThresholds,
+    /// `Nats-Msg-Id` is the event's idempotency key instead of its id: set
+    /// under `[cluster]`, where a re-run of an input on another node emits
+    /// events with new ids but the same idempotency keys.
+    pub message_id_is_key: bool,
 }
 
 impl JetStreamSinkConfig {
@@ -377,7 +381,17 @@ pub(super) fn jetstream_sinks(
         if let Some(text) = &rs.ready.max_lag {
             ready.max_lag = duration(text).map_err(|e| (at("ready.max_lag"), e))?;
         }
-        out.push(JetStreamSinkConfig { name: rs.name, topics, connection, subject, timeout, from, retry, ready });
+        out.push(JetStreamSinkConfig {
+            name: rs.name,
+            topics,
+            connection,
+            subject,
+            timeout,
+            from,
+            retry,
+            ready,
+            message_id_is_key: false,
+        });
     }
     Ok(out)
 }

@@ -366,6 +366,7 @@ impl Worker {
         let id = self.ids.next_id();
         let mut headers = emit.headers;
         headers.push(Header::new(VERSION_HEADER, self.version_short.clone()));
+        crate::cluster::carry_marks(input, &mut headers);
         Event {
             id,
             topic: emit.topic,

@@ -18,7 +18,10 @@ use crate::config::Scope;
 /// `Host` check; the rest need `read` off loopback.
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let page = Router::new().route("/", get(dashboard));
-    let reads = Router::new().route("/metrics", get(metrics)).route("/v1/status", get(status));
+    let reads = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -94,4 +97,16 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusResponse>, A
         consumers,
         sources,
     }))
+}
+
+/// `GET /v1/cluster`: nodes, partition owners, positions and lag, as this
+/// node last saw them (`404 no_cluster` without `[cluster]`).
+async fn cluster(State(state): State<AppState>) -> Result<Json<crate::cluster::ClusterStatus>, ApiError> {
+    state.runtime.cluster_status().map(Json).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "no_cluster",
+            "this node runs alone: its configuration has no [cluster]".to_owned(),
+        )
+    })
 }

@@ -122,6 +122,8 @@ pub struct Runtime {
     timers: Option<timers::Firing>,
     /// Each saga's metrics, by name (`saga/`).
     sagas: Vec<(String, Arc<crate::saga::SagaMetrics>)>,
+    /// `[cluster]`: the coordinator of this node, when configured.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -190,6 +192,12 @@ impl Runtime {
 
     /// Publish durably; `reply` runs after the commit.
     pub fn publish(&self, events: Vec<Event>, reply: crate::store::Reply<Vec<Published>>) {
+        // In a cluster the input goes to the shared stream, whose owner of
+        // each event's partition appends it to its log.
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(events, reply);
+            return;
+        }
         self.store.publish(events, reply);
     }
 

@@ -25,13 +25,17 @@ pub(super) fn start_jetstream_sink(
     store: &Store,
     ids: &Arc<IdGenerator>,
     stopping: &Arc<AtomicBool>,
+    gate: Option<Arc<crate::cluster::Gate>>,
 ) -> Result<Sub, RuntimeError> {
     let name: Arc<str> = Arc::from(format!("{SINK_PIPELINE}/{}", sink.name));
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(SubscriptionCounters::default());
     let build = {
         let sink = sink.clone();
-        move || Box::new(JetStreamSink::new(sink.clone(), nats.clone())) as Box<dyn Invoke>
+        move || {
+            let sink = Box::new(JetStreamSink::new(sink.clone(), nats.clone())) as Box<dyn Invoke>;
+            crate::cluster::gated(sink, gate.as_ref())
+        }
     };
     let invoker = build();
     let spec = Spec {
@@ -70,6 +74,12 @@ pub(super) fn start_jetstream_sink(
 type Series = (&'static str, &'static str, &'static str, fn(&SourceStatus) -> u64);
 
 impl Runtime {
+    /// The cluster as this node last saw it, under `[cluster]`.
+    #[must_use]
+    pub fn cluster_status(&self) -> Option<crate::cluster::ClusterStatus> {
+        self.cluster.as_ref().map(crate::cluster::Cluster::status)
+    }
+
     /// A status line per source (`[[sources]]`).
     #[must_use]
     pub fn sources(&self) -> Vec<SourceStatus> {

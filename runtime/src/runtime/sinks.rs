@@ -22,6 +22,7 @@ pub(super) fn start_sink(
     store: &Store,
     ids: &Arc<IdGenerator>,
     stopping: &Arc<AtomicBool>,
+    gate: Option<Arc<crate::cluster::Gate>>,
 ) -> Result<Sub, RuntimeError> {
     let name: Arc<str> = Arc::from(format!("{SINK_PIPELINE}/{}", sink.name));
     let (tx, rx) = mpsc::channel();
@@ -29,7 +30,10 @@ pub(super) fn start_sink(
     let disabler = Disabler { control: tx.clone(), counters: Arc::clone(&counters) };
     let build = {
         let sink = sink.clone();
-        move || Box::new(WebhookSink::new(sink.clone(), Some(disabler.clone()))) as Box<dyn Invoke>
+        move || {
+            let sink = Box::new(WebhookSink::new(sink.clone(), Some(disabler.clone()))) as Box<dyn Invoke>;
+            crate::cluster::gated(sink, gate.as_ref())
+        }
     };
     let invoker = build();
     let spec = Spec {

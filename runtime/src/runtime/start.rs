@@ -280,14 +280,17 @@ impl Runtime {
                 switching: Mutex::new(()),
             });
         }
+        // In a cluster, sinks send only what the partitions this node owns
+        // cause (cluster/mod.rs).
+        let gate = config.cluster.as_ref().map(|c| crate::cluster::Cluster::gate(c, &stopping));
         // Webhook sinks: subscriptions `sinks/<name>` like any handler's.
         for sink in &config.sinks {
-            subs.push(super::sinks::start_sink(sink, config, &store, &ids, &stopping)?);
+            subs.push(super::sinks::start_sink(sink, config, &store, &ids, &stopping, gate.clone())?);
         }
         // JetStream sinks too, publishing on the NATS runtime.
         let mut nats = crate::source::Nats::new(config).map_err(|e| RuntimeError::Worker(e.to_string()))?;
         for (sink, handle) in config.jetstream_sinks.iter().filter_map(|s| Some((s, nats.handle()?))) {
-            subs.push(super::nats::start_jetstream_sink(sink, handle, config, &store, &ids, &stopping)?);
+            subs.push(super::nats::start_jetstream_sink(sink, handle, config, &store, &ids, &stopping, gate.clone())?);
         }
         // Saga coordinators: subscriptions `sagas/<name>`.
         let mut sagas = Vec::with_capacity(config.sagas.len());
@@ -302,6 +305,18 @@ impl Runtime {
         // Last: the durable consumers have registered as readers too.
         super::subscriptions::apply_retention(&store, &subs, config);
         nats.start_sources(config, &store, &ids);
+        let cluster = match (&config.cluster, gate, nats.handle()) {
+            (Some(cluster), Some(gate), Some(handle)) => Some(crate::cluster::Cluster::start(
+                cluster,
+                gate,
+                handle,
+                &store,
+                &ids,
+                subs.iter().map(|s| Arc::clone(&s.counters)).collect(),
+                config.max_payload_bytes,
+            )),
+            _ => None,
+        };
         let timers = super::timers::Firing::start(&store).map_err(|e| RuntimeError::Worker(e.to_string()))?;
         Ok(Self {
             store,
@@ -319,6 +334,7 @@ impl Runtime {
             timers: Some(timers),
             dry_runs: super::dry_run::DryRuns::new(),
             sagas,
+            cluster,
         })
     }
 
@@ -357,9 +373,13 @@ impl Runtime {
         }
         let mut first_error = None;
         let mut left_behind = Vec::new();
-        // The sources first: no more appends from them.
+        // The sources first: no more appends from them. The cluster's
+        // partitions go too, released for other nodes to take at once.
         let mut nats = std::mem::replace(&mut self.nats, crate::source::Nats::none());
         nats.stop_sources();
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+        }
         for sub in &mut self.subs {
             let Some(join) = sub.join.take() else { continue };
             while !join.is_finished() && Instant::now() < until {

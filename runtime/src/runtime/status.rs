@@ -236,6 +236,7 @@ impl Runtime {
         };
         reasons.extend(disabled);
         reasons.extend(self.source_reasons());
+        reasons.extend(self.cluster.as_ref().and_then(crate::cluster::Cluster::not_ready));
         for (s, sub) in status.iter().zip(&self.subs) {
             if s.dlq > sub.ready.max_dlq {
                 reasons.push(format!("{}: {} DLQ entries, over the threshold of {}", s.name, s.dlq, sub.ready.max_dlq));

@@ -109,10 +109,9 @@ impl JetStreamSink {
                 context
             }
         };
-        let publish = PublishMessage::build()
-            .payload(event.payload.clone().into())
-            .headers(headers(event))
-            .message_id(event.id.to_string());
+        let publish = PublishMessage::build().payload(event.payload.clone().into()).headers(headers(event)).message_id(
+            if self.config.message_id_is_key { event.idempotency_key.clone() } else { event.id.to_string() },
+        );
         let failed = |reason: String| JetStreamSinkError::Publish { subject: subject.clone(), reason };
         let answer = self.runtime.block_on(async {
             tokio::time::timeout(timeout, async {
@@ -144,7 +143,7 @@ impl Drop for JetStreamSink {
 
 /// The envelope as headers: `weir-*` for a Weir source, `ce-*` for any
 /// CloudEvents reader, the event's own headers as they are.
-fn headers(event: &Event) -> HeaderMap {
+pub(crate) fn headers(event: &Event) -> HeaderMap {
     let mut h = HeaderMap::new();
     let id = event.id.to_string();
     let time = format_time(event.time);
@@ -173,7 +172,10 @@ fn headers(event: &Event) -> HeaderMap {
         h.insert("Content-Type", event.content_type.as_str());
     }
     for header in &event.headers {
-        h.insert(header.name.as_str(), header.value.as_str());
+        // The cluster's host header stays inside Weir.
+        if header.name != crate::cluster::PARTITION_HEADER {
+            h.insert(header.name.as_str(), header.value.as_str());
+        }
     }
     h
 }

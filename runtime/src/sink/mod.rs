@@ -23,7 +23,7 @@ mod client;
 mod jetstream;
 mod sign;
 
-pub(crate) use jetstream::JetStreamSink;
+pub(crate) use jetstream::{JetStreamSink, headers as jetstream_headers};
 
 use serde_json::{Map, Value, json};
 use weir_abi::{DeliveryRef, Event};

@@ -18,6 +18,7 @@
 
 mod dlq;
 mod map;
+pub(crate) use map::{Delivered, to_event};
 mod run;
 
 pub(crate) use dlq::{remap, stored_message};
@@ -137,7 +138,7 @@ impl Nats {
     ///
     /// The tokio runtime cannot start.
     pub(crate) fn new(config: &Config) -> std::io::Result<Self> {
-        let runtime = if config.sources.is_empty() && config.jetstream_sinks.is_empty() {
+        let runtime = if config.sources.is_empty() && config.jetstream_sinks.is_empty() && config.cluster.is_none() {
             None
         } else {
             Some(
