@@ -52,6 +52,14 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+impl DecodeError {
+    pub(crate) fn new(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
+pub use crate::delivery::decode_delivery;
+
 /// Encode `value` into a new buffer.
 ///
 /// # Errors

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod delivery;
 pub mod encoding;
 mod id;
 mod types;
