@@ -50,6 +50,16 @@ fn main() {
         r#"{"topic":"orders.order.created","key":"o-1001","source":"shop-frontend","payload":{"order_id":"o-1001","customer":"c-7","currency":"EUR","items":[{"sku":"kettle","qty":1,"price_cents":3499},{"sku":"filter","qty":4,"price_cents":299},{"sku":"descaler","qty":1,"price_cents":799}]}}"#,
     );
     let delivery = DeliveryRef { event: &order, subscription: "orders/validator", attempt: 1 };
+    let order_event = event(
+        r#"{"topic":"orders.order.created","key":"o-1","idempotency_key":"order-1","payload":{"order_id":"o-00000001","customer":"c-00001","currency":"EUR","total_cents":1500,"items":3,"note":"ordered through the web shop, deliver to the back door please"}}"#,
+    );
+    let filter_delivery = DeliveryRef { event: &order_event, subscription: "bench/a", attempt: 1 };
+    if std::env::args().any(|a| a == "--fresh-only") {
+        let mut rows = Vec::new();
+        fresh_rows(&mut rows, iters, rounds, delivery, filter_delivery);
+        print_rows(rows);
+        return;
+    }
     let encoded_len = encode(&delivery).unwrap().len();
     let mut rows = Vec::new();
 
@@ -71,6 +81,13 @@ fn main() {
             black_box(decode::<Delivery>(black_box(&bytes)).unwrap());
         }),
         note: "native, for comparison".into(),
+    });
+    rows.push(Row {
+        name: "decode delivery, hand-written (what the SDK's guest does since issue 18)",
+        per_op: measure(iters * 5, rounds, || {
+            black_box(weir_abi::encoding::decode_delivery(black_box(&bytes)).unwrap());
+        }),
+        note: "native, same bytes and value".into(),
     });
     let ok = encode(&Outcome::Ok(Vec::new())).unwrap();
     rows.push(Row {
@@ -97,10 +114,6 @@ fn main() {
 
     // The benchmark suite's handler on the suite's event, in Wasm and called
     // natively: the per-invocation part of the suite's s2/s5 ratio.
-    let order_event = event(
-        r#"{"topic":"orders.order.created","key":"o-1","idempotency_key":"order-1","payload":{"order_id":"o-00000001","customer":"c-00001","currency":"EUR","total_cents":1500,"items":3,"note":"ordered through the web shop, deliver to the back door please"}}"#,
-    );
-    let filter_delivery = DeliveryRef { event: &order_event, subscription: "bench/a", attempt: 1 };
     let mut h = handler(&engine, plugins::FILTER, InstanceMode::Reuse);
     rows.push(Row {
         name: "invoke, reused instance: filter (the suite's handler)",
@@ -126,16 +139,61 @@ fn main() {
         note: "fuel budget 10M per event".into(),
     });
 
+    fresh_rows(&mut rows, iters, rounds, delivery, filter_delivery);
+    print_rows(rows);
+}
+
+/// The fresh-instance rows: one handler on one thread, then the suite's `s4`
+/// shape (two handlers of the filter, each on its own thread, at once), where
+/// what the kernel does for one thread (page faults, `madvise`, `mprotect`)
+/// also stops the other (TLB shootdowns, the address-space lock).
+fn fresh_rows(
+    rows: &mut Vec<Row>,
+    iters: u32,
+    rounds: usize,
+    delivery: DeliveryRef<'_>,
+    filter_delivery: DeliveryRef<'_>,
+) {
     let pooled = Engine::new(EngineConfig { pooling: true, ..EngineConfig::default() }).unwrap();
-    for (name, path) in [
-        ("invoke, fresh instance per event (pooling): SDK no-op", plugins::LOOPER),
-        ("invoke, fresh instance per event (pooling): order validator", plugins::ORDER_VALIDATOR),
+    for (name, path, d) in [
+        ("invoke, fresh instance per event (pooling): SDK no-op", plugins::LOOPER, delivery),
+        ("invoke, fresh instance per event (pooling): order validator", plugins::ORDER_VALIDATOR, delivery),
+        ("invoke, fresh instance per event (pooling): filter", plugins::FILTER, filter_delivery),
     ] {
         let mut h = handler(&pooled, path, InstanceMode::FreshPerEvent);
-        let per_op = measure(iters / 4, rounds, || assert!(h.invoke(delivery).result.is_ok()));
+        let per_op = measure(iters / 4, rounds, || assert!(h.invoke(d).result.is_ok()));
         rows.push(Row { name, per_op, note: "instantiate + init + invoke + drop".into() });
     }
+    let mut h = handler(&pooled, plugins::FILTER, InstanceMode::Reuse);
+    rows.push(Row {
+        name: "invoke, reused instance on the pooling engine: filter",
+        per_op: measure(iters, rounds, || assert!(h.invoke(filter_delivery).result.is_ok())),
+        note: "what fresh-instance settings cost a reused handler".into(),
+    });
+    // Two threads, each with its own filter handler, as the s4 fan-out runs:
+    // the figure is wall time per invocation of one thread.
+    let per_op = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let pooled = &pooled;
+                scope.spawn(move || {
+                    let mut h = handler(pooled, plugins::FILTER, InstanceMode::FreshPerEvent);
+                    measure(iters / 4, rounds, || assert!(h.invoke(filter_delivery).result.is_ok()))
+                })
+            })
+            .collect();
+        let mut each: Vec<Duration> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        each.sort();
+        each[1]
+    });
+    rows.push(Row {
+        name: "invoke, fresh instance per event (pooling): filter, 2 threads at once",
+        per_op,
+        note: "per thread: the s4 fan-out's two handlers side by side".into(),
+    });
+}
 
+fn print_rows(rows: Vec<Row>) {
     println!("| measurement | per event | events/s (one core) | note |");
     println!("|---|---:|---:|---|");
     for row in rows {

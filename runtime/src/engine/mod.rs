@@ -46,6 +46,11 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
 pub const DEFAULT_MAX_WASM_STACK: usize = 512 << 10;
 /// Default number of instance slots of the pooling allocator.
 pub const DEFAULT_POOL_INSTANCES: u32 = 128;
+/// Bytes of a pooled slot's linear memory reset in place (dirty pages
+/// rewritten) rather than given back to the kernel when its instance ends.
+const POOL_KEEP_RESIDENT_BYTES: usize = 2 << 20;
+/// The same for a pooled slot's table.
+const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 /// Default largest module the engine compiles: 16 MiB.
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 16 << 20;
 /// Default largest function body the engine compiles: 256 KiB. Cranelift
@@ -174,6 +179,19 @@ impl Engine {
                 .total_memories(config.pool_instances)
                 .total_tables(config.pool_instances)
                 .max_memory_size(config.pool_max_memory_bytes);
+            // Reset a slot's memory and table for the next instance by
+            // rewriting only the pages the last one dirtied (found with
+            // Linux's PAGEMAP_SCAN, 6.7+), instead of `madvise(MADV_DONTNEED)`
+            // over the whole memory: that syscall flushed the TLB of every
+            // core and its pages came back as page faults in the next
+            // instance. It halved the cost of a fresh instance
+            // (docs/benchmarks.md, "Issue 18"). The price: up to this many
+            // bytes of dirtied pages stay resident per used slot. Without
+            // PAGEMAP_SCAN wasmtime zeroes the lowest bytes with `memset`
+            // instead, which measured about the same as the `madvise`.
+            pool.linear_memory_keep_resident(POOL_KEEP_RESIDENT_BYTES.min(config.pool_max_memory_bytes))
+                .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
+                .pagemap_scan(wasmtime::Enabled::Auto);
             wt.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         let wasmtime = wasmtime::Engine::new(&wt).map_err(|e| EngineError::Config { reason: format!("{e:#}") })?;
