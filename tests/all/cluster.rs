@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, stream};
 use serde_json::{Value, json};
 use weir_tests::Server;
 
-use crate::jetstream::{nats_binary, tokio, wait_for};
+use crate::jetstream::{nats_binary, stored, tokio, wait_for};
 
 /// `count` servers with JetStream, routed into one cluster when more than
 /// one; each on free ports with its store in `dir`. Killed when dropped.
@@ -159,6 +159,17 @@ retry = {{ max_attempts = 100000, initial_backoff = "50ms", max_backoff = "500ms
     )
 }
 
+/// Three nodes `n0`, `n1`, `n2`, each with its own directory under `dir`.
+fn start_nodes(dir: &Path, urls: &str, replicas: usize) -> Vec<Server> {
+    (0..3)
+        .map(|i| {
+            let d = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            Server::start(&d, &node_toml(urls, &format!("n{i}"), replicas))
+        })
+        .collect()
+}
+
 fn cluster(server: &Server) -> Value {
     let (code, body) = server.get("/v1/cluster");
     assert_eq!(code, 200, "{body}");
@@ -208,9 +219,8 @@ fn post(nodes: &[&Server], from: u64, to: u64, keys: u64) {
 /// Every message of the output stream, in stream order: (Nats-Msg-Id, key,
 /// count).
 fn outputs(rt: &tokio::runtime::Runtime, stream: &mut stream::Stream) -> Vec<(String, String, u64)> {
-    let last = rt.block_on(stream.info()).unwrap().state.last_sequence;
-    (1..=last)
-        .filter_map(|seq| rt.block_on(stream.get_raw_message(seq)).ok())
+    stored(rt, stream)
+        .into_iter()
         .map(|m| {
             let h = |n: &str| m.headers.get(n).map(|v| v.as_str().to_owned()).unwrap_or_default();
             let payload: Value = serde_json::from_slice(&m.payload).unwrap();
@@ -261,13 +271,7 @@ fn three_nodes_share_the_partitions_and_a_killed_node_loses_nothing_and_repeats_
     let rt = tokio();
     let js = rt.block_on(connect(&nats.urls()));
     let mut out = rt.block_on(output_stream(&js, 1));
-    let mut nodes: Vec<Server> = (0..3)
-        .map(|i| {
-            let d = dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            Server::start(&d, &node_toml(&nats.urls(), &format!("n{i}"), 1))
-        })
-        .collect();
+    let mut nodes = start_nodes(dir.path(), &nats.urls(), 1);
     wait_owned(&nodes[0], 3);
     post(&[&nodes[0], &nodes[1], &nodes[2]], 0, N / 2, KEYS);
     // kill -9 a node while its partitions are busy.
@@ -307,13 +311,7 @@ fn three_servers_r3_three_nodes_50000_events_kill9_a_node_then_a_server_exactly_
     let rt = tokio();
     let js = rt.block_on(connect(&nats.urls()));
     let mut out = rt.block_on(output_stream(&js, 3));
-    let mut nodes: Vec<Server> = (0..3)
-        .map(|i| {
-            let d = dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&d).unwrap();
-            Server::start(&d, &node_toml(&nats.urls(), &format!("n{i}"), 3))
-        })
-        .collect();
+    let mut nodes = start_nodes(dir.path(), &nats.urls(), 3);
     wait_owned(&nodes[0], 3);
     post(&[&nodes[0], &nodes[1], &nodes[2]], 0, N * 2 / 5, KEYS);
     nodes[2].kill9();

@@ -407,12 +407,20 @@ fn sink_toml(nats: &Nats, extra: &str) -> String {
     )
 }
 
+/// Every message `stream` holds, by stream sequence.
+pub(crate) fn stored(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut stream::Stream,
+) -> Vec<jetstream::message::StreamMessage> {
+    let last = rt.block_on(stream.info()).unwrap().state.last_sequence;
+    (1..=last).filter_map(|seq| rt.block_on(stream.get_raw_message(seq)).ok()).collect()
+}
+
 /// Every message of `stream`, by stream sequence: (Nats-Msg-Id, weir-key,
 /// payload `n`, subject).
 fn read_stream(rt: &tokio::runtime::Runtime, stream: &mut stream::Stream) -> Vec<(String, String, u64, String)> {
-    let last = rt.block_on(stream.info()).unwrap().state.last_sequence;
-    (1..=last)
-        .filter_map(|seq| rt.block_on(stream.get_raw_message(seq)).ok())
+    stored(rt, stream)
+        .into_iter()
         .map(|m| {
             let h = |n: &str| m.headers.get(n).map(|v| v.as_str().to_owned()).unwrap_or_default();
             let payload: Value = serde_json::from_slice(&m.payload).unwrap();
