@@ -31,12 +31,14 @@ Weir benchmark suite
 USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
 
 OPTIONS:
-  --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency memory swap metrics
-                    read sse consumer webhook commands appends views sagas schemas
+  --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency rss memory swap
+                    metrics read sse consumer webhook commands appends views sagas schemas
                     [default: all of them]
   --events N        events per throughput run [default: 200000]
-  --rate N          offered rate of the latency runs, events/s [default: 10000]
-  --seconds N       length of the latency runs, after 1 s of warm-up [default: 10]
+  --rate LIST       offered rates of the latency runs, events/s, comma-separated;
+                    JetStream and the sagas use the first [default: 10000,50000]
+  --seconds N       length of the latency runs, after 1 s of warm-up (rss: 3x)
+                    [default: 10]
   --repeat N        rounds of the throughput scenarios; the median is shown [default: 3]
   --plugins N       plugins loaded for the memory and restart figures [default: 100]
   --out DIR         where the JSON and markdown go [default: target/bench-results]
@@ -51,7 +53,9 @@ SCENARIOS:
   s4       s2 with a fresh instance per event (pooling allocator)
   s5       s2 with the handler compiled natively into the host (no Wasm)
   s6       the same fan-out on NATS JetStream (nats-server from Debian, on 127.0.0.1)
-  latency  publish->handled p50/p99/p99.9 at --rate for s2 and s6
+  latency  publish->handled p50/p99/p99.9 at each --rate for s2, at the first for s6
+  rss      RSS of the process under sustained s2 load (the first --rate, 3x --seconds),
+           sampled every second: after warm-up, at the end, the highest
   memory   RSS with 1 and with --plugins plugins loaded; restart time with them
   swap     s2-shaped fan-out with a hot swap of both handlers every second
   metrics  s2 with the latency histograms off, against on
@@ -76,15 +80,17 @@ SCENARIOS:
            handlers fed v2, and fed v1 through one upcaster step
 ";
 
-const ALL: [&str; 19] = [
-    "s1", "s2", "s3", "s4", "s5", "s6", "latency", "memory", "swap", "metrics", "read", "sse", "consumer", "webhook",
-    "commands", "appends", "views", "sagas", "schemas",
+const ALL: [&str; 20] = [
+    "s1", "s2", "s3", "s4", "s5", "s6", "latency", "rss", "memory", "swap", "metrics", "read", "sse", "consumer",
+    "webhook", "commands", "appends", "views", "sagas", "schemas",
 ];
 
 struct Options {
     scenarios: Vec<String>,
     events: usize,
+    /// The first of `rates`.
     rate: usize,
+    rates: Vec<usize>,
     seconds: u64,
     plugins: usize,
     out: std::path::PathBuf,
@@ -99,6 +105,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         scenarios: ALL.iter().map(|s| (*s).to_owned()).collect(),
         events: if quick { 2_000 } else { 200_000 },
         rate: if quick { 2_000 } else { 10_000 },
+        rates: if quick { vec![2_000] } else { vec![10_000, 50_000] },
         seconds: if quick { 1 } else { 10 },
         plugins: if quick { 5 } else { 100 },
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results"),
@@ -122,7 +129,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 }
             }
             "--events" => o.events = number(arg, value(arg)?)?.max(1),
-            "--rate" => o.rate = number(arg, value(arg)?)?.max(1),
+            "--rate" => {
+                let list = value(arg)?;
+                o.rates = list
+                    .split(',')
+                    .map(|v| number(arg, v.trim().to_owned()).map(|n| n.max(1)))
+                    .collect::<Result<_, _>>()?;
+                o.rate = *o.rates.first().ok_or("--rate needs at least one rate")?;
+            }
             "--seconds" => o.seconds = number(arg, value(arg)?)?.max(1) as u64,
             "--repeat" => o.repeat = number(arg, value(arg)?)?.max(1),
             "--plugins" => o.plugins = number(arg, value(arg)?)?.max(2),
@@ -208,9 +222,10 @@ impl Report {
     }
 
     /// A row of the latency table: p99 in bold, the figure the target names.
-    fn latency_row(&mut self, scenario: &str, acknowledgement: &str, l: &weir::Latency) {
+    fn latency_row(&mut self, scenario: &str, rate: usize, acknowledgement: &str, l: &weir::Latency) {
         self.row(&[
             scenario.to_owned(),
+            thousands(rate as f64),
             acknowledgement.to_owned(),
             format!("{:.2} ms", l.p50_ms),
             format!("**{:.2} ms**", l.p99_ms),
@@ -412,16 +427,23 @@ fn main() {
 
     if wanted("latency") {
         r.section(
-            &format!("publish→handled latency at {} events/s for {} s", o.rate, o.seconds),
-            "| scenario | acknowledgement | p50 | p99 | p99.9 | samples |",
+            &format!("publish→handled latency for {} s", o.seconds),
+            "| scenario | offered rate | acknowledgement | p50 | p99 | p99.9 | samples |",
         );
-        eprintln!("running latency: s2 …");
-        settle();
-        let l = weir::latency(Setup::new(Shape::FanOut), o.rate, o.seconds);
-        results.insert("latency_p99_ms".into(), l.p99_ms);
-        results.insert("latency_rate".into(), o.rate as f64);
-        r.latency_row("`s2` Weir", "durable", &l);
-        r.json["scenarios"]["latency_s2"] = json!(l);
+        for &rate in &o.rates {
+            eprintln!("running latency: s2 at {rate} events/s …");
+            settle();
+            let l = weir::latency(Setup::new(Shape::FanOut), rate, o.seconds);
+            if rate == o.rate {
+                results.insert("latency_p99_ms".into(), l.p99_ms);
+                results.insert("latency_rate".into(), o.rate as f64);
+                r.json["scenarios"]["latency_s2"] = json!(l);
+            } else {
+                results.insert(format!("latency_p99_ms_at_{rate}"), l.p99_ms);
+                r.json["scenarios"][format!("latency_s2_at_{rate}")] = json!(l);
+            }
+            r.latency_row("`s2` Weir", rate, "durable", &l);
+        }
         if let Some(v) = jetstream::server_version() {
             for mode in [jetstream::Mode { sync_always: false }, jetstream::Mode { sync_always: true }] {
                 if mode.sync_always && v < (2, 10, 0) {
@@ -434,6 +456,7 @@ fn main() {
                 {
                     r.row(&[
                         "`s6` JetStream".into(),
+                        thousands(o.rate as f64),
                         format!("{mode}"),
                         format!(
                             "cannot sustain {} events/s (its throughput: {})",
@@ -450,7 +473,7 @@ fn main() {
                 settle();
                 match jetstream::latency(&weir::payload, o.rate, o.seconds, &mode) {
                     Ok(l) => {
-                        r.latency_row("`s6` JetStream", &mode.to_string(), &l);
+                        r.latency_row("`s6` JetStream", o.rate, &mode.to_string(), &l);
                         let key = if mode.sync_always { "latency_s6_sync_always" } else { "latency_s6" };
                         r.json["scenarios"][key] = json!(l);
                         r.json["scenarios"][key]["mode"] = json!(mode.to_string());
@@ -461,6 +484,30 @@ fn main() {
         } else {
             r.skip("latency s6", "nats-server is not installed");
         }
+    }
+
+    if wanted("rss") {
+        let seconds = o.seconds * 3;
+        eprintln!("running rss: s2 at {} events/s for {seconds} s …", o.rate);
+        settle();
+        let m = weir::rss_under_load(Setup::new(Shape::FanOut), o.rate, seconds);
+        r.section(
+            &format!("RSS under sustained `s2` load ({} events/s for {seconds} s, sampled every second)", o.rate),
+            "| after 1 s | after warm-up (a third of the run) | at the end | highest | end − warm-up | store files at the end | lag at the end | refused publishes |",
+        );
+        let mib = |v: f64| format!("{v:.1} MiB");
+        r.row(&[
+            mib(m.first_mib),
+            mib(m.warm_mib),
+            mib(m.end_mib),
+            mib(m.max_mib),
+            format!("**{:+.1} MiB**", m.end_mib - m.warm_mib),
+            mib(m.store_end_mib),
+            m.lag_at_end.to_string(),
+            m.refused_publishes.to_string(),
+        ]);
+        results.insert("rss_growth_after_warmup_mib".into(), m.end_mib - m.warm_mib);
+        r.json["scenarios"]["rss"] = json!(m);
     }
 
     if wanted("memory") {

@@ -322,6 +322,106 @@ pub(crate) fn latency(setup: Setup, rate: usize, seconds: u64) -> Latency {
     Latency::from_samples(rate, seconds, samples)
 }
 
+/// RSS of this process (the runtime runs in it) under a steady load.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Rss {
+    pub(crate) rate: usize,
+    pub(crate) seconds: u64,
+    /// One sample per second, MiB.
+    pub(crate) samples_mib: Vec<f64>,
+    /// The data directory's size at each sample, MiB: redb caches the
+    /// store's pages (up to its cache size), so RSS follows the file until
+    /// the cache is full.
+    pub(crate) store_mib: Vec<f64>,
+    pub(crate) store_end_mib: f64,
+    pub(crate) first_mib: f64,
+    /// At the end of the first third of the run.
+    pub(crate) warm_mib: f64,
+    pub(crate) end_mib: f64,
+    pub(crate) max_mib: f64,
+    /// How far the subscriptions were behind the log at the end.
+    pub(crate) lag_at_end: u64,
+    /// Publishes refused as overloaded (0 unless the rate is too high).
+    pub(crate) refused_publishes: u64,
+}
+
+/// `VmRSS` of this process, MiB.
+pub(crate) fn vm_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// The size of the files in `dir` (not recursive), MiB.
+fn dir_mib(dir: &std::path::Path) -> f64 {
+    let bytes: u64 = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// Publish `rate` events/s for `seconds` in 1 ms ticks (nothing kept per
+/// event on the bench's side), and sample the process's RSS every second:
+/// flat after warm-up means nothing on the per-event path accumulates.
+pub(crate) fn rss_under_load(setup: Setup, rate: usize, seconds: u64) -> Rss {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = Arc::new(setup.start(dir.path()));
+    let ids = IdGenerator::new();
+    let subs = setup.subscriptions();
+    let per_tick = (rate / 1_000).max(1);
+    let total = rate as u64 * seconds;
+    let (mut sent, mut tick) = (0u64, 0u64);
+    let (mut samples, mut store_mib) = (Vec::new(), Vec::new());
+    // Publishes refused (overloaded): the rate is more than the runtime takes.
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let began = Instant::now();
+    while sent < total {
+        let due = began + Duration::from_millis(tick);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if tick.is_multiple_of(1_000) && tick > 0 {
+            samples.push(vm_rss_mib());
+            store_mib.push(dir_mib(&dir.path().join("data")));
+        }
+        let batch = events(&ids, sent as usize, per_tick.min((total - sent) as usize));
+        sent += batch.len() as u64;
+        let refused = Arc::clone(&refused);
+        rt.publish(
+            batch,
+            Box::new(move |r| {
+                if r.is_err() {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }),
+        );
+        tick += 1;
+    }
+    samples.push(vm_rss_mib());
+    store_mib.push(dir_mib(&dir.path().join("data")));
+    let lag_at_end = rt.store().head().saturating_sub(min_cursor(&rt, subs));
+    stop(rt);
+    let at = |i: usize| samples.get(i.min(samples.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    Rss {
+        rate,
+        seconds,
+        first_mib: at(0),
+        warm_mib: at(samples.len() / 3),
+        end_mib: at(samples.len()),
+        max_mib: samples.iter().copied().fold(f64::NAN, f64::max),
+        samples_mib: samples,
+        store_end_mib: store_mib.last().copied().unwrap_or(f64::NAN),
+        store_mib,
+        lag_at_end,
+        refused_publishes: refused.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
 /// Hot-swap cost: throughput of the fan-out with the `versioned` plugin,
 /// with both handlers swapped v1 ↔ v2 every `every` (or never), and per
 /// swap the time from `deploy` returning to the new version's first
