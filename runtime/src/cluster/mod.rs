@@ -258,11 +258,16 @@ impl Shared {
     }
 }
 
+/// How long a stopping node waits for its leases to be released.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The cluster side of a node: its coordinator task on the NATS runtime.
 pub(crate) struct Cluster {
     shared: Arc<Shared>,
     handle: tokio::runtime::Handle,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Closed when the coordinator has released its partitions and ended.
+    done: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -303,9 +308,13 @@ impl Cluster {
             counters,
             max_payload_bytes,
         );
-        handle.spawn(coordinator.run(stopped));
+        let (finished, done) = std::sync::mpsc::channel();
+        handle.spawn(async move {
+            coordinator.run(stopped).await;
+            drop(finished);
+        });
         tracing::info!(node = %config.node, partitions = config.partitions, url = %config.connection.url_text(), "cluster node started");
-        Self { shared, handle, stop }
+        Self { shared, handle, stop, done: std::sync::Mutex::new(done) }
     }
 
     /// The cluster's status as this node last saw it.
@@ -344,7 +353,11 @@ impl Cluster {
 
     /// Stop: the feeds stop at once and the leases are released, so other
     /// nodes take the partitions without waiting for them to expire.
+    /// Waits up to [`RELEASE_WAIT`] for the releases (the NATS runtime is
+    /// shut down after this, which would cancel them half-way).
     pub(crate) fn stop(&self) {
         let _ = self.stop.send(true);
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = done.recv_timeout(RELEASE_WAIT);
     }
 }
