@@ -418,6 +418,74 @@ fn timers_fire_exactly_once_through_kill_9_between_commit_and_fire() {
     assert!(server.terminate().success(), "{}", server.stderr());
 }
 
+/// The sources of the reminders in the log (`weir://<subscription>`).
+fn reminder_sources(server: &weir_tests::Server) -> Vec<String> {
+    let (status, page) = server.get("/v1/log?topics=tasks.task.reminder&limit=1000");
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().unwrap().iter().map(|e| e["event"]["source"].as_str().unwrap().to_owned()).collect()
+}
+
+fn timers_pending_gauge(server: &weir_tests::Server, subscription: &str) -> Option<String> {
+    let (_, metrics) = server.get("/metrics");
+    let prefix = format!("weir_timers_pending{{subscription=\"{subscription}\"}} ");
+    metrics.as_str().unwrap().lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+}
+
+#[test]
+fn a_deleted_orphans_timers_never_fire_nor_count_for_a_subscription_of_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = weir_tests::Server::start(dir.path(), REMINDER);
+    post(&server, json!({ "topic": "tasks.task.created", "key": "t-1", "payload": { "remind_in_ms": 10_000 } }));
+    assert!(server.wait_idle(IDLE), "{}", server.stderr());
+    let page = timers_over_http(&server);
+    assert_eq!(page["pending"], 1, "{page}");
+    let fire_at = page["timers"][0]["fire_at_ms"].as_u64().unwrap() as i64;
+    assert!(server.terminate().success(), "{}", server.stderr());
+
+    // Renamed: `tasks/reminder` is an orphan with its timer; `later/reminder`
+    // handles the same event from the beginning and schedules the same
+    // reminder for the same time: it fires, the orphan's must not.
+    let later = REMINDER.replace("name = \"tasks\"", "name = \"later\"");
+    let mut server = weir_tests::Server::start(dir.path(), &later);
+    assert!(server.wait_idle(IDLE), "{}", server.stderr());
+    let (_, list) = server.get("/v1/subscriptions");
+    let orphan = list["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == WASM_SUB).cloned();
+    assert_eq!(
+        orphan.map(|o| (o["configured"].clone(), o["timers"].clone())),
+        Some((json!(false), json!(1))),
+        "{list}"
+    );
+    let (status, body) = delete(&server, &format!("/v1/subscriptions/{WASM_SUB}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"]["timers"], 1, "{body}");
+    assert_eq!(timers_over_http(&server)["pending"], 0);
+    assert!(server.terminate().success(), "{}", server.stderr());
+
+    // Added back under its old name (from the end: it handles nothing
+    // again): a new subscription, with none of the deleted one's timers.
+    let both = format!("{later}{}from = \"end\"\n", REMINDER);
+    let mut server = weir_tests::Server::start(dir.path(), &both);
+    assert!(server.wait_idle(IDLE), "{}", server.stderr());
+    assert_eq!(timers_over_http(&server)["pending"], 0);
+    assert_eq!(timers_pending_gauge(&server, WASM_SUB).as_deref(), Some("0"));
+    assert_eq!(timers_pending_gauge(&server, "later/reminder").as_deref(), Some("1"));
+    assert!(weir_runtime::now_nanos() / 1_000_000 < fire_at, "the checks above ran before the fire time");
+    wait_for(Duration::from_secs(30), "later/reminder's reminder", || !reminder_sources(&server).is_empty());
+    assert_eq!(reminder_sources(&server), ["weir://later/reminder"], "the deleted subscription's timer never fired");
+    assert_eq!(timers_pending_gauge(&server, WASM_SUB).as_deref(), Some("0"));
+    assert!(server.terminate().success(), "{}", server.stderr());
+}
+
+/// DELETE `path` (an admin request: JSON content type) on the server.
+fn delete(server: &weir_tests::Server, path: &str) -> (u16, Value) {
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let mut response =
+        agent.delete(format!("{}{path}", server.url)).header("content-type", "application/json").call().unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// Asks for whatever timer operation its event's payload names, as a
 /// hostile native handler could.
 struct Hostile;

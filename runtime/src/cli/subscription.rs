@@ -74,14 +74,15 @@ pub(crate) fn run(args: &SubscriptionArgs) -> anyhow::Result<ExitCode> {
                 client.delete_raw(&format!("/v1/subscriptions/{pipeline}/{handler}"))?.into_ok()?;
             let d = &answer.deleted;
             println!(
-                "deleted {}: cursor {}, {} parked, {} DLQ, {}{} idempotency records, {} versions",
+                "deleted {}: cursor {}, {} parked, {} DLQ, {}{} idempotency records, {} versions, {} timers",
                 d.name,
                 d.cursor.map_or_else(|| "-".to_owned(), |c| c.to_string()),
                 d.parked,
                 d.dlq,
                 d.idempotency,
                 if d.idempotency_capped { "+" } else { "" },
-                d.versions
+                d.versions,
+                d.timers
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -52,6 +52,7 @@ fn info(name: String, configured: bool, h: &Holdings, held: Option<(u64, u64)>) 
         idempotency: h.idempotency,
         idempotency_capped: h.idempotency_capped,
         versions: h.versions,
+        timers: h.timers,
         retention_held: held.map(|(events, _)| events),
         retention_held_since: held.map(|(_, since)| since),
     }

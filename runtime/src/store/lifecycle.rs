@@ -15,6 +15,7 @@ use super::codec::{Encoded, Records};
 use super::command::{Apply, Command, Failure, Fatal, Order};
 use super::registry::{ACTIVE, VERSIONS};
 use super::subscription::{CURSORS, DLQ, IDEMPOTENCY, PARKED};
+use super::timer::TIMER_COUNTS;
 use super::writer::Writes;
 use super::{ResultItem, Store, StoreError, storage};
 
@@ -39,6 +40,8 @@ pub struct Holdings {
     pub idempotency_capped: bool,
     /// Entries of its plugin deploy history.
     pub versions: u64,
+    /// Durable timers pending (not fired nor cancelled).
+    pub timers: u64,
 }
 
 /// The distinct subscription names of a table keyed by (subscription, …),
@@ -92,6 +95,7 @@ impl Apply for DeleteSubscription {
             w.idempotency.remove((n, key.as_str()))?;
         }
         budget -= super::state::delete_some(w, n, budget)?;
+        budget -= super::timer::delete_some(w, n, budget)?;
         // The expiry index may still name these keys: the collector finds
         // no record and drops the batch.
         let counters: Vec<String> = w
@@ -168,6 +172,7 @@ impl Store {
         let dlq = read.open_table(DLQ).map_err(storage)?;
         let idempotency = read.open_table(IDEMPOTENCY).map_err(storage)?;
         let versions = read.open_table(VERSIONS).map_err(storage)?;
+        let timer_counts = read.open_table(TIMER_COUNTS).map_err(storage)?;
         let mut out: BTreeMap<String, Holdings> = BTreeMap::new();
         for entry in cursors.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
@@ -177,6 +182,12 @@ impl Store {
         names.extend(distinct(&parked).map_err(storage)?);
         names.extend(distinct(&dlq).map_err(storage)?);
         names.extend(distinct(&versions).map_err(storage)?);
+        // Timers count as holdings: an orphan with only timers left must be
+        // listed, and deletable, or they would fire for ever after.
+        for entry in timer_counts.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            out.entry(k.value().to_owned()).or_default().timers = v.value();
+        }
         let mut from = String::new();
         loop {
             let next =
@@ -212,8 +223,8 @@ impl Store {
     }
 
     /// Delete everything the store holds for `subscription` (cursor, parked
-    /// entries, DLQ, idempotency records, counters, deploy history and
-    /// active version), in commands of at most [`DELETE_BATCH`] entries.
+    /// entries, DLQ, idempotency records, counters, state, pending timers,
+    /// deploy history and active version), in commands of at most [`DELETE_BATCH`] entries.
     /// The caller makes sure nothing runs it.
     ///
     /// # Errors
@@ -246,6 +257,7 @@ mod tests {
     use crate::store::ParkedEntry;
     use crate::store::codec::encode;
     use crate::store::testing::{dlq_entry, record, temp_store, write_at};
+    use crate::store::timer::{TIMER_DUE, TIMERS};
 
     const GONE: &str = "orders/old";
     const KEPT: &str = "orders/kept";
@@ -260,6 +272,9 @@ mod tests {
                 w.parked.insert((sub, 3), encode(&ParkedEntry::waiting(3, None)).map_err(Fatal)?.as_slice())?;
                 w.dlq.insert((sub, 2), encode(&dlq_entry(sub, 2)).map_err(Fatal)?.as_slice())?;
                 w.stats.insert((sub, "handled"), 5)?;
+                w.txn.open_table(TIMERS)?.insert((sub, "t"), (5, &[][..]))?;
+                w.txn.open_table(TIMER_DUE)?.insert((5, sub, "t"), ())?;
+                w.txn.open_table(TIMER_COUNTS)?.insert(sub, 1)?;
             }
             for i in 0..records {
                 let key = format!("k{i}");
@@ -271,7 +286,10 @@ mod tests {
         let listed = store.holdings().unwrap();
         assert_eq!(listed.keys().collect::<Vec<_>>(), [KEPT, GONE]);
         assert_eq!(listed[GONE].idempotency, records);
-        assert_eq!((listed[GONE].cursor, listed[GONE].parked, listed[GONE].dlq), (Some(7), 1, 1));
+        assert_eq!(
+            (listed[GONE].cursor, listed[GONE].parked, listed[GONE].dlq, listed[GONE].timers),
+            (Some(7), 1, 1, 1)
+        );
 
         // One command does at most DELETE_BATCH entries: the first is not done.
         let first = store
@@ -284,12 +302,40 @@ mod tests {
         assert_eq!(listed.keys().collect::<Vec<_>>(), [KEPT]);
         assert_eq!(
             listed[KEPT],
-            Holdings { cursor: Some(7), parked: 1, dlq: 1, idempotency: 1, idempotency_capped: false, versions: 0 }
+            Holdings {
+                cursor: Some(7),
+                parked: 1,
+                dlq: 1,
+                idempotency: 1,
+                idempotency_capped: false,
+                versions: 0,
+                timers: 1
+            }
         );
         assert_eq!(store.stats(GONE).unwrap().handled, 0);
         assert_eq!(store.stats(KEPT).unwrap().handled, 5);
         let read = store.shared.begin_read().unwrap();
         assert_eq!(read.open_table(IDEMPOTENCY).unwrap().len().unwrap(), 1);
+        // Its timers went, with their due entries and count: none fires.
+        assert_eq!(store.timer_counts().unwrap().into_iter().collect::<Vec<_>>(), [(KEPT.to_owned(), 1)]);
+        assert_eq!(read.open_table(TIMERS).unwrap().len().unwrap(), 1);
+        assert_eq!(read.open_table(TIMER_DUE).unwrap().len().unwrap(), 1);
+    }
+
+    #[test]
+    fn an_orphan_holding_only_timers_is_listed_and_deleted() {
+        let (_dir, store) = temp_store();
+        write_at(&store, 0, |w| {
+            w.txn.open_table(TIMERS)?.insert((GONE, "t"), (5, &[][..]))?;
+            w.txn.open_table(TIMER_DUE)?.insert((5, GONE, "t"), ())?;
+            w.txn.open_table(TIMER_COUNTS)?.insert(GONE, 1)?;
+            Ok(())
+        });
+        assert_eq!(store.holdings().unwrap()[GONE], Holdings { timers: 1, ..Holdings::default() });
+        store.delete_subscription_blocking(GONE).unwrap();
+        assert!(store.holdings().unwrap().is_empty());
+        assert_eq!(store.next_timer_due().unwrap(), None);
+        assert_eq!(store.fire_timers_blocking().unwrap(), 0);
     }
 
     #[test]

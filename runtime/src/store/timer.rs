@@ -177,6 +177,40 @@ fn add_count(txn: &WriteTransaction, subscription: &str, delta: i64) -> Result<(
     Ok(())
 }
 
+/// Remove up to `budget` pending timers of `subscription` (with their due
+/// entries and count), for [`super::lifecycle`]'s deletion of an orphan's
+/// data: a deleted subscription's timers must not fire afterwards, and
+/// going in the deleting transaction means none can fire between the two.
+/// Answers how many went.
+pub(super) fn delete_some(w: &mut Writes<'_>, subscription: &str, budget: usize) -> Result<usize, Fatal> {
+    let mut timers = w.txn.open_table(TIMERS)?;
+    let found: Vec<(String, u64)> = timers
+        .range((subscription, "")..)?
+        .take(budget)
+        .map(|e| {
+            e.map(|(k, v)| {
+                let (sub, key) = k.value();
+                (sub == subscription, key.to_owned(), v.value().0)
+            })
+        })
+        .take_while(|r| r.as_ref().map_or(true, |(mine, ..)| *mine))
+        .map(|r| r.map(|(_, key, at)| (key, at)))
+        .collect::<Result<_, _>>()?;
+    let mut due = w.txn.open_table(TIMER_DUE)?;
+    for (key, at) in &found {
+        timers.remove((subscription, key.as_str()))?;
+        due.remove((*at, subscription, key.as_str()))?;
+    }
+    drop((timers, due));
+    if found.len() < budget {
+        // All gone: the count goes whatever it said.
+        w.txn.open_table(TIMER_COUNTS)?.remove(subscription)?;
+    } else {
+        add_count(w.txn, subscription, -i64::try_from(found.len()).unwrap_or(i64::MAX))?;
+    }
+    Ok(found.len())
+}
+
 /// Fire the timers due at the group's time, up to [`FIRE_BATCH`]: each is
 /// removed and its event appended, in the same transaction.
 pub(super) struct Fire;

@@ -29,6 +29,9 @@ pub struct SubscriptionHoldings {
     pub idempotency_capped: bool,
     /// Entries of its plugin deploy history.
     pub versions: u64,
+    /// Durable timers pending (absent from an older server's answer).
+    #[serde(default)]
+    pub timers: u64,
     /// Events the retention policy would have removed but it still needs
     /// (last complete pass); absent when it holds nothing back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
