@@ -120,7 +120,7 @@ pub use ids::IdGenerator;
 pub use ingest::{
     Ingest, IngestError, MAX_CONTENT_TYPE_BYTES, MAX_EVENTS_PER_REQUEST, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES,
     MAX_HEADERS, MAX_HEADERS_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_KEY_BYTES, MAX_SOURCE_BYTES, RESERVED_HEADER_PREFIX,
-    cloudevent_key,
+    RESERVED_TOPIC_DOMAINS, cloudevent_key,
 };
 pub use names::{BadSubscriptionName, ContentHash, SubscriptionName};
 pub use process::tune as tune_process;

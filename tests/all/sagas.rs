@@ -249,6 +249,49 @@ fn a_step_timeout_compensates_the_completed_steps_and_a_late_reply_is_ignored() 
     assert_eq!(compensations(&after), ["inventory", "payment"]);
 }
 
+#[test]
+fn producers_cannot_publish_on_the_sagas_own_topics_and_sagas_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config("30s", 3, 3));
+    let placed = json!({ "topic": "orders.order.placed", "key": "c", "payload": { "order_id": "forged-1" } });
+    // Whatever saga the topic names, known or not: a forged timer or admin
+    // event would otherwise drive an instance.
+    for topic in ["weir-saga.order.timer", "weir-saga.order.admin", "weir-saga.order.failed", "weir-saga.other.x"] {
+        let (status, body) =
+            server.post("/v1/events", &json!([placed, { "topic": topic, "key": "ok-1", "payload": {} }]));
+        let error = &body["error"];
+        assert_eq!(
+            (status, error["code"].as_str(), error["index"].as_u64()),
+            (400, Some("reserved_topic"), Some(1)),
+            "{body}"
+        );
+        assert!(error["message"].as_str().unwrap().contains("weir-saga"), "{body}");
+    }
+    let ce = json!({ "specversion": "1.0", "type": "weir-saga.order.admin", "source": "/s", "id": "1" });
+    let (status, body) =
+        server.try_post("/v1/events", "application/cloudevents+json", ce.to_string().as_bytes()).unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("reserved_topic")), "{body}");
+    let binary = [("ce-specversion", "1.0"), ("ce-type", "weir-saga.order.timer"), ("ce-source", "/s"), ("ce-id", "2")];
+    let (status, body) = server.post_with("/v1/events", &binary, b"{}");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("reserved_topic")), "{body}");
+    let out = weir_tests::weir(
+        &["publish", "--server", &server.url, "-t", "weir-saga.order.timer", "-k", "ok-1", "-d", "{}"],
+        &dir.path().join("cache"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("reserved_topic"), "{stderr}");
+    // Nothing of those requests is stored, the valid event beside a
+    // refused one neither.
+    let (status, log) = server.get("/v1/log?limit=100");
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["events"], json!([]), "{log}");
+    assert!(saga(&server, "forged-1").is_none());
+    // The coordinators still append to their domain themselves.
+    place(&server, &[json!({ "order_id": "ok-1" })]);
+    let ok = wait_status(&server, "ok-1", &["completed"]);
+    assert_eq!(ok["completed"], json!(["payment", "inventory", "shipping"]));
+}
+
 fn act(server: &Server, id: &str, action: &str) -> (u16, Value) {
     server.post(&format!("/v1/sagas/{id}/{action}"), &json!({}))
 }

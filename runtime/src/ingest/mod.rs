@@ -103,6 +103,19 @@ pub enum IngestError {
         /// The header.
         name: String,
     },
+    /// Event number `index` is on a topic of a domain only the host
+    /// appends to ([`RESERVED_TOPIC_DOMAINS`]).
+    #[error(
+        "event {index}: topic {topic:?}: the domain `{domain}` is reserved for the host's saga coordinators (their timers, admin actions and failure alerts); producers cannot publish to it"
+    )]
+    ReservedTopic {
+        /// Position in the request.
+        index: usize,
+        /// The topic.
+        topic: String,
+        /// Its reserved domain.
+        domain: &'static str,
+    },
 }
 
 /// Most events one request may hold.
@@ -127,6 +140,12 @@ pub const MAX_HEADERS_BYTES: usize = 16 << 10;
 /// Header names with this prefix (in any case) are the host's: a producer
 /// cannot set them.
 pub const RESERVED_HEADER_PREFIX: &str = "weir-";
+/// Topic domains (first segments) only the host appends to: a producer's
+/// event there is refused at every ingest path (HTTP, `weir publish`,
+/// stream appends, the JetStream source). `weir-saga` is the saga
+/// coordinators' own (`weir-saga.<name>.timer`, `.admin`, `.failed`): a
+/// forged timer or admin event would drive an instance.
+pub const RESERVED_TOPIC_DOMAINS: &[&str] = &[crate::config::SAGA_TOPIC_DOMAIN];
 
 impl IngestError {
     /// Stable code.
@@ -142,6 +161,7 @@ impl IngestError {
             Self::FieldTooLarge { .. } => "field_too_large",
             Self::TooManyHeaders { .. } => "too_many_headers",
             Self::ReservedHeader { .. } => "reserved_header",
+            Self::ReservedTopic { .. } => "reserved_topic",
             Self::Schema { source, .. } => source.code(),
         }
     }
@@ -156,6 +176,7 @@ impl IngestError {
             | Self::FieldTooLarge { index, .. }
             | Self::TooManyHeaders { index, .. }
             | Self::ReservedHeader { index, .. }
+            | Self::ReservedTopic { index, .. }
             | Self::Schema { index, .. } => Some(*index),
             _ => None,
         }

@@ -49,6 +49,31 @@ fn a_batch_stops_at_the_event_limit_and_headers_at_theirs() {
 }
 
 #[test]
+fn the_saga_domain_is_refused_in_every_form() {
+    let ids = IdGenerator::new();
+    let e = ingest(&ids).json(br#"[{"topic":"a.b.c"},{"topic":"weir-saga.order.timer"}]"#).unwrap_err();
+    assert_eq!((e.code(), e.index()), ("reserved_topic", Some(1)));
+    assert!(e.to_string().contains("weir-saga"), "{e}");
+    let ce = br#"{"specversion":"1.0","type":"weir-saga.order.admin","source":"/s","id":"1"}"#;
+    assert_eq!(ingest(&ids).cloudevent(ce).unwrap_err().code(), "reserved_topic");
+    assert_eq!(
+        ingest(&ids).cloudevent_batch(&[&b"["[..], &ce[..], &b"]"[..]].concat()).unwrap_err().code(),
+        "reserved_topic"
+    );
+    let headers: [(&str, &[u8]); 4] =
+        [("ce-specversion", b"1.0"), ("ce-type", b"weir-saga.order.failed"), ("ce-source", b"/s"), ("ce-id", b"1")];
+    assert_eq!(ingest(&ids).cloudevent_binary(&headers, Vec::new()).unwrap_err().code(), "reserved_topic");
+    let mut built = ingest(&ids).json(br#"{"topic":"a.b.c"}"#).unwrap().remove(0);
+    built.topic = "weir-saga.order.timer".into();
+    assert_eq!(check_event(&built).unwrap_err().code(), "reserved_topic");
+    // Only the exact domain: look-alikes are ordinary topics.
+    for topic in ["weir-sagas.order.timer", "weir.saga.timer", "orders.weir-saga.timer"] {
+        let body = format!(r#"{{"topic":"{topic}"}}"#);
+        assert!(ingest(&ids).json(body.as_bytes()).is_ok(), "{topic}");
+    }
+}
+
+#[test]
 fn json_single_and_batch() {
     let ids = IdGenerator::new();
     assert_eq!(ingest(&ids).json(br#"{"topic":"a.b.c"}"#).unwrap().len(), 1);

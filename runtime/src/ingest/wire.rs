@@ -4,9 +4,13 @@
 
 use super::*;
 
-/// The limits on an event's fields other than its payload, and the
-/// reserved header prefix.
+/// The limits on an event's fields other than its payload, the reserved
+/// topic domains and the reserved header prefix.
 pub(super) fn check_fields(index: usize, event: &Event) -> Result<(), IngestError> {
+    let domain = event.topic.split('.').next().unwrap_or_default();
+    if let Some(reserved) = RESERVED_TOPIC_DOMAINS.iter().find(|d| **d == domain) {
+        return Err(IngestError::ReservedTopic { index, topic: event.topic.clone(), domain: reserved });
+    }
     let over = |field: &str, size: usize, max: usize| {
         (size > max).then(|| IngestError::FieldTooLarge { index, field: field.to_owned(), size, max })
     };

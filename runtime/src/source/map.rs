@@ -309,4 +309,28 @@ mod tests {
         assert_eq!(e.header("tenant"), Some("acme"));
         assert!(map("a.b.c", &[("ce-specversion", "1.0")], b"").unwrap_err().contains("ce-type"));
     }
+
+    #[test]
+    fn the_saga_domain_is_rejected_from_the_subject_a_header_or_a_cloudevent() {
+        let code = |subject: &str, headers: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (n, v) in headers {
+                map.insert(*n, *v);
+            }
+            let message = Delivered {
+                subject,
+                headers: (!headers.is_empty()).then_some(&map),
+                payload: b"{}",
+                stream_seq: 7,
+                published: 1,
+            };
+            map_message(&config(), &IdGenerator::new(), 1 << 20, &message).map(|_| ()).map_err(|r| r.code)
+        };
+        assert_eq!(code("in.weir-saga.order.timer", &[]), Err("reserved_topic"));
+        assert_eq!(code("x.y", &[("weir-topic", "weir-saga.order.admin")]), Err("reserved_topic"));
+        let ce =
+            [("ce-specversion", "1.0"), ("ce-type", "weir-saga.order.failed"), ("ce-source", "/s"), ("ce-id", "1")];
+        assert_eq!(code("a.b.c", &ce), Err("reserved_topic"));
+        assert_eq!(code("in.orders.order.created", &[]), Ok(()));
+    }
 }
