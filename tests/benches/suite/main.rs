@@ -7,6 +7,7 @@
 //! or with options after `--`; `--help` lists them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod cluster;
 mod event_sourcing;
 mod jetstream;
 mod procs;
@@ -33,6 +34,7 @@ USAGE: cargo bench -p weir-tests --bench suite -- [OPTIONS]
 OPTIONS:
   --scenarios LIST  comma-separated, from: s1 s2 s3 s4 s5 s6 latency rss memory swap
                     metrics read sse consumer webhook commands appends views sagas schemas
+                    ingest cluster
                     [default: all of them]
   --events N        events per throughput run [default: 200000]
   --rate LIST       offered rates of the latency runs, events/s, comma-separated;
@@ -78,11 +80,16 @@ SCENARIOS:
            appended -> completed) at --rate / 50 sagas/s for --seconds
   schemas  s2 as is, with a JSON Schema checked at ingest, with v2-only
            handlers fed v2, and fed v1 through one upcaster step
+  ingest   `weir run`, counter plugin, a JetStream sink: fed by a JetStream
+           source, against fed over HTTP (--events / 4 events; needs
+           nats-server and target/<profile>/weir, built beforehand)
+  cluster  1, 2 and 3 `weir run` nodes of a [cluster] on one nats-server, fed
+           over HTTP, the same handler and sink: events/s, CPU per event
 ";
 
-const ALL: [&str; 20] = [
+const ALL: [&str; 22] = [
     "s1", "s2", "s3", "s4", "s5", "s6", "latency", "rss", "memory", "swap", "metrics", "read", "sse", "consumer",
-    "webhook", "commands", "appends", "views", "sagas", "schemas",
+    "webhook", "commands", "appends", "views", "sagas", "schemas", "ingest", "cluster",
 ];
 
 struct Options {
@@ -591,6 +598,7 @@ fn main() {
     event_sourcing::report(&mut r, &o, &mut results);
     sagas::report(&mut r, &o, &mut results);
     schemas::report(&mut r, &o, &mut results);
+    cluster::report(&mut r, &o, &mut results);
 
     targets(&mut r, &results, o.plugins);
     std::fs::create_dir_all(&o.out).unwrap_or_else(|e| panic!("cannot create {}: {e}", o.out.display()));
