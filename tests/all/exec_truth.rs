@@ -104,3 +104,39 @@ fn a_refused_deploy_answers_the_same_code_and_stage() {
     assert!(message.ends_with(report["reason"].as_str().unwrap()), "{message} vs {report}");
     assert_eq!(message.matches("wasi_snapshot_preview1").count(), 1, "the reason is stated once: {message}");
 }
+
+#[test]
+fn exec_prints_the_timers_a_handled_event_schedules_and_cancels() {
+    let input = concat!(
+        "{\"topic\":\"tasks.task.created\",\"key\":\"t-1\",\"time\":\"2026-01-01T00:00:00Z\",\"payload\":{\"remind_in_ms\":1500}}\n",
+        "{\"topic\":\"tasks.task.done\",\"key\":\"t-1\",\"payload\":{}}\n",
+        // Schedules, then rejects: a subscription keeps none of it.
+        "{\"topic\":\"tasks.task.created\",\"key\":\"reject-1\",\"payload\":{}}\n",
+        "{\"topic\":\"tasks.task.other\",\"key\":\"t-2\",\"payload\":{}}\n",
+    );
+    let out = exec(plugins::REMINDER, input, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let created = &lines[0];
+    let timers = created["timers"].as_array().unwrap_or_else(|| panic!("{created}"));
+    assert_eq!(timers.len(), 1, "{created}");
+    let t = &timers[0];
+    // 2026-01-01T00:00:00Z is 1767225600000 ms.
+    assert_eq!(
+        (t["op"].as_str(), t["key"].as_str(), t["fire_at_ms"].as_u64()),
+        (Some("schedule"), Some("t-1"), Some(1_767_225_601_500))
+    );
+    assert!(t["fire_at"].as_str().unwrap().starts_with("2026-01-01T00:00:01.5"), "{t}");
+    assert_eq!(
+        (t["emit"]["topic"].as_str(), t["emit"]["key"].as_str()),
+        (Some("tasks.task.reminder"), Some("t-1")),
+        "{t}"
+    );
+    assert_eq!(t["emit"]["causation_id"], created["event_id"], "{t}");
+    assert_eq!(lines[1]["timers"], serde_json::json!([{ "op": "cancel", "key": "t-1" }]));
+    assert_eq!(lines[2]["outcome"], "failed");
+    assert!(lines[2].get("timers").is_none(), "a failed event's timers are not kept: {}", lines[2]);
+    assert!(lines[3].get("timers").is_none(), "no timer asked for: {}", lines[3]);
+}

@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use weir_abi::DeliveryRef;
 use weir_runtime::JsonEvent;
-use weir_runtime::{IdGenerator, InstanceMode, Limits, LoadError, MemoryState, MemoryWrite};
+use weir_runtime::{IdGenerator, InstanceMode, Limits, LoadError, MemoryState, MemoryWrite, TimerCall};
 
 use super::CacheArgs;
 
@@ -24,6 +24,8 @@ Each output line is one outcome:
   {\"line\":1,\"event_id\":\"…\",\"topic\":\"…\",\"outcome\":\"ok\",\"emits\":[…],\"duration_us\":9}
   {\"line\":2,\"event_id\":\"…\",\"topic\":\"…\",\"outcome\":\"failed\",\"code\":\"handler_reject\",\"reason\":\"…\"}
   {\"line\":3,\"outcome\":\"invalid_input\",\"code\":\"invalid_json\",\"reason\":\"…\"}
+A handled event that schedules or cancels durable timers also has \"timers\":
+  [{\"op\":\"schedule\",\"key\",\"fire_at_ms\",\"fire_at\",\"emit\"}, {\"op\":\"cancel\",\"key\"}] (nothing fires during the run).
 Exit status: 0 when every line was a valid event (whatever the handler answered), 1 when a line
 was invalid or the plugin could not be loaded, 2 on a usage error.")]
 pub(crate) struct ExecArgs {
@@ -194,6 +196,11 @@ pub(crate) fn run(args: &ExecArgs) -> anyhow::Result<ExitCode> {
         if !writes.is_empty() {
             record["state"] = writes.iter().map(state_json).collect();
         }
+        // Only a handled event's, as a subscription stores them only with
+        // a successful outcome.
+        if invocation.result.is_ok() && !invocation.timers.is_empty() {
+            record["timers"] = invocation.timers.iter().map(timer_json).collect::<Result<Value, _>>()?;
+        }
         writeln!(out, "{record}")?;
     }
     out.flush()?;
@@ -218,6 +225,26 @@ fn emit_json(emit: &weir_abi::Emit) -> Result<Value, serde_json::Error> {
         }
     }
     Ok(value)
+}
+
+/// A timer operation as `weir exec` prints it: a schedule with its key,
+/// when it would fire (Unix ms and RFC 3339) and the event it would append,
+/// as the emit the plugin gave (the host sets its id, time and source when
+/// it fires, docs/abi.md §15.2); a cancel with its key.
+fn timer_json(op: &TimerCall) -> Result<Value, serde_json::Error> {
+    Ok(match op {
+        TimerCall::Schedule { key, fire_at_ms, emit } => {
+            let nanos = i64::try_from(*fire_at_ms).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+            json!({
+                "op": "schedule",
+                "key": key,
+                "fire_at_ms": fire_at_ms,
+                "fire_at": weir_runtime::format_time(nanos),
+                "emit": emit_json(emit)?,
+            })
+        }
+        TimerCall::Cancel { key } => json!({ "op": "cancel", "key": key }),
+    })
 }
 
 /// One state write as `weir exec` prints it: the scope (the event's key, or
