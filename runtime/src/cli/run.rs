@@ -70,8 +70,16 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // weir_runtime::serve: axum's router with header/idle and body timeouts
     // and a connection cap (`[http]` in the configuration).
     let http = config.http.clone();
+    // The handlers go in before the first request can be answered: a
+    // signal future registers its handler only when first polled, and a
+    // SIGTERM that came before that (a supervisor stopping a server it
+    // has just seen healthy) killed the process instead of stopping it.
+    let signals = {
+        let _context = tokio.enter();
+        Signals::install().context("installing the SIGINT and SIGTERM handlers")?
+    };
     tokio.block_on(async move {
-        weir_runtime::serve(listener, app, &http, shutdown_signal()).await.context("HTTP server failed")
+        weir_runtime::serve(listener, app, &http, shutdown_signal(signals)).await.context("HTTP server failed")
     })?;
     drop(tokio);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -88,8 +96,8 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// The first SIGINT or SIGTERM: stop cleanly (the HTTP server drains, the
 /// workers commit, within the runtime's shutdown deadline). From then on a
 /// second one exits at once.
-async fn shutdown_signal() {
-    signal().await;
+async fn shutdown_signal(mut signals: Signals) {
+    signals.recv().await;
     eprintln!("weir: stopping; a second Ctrl-C (or SIGTERM) exits at once");
     exit_on_second_signal();
 }
@@ -106,6 +114,38 @@ fn exit_on_second_signal() {
         eprintln!("weir: second signal: exiting now; uncommitted work is redone at the next start");
         std::process::exit(130);
     });
+}
+
+/// SIGINT and SIGTERM, their handlers installed from the start.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Install the handlers (in a tokio runtime's context).
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The first of them to come.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        signal().await;
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
