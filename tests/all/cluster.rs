@@ -159,6 +159,30 @@ retry = {{ max_attempts = 100000, initial_backoff = "50ms", max_backoff = "500ms
     )
 }
 
+/// What each test runs on: `servers` NATS servers (R`servers` streams),
+/// the output stream, three nodes owning every partition between them.
+/// Fields drop in order: the nodes before NATS, the directory last.
+struct Bed {
+    dir: tempfile::TempDir,
+    nats: NatsServers,
+    rt: tokio::runtime::Runtime,
+    out: stream::Stream,
+    nodes: Vec<Server>,
+}
+
+impl Bed {
+    fn start(servers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsServers::start(dir.path(), servers);
+        let rt = tokio();
+        let js = rt.block_on(connect(&nats.urls()));
+        let out = rt.block_on(output_stream(&js, servers));
+        let nodes = start_nodes(dir.path(), &nats.urls(), servers);
+        wait_owned(&nodes[0], 3);
+        Self { dir, nats, rt, out, nodes }
+    }
+}
+
 /// Three nodes `n0`, `n1`, `n2`, each with its own directory under `dir`.
 fn start_nodes(dir: &Path, urls: &str, replicas: usize) -> Vec<Server> {
     (0..3)
@@ -266,13 +290,7 @@ fn wait_outputs(rt: &tokio::runtime::Runtime, stream: &mut stream::Stream, total
 fn three_nodes_share_the_partitions_and_a_killed_node_loses_nothing_and_repeats_nothing() {
     const N: u64 = 6_000;
     const KEYS: u64 = 300;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServers::start(dir.path(), 1);
-    let rt = tokio();
-    let js = rt.block_on(connect(&nats.urls()));
-    let mut out = rt.block_on(output_stream(&js, 1));
-    let mut nodes = start_nodes(dir.path(), &nats.urls(), 1);
-    wait_owned(&nodes[0], 3);
+    let Bed { dir: _dir, nats: _nats, rt, mut out, mut nodes } = Bed::start(1);
     post(&[&nodes[0], &nodes[1], &nodes[2]], 0, N / 2, KEYS);
     // kill -9 a node while its partitions are busy.
     nodes[1].kill9();
@@ -306,13 +324,7 @@ fn three_nodes_share_the_partitions_and_a_killed_node_loses_nothing_and_repeats_
 fn three_servers_r3_three_nodes_50000_events_kill9_a_node_then_a_server_exactly_once_in_key_order() {
     const N: u64 = 50_000;
     const KEYS: u64 = 1_000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServers::start(dir.path(), 3);
-    let rt = tokio();
-    let js = rt.block_on(connect(&nats.urls()));
-    let mut out = rt.block_on(output_stream(&js, 3));
-    let mut nodes = start_nodes(dir.path(), &nats.urls(), 3);
-    wait_owned(&nodes[0], 3);
+    let Bed { dir: _dir, mut nats, rt, mut out, mut nodes } = Bed::start(3);
     post(&[&nodes[0], &nodes[1], &nodes[2]], 0, N * 2 / 5, KEYS);
     nodes[2].kill9();
     post(&[&nodes[0], &nodes[1]], N * 2 / 5, N * 3 / 5, KEYS);
@@ -361,13 +373,7 @@ fn signal(server: &Server, signal: &str) {
 fn a_paused_node_a_stopped_node_and_a_node_that_lost_its_store_send_each_output_once() {
     const N: u64 = 6_000;
     const KEYS: u64 = 200;
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServers::start(dir.path(), 1);
-    let rt = tokio();
-    let js = rt.block_on(connect(&nats.urls()));
-    let mut out = rt.block_on(output_stream(&js, 1));
-    let mut nodes = start_nodes(dir.path(), &nats.urls(), 1);
-    wait_owned(&nodes[0], 3);
+    let Bed { dir, nats: _nats, rt, mut out, mut nodes } = Bed::start(1);
     post(&[&nodes[0], &nodes[1], &nodes[2]], 0, N / 3, KEYS);
     // Paused for twice the lease: the others take its partitions.
     signal(&nodes[2], "-STOP");
