@@ -544,3 +544,51 @@ fn connections_past_the_cap_wait_until_one_closes() {
     let answer = read_answer(&mut BufReader::new(third));
     assert_eq!(answer.status, 200);
 }
+
+#[test]
+fn a_client_still_sending_a_refused_body_reads_the_refusal_and_one_that_never_stops_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), PIPELINE);
+    let addr = addr(&server.url);
+    // A body the route refuses from the head alone (`415`): the client
+    // sends the head, and the body only after the answer has been written.
+    let refused = |length: usize| {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "PUT /v1/consumers/x HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {length}\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stream
+    };
+    // The server reads and drops the rest of the body before it closes, so
+    // the client can send it all (a close with unread bytes would reset the
+    // connection under the client's feet) and then read the refusal.
+    let mut stream = refused(100_000);
+    stream.write_all(&vec![b'x'; 100_000]).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let answer = read_answer(&mut BufReader::new(stream));
+    assert_eq!((answer.status, answer.code()), (415, "unsupported_media_type"), "{answer:?}");
+    // A client that keeps sending is cut off after a bounded amount (the
+    // server's linger cap, plus what the sockets' buffers hold).
+    let mut stream = refused(1 << 30);
+    // A failsafe: a write blocked this long means the server stopped reading
+    // without closing.
+    stream.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0_usize;
+    let error = loop {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => break e,
+        }
+        assert!(sent < 256 << 20, "the server read {sent} bytes of a refused body");
+    };
+    assert!(
+        !matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "the server held the connection open without reading: {error}"
+    );
+    // The server still answers.
+    assert_eq!(server.get("/health").0, 200);
+}

@@ -161,6 +161,11 @@ impl Server {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(std::time::Duration::from_secs(60)))
+                // Under the server's idle keep-alive limit (header_timeout,
+                // 10 s by default, 1 s in some tests): a connection kept
+                // longer may be closed by the server just as it is reused,
+                // and the request then fails with "Peer disconnected".
+                .max_idle_age(std::time::Duration::from_millis(500))
                 .build(),
         );
         let mut server = Self {

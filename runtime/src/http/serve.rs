@@ -21,6 +21,11 @@ use crate::config::HttpConfig;
 /// the request is answered `431`.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
+/// How long and how much a closing connection reads and discards (see
+/// [`linger`]).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 << 10;
+
 /// Set when the server stops: the request extension a long request (an
 /// event stream, a long-poll) watches to end in time.
 #[derive(Clone)]
@@ -75,22 +80,58 @@ pub async fn serve(
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!("connection closed: {e}");
+            let mut stream = stream;
+            {
+                let mut conn = pin!(builder.serve_connection(TokioIo::new(&mut stream), service));
+                let stopping = tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!("connection closed: {e}");
+                        }
+                        false
                     }
-                    return;
+                    _ = stop.wait_for(|stop| *stop) => true,
+                };
+                if stopping {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
-                _ = stop.wait_for(|stop| *stop) => {}
             }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // Not while the server stops: the stop would wait for it.
+            let stopped = *stop.borrow();
+            if !stopped {
+                linger(&mut stream).await;
+            }
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A lingering close. A request refused before its body is read (`401`,
+/// `403`, `415` …) leaves the body's bytes arriving after the answer; a
+/// socket closed with unread bytes makes the kernel send a reset instead of
+/// a FIN, and a reset can reach the client before it has read the answer,
+/// which then sees "connection reset" rather than the refusal. So: send the
+/// FIN, then read and drop what still comes until the client closes, for at
+/// most [`LINGER_TIME`] and [`LINGER_BYTES`] (a client cannot hold the
+/// connection's slot longer than that).
+async fn linger(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0_u8; 8 << 10];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
