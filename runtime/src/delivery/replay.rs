@@ -26,7 +26,7 @@ use weir_abi::{DeliveryRef, Event};
 
 use super::Invoke;
 use super::state::{Session, SharedOverlay};
-use crate::store::{LiveOutcome, StateWrite, Store, StoreError};
+use crate::store::{LiveOutcome, Started, StateReader, StateWrite, Store, StoreError};
 use crate::topic::Pattern;
 
 /// Events read from the log per step.
@@ -82,7 +82,7 @@ pub(crate) struct Shadow {
     handler: Box<dyn Invoke>,
     overlay: SharedOverlay,
     position: u64,
-    seen: HashSet<String>,
+    seen: HashSet<String, foldhash::fast::RandomState>,
     held: BTreeSet<u64>,
     progress: Arc<ReplayProgress>,
     /// Bytes of writes kept in the overlay ([`MAX_KEPT_BYTES`]).
@@ -91,6 +91,12 @@ pub(crate) struct Shadow {
     pending: Vec<StateWrite>,
     pending_events: usize,
     pending_bytes: usize,
+    /// The commit the writer is making while the shadow goes on applying
+    /// (one at a time: the overlay holds its writes until it is done).
+    committing: Option<Started<u64>>,
+    /// The store reader the sessions share until the overlay is emptied
+    /// ([`Store::state_reader`]); opened when first needed.
+    reader: Option<Arc<StateReader>>,
 }
 
 impl Shadow {
@@ -114,13 +120,15 @@ impl Shadow {
             handler,
             overlay: SharedOverlay::default(),
             position: from,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             held: BTreeSet::new(),
             progress,
             kept: 0,
             pending: Vec::new(),
             pending_events: 0,
             pending_bytes: 0,
+            committing: None,
+            reader: None,
         })
     }
 
@@ -186,7 +194,7 @@ impl Shadow {
                 self.seen.clear();
             }
             self.seen.insert(event.idempotency_key.clone());
-            match self.invoke(event) {
+            match self.invoke(event)? {
                 Some(mut w) => {
                     self.pending_bytes = w.iter().fold(self.pending_bytes, |n, w| n.saturating_add(w.bytes()));
                     self.pending_events += 1;
@@ -199,20 +207,42 @@ impl Shadow {
             }
         }
         if self.pending_events >= COMMIT_EVENTS || self.pending_bytes >= COMMIT_BYTES {
-            self.flush()?;
+            self.start_commit()?;
         }
         Ok(())
     }
 
-    /// Commit the writes waiting, in order (a later write of a key wins).
+    /// Commit the writes waiting and wait for it.
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.start_commit()?;
+        self.wait_commit()
+    }
+
+    /// Wait for the commit in flight, if any.
+    fn wait_commit(&mut self) -> Result<(), StoreError> {
+        match self.committing.take() {
+            Some(commit) => commit.wait().map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Hand the writes waiting to the writer, in order (a later write of a
+    /// key wins), after the previous commit is done; the writer commits them
+    /// while the shadow applies the next events, which read them from the
+    /// overlay meanwhile.
+    fn start_commit(&mut self) -> Result<(), StoreError> {
+        self.wait_commit()?;
         let writes = std::mem::take(&mut self.pending);
         self.kept = self.kept.saturating_add(self.pending_bytes);
         (self.pending_events, self.pending_bytes) = (0, 0);
-        self.store.commit_state_blocking(&self.spec.namespace, writes)?;
-        // The writes stay in the overlay (now a copy of what is committed)
-        // until it holds too much.
+        self.committing = Some(self.store.commit_state_started(&self.spec.namespace, writes));
+        // The writes stay in the overlay (a copy of what is committed once
+        // the commit is done) until it holds too much; it is emptied only
+        // when the store has them all.
         if self.kept >= MAX_KEPT_BYTES {
+            self.wait_commit()?;
+            // The reader predates what the overlay held: open a new one.
+            self.reader = None;
             let mut overlay = self.overlay.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             overlay.hand_over();
             overlay.committed();
@@ -224,7 +254,11 @@ impl Shadow {
     /// Run the handler on `event`, retrying a retryable failure at once up
     /// to the subscription's attempts; the writes of the attempt that
     /// succeeded, or `None`.
-    fn invoke(&mut self, event: &Event) -> Option<Vec<StateWrite>> {
+    fn invoke(&mut self, event: &Event) -> Result<Option<Vec<StateWrite>>, StoreError> {
+        let reader = match &self.reader {
+            Some(reader) => Arc::clone(reader),
+            None => Arc::clone(self.reader.insert(Arc::new(self.store.state_reader(&self.spec.namespace)?))),
+        };
         for attempt in 1..=self.spec.max_attempts.max(1) {
             let session = Session::fixed(
                 self.store.clone(),
@@ -233,16 +267,17 @@ impl Shadow {
                 event.key.as_deref(),
                 Arc::clone(&self.overlay),
                 self.spec.max_state_keys_per_scope,
+                Arc::clone(&reader),
             );
             let delivery = DeliveryRef { event, subscription: &self.spec.subscription, attempt };
             let (outcome, state) = self.handler.invoke_with_state(delivery, Box::new(session));
             match outcome.result {
-                Ok(_) => return Some(state.and_then(Session::recover).map(|s| s.commit()).unwrap_or_default()),
-                Err(failure) if !failure.retryable => return None,
+                Ok(_) => return Ok(Some(state.and_then(Session::recover).map(|s| s.commit()).unwrap_or_default())),
+                Err(failure) if !failure.retryable => return Ok(None),
                 Err(_) => {}
             }
         }
-        None
+        Ok(None)
     }
 
     /// At the switch, with the live worker paused at `live_cursor`: apply

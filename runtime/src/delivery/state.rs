@@ -17,19 +17,22 @@
 //! counted) reads the store and the overlay in one snapshot.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::engine::{StateAccess, StateEntry, StateError, StateScope};
-use crate::store::{KIND_KEY, KIND_SHARED, ScopeId, Space, StateWrite, Store};
+use crate::store::{KIND_KEY, KIND_SHARED, ScopeId, Space, StateReader, StateWrite, Store};
 
 /// Scope counts kept before the cache is cleared and counted again on
 /// demand: bounds the memory of a subscription with many keys.
 const MAX_COUNTED_SCOPES: usize = 65_536;
 
-/// Final values by (scope, key); `None` is a delete.
-type Layer = BTreeMap<(ScopeId, Vec<u8>), Option<Vec<u8>>>;
+/// Final values by scope, then key; `None` is a delete. Nested rather than
+/// keyed by `(scope, key)` so a lookup borrows the key it is given instead
+/// of building an owned pair (a replay looks up several keys per event).
+type Layer = HashMap<ScopeId, BTreeMap<Vec<u8>, Option<Vec<u8>>>, foldhash::fast::RandomState>;
 
 /// The writes of handled events not committed yet, and the key counts.
 #[derive(Default)]
@@ -38,17 +41,16 @@ pub(super) struct Overlay {
     /// Oldest first; one per batch the stage has in flight.
     in_flight: VecDeque<Layer>,
     /// Keys per scope, as visible through this overlay.
-    counts: HashMap<ScopeId, usize>,
+    counts: HashMap<ScopeId, usize, foldhash::fast::RandomState>,
 }
 
 impl Overlay {
     /// The newest value of `key` in the overlay: `None` when no layer has
     /// it, `Some(None)` when deleted.
     fn lookup(&self, scope: &ScopeId, key: &[u8]) -> Option<Option<&Vec<u8>>> {
-        let k = (scope.clone(), key.to_vec());
         std::iter::once(&self.building)
             .chain(self.in_flight.iter().rev())
-            .find_map(|layer| layer.get(&k).map(Option::as_ref))
+            .find_map(|layer| layer.get(scope)?.get(key).map(Option::as_ref))
     }
 
     /// Every key of `scope` the overlay has, with its newest value.
@@ -56,7 +58,7 @@ impl Overlay {
         let mut out = BTreeMap::new();
         // Oldest first, so newer layers overwrite.
         for layer in self.in_flight.iter().chain(std::iter::once(&self.building)) {
-            for ((_, key), value) in range(layer, scope, &[], None) {
+            for (key, value) in range(layer, scope, &[], None) {
                 out.insert(key.clone(), value.clone());
             }
         }
@@ -66,7 +68,7 @@ impl Overlay {
     /// The writes of one handled event join the batch being built.
     pub(super) fn add(&mut self, writes: &[StateWrite], deltas: &HashMap<ScopeId, isize>) {
         for w in writes {
-            self.building.insert((w.scope.clone(), w.key.clone()), w.value.clone());
+            self.building.entry(w.scope.clone()).or_default().insert(w.key.clone(), w.value.clone());
         }
         for (scope, delta) in deltas {
             if let Some(count) = self.counts.get_mut(scope) {
@@ -99,14 +101,22 @@ fn range<'a>(
     layer: &'a Layer,
     scope: &ScopeId,
     prefix: &'a [u8],
-    after: Option<&[u8]>,
-) -> impl Iterator<Item = (&'a (ScopeId, Vec<u8>), &'a Option<Vec<u8>>)> + 'a {
+    after: Option<&'a [u8]>,
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a {
+    layer.get(scope).into_iter().flat_map(move |keys| range_keys(keys, prefix, after))
+}
+
+/// Entries of `keys` that start with `prefix`, after `after`.
+fn range_keys<'a, V>(
+    keys: &'a BTreeMap<Vec<u8>, V>,
+    prefix: &'a [u8],
+    after: Option<&'a [u8]>,
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a V)> + 'a {
     let low = match after {
-        Some(a) if a >= prefix => Bound::Excluded((scope.clone(), a.to_vec())),
-        _ => Bound::Included((scope.clone(), prefix.to_vec())),
+        Some(a) if a >= prefix => Bound::Excluded(a),
+        _ => Bound::Included(prefix),
     };
-    let scope = scope.clone();
-    layer.range((low, Bound::Unbounded)).take_while(move |((s, k), _)| *s == scope && k.starts_with(prefix))
+    keys.range::<[u8], _>((low, Bound::Unbounded)).take_while(move |(k, _)| k.starts_with(prefix))
 }
 
 /// The overlay a worker shares with the sessions it lends its handler.
@@ -126,7 +136,21 @@ pub(super) struct Session {
     /// This invocation's writes: the final value of each key, and whether
     /// the key had a value before the invocation.
     pending: Pending,
+    /// A reader kept by the replay's shadow (see [`Store::state_reader`]),
+    /// instead of a read transaction per store read.
+    reader: Option<Arc<StateReader>>,
+    /// What this invocation read from the store, so a key read again (a
+    /// get, then the put's "existed" check) is not read twice; up to
+    /// [`MAX_FETCHED`] keys.
+    fetched: RefCell<Vec<Fetched>>,
 }
+
+/// A store read: the scope, the key and the value.
+type Fetched = (ScopeId, Vec<u8>, Option<Vec<u8>>);
+
+/// Store reads an invocation remembers ([`Session::fetched`]): a handler
+/// touches a few keys per event; past it, reads are not remembered.
+const MAX_FETCHED: usize = 16;
 
 fn shared_scope() -> ScopeId {
     ScopeId { kind: KIND_SHARED, name: String::new() }
@@ -148,7 +172,17 @@ impl Session {
             Some(key) => ScopeId { kind: KIND_KEY, name: key.to_owned() },
             None => shared_scope(),
         };
-        Self { store, subscription, key_scope, overlay, max_keys_per_scope, namespace: None, pending: BTreeMap::new() }
+        Self {
+            store,
+            subscription,
+            key_scope,
+            overlay,
+            max_keys_per_scope,
+            namespace: None,
+            pending: BTreeMap::new(),
+            reader: None,
+            fetched: RefCell::new(Vec::new()),
+        }
     }
 
     /// A session on the namespace `namespace` rather than the live state:
@@ -160,9 +194,11 @@ impl Session {
         event_key: Option<&str>,
         overlay: SharedOverlay,
         max_keys_per_scope: usize,
+        reader: Arc<StateReader>,
     ) -> Self {
         let mut session = Self::new(store, subscription, event_key, overlay, max_keys_per_scope);
         session.namespace = Some(namespace);
+        session.reader = Some(reader);
         session
     }
 
@@ -189,11 +225,23 @@ impl Session {
         if let Some(v) = self.lock().lookup(scope, key) {
             return Ok(v.cloned());
         }
-        self.store.state_get(self.space(), scope, key).map_err(unavailable)
+        let mut fetched = self.fetched.borrow_mut();
+        if let Some((_, _, value)) = fetched.iter().find(|(s, k, _)| s == scope && k.as_slice() == key) {
+            return Ok(value.clone());
+        }
+        let value = match &self.reader {
+            Some(reader) => reader.get(scope, key),
+            None => self.store.state_get(self.space(), scope, key),
+        }
+        .map_err(unavailable)?;
+        if fetched.len() < MAX_FETCHED {
+            fetched.push((scope.clone(), key.to_vec(), value.clone()));
+        }
+        Ok(value)
     }
 
     fn current(&self, scope: &ScopeId, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        match self.pending.get(&(scope.clone(), key.to_vec())) {
+        match self.pending.get(scope).and_then(|keys| keys.get(key)) {
             Some((value, _)) => Ok(value.clone()),
             None => self.before(scope, key),
         }
@@ -223,19 +271,21 @@ impl Session {
     /// How this invocation changed the key count of each scope.
     fn deltas(&self) -> HashMap<ScopeId, isize> {
         let mut out: HashMap<ScopeId, isize> = HashMap::new();
-        for ((scope, _), (value, existed)) in &self.pending {
-            *out.entry(scope.clone()).or_default() += isize::from(value.is_some()) - isize::from(*existed);
+        for (scope, keys) in &self.pending {
+            let delta: isize =
+                keys.values().map(|(value, existed)| isize::from(value.is_some()) - isize::from(*existed)).sum();
+            *out.entry(scope.clone()).or_default() += delta;
         }
         out
     }
 
     fn write(&mut self, scope: ScopeId, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StateError> {
-        let k = (scope, key.to_vec());
-        let existed = match self.pending.get(&k) {
-            Some((_, existed)) => *existed,
-            None => self.before(&k.0, key)?.is_some(),
-        };
-        self.pending.insert(k, (value, existed));
+        if let Some((slot, _)) = self.pending.get_mut(&scope).and_then(|keys| keys.get_mut(key)) {
+            *slot = value;
+            return Ok(());
+        }
+        let existed = self.before(&scope, key)?.is_some();
+        self.pending.entry(scope).or_default().insert(key.to_vec(), (value, existed));
         Ok(())
     }
 
@@ -243,8 +293,13 @@ impl Session {
     /// overlay.
     pub(super) fn commit(self) -> Vec<StateWrite> {
         let deltas = self.deltas();
-        let writes: Vec<StateWrite> =
-            self.pending.into_iter().map(|((scope, key), (value, _))| StateWrite { scope, key, value }).collect();
+        let writes: Vec<StateWrite> = self
+            .pending
+            .into_iter()
+            .flat_map(|(scope, keys)| {
+                keys.into_iter().map(move |(key, (value, _))| StateWrite { scope: scope.clone(), key, value })
+            })
+            .collect();
         self.overlay.lock().unwrap_or_else(PoisonError::into_inner).add(&writes, &deltas);
         writes
     }
@@ -301,11 +356,14 @@ impl StateAccess for Session {
             {
                 let overlay = self.lock();
                 for layer in overlay.in_flight.iter().chain(std::iter::once(&overlay.building)) {
-                    keys.extend(range(layer, &scope, prefix, cursor.as_deref()).next().map(|((_, k), _)| k.clone()));
+                    keys.extend(range(layer, &scope, prefix, cursor.as_deref()).next().map(|(k, _)| k.clone()));
                 }
             }
             keys.extend(
-                range_pending(&self.pending, &scope, prefix, cursor.as_deref()).next().map(|((_, k), _)| k.clone()),
+                self.pending
+                    .get(&scope)
+                    .and_then(|keys| range_keys(keys, prefix, cursor.as_deref()).next())
+                    .map(|(k, _)| k.clone()),
             );
             let Some(key) = keys.into_iter().min() else { return Ok(None) };
             match self.current(&scope, &key)? {
@@ -319,19 +377,4 @@ impl StateAccess for Session {
 /// A value written by the invocation (`None`: deleted), and whether the
 /// key had a value before it.
 type PendingValue = (Option<Vec<u8>>, bool);
-type Pending = BTreeMap<(ScopeId, Vec<u8>), PendingValue>;
-
-/// [`range`] over a session's pending writes.
-fn range_pending<'a>(
-    pending: &'a Pending,
-    scope: &ScopeId,
-    prefix: &'a [u8],
-    after: Option<&[u8]>,
-) -> impl Iterator<Item = (&'a (ScopeId, Vec<u8>), &'a PendingValue)> + 'a {
-    let low = match after {
-        Some(a) if a >= prefix => Bound::Excluded((scope.clone(), a.to_vec())),
-        _ => Bound::Included((scope.clone(), prefix.to_vec())),
-    };
-    let scope = scope.clone();
-    pending.range((low, Bound::Unbounded)).take_while(move |((s, k), _)| *s == scope && k.starts_with(prefix))
-}
+type Pending = BTreeMap<ScopeId, BTreeMap<Vec<u8>, PendingValue>>;

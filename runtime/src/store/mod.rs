@@ -113,7 +113,9 @@ pub use retention::{HeldBack, Keep, RetentionPolicy, RetentionReader, RetentionR
 use shared::{Shared, SharedBackend, Source};
 pub use source::SourcePosition;
 pub(crate) use source::{Redriven, position_key as source_position_key};
-pub(crate) use state::{KIND_KEY, KIND_SHARED, LiveOutcome, ScopeId, Space, StateWrite, namespace as state_namespace};
+pub(crate) use state::{
+    KIND_KEY, KIND_SHARED, LiveOutcome, ScopeId, Space, StateReader, StateWrite, namespace as state_namespace,
+};
 pub(crate) use stream::entity_type;
 pub use stream::{AppendOutcome, ExpectedRevision, StreamPublished};
 pub use subscription::DlqPage;
@@ -456,9 +458,15 @@ impl Store {
     /// Send the command `order` builds around a reply, and wait for the
     /// answer.
     fn ask<T: Send + 'static>(&self, order: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        self.start(order).wait()
+    }
+
+    /// Send the command `order` builds around a reply, and answer at once:
+    /// [`Started::wait`] waits for the commit.
+    fn start<T: Send + 'static>(&self, order: impl FnOnce(Reply<T>) -> Command) -> Started<T> {
         let (tx, rx) = mpsc::channel();
         self.send(order(Box::new(move |r| drop(tx.send(r)))));
-        rx.recv().map_err(|_| StoreError::Closed)?
+        Started(rx)
     }
 
     /// Wait until every command sent before this call has committed.
@@ -525,5 +533,20 @@ impl Drop for Store {
                 let _ = handle.join();
             }
         }
+    }
+}
+
+/// A command handed to the writer, not waited for yet.
+#[must_use = "a started command's result is only known by waiting for it"]
+pub(crate) struct Started<T>(mpsc::Receiver<Result<T, StoreError>>);
+
+impl<T> Started<T> {
+    /// Wait for the command's commit.
+    ///
+    /// # Errors
+    ///
+    /// The commit's.
+    pub(crate) fn wait(self) -> Result<T, StoreError> {
+        self.0.recv().map_err(|_| StoreError::Closed)?
     }
 }

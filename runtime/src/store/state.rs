@@ -25,7 +25,7 @@ use super::codec::{Encoded, Records, decode};
 use super::command::{Apply, Command, Failure, Fatal, Order};
 use super::subscription::{DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
-use super::{Store, StoreError, storage};
+use super::{Started, Store, StoreError, storage};
 
 /// (subscription, scope kind, scope, key) → value.
 pub(super) const STATE: TableDefinition<'_, (&str, u8, &str, &[u8]), &[u8]> = TableDefinition::new("state");
@@ -235,17 +235,17 @@ impl Store {
         Ok(table.get(subscription).map_err(storage)?.map_or(0, |g| g.value()))
     }
 
-    /// Commit `writes` into the namespace `ns` and wait for the commit.
-    ///
-    /// # Errors
-    ///
-    /// The commit's.
-    pub(crate) fn commit_state_blocking(&self, ns: &str, writes: Vec<StateWrite>) -> Result<(), StoreError> {
+    /// Commit `writes` into the namespace `ns`: handed to the writer, not
+    /// waited for ([`Started::wait`] waits for the commit and answers its
+    /// error).
+    pub(crate) fn commit_state_started(&self, ns: &str, writes: Vec<StateWrite>) -> Started<u64> {
         if writes.is_empty() {
-            return Ok(());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _ = tx.send(Ok(0));
+            return Started(rx);
         }
         let op = StateOp::Batch { namespace: ns.to_owned(), writes };
-        self.ask(|reply| Command::State(Order::new(op, reply))).map(drop)
+        self.start(|reply| Command::State(Order::new(op, reply)))
     }
 
     /// Point `subscription`'s live state at `generation`, durably.
@@ -285,14 +285,21 @@ impl Store {
         asks: &[(u64, &str)],
     ) -> Result<Vec<LiveOutcome>, StoreError> {
         let read = self.shared.begin_read()?;
-        let parked = read.open_table(PARKED).map_err(storage)?;
-        let dlq = read.open_table(DLQ).map_err(storage)?;
         let records = read.open_table(IDEMPOTENCY).map_err(storage)?;
+        // The parked and dead-lettered events of the asked range, read as
+        // two ranges rather than two lookups per event: there are few.
+        let mut held = std::collections::HashSet::new();
+        if let (Some(low), Some(high)) = (asks.iter().map(|a| a.0).min(), asks.iter().map(|a| a.0).max()) {
+            for table in [PARKED, DLQ] {
+                let table = read.open_table(table).map_err(storage)?;
+                for entry in table.range((subscription, low)..=(subscription, high)).map_err(storage)? {
+                    held.insert(entry.map_err(storage)?.0.value().1);
+                }
+            }
+        }
         asks.iter()
             .map(|(seq, key)| {
-                if parked.get((subscription, *seq)).map_err(storage)?.is_some()
-                    || dlq.get((subscription, *seq)).map_err(storage)?.is_some()
-                {
+                if held.contains(seq) {
                     return Ok(LiveOutcome::Held);
                 }
                 match records.get((subscription, *key)).map_err(storage)? {
@@ -305,6 +312,21 @@ impl Store {
                 }
             })
             .collect()
+    }
+
+    /// A reader of the namespace `ns` as committed now, kept across reads:
+    /// one read transaction and one open table for many lookups. A replay's
+    /// shadow holds one between two points where its overlay is emptied
+    /// (only the shadow writes its namespace, so what it wrote since is in
+    /// its overlay, and the older committed values are what this reads).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub(crate) fn state_reader(&self, ns: &str) -> Result<StateReader, StoreError> {
+        let read = self.shared.begin_read()?;
+        let table = read.open_table(STATE).map_err(storage)?;
+        Ok(StateReader { ns: ns.to_owned(), table })
     }
 
     /// The committed value of `key` in `scope` of `subscription`.
@@ -436,6 +458,24 @@ impl Store {
             out.push(scope);
         }
         Ok(out)
+    }
+}
+
+/// See [`Store::state_reader`].
+pub(crate) struct StateReader {
+    ns: String,
+    table: redb::ReadOnlyTable<(&'static str, u8, &'static str, &'static [u8]), &'static [u8]>,
+}
+
+impl StateReader {
+    /// The value of `key` in `scope`, as of the reader's transaction.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub(crate) fn get(&self, scope: &ScopeId, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.table.get((self.ns.as_str(), scope.kind, scope.name.as_str(), key)).map_err(storage)?;
+        Ok(value.map(|v| v.value().to_vec()))
     }
 }
 
