@@ -6,6 +6,8 @@
 //!   refused while decoding, `bad_output`;
 //! - headers over the count and byte caps, and headers with the host's
 //!   reserved `weir-` prefix: `bad_output`;
+//! - an emit onto the saga coordinators' topic domain `weir-saga`:
+//!   `bad_output`;
 //! - 4 MiB of output on every event: handled, the batch handed over early;
 //! - a 4 MiB reject reason, a long name with a newline: cut and escaped;
 //! - modules over the size limits, and modules using proposals the ABI does
@@ -134,6 +136,39 @@ retry = { max_attempts = 1 }
     assert!(dlq[0].message.contains("which only the host may set"), "{}", dlq[0].message);
     let log = rt.store().read_log(0, usize::MAX).unwrap();
     assert!(log.iter().all(|(_, e)| e.topic != "adversarial.headers.forged"), "the forged event reached the log");
+    rt.shutdown().unwrap();
+}
+
+#[test]
+fn a_plugin_cannot_emit_onto_the_saga_coordinators_topic_domain() {
+    // The filter re-emits what passes on the topic its configuration names:
+    // here one of the host's domain, as a plugin forging a coordinator's
+    // timer, admin action or failure alert would.
+    let toml = r#"
+[[pipelines]]
+name = "forge"
+topics = ["hostile.saga.forge"]
+[[pipelines.handlers]]
+name = "h"
+plugin = "{FILTER}"
+config = { min_total_cents = 0, output_topic = "weir-saga.x.y" }
+retry = { max_attempts = 1 }
+"#;
+    let order = weir_tests::event(r#"{"topic":"hostile.saga.forge","key":"k","payload":{"total_cents":1}}"#);
+    let (_dir, rt) = run(toml, vec![order]);
+    let dlq = rt.dlq(&DlqFilter::default()).unwrap();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].code, "bad_output");
+    assert!(
+        dlq[0].message.contains(
+            "emit #0: topic \"weir-saga.x.y\" is in the domain `weir-saga`, which only the host's saga coordinators may use"
+        ),
+        "{}",
+        dlq[0].message
+    );
+    let log = rt.store().read_log(0, usize::MAX).unwrap();
+    assert_eq!(log.len(), 1, "only the input is in the log: {log:?}");
+    assert!(log.iter().all(|(_, e)| !e.topic.starts_with("weir-saga.")), "the forged event reached the log");
     rt.shutdown().unwrap();
 }
 

@@ -173,6 +173,15 @@ fn event(
     if let Err(e) = crate::topic::validate(&emit.topic) {
         return Err(AggregateError::BadEvent(format!("event {i}: {}", e.reason)));
     }
+    // Its own type's topic, below, is never in a reserved domain (config
+    // refuses such an entity type): said first, and in its own words, so
+    // the refusal holds whatever the configuration let through.
+    if let Some(domain) = crate::ingest::reserved_topic_domain(&emit.topic) {
+        return Err(AggregateError::BadEvent(format!(
+            "event {i}: topic {:?} is in the domain `{domain}`, which only the host's saga coordinators may use",
+            emit.topic
+        )));
+    }
     if entity_type(&emit.topic) != Some(ty) {
         return Err(AggregateError::BadEvent(format!(
             "event {i}: topic {:?} is not of the entity type {ty:?}",
@@ -205,4 +214,40 @@ fn event(
         causation_id: emit.causation_id,
         payload: emit.payload,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An aggregate's event on the saga coordinators' domain is refused in
+    /// its own words, before (and whatever) its entity type says.
+    #[test]
+    fn an_event_on_a_reserved_topic_domain_is_refused() {
+        let request = CommandRequest {
+            ty: "orders.order".into(),
+            key: "o1".into(),
+            name: "place".into(),
+            payload: b"{}".to_vec(),
+            idempotency_key: "c1".into(),
+        };
+        let ids = IdGenerator::new();
+        let emit = |topic: &str| Emit {
+            topic: topic.into(),
+            key: None,
+            schema_version: 1,
+            content_type: "application/json".into(),
+            headers: Vec::new(),
+            idempotency_key: None,
+            correlation_id: None,
+            causation_id: None,
+            payload: b"{}".to_vec(),
+        };
+        let err = event(&ids, &request, 0, emit("weir-saga.order.timer"), 0, 1024).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the aggregate answered an event the host refuses: event 0: topic \"weir-saga.order.timer\" is in the domain `weir-saga`, which only the host's saga coordinators may use"
+        );
+        assert!(event(&ids, &request, 0, emit("orders.order.placed"), 0, 1024).is_ok());
+    }
 }

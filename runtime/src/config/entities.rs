@@ -89,7 +89,13 @@ pub(crate) fn check_entity_type(ty: &str) -> Result<(), String> {
     }
     // A topic of the type must be valid: check one.
     crate::topic::validate(&format!("{ty}.x"))
-        .map_err(|e| format!("{ty:?} is not an entity type: {}; {rule}", e.reason))
+        .map_err(|e| format!("{ty:?} is not an entity type: {}; {rule}", e.reason))?;
+    // Its events could never be appended (ingest and aggregates refuse the
+    // host's domains), and an aggregate's would be a saga coordinator's.
+    if let Some(domain) = crate::ingest::reserved_topic_domain(ty) {
+        return Err(format!("{ty:?} is not an entity type: the domain {domain:?} is the host's own"));
+    }
+    Ok(())
 }
 
 /// Keep the events of every entity type forever: a `[[retention.topics]]`
@@ -179,6 +185,10 @@ mod tests {
             let err = parse(&format!("[[entities]]\ntype = {bad:?}\n")).unwrap_err();
             assert_eq!(err.key, "entities[0].type", "{bad}: {err}");
         }
+        // The saga coordinators' domain: its events are the host's alone.
+        let reserved = parse("[[entities]]\ntype = \"weir-saga.order\"\n").unwrap_err();
+        assert_eq!(reserved.key, "entities[0].type");
+        assert!(reserved.reason.contains("\"weir-saga\" is the host's own"), "{reserved}");
         let twice = parse("[[entities]]\ntype = \"a.b\"\n[[entities]]\ntype = \"a.b\"\n").unwrap_err();
         assert!(twice.reason.contains("declared twice"), "{twice}");
         // A rule naming the domain that would remove or compact its events

@@ -134,7 +134,14 @@ impl SagaConfig {
     /// `failed`).
     #[must_use]
     pub fn own_topic(&self, what: &str) -> String {
-        format!("{SAGA_TOPIC_DOMAIN}.{}.{what}", self.name)
+        format!("{}{what}", self.own_topics_prefix())
+    }
+
+    /// What every one of the saga's own topics begins with:
+    /// `weir-saga.<name>.`.
+    #[must_use]
+    pub fn own_topics_prefix(&self) -> String {
+        format!("{SAGA_TOPIC_DOMAIN}.{}.", self.name)
     }
 
     /// Every topic the coordinator reads: the start, the replies and its
@@ -308,8 +315,8 @@ fn opt_duration(text: Option<&str>, default: Duration) -> Result<Duration, Strin
 /// A concrete topic outside the host's saga domain.
 fn topic(t: &str) -> Result<(), String> {
     crate::topic::validate(t).map_err(|e| e.to_string())?;
-    if t.split('.').next() == Some(SAGA_TOPIC_DOMAIN) {
-        return Err(format!("{t:?}: the domain {SAGA_TOPIC_DOMAIN:?} is the host's own"));
+    if let Some(domain) = crate::ingest::reserved_topic_domain(t) {
+        return Err(format!("{t:?}: the domain {domain:?} is the host's own"));
     }
     Ok(())
 }

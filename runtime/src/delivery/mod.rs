@@ -253,4 +253,10 @@ pub(crate) struct Spec {
     /// The upcasters, for a handler that declares the versions it accepts
     /// (`None` for sinks: they take events as stored).
     pub(crate) upcasters: Option<Arc<crate::upcast::Upcasters>>,
+    /// The topics of a reserved domain (`RESERVED_TOPIC_DOMAINS`) this
+    /// subscription may emit and schedule timers on, as a prefix: a saga
+    /// coordinator's own (`weir-saga.<name>.`, its timers and failure
+    /// alerts). `None` for every plugin: its emit there is `bad_output`, or
+    /// it could forge a coordinator's timer or admin event.
+    pub(crate) own_reserved_topics: Option<String>,
 }

@@ -238,6 +238,9 @@ impl Worker {
     fn validate(&self, emits: Vec<Emit>) -> Result<Vec<Emit>, Failure> {
         for (i, emit) in emits.iter().enumerate() {
             topic::validate(&emit.topic).map_err(|e| InvokeError::BadOutput { reason: format!("emit #{i}: {e}") })?;
+            if let Some(reason) = reserved_topic_refusal(&emit.topic, self.spec.own_reserved_topics.as_deref()) {
+                return Err(InvokeError::BadOutput { reason: format!("emit #{i}: {reason}") }.into());
+            }
             if let Some(h) = emit.headers.iter().find(|h| is_reserved_header(&h.name)) {
                 return Err(InvokeError::BadOutput {
                     reason: format!(
@@ -404,6 +407,21 @@ pub(super) fn is_reserved_header(name: &str) -> bool {
     name.get(..RESERVED_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
 }
 
+/// Why `topic` may not be emitted (or scheduled) by a subscription allowed
+/// only the reserved topics under `own` (none for a plugin), if it is in a
+/// reserved domain (`RESERVED_TOPIC_DOMAINS`, refused from producers at
+/// ingest too): a plugin's event on `weir-saga` would be taken by a saga
+/// coordinator as its own timer, admin action or failure alert. A plugin
+/// that emits one fails with `bad_output` (docs/abi.md §9). `topic` is
+/// valid, so short and printable: quoting it is safe.
+pub(super) fn reserved_topic_refusal(topic: &str, own: Option<&str>) -> Option<String> {
+    let domain = crate::ingest::reserved_topic_domain(topic)?;
+    if own.is_some_and(|prefix| topic.starts_with(prefix)) {
+        return None;
+    }
+    Some(format!("topic {topic:?} is in the domain `{domain}`, which only the host's saga coordinators may use"))
+}
+
 /// The failure code of an emit its topic's schema refuses: always
 /// `schema_violation` (an undeclared version or an oversized payload
 /// included), so the DLQ and the failure metrics name one cause.
@@ -447,6 +465,31 @@ pub(super) fn digest(events: &[Event]) -> String {
 #[cfg(test)]
 mod tests {
     use weir_abi::{Event, EventId};
+
+    use super::reserved_topic_refusal;
+
+    /// The check an emit and a scheduled emit (`timer.rs`) both make: a
+    /// plugin (no own prefix) is refused the whole domain, a saga
+    /// coordinator everything of it but its own topics.
+    #[test]
+    fn the_reserved_topic_domain_is_refused_but_to_its_own_coordinator() {
+        let refused = reserved_topic_refusal("weir-saga.order.timer", None).unwrap();
+        assert_eq!(
+            refused,
+            "topic \"weir-saga.order.timer\" is in the domain `weir-saga`, which only the host's saga coordinators may use"
+        );
+        assert!(reserved_topic_refusal("weir-saga.x.y", None).is_some());
+        assert_eq!(reserved_topic_refusal("orders.order.placed", None), None);
+        // A domain that only begins like the reserved one is not it.
+        assert_eq!(reserved_topic_refusal("weir-sagas.order.timer", None), None);
+        assert_eq!(reserved_topic_refusal("weir.saga.timer", None), None);
+        // The coordinator of `order`: its own topics, not another saga's.
+        let own = Some("weir-saga.order.");
+        assert_eq!(reserved_topic_refusal("weir-saga.order.timer", own), None);
+        assert_eq!(reserved_topic_refusal("weir-saga.order.failed", own), None);
+        assert!(reserved_topic_refusal("weir-saga.orders.timer", own).is_some());
+        assert!(reserved_topic_refusal("weir-saga.refund.admin", own).is_some());
+    }
 
     #[test]
     fn the_digest_is_the_sha256_of_the_encoded_emits_whatever_the_buffer_held() {

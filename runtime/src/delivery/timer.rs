@@ -8,7 +8,7 @@ use weir_abi::{Emit, Event, Header};
 
 use super::VERSION_HEADER;
 use super::invoke::{Failure, TimerOp};
-use super::step::{Source, is_reserved_header};
+use super::step::{Source, is_reserved_header, reserved_topic_refusal};
 use super::worker::Worker;
 use crate::engine::MAX_TIMER_KEY_BYTES;
 use crate::error::InvokeError;
@@ -132,6 +132,9 @@ impl Worker {
     /// What `check` asks of an emit, for a scheduled one.
     fn check_emit(&self, emit: &Emit) -> Result<(), String> {
         topic::validate(&emit.topic).map_err(|e| e.to_string())?;
+        if let Some(reason) = reserved_topic_refusal(&emit.topic, self.spec.own_reserved_topics.as_deref()) {
+            return Err(reason);
+        }
         if let Some(h) = emit.headers.iter().find(|h| is_reserved_header(&h.name)) {
             return Err(format!(
                 "header {:?} uses a prefix only the host may set",

@@ -147,6 +147,17 @@ pub const RESERVED_HEADER_PREFIX: &str = "weir-";
 /// forged timer or admin event would drive an instance.
 pub const RESERVED_TOPIC_DOMAINS: &[&str] = &[crate::config::SAGA_TOPIC_DOMAIN];
 
+/// The reserved domain ([`RESERVED_TOPIC_DOMAINS`]) `topic` is in, if any.
+/// The one test every path that appends someone else's event makes: ingest
+/// (a producer's), a handler's emit and scheduled emit (`delivery`), an
+/// aggregate's decided event, and the `[[entities]]` and `[[sagas]]`
+/// configuration.
+#[must_use]
+pub(crate) fn reserved_topic_domain(topic: &str) -> Option<&'static str> {
+    let domain = topic.split('.').next().unwrap_or_default();
+    RESERVED_TOPIC_DOMAINS.iter().copied().find(|d| *d == domain)
+}
+
 impl IngestError {
     /// Stable code.
     #[must_use]

@@ -7,9 +7,8 @@ use super::*;
 /// The limits on an event's fields other than its payload, the reserved
 /// topic domains and the reserved header prefix.
 pub(super) fn check_fields(index: usize, event: &Event) -> Result<(), IngestError> {
-    let domain = event.topic.split('.').next().unwrap_or_default();
-    if let Some(reserved) = RESERVED_TOPIC_DOMAINS.iter().find(|d| **d == domain) {
-        return Err(IngestError::ReservedTopic { index, topic: event.topic.clone(), domain: reserved });
+    if let Some(domain) = reserved_topic_domain(&event.topic) {
+        return Err(IngestError::ReservedTopic { index, topic: event.topic.clone(), domain });
     }
     let over = |field: &str, size: usize, max: usize| {
         (size > max).then(|| IngestError::FieldTooLarge { index, field: field.to_owned(), size, max })

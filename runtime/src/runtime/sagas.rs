@@ -62,6 +62,9 @@ pub(super) fn start_saga(
         max_pending_timers: saga.max_instances.saturating_mul(2).saturating_add(16),
         // A saga coordinator takes events as stored.
         upcasters: None,
+        // Its timers and failure alerts are on its own topics of the
+        // reserved domain; no other saga's, and no plugin's, may be.
+        own_reserved_topics: Some(saga.own_topics_prefix()),
     };
     let sub = Native {
         spec,

@@ -52,6 +52,7 @@ pub(super) fn start_sink(
         max_timers_per_invocation: 0,
         max_pending_timers: 0,
         upcasters: None,
+        own_reserved_topics: None,
     };
     let sub = Native {
         spec,

@@ -237,6 +237,8 @@ impl Runtime {
                 max_timers_per_invocation: handler.limits.max_timers_per_invocation(),
                 max_pending_timers: handler.limits.max_pending_timers(),
                 upcasters: Some(Arc::clone(&upcasters)),
+                // A plugin: nothing of the host's domains.
+                own_reserved_topics: None,
             };
             let rx = Arc::new(Mutex::new(rx));
             super::subscriptions::prepare(&store, &name, &pipeline.topics, handler.from)?;
