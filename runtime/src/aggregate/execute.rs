@@ -197,6 +197,16 @@ fn event(
             emit.payload.len()
         )));
     }
+    // The host's headers (`weir-command`, `weir-command-key`, …) are
+    // the host's to set: an aggregate must not forge which command an
+    // event came from.
+    if let Some(h) = emit.headers.iter().find(|h| crate::delivery::is_reserved_header(&h.name)) {
+        return Err(AggregateError::BadEvent(format!(
+            "event {i}: header {:?} uses the prefix `{}`, which only the host may set",
+            crate::engine::bounded_text(&h.name, 64),
+            crate::ingest::RESERVED_HEADER_PREFIX
+        )));
+    }
     let mut headers = emit.headers;
     headers.push(Header::new(COMMAND_HEADER, request.name.clone()));
     headers.push(Header::new(COMMAND_KEY_HEADER, request.idempotency_key.clone()));
@@ -249,5 +259,36 @@ mod tests {
             "the aggregate answered an event the host refuses: event 0: topic \"weir-saga.order.timer\" is in the domain `weir-saga`, which only the host's saga coordinators may use"
         );
         assert!(event(&ids, &request, 0, emit("orders.order.placed"), 0, 1024).is_ok());
+    }
+
+    /// An aggregate cannot set the host's headers (which command an event
+    /// came from), in any case.
+    #[test]
+    fn an_event_with_a_host_header_is_refused() {
+        let request = CommandRequest {
+            ty: "orders.order".into(),
+            key: "o1".into(),
+            name: "place".into(),
+            payload: b"{}".to_vec(),
+            idempotency_key: "c1".into(),
+        };
+        let ids = IdGenerator::new();
+        let emit = |name: &str| Emit {
+            topic: "orders.order.placed".into(),
+            key: None,
+            schema_version: 1,
+            content_type: "application/json".into(),
+            headers: vec![Header::new(name, "forged")],
+            idempotency_key: None,
+            correlation_id: None,
+            causation_id: None,
+            payload: b"{}".to_vec(),
+        };
+        for name in [COMMAND_HEADER, "Weir-Command-Key", "weir-version"] {
+            let err = event(&ids, &request, 0, emit(name), 0, 1024).unwrap_err();
+            assert!(err.to_string().contains("only the host may set"), "{name}: {err}");
+        }
+        let ok = event(&ids, &request, 0, emit("x-trace"), 0, 1024).unwrap();
+        assert_eq!(ok.headers.iter().filter(|h| h.name == COMMAND_HEADER).count(), 1);
     }
 }

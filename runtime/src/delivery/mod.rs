@@ -79,6 +79,7 @@ mod worker;
 
 pub use invoke::{Attempt, Failure, Invoke, LogLine, TimerOp};
 pub(crate) use replay::{ReplayProgress, Shadow, ShadowSpec};
+pub(crate) use step::is_reserved_header;
 pub(crate) use worker::Worker;
 
 /// Header carrying the plugin version (sha256 prefix) on emitted events.

@@ -403,7 +403,7 @@ pub(crate) const MAX_FAILURE_MESSAGE_BYTES: usize = 2048;
 /// Whether `name` is under [`RESERVED_HEADER_PREFIX`] (the host's headers,
 /// refused from producers at ingest too), in any case: a plugin that emits
 /// one fails with `bad_output` (docs/abi.md §9).
-pub(super) fn is_reserved_header(name: &str) -> bool {
+pub(crate) fn is_reserved_header(name: &str) -> bool {
     name.get(..RESERVED_HEADER_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_HEADER_PREFIX))
 }
 
