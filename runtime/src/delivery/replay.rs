@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use weir_abi::{DeliveryRef, Event};
 
 use super::Invoke;
-use super::state::{Session, SharedOverlay};
+use super::state::{Overlay, Session, SharedOverlay};
 use crate::store::{LiveOutcome, Started, StateReader, StateWrite, Store, StoreError};
 use crate::topic::Pattern;
 
@@ -118,7 +118,9 @@ impl Shadow {
             store,
             spec,
             handler,
-            overlay: SharedOverlay::default(),
+            // The namespace was just emptied: until the overlay has to
+            // forget its counts, a scope it never counted holds nothing.
+            overlay: Arc::new(std::sync::Mutex::new(Overlay::over_empty_store())),
             position: from,
             seen: HashSet::default(),
             held: BTreeSet::new(),

@@ -42,6 +42,12 @@ pub(super) struct Overlay {
     in_flight: VecDeque<Layer>,
     /// Keys per scope, as visible through this overlay.
     counts: HashMap<ScopeId, usize, foldhash::fast::RandomState>,
+    /// The store held nothing of this state when the overlay began, and
+    /// every scope written since was counted and is still in `counts`: a
+    /// scope not counted yet has no key in the store, so counting it reads
+    /// nothing there. A replay's shadow starts so (on its fresh namespace);
+    /// clearing `counts` ends it.
+    empty_store: bool,
 }
 
 impl Overlay {
@@ -92,6 +98,13 @@ impl Overlay {
     /// replay). Only when nothing is staged or in flight.
     pub(super) fn reset(&mut self) {
         self.counts.clear();
+        self.empty_store = false;
+    }
+
+    /// An overlay over a namespace that holds nothing yet (a replay's
+    /// shadow): see [`Overlay::empty_store`].
+    pub(super) fn over_empty_store() -> Self {
+        Self { empty_store: true, ..Self::default() }
     }
 }
 
@@ -255,7 +268,11 @@ impl Session {
         }
         let finals = overlay.finals(scope);
         let probes: Vec<&[u8]> = finals.keys().map(Vec::as_slice).collect();
-        let (stored, present) = self.store.state_census(self.space(), scope, &probes).map_err(unavailable)?;
+        let (stored, present) = if overlay.empty_store {
+            (0, vec![false; probes.len()])
+        } else {
+            self.store.state_census(self.space(), scope, &probes).map_err(unavailable)?
+        };
         let mut n = stored as isize;
         for ((_, value), in_store) in finals.iter().zip(present) {
             n += isize::from(value.is_some()) - isize::from(in_store);
@@ -263,6 +280,7 @@ impl Session {
         let n = n.max(0) as usize;
         if overlay.counts.len() >= MAX_COUNTED_SCOPES {
             overlay.counts.clear();
+            overlay.empty_store = false;
         }
         overlay.counts.insert(scope.clone(), n);
         Ok(n)

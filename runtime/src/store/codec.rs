@@ -141,6 +141,29 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> S
     }
 }
 
+/// Decode the leading fields of a record as `T` (a struct of the record's
+/// first fields, in order), checksum verified, the rest left undecoded:
+/// for a reader that needs a field or two of a record read per event.
+///
+/// # Errors
+///
+/// [`StoreError::RecordCorrupt`] naming the record when the checksum does
+/// not match or the leading fields do not decode.
+pub(super) fn decode_head<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T, StoreError> {
+    let body = match verified_body(bytes) {
+        Ok(body) => body,
+        Err(reason) => return Err(StoreError::RecordCorrupt { record: what(), reason }),
+    };
+    let limited = config().with_limit::<DECODE_LIMIT>();
+    match bincode::serde::decode_from_slice::<T, _>(body, limited) {
+        Ok((value, _)) => Ok(value),
+        Err(e) => Err(StoreError::RecordCorrupt {
+            record: what(),
+            reason: format!("the checksum matches but the body does not decode: {e}"),
+        }),
+    }
+}
+
 /// Decode a record's body already verified by [`verify`].
 ///
 /// # Errors

@@ -20,8 +20,7 @@ use std::ops::Bound;
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition};
 
-use super::IdempotencyRecord;
-use super::codec::{Encoded, Records, decode};
+use super::codec::{Encoded, Records, decode_head};
 use super::command::{Apply, Command, Failure, Fatal, Order};
 use super::subscription::{DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
@@ -305,8 +304,8 @@ impl Store {
                 match records.get((subscription, *key)).map_err(storage)? {
                     None => Ok(LiveOutcome::Unknown),
                     Some(v) => {
-                        let record: IdempotencyRecord =
-                            decode(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
+                        let record: RecordHead =
+                            decode_head(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
                         Ok(if record.seq == *seq { LiveOutcome::Handled } else { LiveOutcome::Skipped })
                     }
                 }
@@ -477,6 +476,15 @@ impl StateReader {
         let value = self.table.get((self.ns.as_str(), scope.kind, scope.name.as_str(), key)).map_err(storage)?;
         Ok(value.map(|v| v.value().to_vec()))
     }
+}
+
+/// The leading fields of an [`IdempotencyRecord`](super::IdempotencyRecord), in its order: what
+/// [`Store::live_outcomes`] reads of each record, without decoding (and
+/// allocating) its strings.
+#[derive(serde::Deserialize)]
+struct RecordHead {
+    _event_id: weir_abi::EventId,
+    seq: u64,
 }
 
 #[cfg(test)]
