@@ -105,6 +105,84 @@ plugin = "{AUDIT_LOGGER}"
     rt.shutdown().unwrap();
 }
 
+/// Records of published events are derived from their ingest claims
+/// (docs/guarantees.md, promise 3), and an emit that reuses a producer's
+/// key is still a duplicate exactly where the producer's event was handled.
+#[test]
+fn an_emit_reusing_a_published_key_is_a_duplicate_only_where_the_published_event_was_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[pipelines]]
+name = "echo"
+topics = ["echo.order.created"]
+[[pipelines.handlers]]
+name = "duplicator"
+plugin = "{DUPLICATOR}"
+
+[[pipelines]]
+name = "both"
+topics = ["echo.order.created", "echo.order.echoed"]
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+
+[[pipelines]]
+name = "echoes"
+topics = ["echo.order.echoed"]
+[[pipelines.handlers]]
+name = "audit"
+plugin = "{AUDIT_LOGGER}"
+"#;
+    let orders = || {
+        (0..50).map(|i| {
+            let mut e = order(&format!("o-{i}"), "EUR");
+            e.topic = "echo.order.created".into();
+            e.idempotency_key = format!("order-{i}");
+            e
+        })
+    };
+    let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
+    rt.publish_blocking(orders().collect()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let events = log(&rt);
+    let echoes = by_topic(&events, "echo.order.echoed");
+    assert_eq!(echoes.len(), 50);
+    let published: std::collections::HashSet<&str> =
+        by_topic(&events, "echo.order.created").into_iter().map(|e| e.idempotency_key.as_str()).collect();
+    assert!(echoes.iter().all(|e| published.contains(e.idempotency_key.as_str())), "each echo reuses its input's key");
+
+    // `both` invoked its handler once per order, not for the echoes.
+    assert_eq!(rt.counters("both/audit").unwrap().invocations, 50);
+    let check = |rt: &Runtime| {
+        // `both` handled each order and skipped its echo…
+        let status = rt.status().unwrap();
+        let stats = |name: &str| status.iter().find(|s| s.name == name).unwrap().stats;
+        assert_eq!((stats("both/audit").handled, stats("both/audit").duplicates), (50, 50));
+        // …`echoes` never saw the orders, so it handled every echo.
+        assert_eq!((stats("echoes/audit").handled, stats("echoes/audit").duplicates), (50, 0));
+        assert_eq!(by_topic(&log(rt), "audit.event.recorded").len(), 100);
+        // `both` wrote no record (its handled events hold their claims);
+        // `echoes` wrote one per echo (emits are not claimed).
+        let listed = rt.subscription_list().unwrap();
+        let records = |name: &str| listed.iter().find(|s| s.name == name).unwrap().holdings.idempotency;
+        assert_eq!((records("both/audit"), records("echoes/audit")), (0, 50));
+    };
+    check(&rt);
+    rt.shutdown().unwrap();
+
+    // After a restart nothing is handled again, and a re-publish is
+    // answered from the ingest index.
+    let rt = Runtime::start(&config(dir.path(), toml)).unwrap();
+    let again = rt.publish_blocking(orders().collect()).unwrap();
+    assert!(again.iter().all(|p| p.duplicate));
+    assert!(rt.wait_idle(IDLE));
+    for name in ["echo/duplicator", "both/audit", "echoes/audit"] {
+        assert_eq!(rt.counters(name).unwrap().invocations, 0, "{name} handled nothing again");
+    }
+    check(&rt);
+    rt.shutdown().unwrap();
+}
+
 #[test]
 fn a_republished_producer_key_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();

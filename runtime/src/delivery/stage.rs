@@ -52,6 +52,10 @@ pub(super) struct Stage {
     keys: HashSet<String>,
     /// Oldest first, at most [`MAX_IN_FLIGHT`].
     in_flight: VecDeque<InFlight>,
+    /// Keys of the batches committed since the worker last read the store's
+    /// records ([`Stage::forget_committed`]): that read could not see them,
+    /// so they count as held until the next.
+    committed: Vec<HashSet<String>>,
     /// The cursor in the last batch handed over: with no new items and no
     /// cursor move there is nothing to hand over.
     submitted_cursor: u64,
@@ -73,6 +77,7 @@ impl Stage {
             items: Vec::new(),
             keys: HashSet::new(),
             in_flight: VecDeque::new(),
+            committed: Vec::new(),
             submitted_cursor: cursor,
             held_bytes: 0,
             schedules: 0,
@@ -94,7 +99,15 @@ impl Stage {
     /// Whether `key` was handled by an outcome not committed yet: staged or
     /// in flight.
     pub(super) fn holds(&self, key: &str) -> bool {
-        self.keys.contains(key) || self.in_flight.iter().any(|b| b.keys.contains(key))
+        self.keys.contains(key)
+            || self.in_flight.iter().any(|b| b.keys.contains(key))
+            || self.committed.iter().any(|keys| keys.contains(key))
+    }
+
+    /// The worker is about to read the store's records: the batches
+    /// committed so far are in what it reads.
+    pub(super) fn forget_committed(&mut self) {
+        self.committed.clear();
     }
 
     /// Timers scheduled (new or replaced) by outcomes not committed yet:
@@ -112,6 +125,7 @@ impl Stage {
         seq: u64,
         key: &str,
         record: IdempotencyRecord,
+        derived: bool,
         emits: Vec<Event>,
         parked: bool,
         state: Vec<StateWrite>,
@@ -126,7 +140,16 @@ impl Stage {
             .saturating_add(emits.iter().map(event_bytes).sum())
             .saturating_add(state_bytes)
             .saturating_add(timer_bytes);
-        self.items.push(ResultItem::Handled { seq, key: key.to_owned(), record, emits, parked, state, timers });
+        self.items.push(ResultItem::Handled {
+            seq,
+            key: key.to_owned(),
+            record,
+            derived,
+            emits,
+            parked,
+            state,
+            timers,
+        });
     }
 
     /// Any other outcome: a duplicate, a park, a dead letter.
@@ -177,7 +200,9 @@ impl Stage {
         while let Some(batch) = self.in_flight.front() {
             match batch.committed.try_recv() {
                 Ok(result) => {
-                    self.in_flight.pop_front();
+                    if let Some(batch) = self.in_flight.pop_front() {
+                        self.committed.push(batch.keys);
+                    }
                     result?;
                     self.lock_overlay().committed();
                 }
@@ -193,6 +218,7 @@ impl Stage {
         while self.in_flight.len() > keep {
             if let Some(batch) = self.in_flight.pop_front() {
                 batch.committed.recv().map_err(|_| StoreError::Closed)??;
+                self.committed.push(batch.keys);
                 self.lock_overlay().committed();
             }
         }
@@ -262,9 +288,9 @@ mod tests {
             emitted: 1,
             plugin_version: "v".into(),
         };
-        stage.handled(0, "k0", record(0), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
+        stage.handled(0, "k0", record(0), false, vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
         assert!(!stage.is_heavy());
-        stage.handled(1, "k1", record(1), vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
+        stage.handled(1, "k1", record(1), false, vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
         assert!(stage.is_heavy(), "two halves of FLUSH_BYTES of output make a heavy batch");
         stage.flush(2).unwrap();
         assert!(!stage.is_heavy(), "handed over: the next batch starts empty");

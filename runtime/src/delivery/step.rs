@@ -52,7 +52,7 @@ impl Worker {
         }
         // Dedupe: a key with a record (committed or in flight) is not handed
         // to the handler again.
-        if self.is_duplicate(&event.idempotency_key, source)? {
+        if self.is_duplicate(seq, event, source)? {
             self.stage_duplicate(seq);
             return Ok(());
         }
@@ -158,16 +158,34 @@ impl Worker {
         true
     }
 
-    /// Whether `key` was handled already: by a batch not committed yet, or
-    /// in the store. A fresh event's store lookup was done with its batch.
-    fn is_duplicate(&self, key: &str, source: Source) -> Result<bool, StoreError> {
+    /// Whether the event's key was handled already: by a batch not
+    /// committed yet, or in the store (a record, or one derived from an
+    /// ingest claim). A fresh event's store lookup was done with its batch.
+    /// Notes whether the event holds its key's claim, for its outcome.
+    fn is_duplicate(&mut self, seq: u64, event: &Event, source: Source) -> Result<bool, StoreError> {
+        self.claimed = None;
+        let key = event.idempotency_key.as_str();
         if self.stage.holds(key) {
             return Ok(true);
         }
-        match source {
-            Source::Log => Ok(self.prefetched.contains(key)),
-            Source::Parked => Ok(self.store.idempotency(&self.spec.name, &[key])?.first().is_some_and(Option::is_some)),
-        }
+        let claimed = match source {
+            Source::Log => {
+                if self.prefetched.contains(key) {
+                    return Ok(true);
+                }
+                self.claims.contains(&seq)
+            }
+            Source::Parked => {
+                let patterns = &self.spec.patterns;
+                let wanted = |topic: &str| patterns.iter().any(|p| p.matches(topic));
+                match self.store.seen(&self.spec.name, &[(seq, event)], &wanted)?.pop() {
+                    Some(seen) if seen.is_duplicate() => return Ok(true),
+                    seen => seen == Some(crate::store::Seen::Claimed),
+                }
+            }
+        };
+        self.claimed = claimed.then_some(seq);
+        Ok(false)
     }
 
     /// The recorded result stands: nothing is emitted again.
@@ -298,7 +316,10 @@ impl Worker {
             plugin_version: self.version.clone(),
         };
         self.unpark(seq);
-        self.stage.handled(seq, &event.idempotency_key, record, events, parked, state, timers);
+        // Its record is derived from its ingest claim when it holds it, and
+        // when it is the event as stored (an upcast output keeps its key).
+        let derived = self.claimed == Some(seq);
+        self.stage.handled(seq, &event.idempotency_key, record, derived, events, parked, state, timers);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         if self.spec.timing {
             let age_nanos = now_nanos().saturating_sub(event.time).max(0);

@@ -133,6 +133,6 @@ impl Worker {
             emitted: events.len() as u32,
             plugin_version: self.version.clone(),
         };
-        self.stage.handled(seq, &out.idempotency_key, record, events, false, state, timers);
+        self.stage.handled(seq, &out.idempotency_key, record, false, events, false, state, timers);
     }
 }

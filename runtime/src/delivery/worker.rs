@@ -14,6 +14,7 @@ use super::step::Source;
 use super::{Control, Invoke, Spec, SubscriptionCounters};
 use crate::ids::IdGenerator;
 use crate::store::{ParkedEntry, Store, StoreError, now_ms};
+use weir_abi::Event;
 
 /// Events read from the log per batch.
 const BATCH: usize = 512;
@@ -49,8 +50,15 @@ pub(crate) struct Worker {
     cursor: u64,
     pub(super) parked: Parked,
     pub(super) stage: Stage,
-    /// Keys of the events just read that already have a record.
+    /// Keys of the events just read that are duplicates: a record, or a
+    /// derived one (`store::Seen`).
     pub(super) prefetched: HashSet<String>,
+    /// Seqs of the events just read that hold their keys' live ingest
+    /// claims: handled, their records are derived, not written.
+    pub(super) claims: HashSet<u64>,
+    /// Whether the event being handled holds its key's claim (set by the
+    /// dedupe, read when its outcome is staged).
+    pub(super) claimed: Option<u64>,
     stop: bool,
     /// A commit that failed while handling a control message: the worker
     /// ends with it at the top of its loop.
@@ -101,6 +109,8 @@ impl Worker {
             cursor,
             parked,
             prefetched: HashSet::new(),
+            claims: HashSet::new(),
+            claimed: None,
             stop: false,
             failure: None,
             redrives: Vec::new(),
@@ -252,6 +262,9 @@ impl Worker {
         // Events of other topics are passed over undecoded (`None`).
         let patterns = &self.spec.patterns;
         let wanted = |topic: &str| patterns.iter().any(|p| p.matches(topic));
+        // The records read below are read after this: batches that commit
+        // from here on count as held in the stage until the next read.
+        self.stage.forget_committed();
         let entries = self.store.read_log_each(self.cursor, BATCH, BATCH_BYTES, &wanted)?;
         let Some(mut read_end) = entries.last().map(|(seq, _)| seq + 1) else {
             return Ok(false);
@@ -277,11 +290,18 @@ impl Worker {
                 }
             }
         }
-        // One read transaction for the whole batch's idempotency keys.
-        let keys: Vec<&str> = events.iter().map(|(_, e)| e.idempotency_key.as_str()).collect();
-        let recorded = self.store.idempotency(&self.spec.name, &keys)?;
-        self.prefetched =
-            keys.iter().zip(recorded).filter(|(_, r)| r.is_some()).map(|(k, _)| (*k).to_owned()).collect();
+        // One read transaction for the whole batch's records and claims.
+        let asks: Vec<(u64, &Event)> = events.iter().map(|(seq, e)| (*seq, e)).collect();
+        let seen = self.store.seen(&self.spec.name, &asks, &wanted)?;
+        self.prefetched.clear();
+        self.claims.clear();
+        for ((seq, event), seen) in events.iter().zip(seen) {
+            if seen.is_duplicate() {
+                self.prefetched.insert(event.idempotency_key.clone());
+            } else if seen == crate::store::Seen::Claimed {
+                self.claims.insert(*seq);
+            }
+        }
         for (seq, event) in events {
             self.cursor = seq + 1;
             self.step(seq, &event, Source::Log)?;
@@ -293,6 +313,7 @@ impl Worker {
         // Past the events of other topics at the end of the batch too.
         self.cursor = self.cursor.max(read_end);
         self.prefetched.clear();
+        self.claims.clear();
         Ok(true)
     }
 

@@ -287,7 +287,7 @@ impl Runtime {
                         (Vec::new(), Some(format!("{}: {e}", e.code())))
                     }
                 };
-                let Some(recorded) = self.recorded(handler, &event)? else {
+                let Some(recorded) = self.recorded(handler, seq, &event)? else {
                     report.not_compared += 1;
                     continue;
                 };
@@ -324,12 +324,12 @@ impl Runtime {
         Ok(report)
     }
 
-    /// What `handler` emitted for `event`, in emit order; `None` when it has
-    /// not handled it (no idempotency record: not reached, parked,
-    /// dead-lettered, or the record expired).
-    fn recorded(&self, handler: &str, event: &Event) -> Result<Option<Vec<OutputSummary>>, StoreError> {
-        let record = self.store.idempotency(handler, &[event.idempotency_key.as_str()])?.pop().flatten();
-        if record.is_none() {
+    /// What `handler` emitted for `event` (at `seq`), in emit order; `None`
+    /// when it has not handled it (no idempotency record, written or
+    /// derived: not reached, parked, dead-lettered, or the record expired).
+    fn recorded(&self, handler: &str, seq: u64, event: &Event) -> Result<Option<Vec<OutputSummary>>, StoreError> {
+        // Only events of the handler's topics are asked about.
+        if self.store.outcome(handler, seq, event, &|_| true)? == crate::store::Seen::Free {
             return Ok(None);
         }
         let source = format!("weir://{handler}");

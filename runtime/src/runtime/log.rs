@@ -7,7 +7,7 @@
 use weir_abi::{Event, EventId};
 
 use super::Runtime;
-use crate::store::{DlqEntry, ParkedEntry, ScanBounds, StoreError};
+use crate::store::{DlqEntry, ParkedEntry, ScanBounds, Seen, StoreError};
 use crate::topic::Pattern;
 
 /// Log entries one read may look at, matching or not: a sparse filter
@@ -241,7 +241,8 @@ impl Runtime {
         Ok(Probe {
             dlq: self.store.dlq_entry(subscription, seq)?,
             parked: self.store.parked_entry(subscription, seq)?,
-            record: self.store.idempotency(subscription, &[event.idempotency_key.as_str()])?.pop().flatten(),
+            // Every subscription probed reads the event's topic.
+            seen: self.store.outcome(subscription, seq, event, &|_| true)?,
             cursor: self.store.cursor(subscription)?,
         })
     }
@@ -251,7 +252,7 @@ impl Runtime {
 struct Probe {
     dlq: Option<crate::store::DlqEntry>,
     parked: Option<crate::store::ParkedEntry>,
-    record: Option<crate::store::IdempotencyRecord>,
+    seen: Seen,
     cursor: u64,
 }
 
@@ -262,7 +263,7 @@ fn subscription_lineage(
     probe: Probe,
     emitted: Vec<(u64, Event)>,
 ) -> SubscriptionLineage {
-    let Probe { dlq, parked, record, cursor } = probe;
+    let Probe { dlq, parked, seen, cursor } = probe;
     let emitted_version = emitted.iter().find_map(|(_, e)| {
         e.headers.iter().find(|h| h.name == crate::delivery::VERSION_HEADER).map(|h| h.value.clone())
     });
@@ -282,13 +283,22 @@ fn subscription_lineage(
     } else if let Some(entry) = parked {
         lineage.state = if entry.attempts > 0 { "retrying" } else { "waiting" };
         lineage.parked = Some(entry);
-    } else if let Some(record) = record {
+    } else if let Seen::Recorded(record) = seen {
         if record.seq == seq {
             lineage.state = "handled";
             lineage.plugin_version = Some(record.plugin_version);
             lineage.handled_at_ms = Some(record.handled_at_ms);
         } else {
             lineage.state = "duplicate";
+        }
+    } else if let Seen::Derived(holder) = seen {
+        // A record derived from the ingest claim keeps no time or version:
+        // its emits, when it emitted, carry both (the version's first 16
+        // digits in their header, the handling time as theirs).
+        lineage.state = if holder == seq { "handled" } else { "duplicate" };
+        if holder == seq {
+            lineage.handled_at_ms =
+                lineage.emitted.first().map(|(_, e)| u64::try_from(e.time / 1_000_000).unwrap_or_default());
         }
     } else if cursor > seq {
         // Past the cursor without a record: handled once its record

@@ -80,6 +80,7 @@ impl Apply for DeleteSubscription {
         let n = self.name.as_str();
         let mut budget = DELETE_BATCH;
         w.cursors.remove(n)?;
+        super::derived::forget(w, n)?;
         budget -= take(&mut w.parked, (n, 0), (n, u64::MAX), budget)?;
         budget -= take(&mut w.dlq, (n, 0), (n, u64::MAX), budget)?;
         let keys: Vec<String> = w

@@ -28,6 +28,8 @@
 //!   published within the retention window.
 //! - `subscription.rs`: `cursors`, `parked`, `dlq`, `idempotency` and
 //!   `idempotency_expiry`; the results, redrive and purge commands.
+//! - `derived.rs`: `derived_since`, and the records a subscription derives
+//!   from the ingest claims instead of writing them.
 //! - `registry.rs`: `modules`, `versions` and `active`; the deploy command.
 //! - `stats.rs`: `stats`, the per-subscription counters.
 //! - `stream.rs`: `streams` ((entity type, key, revision) → seq), written
@@ -72,6 +74,7 @@ mod aggregate;
 mod codec;
 mod command;
 pub(crate) mod consumer;
+mod derived;
 mod error;
 mod fuzz;
 mod gc;
@@ -106,6 +109,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableT
 
 pub(crate) use aggregate::{CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Verdict};
 pub(crate) use command::Reply;
+pub(crate) use derived::Seen;
 pub use error::StoreError;
 pub(crate) use fuzz::record as fuzz_record;
 pub use lifecycle::{HOLDINGS_COUNT_CAP, Holdings};
@@ -330,6 +334,7 @@ impl Store {
             txn.open_table(retention::RETENTION_BYTES).map_err(incompatible)?;
             txn.open_table(retention::COMPACT_LATEST).map_err(incompatible)?;
             txn.open_table(source::SOURCES).map_err(incompatible)?;
+            txn.open_table(derived::DERIVED_SINCE).map_err(incompatible)?;
             // Durable timers, also without a format change (`timer.rs`).
             timer::create(&txn).map_err(incompatible)?;
         }

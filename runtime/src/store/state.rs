@@ -218,7 +218,11 @@ pub(crate) enum LiveOutcome {
     Held,
     /// A duplicate it skipped: the record names another event.
     Skipped,
-    /// No record left (older than the retention window).
+    /// No record: expired (older than the retention window), or derived
+    /// from its ingest claim (`derived.rs`). The replay applies it unless it
+    /// applied its key already, which is what the live subscription did
+    /// with a claimed key (the one exception: a later event reusing a key
+    /// whose claim's event lies before the replay's start).
     Unknown,
 }
 

@@ -53,14 +53,18 @@ impl Apply for Results {
         let mut latest_expiry = 0;
         for item in &self.items {
             match item {
-                ResultItem::Handled { key, record, emits, timers, .. } => {
-                    encoded.push(record)?;
+                ResultItem::Handled { key, record, derived, emits, timers, .. } => {
+                    if !derived {
+                        encoded.push(record)?;
+                    }
                     for event in emits {
                         encoded.push(event)?;
                     }
                     super::timer::encode(timers, encoded)?;
-                    latest_expiry = latest_expiry.max(record.expires_at_ms);
-                    recorded.push(key);
+                    if !derived {
+                        latest_expiry = latest_expiry.max(record.expires_at_ms);
+                        recorded.push(key);
+                    }
                 }
                 ResultItem::Duplicate { .. } => {}
                 ResultItem::Park(entry) => encoded.push(entry)?,
@@ -77,10 +81,15 @@ impl Apply for Results {
     fn write(self, latest_expiry: Option<u64>, w: &mut Writes<'_>, mut records: Records<'_>) -> Result<(), Fatal> {
         let sub: &str = &self.subscription;
         let mut counts = SubscriptionStats::default();
+        let mut least_derived: Option<u64> = None;
         for item in &self.items {
             match item {
-                ResultItem::Handled { seq, key, emits, parked, state, timers, .. } => {
-                    w.idempotency.insert((sub, key.as_str()), next_record(&mut records)?)?;
+                ResultItem::Handled { seq, key, derived, emits, parked, state, timers, .. } => {
+                    if *derived {
+                        least_derived = Some(least_derived.map_or(*seq, |least| least.min(*seq)));
+                    } else {
+                        w.idempotency.insert((sub, key.as_str()), next_record(&mut records)?)?;
+                    }
                     // Emitted events skip the ingest index: their
                     // transaction also records the input as handled, so a
                     // redo cannot emit them twice, and duplicates a plugin
@@ -121,6 +130,9 @@ impl Apply for Results {
             // in it has expired when the collector gets there.
             let batch = w.next_batch();
             w.idempotency_expiry.insert((latest_expiry, sub, batch), next_record(&mut records)?)?;
+        }
+        if let Some(least) = least_derived {
+            super::derived::note(w, sub, least)?;
         }
         if let Some(cursor) = self.cursor {
             w.cursors.insert(sub, cursor)?;

@@ -94,6 +94,7 @@ pub(super) fn commit_state(store: &Store, subscription: &str, writes: Vec<super:
         seq: n,
         key: format!("state-{n}"),
         record: record(n, u64::MAX),
+        derived: false,
         emits: Vec::new(),
         parked: false,
         state: writes,

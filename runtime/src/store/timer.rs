@@ -467,6 +467,7 @@ mod tests {
             seq: 0,
             key: key.into(),
             record: record(0, u64::MAX),
+            derived: false,
             emits: Vec::new(),
             parked: false,
             state: Vec::new(),

@@ -174,6 +174,9 @@ pub(crate) enum ResultItem {
         key: String,
         /// The record.
         record: IdempotencyRecord,
+        /// Whether the record is derived from the input's ingest claim
+        /// rather than written (`derived.rs`).
+        derived: bool,
         /// Emitted events, complete with ids.
         emits: Vec<Event>,
         /// Whether the event has a parked entry to drop (the worker knows:

@@ -342,6 +342,7 @@ mod tests {
             seq: 0,
             key: "a".into(),
             record: record(0, u64::MAX),
+            derived: false,
             emits: vec![event("c")],
             parked: false,
             state: Vec::new(),
