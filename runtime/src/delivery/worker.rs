@@ -14,7 +14,6 @@ use super::step::Source;
 use super::{Control, Invoke, Spec, SubscriptionCounters};
 use crate::ids::IdGenerator;
 use crate::store::{ParkedEntry, Store, StoreError, now_ms};
-use weir_abi::Event;
 
 /// Events read from the log per batch.
 const BATCH: usize = 512;
@@ -265,7 +264,9 @@ impl Worker {
         // The records read below are read after this: batches that commit
         // from here on count as held in the stage until the next read.
         self.stage.forget_committed();
-        let entries = self.store.read_log_each(self.cursor, BATCH, BATCH_BYTES, &wanted)?;
+        // The entries, and the records and claims of those it reads, in
+        // one read transaction.
+        let (entries, seen) = self.store.read_batch(&self.spec.name, self.cursor, BATCH, BATCH_BYTES, &wanted)?;
         let Some(mut read_end) = entries.last().map(|(seq, _)| seq + 1) else {
             return Ok(false);
         };
@@ -275,9 +276,19 @@ impl Worker {
         // its topic cannot be read, so every subscription that reaches it
         // dead-letters it rather than stop there.
         let mut events = Vec::with_capacity(entries.len());
+        let mut seen = seen.into_iter().flatten();
+        self.prefetched.clear();
+        self.claims.clear();
         for (seq, entry) in entries {
             match entry {
-                Ok(Some(event)) => events.push((seq, event)),
+                Ok(Some(event)) => {
+                    match seen.next() {
+                        Some(s) if s.is_duplicate() => drop(self.prefetched.insert(event.idempotency_key.clone())),
+                        Some(crate::store::Seen::Claimed) => drop(self.claims.insert(seq)),
+                        _ => {}
+                    }
+                    events.push((seq, event));
+                }
                 Ok(None) => {}
                 Err(error) if events.is_empty() => {
                     self.damaged(seq, error)?;
@@ -288,18 +299,6 @@ impl Worker {
                     read_end = seq;
                     break;
                 }
-            }
-        }
-        // One read transaction for the whole batch's records and claims.
-        let asks: Vec<(u64, &Event)> = events.iter().map(|(seq, e)| (*seq, e)).collect();
-        let seen = self.store.seen(&self.spec.name, &asks, &wanted)?;
-        self.prefetched.clear();
-        self.claims.clear();
-        for ((seq, event), seen) in events.iter().zip(seen) {
-            if seen.is_duplicate() {
-                self.prefetched.insert(event.idempotency_key.clone());
-            } else if seen == crate::store::Seen::Claimed {
-                self.claims.insert(*seq);
             }
         }
         for (seq, event) in events {

@@ -32,12 +32,12 @@
 //! store with derived records misses them only where a later event reuses
 //! a claimed key, and would handle that event.
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
 use weir_abi::Event;
 
 use super::codec::{self, decode};
 use super::command::Fatal;
-use super::ingest::INGEST;
+use super::ingest::{INGEST, IngestEntry};
 use super::log::LOG;
 use super::subscription::{DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
@@ -77,19 +77,22 @@ impl Seen {
 pub(super) struct Lookup<'a> {
     read: &'a ReadTransaction,
     subscription: &'a str,
+    /// Opened once: opening a table names its types, which allocates.
+    ingest: ReadOnlyTable<&'static str, IngestEntry>,
     since: Option<Option<u64>>,
     now: u64,
 }
 
 impl<'a> Lookup<'a> {
-    pub(super) fn new(read: &'a ReadTransaction, subscription: &'a str) -> Self {
-        Self { read, subscription, since: None, now: now_ms() }
+    pub(super) fn new(read: &'a ReadTransaction, subscription: &'a str) -> Result<Self, StoreError> {
+        let ingest = read.open_table(INGEST).map_err(storage)?;
+        Ok(Self { read, subscription, ingest, since: None, now: now_ms() })
     }
 
     /// The live claim of `key`: the seq of the event holding it.
     pub(super) fn claim(&self, key: &str) -> Result<Option<(u64, [u8; 16])>, StoreError> {
-        let ingest = self.read.open_table(INGEST).map_err(storage)?;
-        Ok(ingest
+        Ok(self
+            .ingest
             .get(key)
             .map_err(storage)?
             .map(|v| v.value())
@@ -162,24 +165,35 @@ impl Store {
         reads: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<Seen>, StoreError> {
         let read = self.shared.begin_read()?;
-        let records = read.open_table(IDEMPOTENCY).map_err(storage)?;
-        let mut lookup = Lookup::new(&read, subscription);
-        let now = lookup.now;
-        events
-            .iter()
-            .map(|(seq, event)| {
-                let key = event.idempotency_key.as_str();
-                let record = match records.get((subscription, key)).map_err(storage)? {
-                    Some(v) => {
-                        let record: IdempotencyRecord =
-                            decode(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
-                        (record.expires_at_ms > now).then_some(record)
-                    }
-                    None => None,
-                };
-                lookup.seen(*seq, key, event.id.0, record, reads)
-            })
-            .collect()
+        seen_in(&read, subscription, events.iter().copied(), reads)
+    }
+
+    /// Up to `limit` log entries from `from`, as [`Store::read_log_each`]
+    /// reads them, and what `subscription`'s dedupe knows of each decoded
+    /// one (`None` for the others): one read transaction for both, as a
+    /// worker reads a batch.
+    ///
+    /// # Errors
+    ///
+    /// Storage or decoding errors (a record that does not decode is an
+    /// entry's error, not this one).
+    pub(crate) fn read_batch(
+        &self,
+        subscription: &str,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+        wanted: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<super::log::LogEntry>, Vec<Option<Seen>>), StoreError> {
+        let read = self.shared.begin_read()?;
+        let entries = super::log::read_log_each_in(&read, from, limit, max_bytes, wanted)?;
+        let decoded = entries.iter().filter_map(|(seq, e)| match e {
+            Ok(Some(event)) => Some((*seq, event)),
+            _ => None,
+        });
+        let mut seen = seen_in(&read, subscription, decoded, wanted)?.into_iter();
+        let seen = entries.iter().map(|(_, e)| matches!(e, Ok(Some(_))).then(|| seen.next()).flatten()).collect();
+        Ok((entries, seen))
     }
 
     /// What `subscription` did with the event at `seq`, as far as its
@@ -204,9 +218,35 @@ impl Store {
             return Ok(seen);
         }
         let read = self.shared.begin_read()?;
-        let mut lookup = Lookup::new(&read, subscription);
+        let mut lookup = Lookup::new(&read, subscription)?;
         Ok(if lookup.handled(seq, reads)? { Seen::Derived(seq) } else { Seen::Free })
     }
+}
+
+/// [`Store::seen`] within `read`.
+fn seen_in<'e>(
+    read: &ReadTransaction,
+    subscription: &str,
+    events: impl Iterator<Item = (u64, &'e Event)>,
+    reads: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Seen>, StoreError> {
+    let records = read.open_table(IDEMPOTENCY).map_err(storage)?;
+    let mut lookup = Lookup::new(read, subscription)?;
+    let now = lookup.now;
+    events
+        .map(|(seq, event)| {
+            let key = event.idempotency_key.as_str();
+            let record = match records.get((subscription, key)).map_err(storage)? {
+                Some(v) => {
+                    let record: IdempotencyRecord =
+                        decode(v.value(), || format!("idempotency record {subscription} key {key:?}"))?;
+                    (record.expires_at_ms > now).then_some(record)
+                }
+                None => None,
+            };
+            lookup.seen(seq, key, event.id.0, record, reads)
+        })
+        .collect()
 }
 
 /// Lower `subscription`'s `derived_since` to `seq` (the least seq a commit

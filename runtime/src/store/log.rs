@@ -102,6 +102,37 @@ impl Apply for Publish {
     }
 }
 
+/// [`Store::read_log_each`] within `read`.
+pub(super) fn read_log_each_in(
+    read: &redb::ReadTransaction,
+    from: u64,
+    limit: usize,
+    max_bytes: usize,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let log = read.open_table(LOG).map_err(storage)?;
+    let mut out = Vec::with_capacity(limit.min(1024));
+    let mut bytes = 0usize;
+    for entry in log.range(from..).map_err(storage)?.take(limit) {
+        if bytes >= max_bytes.max(1) {
+            break;
+        }
+        let (k, v) = entry.map_err(storage)?;
+        let (seq, record) = (k.value(), v.value());
+        let what = || format!("log seq {seq}");
+        let decoded = codec::verify(record, what).and_then(|body| match codec::event_topic(body, what) {
+            Ok(topic) if !wanted(topic) => Ok(None),
+            Ok(_) => {
+                bytes = bytes.saturating_add(record.len());
+                codec::decode_body::<Event>(body, what).map(Some)
+            }
+            Err(e) => Err(e),
+        });
+        out.push((seq, decoded));
+    }
+    Ok(out)
+}
+
 /// A log position and its event (`None`: of a topic the reader does not
 /// want, not decoded), or why the record there does not decode.
 pub(crate) type LogEntry = (u64, Result<Option<Event>, StoreError>);
@@ -230,27 +261,7 @@ impl Store {
         wanted: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<LogEntry>, StoreError> {
         let read = self.shared.begin_read()?;
-        let log = read.open_table(LOG).map_err(storage)?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut bytes = 0usize;
-        for entry in log.range(from..).map_err(storage)?.take(limit) {
-            if bytes >= max_bytes.max(1) {
-                break;
-            }
-            let (k, v) = entry.map_err(storage)?;
-            let (seq, record) = (k.value(), v.value());
-            let what = || format!("log seq {seq}");
-            let decoded = codec::verify(record, what).and_then(|body| match codec::event_topic(body, what) {
-                Ok(topic) if !wanted(topic) => Ok(None),
-                Ok(_) => {
-                    bytes = bytes.saturating_add(record.len());
-                    codec::decode_body::<Event>(body, what).map(Some)
-                }
-                Err(e) => Err(e),
-            });
-            out.push((seq, decoded));
-        }
-        Ok(out)
+        read_log_each_in(&read, from, limit, max_bytes, wanted)
     }
 
     /// The events after `after` (from the start when `None`) that `keep`
