@@ -16,8 +16,9 @@
 //!   event read after its claim expired) is recorded as before;
 //! - another event with a claimed key (a plugin emitting a producer's key)
 //!   is a duplicate for a subscription when the claim's event was handled
-//!   by it: the subscription derived records from at or before that seq
-//!   (`derived_since`, lowered with each commit that derives one), the
+//!   by it: its committed cursor is past that seq, it derived records from
+//!   at or before that seq (`derived_since`, lowered with each commit that
+//!   derives one), the
 //!   event is neither parked nor dead-lettered there, and its topic is one
 //!   the subscription reads. An event dead-lettered and then purged counts
 //!   as handled, as an operator's purge means "done with it"; one removed
@@ -39,7 +40,7 @@ use super::codec::{self, decode};
 use super::command::Fatal;
 use super::ingest::{INGEST, IngestEntry};
 use super::log::LOG;
-use super::subscription::{DLQ, IDEMPOTENCY, PARKED};
+use super::subscription::{CURSORS, DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
 use super::{IdempotencyRecord, Store, StoreError, now_ms, storage};
 
@@ -79,7 +80,9 @@ pub(super) struct Lookup<'a> {
     subscription: &'a str,
     /// Opened once: opening a table names its types, which allocates.
     ingest: ReadOnlyTable<&'static str, IngestEntry>,
-    since: Option<Option<u64>>,
+    /// The subscription's `derived_since` and committed cursor, read at
+    /// the first need.
+    since: Option<(Option<u64>, u64)>,
     now: u64,
 }
 
@@ -122,15 +125,19 @@ impl<'a> Lookup<'a> {
     /// Whether the subscription handled the event at `seq`, which holds
     /// its key's live claim and has no record (see the module's notes).
     pub(super) fn handled(&mut self, seq: u64, reads: &dyn Fn(&str) -> bool) -> Result<bool, StoreError> {
-        let since = match self.since {
-            Some(since) => since,
+        let (since, cursor) = match self.since {
+            Some(known) => known,
             None => {
                 let table = self.read.open_table(DERIVED_SINCE).map_err(storage)?;
                 let since = table.get(self.subscription).map_err(storage)?.map(|v| v.value());
-                *self.since.insert(since)
+                let cursors = self.read.open_table(CURSORS).map_err(storage)?;
+                let cursor = cursors.get(self.subscription).map_err(storage)?.map_or(0, |v| v.value());
+                *self.since.insert((since, cursor))
             }
         };
-        if since.is_none_or(|since| seq < since) {
+        // Not reached yet (a worker's own uncommitted outcomes are in its
+        // stage, which it asks first), or before it derived records.
+        if seq >= cursor || since.is_none_or(|since| seq < since) {
             return Ok(false);
         }
         for table in [PARKED, DLQ] {
@@ -335,6 +342,12 @@ mod tests {
         // A written record still answers first.
         submit(&store, SUB, vec![handled(2, "c", false, Vec::new())], Some(3));
         assert!(matches!(seen(&store, SUB, 2, &event("c")), Seen::Recorded(r) if r.seq == 2));
+        // An event the subscription has not reached is not handled, though
+        // it is past where derived records began.
+        let z = store.publish_blocking(vec![event("z")]).unwrap()[0].seq;
+        assert_eq!(store.outcome(SUB, z, &event("z"), &|_| true).unwrap(), Seen::Free);
+        submit(&store, SUB, vec![handled(z, "z", true, Vec::new())], Some(z + 1));
+        assert_eq!(store.outcome(SUB, z, &event("z"), &|_| true).unwrap(), Seen::Derived(z));
     }
 
     #[test]
