@@ -91,7 +91,7 @@ mod upcast;
 pub use cluster::{ClusterStatus, NodeStatus, PartitionStatus};
 pub use config::Config;
 pub use consumer::ConsumerError;
-pub use delivery::{Attempt, CountersSnapshot, Failure, Invoke, LogLine, TimerOp, VERSION_HEADER};
+pub use delivery::{Attempt, CountersSnapshot, Failure, HOST_KEY_HEADER, Invoke, LogLine, TimerOp, VERSION_HEADER};
 pub use engine::AggregateCall;
 pub use engine::{
     DEFAULT_DEADLINE, DEFAULT_EPOCH_TICK, DEFAULT_MAX_EMITS, DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_OUTPUT_BYTES,

@@ -183,6 +183,66 @@ plugin = "{AUDIT_LOGGER}"
     rt.shutdown().unwrap();
 }
 
+/// An emit with the host's key carries its key's window, and the records
+/// of the subscriptions that read it are derived from it, not written
+/// (docs/guarantees.md, promise 3); a producer's event forging such a key is
+/// still a duplicate where the emit was handled.
+#[test]
+fn a_chain_writes_no_records_and_an_event_forging_a_host_key_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let orders = || {
+        (0..100)
+            .map(|i| Event { idempotency_key: format!("order-{i}"), ..order(&format!("o-{i}"), "EUR") })
+            .collect::<Vec<_>>()
+    };
+    let rt = Runtime::start(&config(dir.path(), FAN_OUT)).unwrap();
+    let started_ms = u64::try_from(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+    rt.publish_blocking(orders()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let events = log(&rt);
+    let validated = by_topic(&events, "orders.order.validated");
+    assert_eq!(validated.len(), 100);
+    for v in &validated {
+        let window: u64 =
+            v.header(weir_runtime::HOST_KEY_HEADER).expect("a host-keyed emit is marked").parse().unwrap();
+        // The validator's records are derived from the orders' claims: the
+        // window is the claim's, a day (the default retention) from ingest.
+        assert!(window > started_ms + 23 * 3_600_000, "{window}");
+        assert!(v.idempotency_key.ends_with("/orders/validator#0"), "{}", v.idempotency_key);
+    }
+    // The audit logger's emits carry explicit keys: not marked.
+    assert!(
+        by_topic(&events, "audit.event.recorded").iter().all(|a| a.header(weir_runtime::HOST_KEY_HEADER).is_none())
+    );
+    let records = |rt: &Runtime| {
+        let listed = rt.subscription_list().unwrap();
+        ["orders/validator", "orders/audit", "enrich/enricher"]
+            .map(|name| listed.iter().find(|s| s.name == name).unwrap().holdings.idempotency)
+    };
+    assert_eq!(records(&rt), [0, 0, 0], "every record derived: from the claims, then from the windows");
+
+    // A producer publishes an event with the first validated event's key.
+    let mut forged = order("o-forged", "EUR");
+    forged.topic = "orders.order.validated".into();
+    forged.idempotency_key = validated[0].idempotency_key.clone();
+    assert!(!rt.publish_blocking(vec![forged]).unwrap()[0].duplicate, "ingest has not seen the key");
+    assert!(rt.wait_idle(IDLE));
+    let stats = rt.status().unwrap().into_iter().find(|s| s.name == "enrich/enricher").unwrap().stats;
+    assert_eq!((stats.handled, stats.duplicates), (100, 1), "the forged key is a duplicate");
+    assert_eq!(by_topic(&log(&rt), "orders.order.enriched").len(), 100);
+    rt.shutdown().unwrap();
+
+    // After a restart nothing is handled again.
+    let rt = Runtime::start(&config(dir.path(), FAN_OUT)).unwrap();
+    assert!(rt.publish_blocking(orders()).unwrap().iter().all(|p| p.duplicate));
+    assert!(rt.wait_idle(IDLE));
+    for name in ["orders/validator", "orders/audit", "enrich/enricher"] {
+        assert_eq!(rt.counters(name).unwrap().invocations, 0, "{name} handled nothing again");
+    }
+    assert_eq!(records(&rt), [0, 0, 0]);
+    rt.shutdown().unwrap();
+}
+
 #[test]
 fn a_republished_producer_key_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -85,6 +85,15 @@ pub(crate) use worker::Worker;
 /// Header carrying the plugin version (sha256 prefix) on emitted events.
 pub const VERSION_HEADER: &str = "weir-plugin-version";
 
+/// The host's header on an emit whose idempotency key the host derived
+/// (`<input key>/<subscription>#<index>`): the end of that key's window, in
+/// ms since the epoch, which is the window of the emitting subscription's
+/// record of the input (written or derived). Only the host sets it (the
+/// `weir-` prefix is refused from plugins and producers), so it proves the
+/// key unique in the log until then, and downstream subscriptions derive
+/// their records of the emit instead of writing them (store/derived.rs).
+pub const HOST_KEY_HEADER: &str = "weir-key-window";
+
 /// Live counters of a subscription, shared by its worker (the only writer)
 /// and status, metrics and the dashboard. Outside the crate they are read
 /// through [`CountersSnapshot`], never as atomics.

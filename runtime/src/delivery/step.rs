@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use weir_abi::{DeliveryRef, Emit, Event, Header};
 
-use super::VERSION_HEADER;
 use super::invoke::{Attempt, Failure, TimerOp};
 use super::keyed::Prior;
 use super::logs::Origin;
 use super::state::Session;
 use super::worker::Worker;
+use super::{HOST_KEY_HEADER, VERSION_HEADER};
 use crate::clock::now_nanos;
 use crate::error::InvokeError;
 use crate::ingest::RESERVED_HEADER_PREFIX;
@@ -173,18 +173,19 @@ impl Worker {
                 if self.prefetched.contains(key) {
                     return Ok(true);
                 }
-                self.claims.contains(&seq)
+                self.claims.get(&seq).copied()
             }
             Source::Parked => {
                 let patterns = &self.spec.patterns;
                 let wanted = |topic: &str| patterns.iter().any(|p| p.matches(topic));
                 match self.store.seen(&self.spec.name, &[(seq, event)], &wanted)?.pop() {
                     Some(seen) if seen.is_duplicate() => return Ok(true),
-                    seen => seen == Some(crate::store::Seen::Claimed),
+                    Some(crate::store::Seen::Claimed(until)) => Some(until),
+                    _ => None,
                 }
             }
         };
-        self.claimed = claimed.then_some(seq);
+        self.claimed = claimed.map(|until| (seq, until));
         Ok(false)
     }
 
@@ -304,22 +305,26 @@ impl Worker {
         state: Vec<StateWrite>,
         timers: Vec<TimerWrite>,
     ) {
-        let events: Vec<Event> = emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i)).collect();
         let now = now_ms();
+        let expires_at_ms = now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX));
+        // Its record is derived from its key's claim when it holds it, and
+        // when it is the event as stored (an upcast output keeps its key).
+        // The window of its emits' host keys is its record's.
+        let claim = self.claimed.filter(|(claimed, _)| *claimed == seq);
+        let window = claim.map_or(expires_at_ms, |(_, until)| until);
+        let events: Vec<Event> =
+            emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i, Some(window))).collect();
         let record = IdempotencyRecord {
             event_id: event.id,
             seq,
             handled_at_ms: now,
-            expires_at_ms: now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX)),
+            expires_at_ms,
             outcome_digest: digest(&events),
             emitted: events.len() as u32,
             plugin_version: self.version.clone(),
         };
         self.unpark(seq);
-        // Its record is derived from its ingest claim when it holds it, and
-        // when it is the event as stored (an upcast output keeps its key).
-        let derived = self.claimed == Some(seq);
-        self.stage.handled(seq, &event.idempotency_key, record, derived, events, parked, state, timers);
+        self.stage.handled(seq, &event.idempotency_key, record, claim.is_some(), events, parked, state, timers);
         self.counters.handled.fetch_add(1, Ordering::Relaxed);
         if self.spec.timing {
             let age_nanos = now_nanos().saturating_sub(event.time).max(0);
@@ -386,10 +391,23 @@ impl Worker {
 
     /// An emit as an event of the log: a fresh id, this subscription as its
     /// source, the plugin version as a header, and the input as its cause.
-    pub(super) fn to_event(&self, emit: Emit, input: &Event, index: usize) -> Event {
+    /// With `window`, the end of the window of this subscription's record
+    /// of `input`, an emit whose key and cause the host sets is marked with
+    /// it (`HOST_KEY_HEADER`): downstream records of it are derived.
+    pub(super) fn to_event(&self, emit: Emit, input: &Event, index: usize, window: Option<u64>) -> Event {
         let id = self.ids.next_id();
         let mut headers = emit.headers;
         headers.push(Header::new(VERSION_HEADER, self.version_short.clone()));
+        // Only when the key is the host's and the cause is the input (as
+        // the SDK's `event.emit` sets it, or left to the host): the store
+        // finds a marked emit from its key through what the input caused
+        // (store/derived.rs).
+        if let Some(window) = window
+            && emit.idempotency_key.is_none()
+            && emit.causation_id.is_none_or(|cause| cause == input.id)
+        {
+            headers.push(Header::new(HOST_KEY_HEADER, window.to_string()));
+        }
         crate::cluster::carry_marks(input, &mut headers);
         Event {
             id,

@@ -120,7 +120,8 @@ impl Worker {
             .map(|(i, mut emit)| {
                 emit.causation_id = emit.causation_id.or(Some(event.id));
                 emit.correlation_id = emit.correlation_id.or(event.correlation_id).or(Some(event.id));
-                self.to_event(emit, out, i)
+                // Unmarked: its cause is the stored event, not `out`.
+                self.to_event(emit, out, i, None)
             })
             .collect();
         let now = now_ms();

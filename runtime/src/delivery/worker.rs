@@ -1,7 +1,7 @@
 //! A subscription's thread: the loop that feeds events to [`Worker::step`],
 //! and the control messages it takes between two events.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,12 +52,13 @@ pub(crate) struct Worker {
     /// Keys of the events just read that are duplicates: a record, or a
     /// derived one (`store::Seen`).
     pub(super) prefetched: HashSet<String>,
-    /// Seqs of the events just read that hold their keys' live ingest
-    /// claims: handled, their records are derived, not written.
-    pub(super) claims: HashSet<u64>,
-    /// Whether the event being handled holds its key's claim (set by the
-    /// dedupe, read when its outcome is staged).
-    pub(super) claimed: Option<u64>,
+    /// Seqs of the events just read that hold their keys' live claims (an
+    /// ingest claim, or a host key's window), with when each ends: handled,
+    /// their records are derived, not written.
+    pub(super) claims: HashMap<u64, u64>,
+    /// The event being handled and when its key's claim ends, if it holds
+    /// one (set by the dedupe, read when its outcome is staged).
+    pub(super) claimed: Option<(u64, u64)>,
     stop: bool,
     /// A commit that failed while handling a control message: the worker
     /// ends with it at the top of its loop.
@@ -108,7 +109,7 @@ impl Worker {
             cursor,
             parked,
             prefetched: HashSet::new(),
-            claims: HashSet::new(),
+            claims: HashMap::new(),
             claimed: None,
             stop: false,
             failure: None,
@@ -284,7 +285,7 @@ impl Worker {
                 Ok(Some(event)) => {
                     match seen.next() {
                         Some(s) if s.is_duplicate() => drop(self.prefetched.insert(event.idempotency_key.clone())),
-                        Some(crate::store::Seen::Claimed) => drop(self.claims.insert(seq)),
+                        Some(crate::store::Seen::Claimed(until)) => drop(self.claims.insert(seq, until)),
                         _ => {}
                     }
                     events.push((seq, event));

@@ -12,7 +12,7 @@ use weir_abi::{DeliveryRef, Emit, Event};
 
 use super::Runtime;
 use super::deploy::DeployError;
-use crate::delivery::VERSION_HEADER;
+use crate::delivery::{HOST_KEY_HEADER, VERSION_HEADER};
 use crate::engine::MemoryState;
 use crate::names::SubscriptionName;
 use crate::store::{StartPosition, StoreError};
@@ -140,7 +140,7 @@ impl OutputSummary {
         let headers = event
             .headers
             .iter()
-            .filter(|h| h.name != VERSION_HEADER)
+            .filter(|h| h.name != VERSION_HEADER && h.name != HOST_KEY_HEADER)
             .map(|h| (h.name.clone(), h.value.clone()))
             .collect();
         Self::new(

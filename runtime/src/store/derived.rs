@@ -12,8 +12,9 @@
 //!
 //! The claim cannot stand for everything a record does, so:
 //!
-//! - an event that does not hold its key's live claim (an emitted event, an
-//!   event read after its claim expired) is recorded as before;
+//! - an event that does not hold its key's live claim (an emit with a key
+//!   the plugin chose, an event read after its claim expired) is recorded
+//!   as before;
 //! - another event with a claimed key (a plugin emitting a producer's key)
 //!   is a duplicate for a subscription when the claim's event was handled
 //!   by it: its committed cursor is past that seq, it derived records from
@@ -28,27 +29,51 @@
 //!   ingest rather than when the subscription handled the event: the same
 //!   `idempotency.retention`, measured from an earlier moment.
 //!
-//! The table was added without a store format change (as the timer tables
-//! were): a store without it gets it when opened. An older Weir reading a
-//! store with derived records misses them only where a later event reuses
-//! a claimed key, and would handle that event.
+//! An emit whose key the host derived (`<input key>/<subscription>#<i>`)
+//! has a claim of its own: the emitting subscription cannot handle its
+//! input again while its record of the input lives (written or derived),
+//! so no other emit with that key can enter the log before that record's
+//! window ends. The host writes that end into the emit's
+//! `weir-key-window` header, which plugins and producers cannot set, and a
+//! subscription reading the emit before then derives its record from it,
+//! exactly as from an ingest claim. The other way round, an event that is
+//! not such an emit but has a key of that form (a producer's, a plugin's
+//! explicit one) is looked up through the emitter's input and what it
+//! caused ([`Lookup::host_keyed`], bounded), so it is still a duplicate
+//! where the emit was handled. A subscription deleted and created again
+//! handles its inputs again, so its emits from then on are not taken as
+//! unique ([`DELETED`]).
+//!
+//! The tables were added without a store format change (as the timer
+//! tables were): a store without them gets them when opened. An older Weir
+//! reading a store with derived records misses them only where a later
+//! event reuses a claimed key or a host-keyed emit's key, and would handle
+//! that event.
 
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition};
 use weir_abi::Event;
 
 use super::codec::{self, decode};
 use super::command::Fatal;
 use super::ingest::{INGEST, IngestEntry};
-use super::log::LOG;
+use super::log::{CAUSED, LOG};
 use super::subscription::{CURSORS, DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
 use super::{IdempotencyRecord, Store, StoreError, now_ms, storage};
+pub(crate) use crate::delivery::HOST_KEY_HEADER;
 
 /// subscription → the least seq it handled with a derived record. Every
 /// event of its topics from there on that it has passed and holds neither
 /// parked nor dead-lettered was handled (or skipped as a duplicate, which
 /// a record or a claim also says).
 pub(super) const DERIVED_SINCE: TableDefinition<'_, &str, u64> = TableDefinition::new("derived_since");
+
+/// subscription → the log's head when it was first deleted. A subscription
+/// created again under a deleted one's name handles its inputs again, so
+/// its host-keyed emits from there on repeat keys whose windows may still
+/// be open: they are not taken as unique (their records are written, and
+/// found the other way, through their inputs).
+pub(super) const DELETED: TableDefinition<'_, &str, u64> = TableDefinition::new("deleted_subscriptions");
 
 /// What a subscription's dedupe knows of one event before handling it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +84,10 @@ pub(crate) enum Seen {
     /// No record, but its key's live claim belongs to the earlier event at
     /// this seq, which the subscription handled: a duplicate.
     Derived(u64),
-    /// The event holds its key's live claim: handle it, and its record is
-    /// derived rather than written.
-    Claimed,
+    /// The event holds its key's live claim, which lasts until this time
+    /// (ms since the epoch): handle it, and its record is derived rather
+    /// than written, living as long as the claim.
+    Claimed(u64),
     /// Neither: handle it and write its record.
     Free,
 }
@@ -83,43 +109,143 @@ pub(super) struct Lookup<'a> {
     /// The subscription's `derived_since` and committed cursor, read at
     /// the first need.
     since: Option<(Option<u64>, u64)>,
+    /// [`DELETED`], opened at the first host-keyed emit; `None` inside
+    /// when it is empty (as it nearly always is).
+    deleted: Option<Option<ReadOnlyTable<&'static str, u64>>>,
     now: u64,
 }
 
 impl<'a> Lookup<'a> {
     pub(super) fn new(read: &'a ReadTransaction, subscription: &'a str) -> Result<Self, StoreError> {
         let ingest = read.open_table(INGEST).map_err(storage)?;
-        Ok(Self { read, subscription, ingest, since: None, now: now_ms() })
+        Ok(Self { read, subscription, ingest, since: None, deleted: None, now: now_ms() })
     }
 
-    /// The live claim of `key`: the seq of the event holding it.
-    pub(super) fn claim(&self, key: &str) -> Result<Option<(u64, [u8; 16])>, StoreError> {
+    /// The live claim of `key`: the seq and id of the event holding it,
+    /// and when the claim expires.
+    pub(super) fn claim(&self, key: &str) -> Result<Option<(u64, [u8; 16], u64)>, StoreError> {
         Ok(self
             .ingest
             .get(key)
             .map_err(storage)?
             .map(|v| v.value())
-            .and_then(|(id, seq, expires)| (expires > self.now).then_some((seq, id))))
+            .and_then(|(id, seq, expires)| (expires > self.now).then_some((seq, id, expires))))
     }
 
     /// What the dedupe knows of the event at `seq` (its key `key`, its id
-    /// `id`), given the record lookup's answer `record`.
+    /// `id`, and if it is a host-keyed emit the end of its key's window and
+    /// its source: [`host_key_window`]), given the record lookup's answer
+    /// `record`.
     pub(super) fn seen(
         &mut self,
         seq: u64,
         key: &str,
         id: [u8; 16],
+        host_key: Option<(u64, &str)>,
         record: Option<IdempotencyRecord>,
         reads: &dyn Fn(&str) -> bool,
     ) -> Result<Seen, StoreError> {
         if let Some(record) = record {
             return Ok(Seen::Recorded(record));
         }
-        Ok(match self.claim(key)? {
-            Some((holder, holder_id)) if holder == seq && holder_id == id => Seen::Claimed,
-            Some((holder, _)) if holder < seq && self.handled(holder, reads)? => Seen::Derived(holder),
+        let window = match host_key {
+            Some((until, source)) if !self.emitted_after_deletion(source, seq)? => Some(until),
+            _ => None,
+        };
+        let claim = self.claim(key)?;
+        if let Some((holder, _, _)) = claim
+            && holder < seq
+            && self.handled(holder, reads)?
+        {
+            return Ok(Seen::Derived(holder));
+        }
+        // A key of the host's form on an event that is not a host-keyed
+        // emit (a producer's, or a plugin's explicit key): a duplicate if
+        // the host-keyed emit with that key was handled here with a derived
+        // record. Rare, so its lookups are paid only here.
+        if window.is_none() {
+            for earlier in self.host_keyed(key, CHASE_DEPTH)? {
+                if earlier < seq && self.handled(earlier, reads)? {
+                    return Ok(Seen::Derived(earlier));
+                }
+            }
+        }
+        Ok(match (claim, window) {
+            (Some((holder, holder_id, until)), _) if holder == seq && holder_id == id => Seen::Claimed(until),
+            (_, Some(until)) if until > self.now => Seen::Claimed(until),
             _ => Seen::Free,
         })
+    }
+
+    /// Whether the host-keyed emit at `seq` from `source` was emitted after
+    /// its emitting subscription was deleted (and created again): see
+    /// [`DELETED`].
+    fn emitted_after_deletion(&mut self, source: &str, seq: u64) -> Result<bool, StoreError> {
+        if self.deleted.is_none() {
+            let table = self.read.open_table(DELETED).map_err(storage)?;
+            let empty = table.is_empty().map_err(storage)?;
+            self.deleted = Some((!empty).then_some(table));
+        }
+        let Some(Some(table)) = &self.deleted else {
+            return Ok(false);
+        };
+        let name = source.strip_prefix("weir://").unwrap_or(source);
+        Ok(table.get(name).map_err(storage)?.is_some_and(|head| seq >= head.value()))
+    }
+
+    /// The seqs (at most [`CHASE_MATCHES`]) of the host-keyed emits with
+    /// idempotency key `key` whose windows are still open, found through
+    /// the emitter's input (its record, its ingest claim, or, `depth` times
+    /// over, the host-keyed emits it was) and what that input caused.
+    fn host_keyed(&self, key: &str, depth: usize) -> Result<Vec<u64>, StoreError> {
+        let mut found = Vec::new();
+        let Some((input_key, emitter)) = split_host_key(key) else {
+            return Ok(found);
+        };
+        let mut inputs: Vec<u128> = Vec::with_capacity(3);
+        let records = self.read.open_table(IDEMPOTENCY).map_err(storage)?;
+        if let Some(v) = records.get((emitter, input_key)).map_err(storage)? {
+            let record: IdempotencyRecord =
+                decode(v.value(), || format!("idempotency record {emitter} key {input_key:?}"))?;
+            inputs.push(record.event_id.as_u128());
+        }
+        if let Some(v) = self.ingest.get(input_key).map_err(storage)? {
+            inputs.push(u128::from_be_bytes(v.value().0));
+        }
+        let log = self.read.open_table(LOG).map_err(storage)?;
+        let event_at = |seq: u64| -> Result<Option<Event>, StoreError> {
+            let Some(record) = log.get(seq).map_err(storage)? else {
+                return Ok(None);
+            };
+            let what = || format!("log seq {seq}");
+            codec::decode_body::<Event>(codec::verify(record.value(), what)?, what).map(Some)
+        };
+        if depth > 0 {
+            for seq in self.host_keyed(input_key, depth - 1)? {
+                if let Some(input) = event_at(seq)? {
+                    inputs.push(input.id.as_u128());
+                }
+            }
+        }
+        inputs.dedup();
+        let caused = self.read.open_table(CAUSED).map_err(storage)?;
+        let source = format!("weir://{emitter}");
+        for input in inputs {
+            for entry in caused.range((input, 0)..=(input, u64::MAX)).map_err(storage)?.take(CHASE_CAUSED) {
+                let seq = entry.map_err(storage)?.0.value().1;
+                if let Some(event) = event_at(seq)?
+                    && event.idempotency_key == key
+                    && event.source == source
+                    && host_key_window(&event).is_some_and(|until| until > self.now)
+                {
+                    found.push(seq);
+                    if found.len() == CHASE_MATCHES {
+                        return Ok(found);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Whether the subscription handled the event at `seq`, which holds
@@ -221,7 +347,7 @@ impl Store {
         reads: &dyn Fn(&str) -> bool,
     ) -> Result<Seen, StoreError> {
         let seen = self.seen(subscription, &[(seq, event)], reads)?.pop().unwrap_or(Seen::Free);
-        if seen != Seen::Claimed {
+        if !matches!(seen, Seen::Claimed(_)) {
             return Ok(seen);
         }
         let read = self.shared.begin_read()?;
@@ -251,9 +377,41 @@ fn seen_in<'e>(
                 }
                 None => None,
             };
-            lookup.seen(seq, key, event.id.0, record, reads)
+            let host_key = host_key_window(event).map(|until| (until, event.source.as_str()));
+            lookup.seen(seq, key, event.id.0, host_key, record, reads)
         })
         .collect()
+}
+
+/// How many host keys deep [`Lookup::host_keyed`] follows a key of the
+/// host's form whose input key is of that form too (a chain of pipelines):
+/// past it, a forged key is not recognised (docs/guarantees.md).
+const CHASE_DEPTH: usize = 8;
+
+/// Most events [`Lookup::host_keyed`] reads of what one input caused: a
+/// fan-out's emits of one input are few; a forged key costs no more.
+const CHASE_CAUSED: usize = 256;
+
+/// Most host-keyed emits with one key [`Lookup::host_keyed`] answers.
+const CHASE_MATCHES: usize = 8;
+
+/// The end of the window of a host-keyed emit (ms since the epoch): the
+/// value of its [`HOST_KEY_HEADER`], which only the host sets, on an emit
+/// whose idempotency key the host derived.
+pub(crate) fn host_key_window(event: &Event) -> Option<u64> {
+    event.headers.iter().find(|h| h.name == HOST_KEY_HEADER).and_then(|h| h.value.parse().ok())
+}
+
+/// `<input key>/<pipeline>/<handler>#<index>`, the form of a key the host
+/// derives for an emit, as (input key, emitting subscription).
+fn split_host_key(key: &str) -> Option<(&str, &str)> {
+    let (head, index) = key.rsplit_once('#')?;
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (rest, _handler) = head.rsplit_once('/')?;
+    let (input, _pipeline) = rest.rsplit_once('/')?;
+    Some((input, &head[input.len() + 1..]))
 }
 
 /// Lower `subscription`'s `derived_since` to `seq` (the least seq a commit
@@ -267,9 +425,14 @@ pub(super) fn note(w: &Writes<'_>, subscription: &str, seq: u64) -> Result<(), F
     Ok(())
 }
 
-/// Forget `subscription`'s `derived_since` (the subscription is deleted).
+/// Forget `subscription`'s `derived_since`, and mark where it was first
+/// deleted (the subscription is deleted: see [`DELETED`]).
 pub(super) fn forget(w: &Writes<'_>, subscription: &str) -> Result<(), Fatal> {
     w.txn.open_table(DERIVED_SINCE)?.remove(subscription)?;
+    let mut deleted = w.txn.open_table(DELETED)?;
+    if deleted.get(subscription)?.is_none() {
+        deleted.insert(subscription, w.head)?;
+    }
     Ok(())
 }
 
@@ -320,7 +483,8 @@ mod tests {
         let published = store.publish_blocking(vec![event("a"), event("b")]).unwrap();
         assert_eq!(published.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1]);
         let (a, b) = (event("a"), event("b"));
-        assert_eq!(store.seen(SUB, &[(0, &a), (1, &b)], &|_| true).unwrap(), [Seen::Claimed, Seen::Claimed]);
+        let seen_ab = store.seen(SUB, &[(0, &a), (1, &b)], &|_| true).unwrap();
+        assert!(matches!(seen_ab[..], [Seen::Claimed(_), Seen::Claimed(_)]), "{seen_ab:?}");
 
         submit(&store, SUB, vec![handled(0, "a", true, Vec::new()), handled(1, "b", true, Vec::new())], Some(2));
         // Nothing written for either: the claims stand for the records.
@@ -397,5 +561,118 @@ mod tests {
         // Deleting the subscription forgets it.
         store.delete_subscription_blocking(SUB).unwrap();
         assert_eq!(seen(&store, SUB, 2, &late), Seen::Free);
+    }
+
+    /// A host-keyed emit of `input` by `emitter`: the host's key, the
+    /// input as its cause, and its window's end in the host's header.
+    fn host_keyed(input: &weir_abi::Event, emitter: &str, id: u8, window: u64) -> weir_abi::Event {
+        weir_abi::Event {
+            id: EventId([id; 16]),
+            source: format!("weir://{emitter}"),
+            idempotency_key: format!("{}/{emitter}#0", input.idempotency_key),
+            causation_id: Some(input.id),
+            headers: vec![weir_abi::Header::new(super::HOST_KEY_HEADER, window.to_string())],
+            ..event("emitted")
+        }
+    }
+
+    #[test]
+    fn a_host_keyed_emit_is_recorded_by_its_window_and_an_event_forging_its_key_is_a_duplicate() {
+        let (_dir, store) = temp_store();
+        let far = u64::MAX / 2;
+        let a = event("a");
+        store.publish_blocking(vec![a.clone()]).unwrap();
+        // The emitter handles `a` (its record derived from a's claim) and
+        // emits with the host's key: seq 1.
+        let e = host_keyed(&a, "orders/emitter", 0xe1, far);
+        submit(&store, "orders/emitter", vec![handled(0, "a", true, vec![e.clone()])], Some(1));
+        let e = store.event(1).unwrap().unwrap();
+        assert_eq!(e.idempotency_key, "a/orders/emitter#0");
+        assert_eq!(seen(&store, SUB, 1, &e), Seen::Claimed(far), "the window stands for the claim");
+        submit(&store, SUB, vec![handled(1, &e.idempotency_key, true, Vec::new())], Some(2));
+        assert_eq!(store.idempotency(SUB, &[e.idempotency_key.as_str()]).unwrap(), [None], "no record written");
+        assert_eq!(store.outcome(SUB, 1, &e, &|_| true).unwrap(), Seen::Derived(1));
+
+        // A producer publishes an event with the same key (it holds the
+        // ingest claim of it): a duplicate where the emit was handled,
+        // found through the emitter's input; not elsewhere.
+        let forged = weir_abi::Event { id: EventId([0xf0; 16]), ..event("a/orders/emitter#0") };
+        assert_eq!(store.publish_blocking(vec![forged.clone()]).unwrap()[0].seq, 2);
+        assert_eq!(seen(&store, SUB, 2, &forged), Seen::Derived(1));
+        assert!(matches!(seen(&store, "orders/other", 2, &forged), Seen::Claimed(_)));
+
+        // A second stage: `orders/second` handles the emit (derived too)
+        // and emits with the host's key; a plugin then emits that key
+        // explicitly (no header): found two host keys deep, through the
+        // first emit, whose key the forged event above also claimed.
+        let e2 = host_keyed(&e, "orders/second", 0xe2, far);
+        submit(&store, "orders/second", vec![handled(1, &e.idempotency_key, true, vec![e2])], Some(2));
+        let e2 = store.event(3).unwrap().unwrap();
+        submit(&store, SUB, vec![handled(3, &e2.idempotency_key, true, Vec::new())], Some(4));
+        let explicit = weir_abi::Event { id: EventId([0xf1; 16]), ..e2.clone() };
+        let explicit = weir_abi::Event { headers: Vec::new(), ..explicit };
+        submit(&store, "orders/forger", vec![handled(0, "x", false, vec![explicit])], Some(1));
+        let explicit = store.event(4).unwrap().unwrap();
+        assert_eq!(explicit.idempotency_key, e2.idempotency_key);
+        assert_eq!(seen(&store, SUB, 4, &explicit), Seen::Derived(3));
+        assert_eq!(seen(&store, "orders/other", 4, &explicit), Seen::Free);
+
+        // A host-keyed emit whose window has ended is recorded as before,
+        // and is no longer found for an event forging its key.
+        let late = host_keyed(&event("b"), "orders/emitter", 0xe3, 1);
+        submit(&store, "orders/emitter", vec![handled(0, "b", false, vec![late])], Some(1));
+        let late = store.event(5).unwrap().unwrap();
+        assert_eq!(seen(&store, SUB, 5, &late), Seen::Free);
+
+        // The emitter is deleted and created again: it handles `a` again
+        // and emits the same key while the first emit's window is open.
+        // That emit is not taken as unique: found the other way, it is a
+        // duplicate where the first was handled, and recorded elsewhere.
+        store.delete_subscription_blocking("orders/emitter").unwrap();
+        let again = host_keyed(&a, "orders/emitter", 0xe4, far);
+        submit(&store, "orders/emitter", vec![handled(0, "a", false, vec![again])], Some(1));
+        let again = store.event(6).unwrap().unwrap();
+        assert_eq!(again.idempotency_key, e.idempotency_key);
+        // (Through the forged event's claim, which it passed as handled, or
+        // the first emit.)
+        assert!(matches!(seen(&store, SUB, 6, &again), Seen::Derived(1 | 2)));
+        assert_eq!(seen(&store, "orders/other", 6, &again), Seen::Free);
+        // Its emits from before the deletion still are.
+        assert_eq!(seen(&store, "orders/other", 1, &e), Seen::Claimed(far));
+    }
+
+    /// A key of the host's form is followed at most `CHASE_DEPTH` host keys
+    /// deep: what a forged, deeply nested key can make a lookup read is
+    /// bounded (docs/security.md), and past the bound it is not recognised.
+    #[test]
+    fn a_forged_host_key_is_followed_only_so_deep() {
+        let (_dir, store) = temp_store();
+        let far = u64::MAX / 2;
+        let mut input = event("a");
+        store.publish_blocking(vec![input.clone()]).unwrap();
+        // A chain of ten stages of one emitter, each emit handled by SUB.
+        for seq in 1..=10u64 {
+            let emit = host_keyed(&input, "p/h", seq as u8, far);
+            submit(&store, "p/h", vec![handled(seq - 1, &input.idempotency_key, true, vec![emit])], Some(seq));
+            input = store.event(seq).unwrap().unwrap();
+            submit(&store, SUB, vec![handled(seq, &input.idempotency_key, true, Vec::new())], Some(seq + 1));
+        }
+        assert_eq!(input.idempotency_key, format!("a{}", "/p/h#0".repeat(10)));
+        let forge = |stage: usize, id: u8| weir_abi::Event {
+            id: EventId([id; 16]),
+            idempotency_key: format!("a{}", "/p/h#0".repeat(stage)),
+            ..event("forged")
+        };
+        let (nine, ten) = (forge(9, 0xa9), forge(10, 0xaa));
+        let published = store.publish_blocking(vec![nine.clone(), ten.clone()]).unwrap();
+        let (s9, s10) = (published[0].seq, published[1].seq);
+        // Nine deep is within the bound: found, a duplicate.
+        assert_eq!(seen(&store, SUB, s9, &nine), Seen::Derived(9));
+        // Ten deep is past it: handled as its own event.
+        assert!(matches!(seen(&store, SUB, s10, &ten), Seen::Claimed(_)));
+        // A key nested a thousand times over costs no more.
+        let deep = forge(1000, 0xab);
+        let at = store.publish_blocking(vec![deep.clone()]).unwrap()[0].seq;
+        assert!(matches!(seen(&store, SUB, at, &deep), Seen::Claimed(_)));
     }
 }

@@ -335,6 +335,7 @@ impl Store {
             txn.open_table(retention::COMPACT_LATEST).map_err(incompatible)?;
             txn.open_table(source::SOURCES).map_err(incompatible)?;
             txn.open_table(derived::DERIVED_SINCE).map_err(incompatible)?;
+            txn.open_table(derived::DELETED).map_err(incompatible)?;
             // Durable timers, also without a format change (`timer.rs`).
             timer::create(&txn).map_err(incompatible)?;
         }
