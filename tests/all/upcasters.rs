@@ -96,6 +96,17 @@ fn a_chain_upcasts_one_to_many_and_drops_and_leaves_the_log_as_it_was() {
     let parts: Vec<(&str, &str)> =
         of("split").iter().map(|s| (s["part"].as_str().unwrap(), s["idempotency_key"].as_str().unwrap())).collect();
     assert_eq!(parts, vec![("1/3", "split~v3.0"), ("2/3", "split~v3.1"), ("3/3", "split~v3.2")]);
+    // Their emits carry the host's key, marked with the window of each
+    // output's record, so subscriptions reading them derive their records
+    // (docs/guarantees.md, promise 3).
+    let log = rt.store().read_log(0, usize::MAX).unwrap();
+    let emits: Vec<&Event> =
+        log.iter().map(|(_, e)| e).filter(|e| e.idempotency_key.starts_with("split~v3.")).collect();
+    assert_eq!(emits.len(), 3, "{emits:?}");
+    for e in emits {
+        assert!(e.idempotency_key.ends_with("/orders/reader#0"), "{}", e.idempotency_key);
+        assert!(e.header(weir_runtime::HOST_KEY_HEADER).is_some(), "{e:?}");
+    }
     // Drop: handled, no effect.
     assert!(of("drop").is_empty());
     // A v2 event joins the chain at 2.

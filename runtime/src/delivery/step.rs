@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use weir_abi::{DeliveryRef, Emit, Event, Header};
+use weir_abi::{DeliveryRef, Emit, Event, EventId, Header};
 
 use super::invoke::{Attempt, Failure, TimerOp};
 use super::keyed::Prior;
@@ -313,7 +313,7 @@ impl Worker {
         let claim = self.claimed.filter(|(claimed, _)| *claimed == seq);
         let window = claim.map_or(expires_at_ms, |(_, until)| until);
         let events: Vec<Event> =
-            emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i, Some(window))).collect();
+            emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i, window, event.id)).collect();
         let record = IdempotencyRecord {
             event_id: event.id,
             seq,
@@ -391,20 +391,18 @@ impl Worker {
 
     /// An emit as an event of the log: a fresh id, this subscription as its
     /// source, the plugin version as a header, and the input as its cause.
-    /// With `window`, the end of the window of this subscription's record
-    /// of `input`, an emit whose key and cause the host sets is marked with
-    /// it (`HOST_KEY_HEADER`): downstream records of it are derived.
-    pub(super) fn to_event(&self, emit: Emit, input: &Event, index: usize, window: Option<u64>) -> Event {
+    /// `window` is the end of the window of this subscription's record of
+    /// `input`: an emit whose key the host derives and whose cause is the
+    /// input (or `stored`, the event as stored when `input` is an upcast
+    /// output) is marked with it (`HOST_KEY_HEADER`), and downstream
+    /// records of it are derived.
+    pub(super) fn to_event(&self, emit: Emit, input: &Event, index: usize, window: u64, stored: EventId) -> Event {
         let id = self.ids.next_id();
         let mut headers = emit.headers;
         headers.push(Header::new(VERSION_HEADER, self.version_short.clone()));
-        // Only when the key is the host's and the cause is the input (as
-        // the SDK's `event.emit` sets it, or left to the host): the store
-        // finds a marked emit from its key through what the input caused
-        // (store/derived.rs).
-        if let Some(window) = window
-            && emit.idempotency_key.is_none()
-            && emit.causation_id.is_none_or(|cause| cause == input.id)
+        // Only then: the store finds a marked emit from its key through the
+        // input's record and what the input caused (store/derived.rs).
+        if emit.idempotency_key.is_none() && emit.causation_id.is_none_or(|cause| cause == input.id || cause == stored)
         {
             headers.push(Header::new(HOST_KEY_HEADER, window.to_string()));
         }

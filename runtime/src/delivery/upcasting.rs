@@ -114,22 +114,26 @@ impl Worker {
         state: Vec<crate::store::StateWrite>,
         timers: Vec<crate::store::TimerWrite>,
     ) {
+        let now = now_ms();
+        let expires_at_ms = now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX));
         let events: Vec<Event> = emits
             .into_iter()
             .enumerate()
             .map(|(i, mut emit)| {
                 emit.causation_id = emit.causation_id.or(Some(event.id));
                 emit.correlation_id = emit.correlation_id.or(event.correlation_id).or(Some(event.id));
-                // Unmarked: its cause is the stored event, not `out`.
-                self.to_event(emit, out, i, None)
+                // Marked with the window of the output's record, written
+                // below; the store finds the emit through the record's seq
+                // (the stored event, its default cause) or its event id
+                // (`out`, the SDK's cause).
+                self.to_event(emit, out, i, expires_at_ms, event.id)
             })
             .collect();
-        let now = now_ms();
         let record = IdempotencyRecord {
             event_id: out.id,
             seq,
             handled_at_ms: now,
-            expires_at_ms: now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX)),
+            expires_at_ms,
             outcome_digest: super::step::digest(&events),
             emitted: events.len() as u32,
             plugin_version: self.version.clone(),

@@ -204,14 +204,6 @@ impl<'a> Lookup<'a> {
         };
         let mut inputs: Vec<u128> = Vec::with_capacity(3);
         let records = self.read.open_table(IDEMPOTENCY).map_err(storage)?;
-        if let Some(v) = records.get((emitter, input_key)).map_err(storage)? {
-            let record: IdempotencyRecord =
-                decode(v.value(), || format!("idempotency record {emitter} key {input_key:?}"))?;
-            inputs.push(record.event_id.as_u128());
-        }
-        if let Some(v) = self.ingest.get(input_key).map_err(storage)? {
-            inputs.push(u128::from_be_bytes(v.value().0));
-        }
         let log = self.read.open_table(LOG).map_err(storage)?;
         let event_at = |seq: u64| -> Result<Option<Event>, StoreError> {
             let Some(record) = log.get(seq).map_err(storage)? else {
@@ -220,6 +212,21 @@ impl<'a> Lookup<'a> {
             let what = || format!("log seq {seq}");
             codec::decode_body::<Event>(codec::verify(record.value(), what)?, what).map(Some)
         };
+        if let Some(v) = records.get((emitter, input_key)).map_err(storage)? {
+            let record: IdempotencyRecord =
+                decode(v.value(), || format!("idempotency record {emitter} key {input_key:?}"))?;
+            inputs.push(record.event_id.as_u128());
+            // An upcast output's record names the output; its emits may
+            // have the event as stored, at the record's seq, as cause.
+            if let Some(stored) = event_at(record.seq)?
+                && stored.id != record.event_id
+            {
+                inputs.push(stored.id.as_u128());
+            }
+        }
+        if let Some(v) = self.ingest.get(input_key).map_err(storage)? {
+            inputs.push(u128::from_be_bytes(v.value().0));
+        }
         if depth > 0 {
             for seq in self.host_keyed(input_key, depth - 1)? {
                 if let Some(input) = event_at(seq)? {
@@ -674,5 +681,33 @@ mod tests {
         let deep = forge(1000, 0xab);
         let at = store.publish_blocking(vec![deep.clone()]).unwrap()[0].seq;
         assert!(matches!(seen(&store, SUB, at, &deep), Seen::Claimed(_)));
+    }
+
+    /// An upcast output's emits are marked too; their emitter's record names
+    /// the output (an id not in the log) at the stored event's seq, and an
+    /// event forging their key is found through that seq.
+    #[test]
+    fn an_upcast_outputs_emit_is_found_through_its_records_seq() {
+        let (_dir, store) = temp_store();
+        let far = u64::MAX / 2;
+        let a = event("a");
+        store.publish_blocking(vec![a.clone()]).unwrap();
+        // The emitter handled output `a~v2.0` of `a` (its own written
+        // record, naming the output's derived id) and emitted with the
+        // host's key, caused by the event as stored.
+        let out = weir_abi::Event { id: EventId([0x0d; 16]), idempotency_key: "a~v2.0".into(), ..a.clone() };
+        let emit = weir_abi::Event { causation_id: Some(a.id), ..host_keyed(&out, "orders/emitter", 0xe1, far) };
+        let mut output = handled(0, "a~v2.0", false, vec![emit]);
+        if let ResultItem::Handled { record, .. } = &mut output {
+            record.event_id = out.id;
+        }
+        submit(&store, "orders/emitter", vec![output], Some(1));
+        let emit = store.event(1).unwrap().unwrap();
+        assert_eq!(emit.idempotency_key, "a~v2.0/orders/emitter#0");
+        assert_eq!(seen(&store, SUB, 1, &emit), Seen::Claimed(far));
+        submit(&store, SUB, vec![handled(1, &emit.idempotency_key, true, Vec::new())], Some(2));
+        let forged = weir_abi::Event { id: EventId([0xf0; 16]), ..event("a~v2.0/orders/emitter#0") };
+        let at = store.publish_blocking(vec![forged.clone()]).unwrap()[0].seq;
+        assert_eq!(seen(&store, SUB, at, &forged), Seen::Derived(1));
     }
 }
