@@ -306,7 +306,7 @@ impl Worker {
         timers: Vec<TimerWrite>,
     ) {
         let now = now_ms();
-        let expires_at_ms = now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX));
+        let expires_at_ms = self.record_expiry(now);
         // Its record is derived from its key's claim when it holds it, and
         // when it is the event as stored (an upcast output keeps its key).
         // The window of its emits' host keys is its record's.
@@ -387,6 +387,12 @@ impl Worker {
         self.stage.push(ResultItem::Park(entry));
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         self.counters.parked.store(self.parked.len() as u64, Ordering::Relaxed);
+    }
+
+    /// When a record this subscription writes at `now` expires (and the
+    /// window of the host keys of the emits it records).
+    pub(super) fn record_expiry(&self, now: u64) -> u64 {
+        now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// An emit as an event of the log: a fresh id, this subscription as its

@@ -115,7 +115,7 @@ impl Worker {
         timers: Vec<crate::store::TimerWrite>,
     ) {
         let now = now_ms();
-        let expires_at_ms = now.saturating_add(u64::try_from(self.spec.retention.as_millis()).unwrap_or(u64::MAX));
+        let expires_at_ms = self.record_expiry(now);
         let events: Vec<Event> = emits
             .into_iter()
             .enumerate()

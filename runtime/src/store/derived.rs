@@ -60,7 +60,7 @@ use super::log::{CAUSED, LOG};
 use super::subscription::{CURSORS, DLQ, IDEMPOTENCY, PARKED};
 use super::writer::Writes;
 use super::{IdempotencyRecord, Store, StoreError, now_ms, storage};
-pub(crate) use crate::delivery::HOST_KEY_HEADER;
+use crate::delivery::HOST_KEY_HEADER;
 
 /// subscription → the least seq it handled with a derived record. Every
 /// event of its topics from there on that it has passed and holds neither
@@ -570,6 +570,17 @@ mod tests {
         assert_eq!(seen(&store, SUB, 2, &late), Seen::Free);
     }
 
+    /// A window that does not end during a test.
+    const FAR: u64 = u64::MAX / 2;
+
+    /// A store holding one published event, `a`, at seq 0.
+    fn store_with_a() -> (tempfile::TempDir, Store, weir_abi::Event) {
+        let (dir, store) = temp_store();
+        let a = event("a");
+        store.publish_blocking(vec![a.clone()]).unwrap();
+        (dir, store, a)
+    }
+
     /// A host-keyed emit of `input` by `emitter`: the host's key, the
     /// input as its cause, and its window's end in the host's header.
     fn host_keyed(input: &weir_abi::Event, emitter: &str, id: u8, window: u64) -> weir_abi::Event {
@@ -585,17 +596,14 @@ mod tests {
 
     #[test]
     fn a_host_keyed_emit_is_recorded_by_its_window_and_an_event_forging_its_key_is_a_duplicate() {
-        let (_dir, store) = temp_store();
-        let far = u64::MAX / 2;
-        let a = event("a");
-        store.publish_blocking(vec![a.clone()]).unwrap();
+        let (_dir, store, a) = store_with_a();
         // The emitter handles `a` (its record derived from a's claim) and
         // emits with the host's key: seq 1.
-        let e = host_keyed(&a, "orders/emitter", 0xe1, far);
+        let e = host_keyed(&a, "orders/emitter", 0xe1, FAR);
         submit(&store, "orders/emitter", vec![handled(0, "a", true, vec![e.clone()])], Some(1));
         let e = store.event(1).unwrap().unwrap();
         assert_eq!(e.idempotency_key, "a/orders/emitter#0");
-        assert_eq!(seen(&store, SUB, 1, &e), Seen::Claimed(far), "the window stands for the claim");
+        assert_eq!(seen(&store, SUB, 1, &e), Seen::Claimed(FAR), "the window stands for the claim");
         submit(&store, SUB, vec![handled(1, &e.idempotency_key, true, Vec::new())], Some(2));
         assert_eq!(store.idempotency(SUB, &[e.idempotency_key.as_str()]).unwrap(), [None], "no record written");
         assert_eq!(store.outcome(SUB, 1, &e, &|_| true).unwrap(), Seen::Derived(1));
@@ -612,7 +620,7 @@ mod tests {
         // and emits with the host's key; a plugin then emits that key
         // explicitly (no header): found two host keys deep, through the
         // first emit, whose key the forged event above also claimed.
-        let e2 = host_keyed(&e, "orders/second", 0xe2, far);
+        let e2 = host_keyed(&e, "orders/second", 0xe2, FAR);
         submit(&store, "orders/second", vec![handled(1, &e.idempotency_key, true, vec![e2])], Some(2));
         let e2 = store.event(3).unwrap().unwrap();
         submit(&store, SUB, vec![handled(3, &e2.idempotency_key, true, Vec::new())], Some(4));
@@ -636,7 +644,7 @@ mod tests {
         // That emit is not taken as unique: found the other way, it is a
         // duplicate where the first was handled, and recorded elsewhere.
         store.delete_subscription_blocking("orders/emitter").unwrap();
-        let again = host_keyed(&a, "orders/emitter", 0xe4, far);
+        let again = host_keyed(&a, "orders/emitter", 0xe4, FAR);
         submit(&store, "orders/emitter", vec![handled(0, "a", false, vec![again])], Some(1));
         let again = store.event(6).unwrap().unwrap();
         assert_eq!(again.idempotency_key, e.idempotency_key);
@@ -645,7 +653,7 @@ mod tests {
         assert!(matches!(seen(&store, SUB, 6, &again), Seen::Derived(1 | 2)));
         assert_eq!(seen(&store, "orders/other", 6, &again), Seen::Free);
         // Its emits from before the deletion still are.
-        assert_eq!(seen(&store, "orders/other", 1, &e), Seen::Claimed(far));
+        assert_eq!(seen(&store, "orders/other", 1, &e), Seen::Claimed(FAR));
     }
 
     /// A key of the host's form is followed at most `CHASE_DEPTH` host keys
@@ -653,13 +661,10 @@ mod tests {
     /// bounded (docs/security.md), and past the bound it is not recognised.
     #[test]
     fn a_forged_host_key_is_followed_only_so_deep() {
-        let (_dir, store) = temp_store();
-        let far = u64::MAX / 2;
-        let mut input = event("a");
-        store.publish_blocking(vec![input.clone()]).unwrap();
+        let (_dir, store, mut input) = store_with_a();
         // A chain of ten stages of one emitter, each emit handled by SUB.
         for seq in 1..=10u64 {
-            let emit = host_keyed(&input, "p/h", seq as u8, far);
+            let emit = host_keyed(&input, "p/h", seq as u8, FAR);
             submit(&store, "p/h", vec![handled(seq - 1, &input.idempotency_key, true, vec![emit])], Some(seq));
             input = store.event(seq).unwrap().unwrap();
             submit(&store, SUB, vec![handled(seq, &input.idempotency_key, true, Vec::new())], Some(seq + 1));
@@ -688,15 +693,12 @@ mod tests {
     /// event forging their key is found through that seq.
     #[test]
     fn an_upcast_outputs_emit_is_found_through_its_records_seq() {
-        let (_dir, store) = temp_store();
-        let far = u64::MAX / 2;
-        let a = event("a");
-        store.publish_blocking(vec![a.clone()]).unwrap();
+        let (_dir, store, a) = store_with_a();
         // The emitter handled output `a~v2.0` of `a` (its own written
         // record, naming the output's derived id) and emitted with the
         // host's key, caused by the event as stored.
         let out = weir_abi::Event { id: EventId([0x0d; 16]), idempotency_key: "a~v2.0".into(), ..a.clone() };
-        let emit = weir_abi::Event { causation_id: Some(a.id), ..host_keyed(&out, "orders/emitter", 0xe1, far) };
+        let emit = weir_abi::Event { causation_id: Some(a.id), ..host_keyed(&out, "orders/emitter", 0xe1, FAR) };
         let mut output = handled(0, "a~v2.0", false, vec![emit]);
         if let ResultItem::Handled { record, .. } = &mut output {
             record.event_id = out.id;
@@ -704,7 +706,7 @@ mod tests {
         submit(&store, "orders/emitter", vec![output], Some(1));
         let emit = store.event(1).unwrap().unwrap();
         assert_eq!(emit.idempotency_key, "a~v2.0/orders/emitter#0");
-        assert_eq!(seen(&store, SUB, 1, &emit), Seen::Claimed(far));
+        assert_eq!(seen(&store, SUB, 1, &emit), Seen::Claimed(FAR));
         submit(&store, SUB, vec![handled(1, &emit.idempotency_key, true, Vec::new())], Some(2));
         let forged = weir_abi::Event { id: EventId([0xf0; 16]), ..event("a~v2.0/orders/emitter#0") };
         let at = store.publish_blocking(vec![forged.clone()]).unwrap()[0].seq;
