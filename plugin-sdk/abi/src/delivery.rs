@@ -7,9 +7,15 @@
 //!
 //! Tests check both decoders against each other: equal values on every
 //! encoding, and the same refusals on truncated and corrupted ones.
+//!
+//! The host uses the same reader for the events of its log (stored in the
+//! same encoding, `docs/operations.md`), and the writer here for the events
+//! it stores and the deliveries it hands to guests: both are per-event work
+//! on the host's hottest path (issue 18), and tests check the writer's bytes
+//! against serde's.
 
 use crate::encoding::DecodeError;
-use crate::{Delivery, Event, EventId, Header};
+use crate::{Delivery, DeliveryRef, Event, EventId, Header};
 
 /// bincode's varint markers: a value below 251 is its own byte; 251, 252 and
 /// 253 introduce a little-endian u16, u32 and u64.
@@ -22,7 +28,7 @@ struct Reader<'a> {
 }
 
 fn err(what: &str) -> DecodeError {
-    DecodeError::new(format!("delivery: {what}"))
+    DecodeError::new(format!("malformed message: {what}"))
 }
 
 impl<'a> Reader<'a> {
@@ -152,6 +158,109 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, DecodeError> {
     Ok(Delivery { event, subscription, attempt })
 }
 
+/// Decode an [`Event`] that fills `bytes` exactly: the value
+/// [`encoding::decode`](crate::encoding::decode) gives, faster. No length
+/// limit: nothing allocated exceeds the input's own size.
+///
+/// # Errors
+///
+/// [`DecodeError`] on malformed input or trailing bytes.
+pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let mut r = Reader { bytes };
+    let event = r.event()?;
+    if !r.bytes.is_empty() {
+        return Err(err(&format!("{} trailing bytes after the message", r.bytes.len())));
+    }
+    Ok(event)
+}
+
+/// The topic of an encoded [`Event`], borrowed, without decoding the rest:
+/// the id (16 bytes) and the topic lead the wire order.
+///
+/// # Errors
+///
+/// [`DecodeError`] when no topic decodes there.
+pub fn event_topic(bytes: &[u8]) -> Result<&str, DecodeError> {
+    let mut r = Reader { bytes };
+    r.take(16)?;
+    let topic = r.bytes()?;
+    core::str::from_utf8(topic).map_err(|e| err(&format!("invalid UTF-8: {e}")))
+}
+
+/// Append `event`'s encoding to `out`: the bytes
+/// [`encoding::encode_into`](crate::encoding::encode_into) writes for it.
+pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(&event.id.0);
+    put_str(out, &event.topic);
+    put_str(out, &event.source);
+    put_option_str(out, event.key.as_deref());
+    put_varint(out, u64::from(event.schema_version));
+    // Zigzag, as bincode writes signed integers.
+    put_varint(out, ((event.time << 1) ^ (event.time >> 63)) as u64);
+    put_str(out, &event.content_type);
+    put_varint(out, event.headers.len() as u64);
+    for header in &event.headers {
+        put_str(out, &header.name);
+        put_str(out, &header.value);
+    }
+    put_str(out, &event.idempotency_key);
+    put_option_id(out, event.correlation_id);
+    put_option_id(out, event.causation_id);
+    put_bytes(out, &event.payload);
+}
+
+/// Append `delivery`'s encoding to `out`: the bytes
+/// [`encoding::encode_into`](crate::encoding::encode_into) writes for it.
+pub fn encode_delivery_into(delivery: DeliveryRef<'_>, out: &mut Vec<u8>) {
+    encode_event_into(delivery.event, out);
+    put_str(out, delivery.subscription);
+    put_varint(out, u64::from(delivery.attempt));
+}
+
+fn put_varint(out: &mut Vec<u8>, n: u64) {
+    if n < u64::from(U16_MARKER) {
+        out.push(n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(U16_MARKER);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+        out.push(U32_MARKER);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else {
+        out.push(U64_MARKER);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_option_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
+fn put_option_id(out: &mut Vec<u8>, id: Option<EventId>) {
+    match id {
+        None => out.push(0),
+        Some(id) => {
+            out.push(1);
+            out.extend_from_slice(&id.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -207,7 +316,22 @@ mod tests {
         #[test]
         fn decodes_what_serde_decodes(d in any_delivery()) {
             let bytes = encode(&d).unwrap();
-            prop_assert_eq!(decode_delivery(&bytes).unwrap(), d);
+            prop_assert_eq!(decode_delivery(&bytes).unwrap(), d.clone());
+            let event = encode(&d.event).unwrap();
+            prop_assert_eq!(decode_event(&event).unwrap(), d.event.clone());
+            prop_assert_eq!(event_topic(&event).unwrap(), d.event.topic.as_str());
+        }
+
+        /// The writer's bytes are serde's, for events and deliveries.
+        #[test]
+        fn encodes_what_serde_encodes(d in any_delivery()) {
+            let mut event = vec![7];
+            encode_event_into(&d.event, &mut event);
+            prop_assert_eq!(&event[1..], &encode(&d.event).unwrap()[..]);
+            let mut delivery = Vec::new();
+            let borrowed = DeliveryRef { event: &d.event, subscription: &d.subscription, attempt: d.attempt };
+            encode_delivery_into(borrowed, &mut delivery);
+            prop_assert_eq!(delivery, encode(&d).unwrap());
         }
 
         /// Truncated or corrupted encodings: both decoders refuse the same
@@ -217,6 +341,7 @@ mod tests {
             d in any_delivery(),
             cut in any::<prop::sample::Index>(),
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            flips_again in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         ) {
             let mut bytes = encode(&d).unwrap();
             for (at, value) in flips {
@@ -227,6 +352,21 @@ mod tests {
             for input in [&bytes[..], truncated] {
                 let serde = decode::<Delivery>(input);
                 let fast = decode_delivery(input);
+                prop_assert_eq!(serde.is_ok(), fast.is_ok(), "serde {:?} fast {:?}", serde.as_ref().err(), fast.as_ref().err());
+                if let (Ok(a), Ok(b)) = (serde, fast) {
+                    prop_assert_eq!(a, b);
+                }
+            }
+            // The event alone: its encoding is the delivery's prefix.
+            let mut event = encode(&d.event).unwrap();
+            for (at, value) in flips_again {
+                let i = at.index(event.len());
+                event[i] = value;
+            }
+            let truncated = &event[..cut.index(event.len() + 1)];
+            for input in [&event[..], truncated] {
+                let serde = decode::<Event>(input);
+                let fast = decode_event(input);
                 prop_assert_eq!(serde.is_ok(), fast.is_ok(), "serde {:?} fast {:?}", serde.as_ref().err(), fast.as_ref().err());
                 if let (Ok(a), Ok(b)) = (serde, fast) {
                     prop_assert_eq!(a, b);

@@ -58,7 +58,7 @@ impl DecodeError {
     }
 }
 
-pub use crate::delivery::decode_delivery;
+pub use crate::delivery::{decode_delivery, decode_event, encode_delivery_into, encode_event_into, event_topic};
 
 /// Encode `value` into a new buffer.
 ///

@@ -319,7 +319,10 @@ impl Worker {
             seq,
             handled_at_ms: now,
             expires_at_ms,
-            outcome_digest: digest(&events),
+            // Only a written record keeps its digest: a derived one is
+            // never stored, so hashing its emits would be wasted work on
+            // every event of a chain (issue 18).
+            outcome_digest: if claim.is_some() { String::new() } else { digest(&events) },
             emitted: events.len() as u32,
             plugin_version: self.version.clone(),
         };
@@ -492,9 +495,7 @@ pub(super) fn digest(events: &[Event]) -> String {
     BUF.with_borrow_mut(|buf| {
         for e in events {
             buf.clear();
-            if weir_abi::encoding::encode_into(e, buf).is_err() {
-                buf.clear();
-            }
+            weir_abi::encoding::encode_event_into(e, buf);
             hasher.update(&buf[..]);
         }
         // A large emit must not pin its size in every worker thread.

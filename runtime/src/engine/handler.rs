@@ -240,10 +240,7 @@ impl Handler {
         state: Option<Box<dyn StateAccess>>,
     ) -> (Invocation, Option<Box<dyn StateAccess>>) {
         self.encoded.clear();
-        if let Err(e) = encoding::encode_into(&delivery, &mut self.encoded) {
-            let reason = format!("the host could not encode the delivery: {e}");
-            return (failed(InvokeError::BadOutput { reason }), state);
-        }
+        encoding::encode_delivery_into(delivery, &mut self.encoded);
         let mut live = match self.live.take() {
             Some(live) => live,
             None => match self.start() {

@@ -210,7 +210,7 @@ impl<'a> Lookup<'a> {
                 return Ok(None);
             };
             let what = || format!("log seq {seq}");
-            codec::decode_body::<Event>(codec::verify(record.value(), what)?, what).map(Some)
+            codec::decode_event_body(codec::verify(record.value(), what)?, what).map(Some)
         };
         if let Some(v) = records.get((emitter, input_key)).map_err(storage)? {
             let record: IdempotencyRecord =

@@ -19,7 +19,12 @@ pub(crate) fn record(data: &[u8]) {
     for bytes in [body, &framed[..]] {
         let what = || String::from("fuzz");
         match kind % 8 {
-            0 => drop(codec::decode::<Event>(bytes, what)),
+            // Both decoders of events: they must agree on every input.
+            0 => {
+                let serde = codec::decode::<Event>(bytes, what).ok();
+                let fast = codec::decode_event(bytes, what).ok();
+                assert_eq!(serde, fast, "the event decoders disagree");
+            }
             1 => drop(codec::decode::<DlqEntry>(bytes, what)),
             2 => drop(codec::decode::<ParkedEntry>(bytes, what)),
             3 => drop(codec::decode::<IdempotencyRecord>(bytes, what)),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use redb::{Table, TableDefinition};
 use weir_abi::{Event, EventId};
 
-use super::codec::{self, Encoded, Records, decode};
+use super::codec::{self, Encoded, Records, decode, decode_event};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
 use super::writer::Writes;
 use super::{ParkedEntry, Published, Store, StoreError, ingest, storage};
@@ -77,7 +77,7 @@ impl Apply for Publish {
 
     fn check(&self, _: &Writes<'_>, encoded: &mut Encoded) -> Result<(), Failure> {
         for event in &self.events {
-            encoded.push(event)?;
+            encoded.push_event(event);
         }
         Ok(())
     }
@@ -124,7 +124,7 @@ pub(super) fn read_log_each_in(
             Ok(topic) if !wanted(topic) => Ok(None),
             Ok(_) => {
                 bytes = bytes.saturating_add(record.len());
-                codec::decode_body::<Event>(body, what).map(Some)
+                codec::decode_event_body(body, what).map(Some)
             }
             Err(e) => Err(e),
         });
@@ -230,7 +230,7 @@ impl Store {
         let mut out = Vec::with_capacity(limit.min(1024));
         for entry in log.range(from..).map_err(storage)?.take(limit) {
             let (k, v) = entry.map_err(storage)?;
-            out.push((k.value(), decode::<Event>(v.value(), || format!("log seq {}", k.value()))?));
+            out.push((k.value(), decode_event(v.value(), || format!("log seq {}", k.value()))?));
         }
         Ok(out)
     }
@@ -305,7 +305,7 @@ impl Store {
             scanned += 1;
             scanned_bytes = scanned_bytes.saturating_add(bytes.len());
             scan.last = Some(seq);
-            match decode::<Event>(bytes, || format!("log seq {seq}")) {
+            match decode_event(bytes, || format!("log seq {seq}")) {
                 Ok(event) if keep(&event) => {
                     answer_bytes = answer_bytes.saturating_add(bytes.len());
                     scan.events.push((seq, event));

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use weir_abi::Event;
 
-use super::codec::{decode, decode_v1, encode};
+use super::codec::{decode_event, decode_v1, encode};
 use super::ingest::{INGEST, INGEST_EXPIRY, IngestEntry};
 use super::log::{CAUSED, EVENT_IDS, LOG, index};
 use super::registry::VERSIONS;
@@ -76,7 +76,7 @@ pub(super) fn v2_to_v3(txn: &WriteTransaction) -> Result<u64, StoreError> {
     for entry in log.iter().map_err(storage)? {
         let (k, v) = entry.map_err(storage)?;
         let seq = k.value();
-        match decode::<Event>(v.value(), || format!("log seq {seq}")) {
+        match decode_event(v.value(), || format!("log seq {seq}")) {
             Ok(event) => {
                 index(&mut ids, &mut caused, seq, &event).map_err(storage)?;
                 indexed += 1;

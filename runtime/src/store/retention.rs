@@ -46,9 +46,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redb::{ReadableTable as _, ReadableTableMetadata as _, TableDefinition, WriteTransaction};
-use weir_abi::Event;
 
-use super::codec::decode;
+use super::codec::decode_event;
 use super::command::Fatal;
 use super::writer::Writes;
 use super::{Store, StoreError, storage};
@@ -289,7 +288,7 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
             let rule = if policy.keeps_all() {
                 DEFAULT_RULE
             } else {
-                match decode::<Event>(record, || format!("log seq {seq}")) {
+                match decode_event(record, || format!("log seq {seq}")) {
                     Ok(event) => {
                         let rule = policy.rule_of(&event.topic);
                         if policy.rule(rule).1
@@ -335,7 +334,7 @@ pub(super) fn sweep(w: &mut Writes<'_>, state: &RetentionState) -> Result<bool, 
                 sweep = seq + 1;
                 // An event that does not decode is kept: its readers
                 // quarantine it, and no rule can be told for it.
-                let Ok(event) = decode::<Event>(record, || format!("log seq {seq}")) else { continue };
+                let Ok(event) = decode_event(record, || format!("log seq {seq}")) else { continue };
                 let rule = policy.rule_of(&event.topic);
                 let (keep, compact) = policy.rule(rule);
                 let total = totals.get(&rule).copied().unwrap_or(0);

@@ -119,7 +119,7 @@ impl Apply for SourceAppend {
 
     fn check(&self, w: &Writes<'_>, encoded: &mut Encoded) -> Result<Self::Checked, Failure> {
         for event in &self.events {
-            encoded.push(event)?;
+            encoded.push_event(event);
         }
         let keys = dlq_keys(w, &self.rejected)?;
         for (entry, key) in self.rejected.iter().zip(&keys) {
@@ -226,7 +226,7 @@ impl Apply for SourceRedrive {
     type Checked = bool;
 
     fn check(&self, w: &Writes<'_>, encoded: &mut Encoded) -> Result<bool, Failure> {
-        encoded.push(&self.event)?;
+        encoded.push_event(&self.event);
         Ok(w.dlq.get((self.subscription.as_str(), self.seq))?.is_some())
     }
 

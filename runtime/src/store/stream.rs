@@ -27,7 +27,7 @@ use std::time::Instant;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use weir_abi::{Event, EventId};
 
-use super::codec::{Encoded, Records, decode};
+use super::codec::{Encoded, Records, decode_event};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
 use super::log::{Admitted, LOG, append};
 use super::writer::Writes;
@@ -285,7 +285,7 @@ impl Apply for StreamAppend {
             return Ok(Decided::Answer(AppendOutcome::WrongExpectedRevision { actual: current }));
         }
         for event in &self.events {
-            encoded.push(event)?;
+            encoded.push_event(event);
         }
         Ok(Decided::Append(current.map_or(0, |c| c + 1)))
     }
@@ -412,7 +412,7 @@ impl Store {
                 return Err(StoreError::RecordCorrupt { record: what(), reason: "the event is not in the log".into() });
             };
             bytes_read = bytes_read.saturating_add(bytes.value().len());
-            events.push((rev, seq, decode::<Event>(bytes.value(), what)?));
+            events.push((rev, seq, decode_event(bytes.value(), what)?));
         }
         Ok(StreamPage { events, revision })
     }
@@ -490,7 +490,7 @@ pub(super) fn backfill(db: &Database, types: &[String]) -> Result<(), StoreError
                 let (k, v) = entry.map_err(storage)?;
                 let seq = k.value();
                 next = seq + 1;
-                let event = match decode::<Event>(v.value(), || format!("log seq {seq}")) {
+                let event = match decode_event(v.value(), || format!("log seq {seq}")) {
                     Ok(event) => event,
                     Err(e) => {
                         tracing::warn!(error = %e, "stream backfill: a log record that does not decode is not indexed");

@@ -58,7 +58,7 @@ impl Apply for Results {
                         encoded.push(record)?;
                     }
                     for event in emits {
-                        encoded.push(event)?;
+                        encoded.push_event(event);
                     }
                     super::timer::encode(timers, encoded)?;
                     if !derived {

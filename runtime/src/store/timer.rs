@@ -253,7 +253,7 @@ impl Apply for Fire {
                         Ok(mut entry) => {
                             if w.event_ids.get(entry.event.id.as_u128())?.is_none() {
                                 entry.event.time = crate::clock::now_nanos();
-                                encoded.push(&entry.event)?;
+                                encoded.push_event(&entry.event);
                                 append = Some(entry.event);
                             }
                         }

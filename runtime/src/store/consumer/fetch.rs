@@ -84,7 +84,7 @@ impl Apply for Fetch {
                     }
                 };
                 let seq = k.value();
-                match decode::<Event>(v.value(), || format!("log seq {seq}")) {
+                match super::super::codec::decode_event(v.value(), || format!("log seq {seq}")) {
                     Ok(event) => out.push(Scanned {
                         seq,
                         matches: patterns.iter().any(|p| p.matches(&event.topic)),

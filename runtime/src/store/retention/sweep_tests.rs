@@ -2,6 +2,7 @@ use super::*;
 use crate::store::ParkedEntry;
 use crate::store::codec::encode;
 use crate::store::testing::{event, temp_store, write_at};
+use weir_abi::Event;
 
 fn pass(store: &Store) {
     write_at(store, super::super::now_ms(), |w| sweep(w, &store.shared.retention).map(drop));
