@@ -187,6 +187,25 @@ pub fn event_topic(bytes: &[u8]) -> Result<&str, DecodeError> {
     core::str::from_utf8(topic).map_err(|e| err(&format!("invalid UTF-8: {e}")))
 }
 
+/// The topic and key of an encoded [`Event`], borrowed, without decoding
+/// the rest (they lead the wire order, with only the source between).
+///
+/// # Errors
+///
+/// [`DecodeError`] when they do not decode there.
+pub fn event_topic_and_key(bytes: &[u8]) -> Result<(&str, Option<&str>), DecodeError> {
+    let mut r = Reader { bytes };
+    r.take(16)?;
+    let topic = text(r.bytes()?)?;
+    r.bytes()?;
+    let key = if r.is_some()? { Some(text(r.bytes()?)?) } else { None };
+    Ok((topic, key))
+}
+
+fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
+    core::str::from_utf8(bytes).map_err(|e| err(&format!("invalid UTF-8: {e}")))
+}
+
 /// Append `event`'s encoding to `out`: the bytes
 /// [`encoding::encode_into`](crate::encoding::encode_into) writes for it.
 pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) {
@@ -320,6 +339,8 @@ mod tests {
             let event = encode(&d.event).unwrap();
             prop_assert_eq!(decode_event(&event).unwrap(), d.event.clone());
             prop_assert_eq!(event_topic(&event).unwrap(), d.event.topic.as_str());
+            let (topic, key) = event_topic_and_key(&event).unwrap();
+            prop_assert_eq!((topic, key), (d.event.topic.as_str(), d.event.key.as_deref()));
         }
 
         /// The writer's bytes are serde's, for events and deliveries.

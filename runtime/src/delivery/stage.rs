@@ -17,7 +17,7 @@ use weir_abi::Event;
 
 use super::SubscriptionCounters;
 use super::state::SharedOverlay;
-use crate::store::{IdempotencyRecord, ResultItem, StateWrite, Store, StoreError, TimerWrite};
+use crate::store::{EmitRecord, IdempotencyRecord, ResultItem, StateWrite, Store, StoreError, TimerWrite};
 
 /// Outcome batches a worker may have handed to the writer and not seen
 /// committed yet. More keep the worker busy through a slow fsync and let
@@ -126,7 +126,7 @@ impl Stage {
         key: &str,
         record: IdempotencyRecord,
         derived: bool,
-        emits: Vec<Event>,
+        emits: Vec<EmitRecord>,
         parked: bool,
         state: Vec<StateWrite>,
         timers: Vec<TimerWrite>,
@@ -137,7 +137,7 @@ impl Stage {
         self.schedules += timers.iter().filter(|t| matches!(t, TimerWrite::Schedule { .. })).count();
         self.held_bytes = self
             .held_bytes
-            .saturating_add(emits.iter().map(event_bytes).sum())
+            .saturating_add(emits.iter().map(EmitRecord::len).sum())
             .saturating_add(state_bytes)
             .saturating_add(timer_bytes);
         self.items.push(ResultItem::Handled {
@@ -288,9 +288,27 @@ mod tests {
             emitted: 1,
             plugin_version: "v".into(),
         };
-        stage.handled(0, "k0", record(0), false, vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
+        stage.handled(
+            0,
+            "k0",
+            record(0),
+            false,
+            vec![EmitRecord::new(&big_event(FLUSH_BYTES / 2))],
+            false,
+            Vec::new(),
+            Vec::new(),
+        );
         assert!(!stage.is_heavy());
-        stage.handled(1, "k1", record(1), false, vec![big_event(FLUSH_BYTES / 2)], false, Vec::new(), Vec::new());
+        stage.handled(
+            1,
+            "k1",
+            record(1),
+            false,
+            vec![EmitRecord::new(&big_event(FLUSH_BYTES / 2))],
+            false,
+            Vec::new(),
+            Vec::new(),
+        );
         assert!(stage.is_heavy(), "two halves of FLUSH_BYTES of output make a heavy batch");
         stage.flush(2).unwrap();
         assert!(!stage.is_heavy(), "handed over: the next batch starts empty");

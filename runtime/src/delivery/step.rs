@@ -17,7 +17,9 @@ use super::{HOST_KEY_HEADER, VERSION_HEADER};
 use crate::clock::now_nanos;
 use crate::error::InvokeError;
 use crate::ingest::RESERVED_HEADER_PREFIX;
-use crate::store::{DlqEntry, IdempotencyRecord, ParkedEntry, ResultItem, StateWrite, StoreError, TimerWrite, now_ms};
+use crate::store::{
+    DlqEntry, EmitRecord, IdempotencyRecord, ParkedEntry, ResultItem, StateWrite, StoreError, TimerWrite, now_ms,
+};
 use crate::topic;
 use crate::upcast::Delivered;
 
@@ -312,8 +314,12 @@ impl Worker {
         // The window of its emits' host keys is its record's.
         let claim = self.claimed.filter(|(claimed, _)| *claimed == seq);
         let window = claim.map_or(expires_at_ms, |(_, until)| until);
-        let events: Vec<Event> =
-            emits.into_iter().enumerate().map(|(i, emit)| self.to_event(emit, event, i, window, event.id)).collect();
+        // Encoded here, where the emits were made, not by the writer.
+        let events: Vec<EmitRecord> = emits
+            .into_iter()
+            .enumerate()
+            .map(|(i, emit)| EmitRecord::new(&self.to_event(emit, event, i, window, event.id)))
+            .collect();
         let record = IdempotencyRecord {
             event_id: event.id,
             seq,
@@ -475,34 +481,18 @@ fn schema_failure_code(_: &crate::schema::SchemaError) -> &'static str {
     "schema_violation"
 }
 
-/// Past this many bytes the digest's encoding buffer is given back.
-const DIGEST_BUF_KEEP: usize = 64 * 1024;
-
-/// A digest of what an event emitted, kept in its idempotency record.
-pub(super) fn digest(events: &[Event]) -> String {
-    if events.is_empty() {
+/// A digest of what an event emitted, kept in its idempotency record: the
+/// sha256 of the emits' encodings (each the bytes `encoding::encode` gives),
+/// in order.
+pub(super) fn digest(emits: &[EmitRecord]) -> String {
+    if emits.is_empty() {
         // The common case of a handler that emits nothing: no hashing.
         return String::new();
     }
-    // One buffer per thread, reused: encoding each emit into a fresh
-    // vector (grown from empty) cost more than the hash itself on a chained
-    // pipeline, where every event emits (issue 18). Same bytes as
-    // `encoding::encode`, so the same digest.
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     let mut hasher = Sha256::new();
-    BUF.with_borrow_mut(|buf| {
-        for e in events {
-            buf.clear();
-            weir_abi::encoding::encode_event_into(e, buf);
-            hasher.update(&buf[..]);
-        }
-        // A large emit must not pin its size in every worker thread.
-        if buf.capacity() > DIGEST_BUF_KEEP {
-            *buf = Vec::new();
-        }
-    });
+    for emit in emits {
+        hasher.update(emit.body());
+    }
     crate::engine::hex(&hasher.finalize()[..16])
 }
 
@@ -536,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_is_the_sha256_of_the_encoded_emits_whatever_the_buffer_held() {
+    fn the_digest_is_the_sha256_of_the_encoded_emits() {
         use sha2::{Digest, Sha256};
         let event = |payload: usize| Event {
             id: EventId([3; 16]),
@@ -558,9 +548,8 @@ mod tests {
             hasher.update(weir_abi::encoding::encode(e).unwrap());
         }
         let expected = crate::engine::hex(&hasher.finalize()[..16]);
-        // Twice: the second run starts from the buffer the first left.
-        assert_eq!(super::digest(&events), expected);
-        assert_eq!(super::digest(&events), expected);
+        let emits: Vec<_> = events.iter().map(crate::store::EmitRecord::new).collect();
+        assert_eq!(super::digest(&emits), expected);
         assert_eq!(super::digest(&[]), "");
     }
 }

@@ -116,7 +116,7 @@ impl Worker {
     ) {
         let now = now_ms();
         let expires_at_ms = self.record_expiry(now);
-        let events: Vec<Event> = emits
+        let events: Vec<crate::store::EmitRecord> = emits
             .into_iter()
             .enumerate()
             .map(|(i, mut emit)| {
@@ -126,7 +126,7 @@ impl Worker {
                 // below; the store finds the emit through the record's seq
                 // (the stored event, its default cause) or its event id
                 // (`out`, the SDK's cause).
-                self.to_event(emit, out, i, expires_at_ms, event.id)
+                crate::store::EmitRecord::new(&self.to_event(emit, out, i, expires_at_ms, event.id))
             })
             .collect();
         let record = IdempotencyRecord {

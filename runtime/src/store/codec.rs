@@ -18,7 +18,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use weir_abi::Event;
+use weir_abi::{Event, EventId};
 
 use super::StoreError;
 
@@ -94,6 +94,54 @@ pub(super) fn decode_event_body(body: &[u8], what: impl FnOnce() -> String) -> R
         record: what(),
         reason: format!("the checksum matches but the body does not decode: {e}"),
     })
+}
+
+/// An emitted event as its log record, encoded by the worker that emitted
+/// it rather than by the writer: the writer, which every event of every
+/// subscription passes through one at a time, only copies the bytes into
+/// the log, and the event's strings are freed on the thread that made them
+/// (issue 18). Carries the id and cause the log's indexes take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EmitRecord {
+    record: Vec<u8>,
+    pub(super) id: EventId,
+    pub(super) causation_id: Option<EventId>,
+}
+
+impl EmitRecord {
+    /// `event` as a log record.
+    pub(crate) fn new(event: &Event) -> Self {
+        let mut record = Vec::with_capacity(event.payload.len() + event.idempotency_key.len() + 256);
+        encode_event_into(&mut record, event);
+        Self { record, id: event.id, causation_id: event.causation_id }
+    }
+
+    /// The encoded event, without the record's header: the bytes
+    /// `weir_abi::encoding::encode` gives for it.
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.record[HEADER..]
+    }
+
+    /// The record's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.record.len()
+    }
+
+    /// The whole record, as the log stores it.
+    pub(super) fn record(&self) -> &[u8] {
+        &self.record
+    }
+
+    /// The event's topic and key, read from the record.
+    pub(super) fn topic_and_key(&self) -> Result<(&str, Option<&str>), weir_abi::encoding::DecodeError> {
+        weir_abi::encoding::event_topic_and_key(self.body())
+    }
+
+    /// The event, decoded back.
+    #[cfg(test)]
+    pub(crate) fn decode(&self) -> Result<Event, StoreError> {
+        decode_event(&self.record, || "an emitted event".into())
+    }
 }
 
 /// The records one store command encoded before writing any: the writer
@@ -362,6 +410,12 @@ mod tests {
             encoded.push_event(&event);
             assert_eq!(encoded.records().next(), Some(&bytes[..]));
             assert_eq!(decode_event(&bytes, || "t".into()).unwrap(), event);
+            // A worker's encoding of an emit is the same record.
+            let emit = EmitRecord::new(&event);
+            assert_eq!(emit.record(), &bytes[..]);
+            assert_eq!(emit.body(), &weir_abi::encoding::encode(&event).unwrap()[..]);
+            assert_eq!(emit.topic_and_key().unwrap(), (topic, Some("k")));
+            assert_eq!(emit.decode().unwrap(), event);
         }
         let bytes = encode(&event).unwrap();
         for i in 0..bytes.len() {

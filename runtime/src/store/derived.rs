@@ -461,7 +461,7 @@ mod tests {
             key: key.into(),
             record: record(seq, u64::MAX),
             derived,
-            emits,
+            emits: emits.iter().map(crate::store::EmitRecord::new).collect(),
             parked: false,
             state: Vec::new(),
             timers: Vec::new(),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use redb::{Table, TableDefinition};
 use weir_abi::{Event, EventId};
 
-use super::codec::{self, Encoded, Records, decode, decode_event};
+use super::codec::{self, EmitRecord, Encoded, Records, decode, decode_event};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
 use super::writer::Writes;
 use super::{ParkedEntry, Published, Store, StoreError, ingest, storage};
@@ -149,6 +149,20 @@ pub(super) fn append(w: &mut Writes<'_>, record: &[u8], event: &Event) -> Result
     Ok(seq)
 }
 
+/// Append an emitted event the worker encoded ([`EmitRecord`]) at the head
+/// of the log and index it, as [`append`]; answers its seq.
+pub(super) fn append_emit(w: &mut Writes<'_>, emit: &EmitRecord) -> Result<u64, Fatal> {
+    let seq = w.head;
+    w.log.insert(seq, emit.record())?;
+    index_ids(&mut w.event_ids, &mut w.caused, seq, emit.id, emit.causation_id)?;
+    if w.streams.is_on() {
+        let (topic, key) = emit.topic_and_key().map_err(|e| Fatal(StoreError::Decode(e.to_string())))?;
+        w.streams.index_as(seq, topic, key)?;
+    }
+    w.head += 1;
+    Ok(seq)
+}
+
 /// Index the event at `seq`: its id (the first event stored with an id
 /// keeps it: a producer may reuse an id under another idempotency key), and
 /// its cause.
@@ -158,14 +172,25 @@ pub(super) fn index(
     seq: u64,
     event: &Event,
 ) -> Result<(), redb::StorageError> {
-    let id = event.id.as_u128();
+    index_ids(ids, caused, seq, event.id, event.causation_id)
+}
+
+/// [`index`] for an event of id `id` and cause `cause`.
+fn index_ids(
+    ids: &mut Table<'_, u128, u64>,
+    caused: &mut Table<'_, (u128, u64), ()>,
+    seq: u64,
+    id: EventId,
+    cause: Option<EventId>,
+) -> Result<(), redb::StorageError> {
+    let id = id.as_u128();
     let earlier = ids.insert(id, seq)?.map(|v| v.value());
     if let Some(earlier) = earlier
         && earlier < seq
     {
         ids.insert(id, earlier)?;
     }
-    if let Some(cause) = event.causation_id {
+    if let Some(cause) = cause {
         caused.insert((cause.as_u128(), seq), ())?;
     }
     Ok(())

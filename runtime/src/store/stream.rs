@@ -76,8 +76,18 @@ impl<'t> Streams<'t> {
     /// Give the event appended at `seq` its revision, if it belongs to a
     /// stream: its topic is of a declared type and it has a key.
     pub(super) fn index(&mut self, seq: u64, event: &Event) -> Result<(), Fatal> {
+        self.index_as(seq, &event.topic, event.key.as_deref())
+    }
+
+    /// Whether any type is declared (else [`Self::index`] does nothing).
+    pub(super) fn is_on(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// [`Self::index`] for an event of `topic` and `key`.
+    pub(super) fn index_as(&mut self, seq: u64, topic: &str, key: Option<&str>) -> Result<(), Fatal> {
         let Some(table) = &mut self.table else { return Ok(()) };
-        let (Some(key), Some(ty)) = (event.key.as_deref(), entity_type(&event.topic)) else { return Ok(()) };
+        let (Some(key), Some(ty)) = (key, entity_type(topic)) else { return Ok(()) };
         if !self.types.iter().any(|t| t == ty) {
             return Ok(());
         }

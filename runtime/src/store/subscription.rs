@@ -53,12 +53,9 @@ impl Apply for Results {
         let mut latest_expiry = 0;
         for item in &self.items {
             match item {
-                ResultItem::Handled { key, record, derived, emits, timers, .. } => {
+                ResultItem::Handled { key, record, derived, timers, .. } => {
                     if !derived {
                         encoded.push(record)?;
-                    }
-                    for event in emits {
-                        encoded.push_event(event);
                     }
                     super::timer::encode(timers, encoded)?;
                     if !derived {
@@ -95,8 +92,8 @@ impl Apply for Results {
                     // redo cannot emit them twice, and duplicates a plugin
                     // emits itself are caught by the idempotency check of
                     // each subscription downstream.
-                    for event in emits {
-                        log::append(w, next_record(&mut records)?, event)?;
+                    for emit in emits {
+                        log::append_emit(w, emit)?;
                     }
                     super::state::apply(w, sub, state)?;
                     super::timer::apply(w, sub, timers, &mut records)?;

@@ -177,8 +177,8 @@ pub(crate) enum ResultItem {
         /// Whether the record is derived from the input's ingest claim
         /// rather than written (`derived.rs`).
         derived: bool,
-        /// Emitted events, complete with ids.
-        emits: Vec<Event>,
+        /// Emitted events, complete with ids, encoded.
+        emits: Vec<super::EmitRecord>,
         /// Whether the event has a parked entry to drop (the worker knows:
         /// its parked map mirrors the table). Most events were never
         /// parked, and skipping the removal saves a tree search each.

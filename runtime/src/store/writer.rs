@@ -343,7 +343,7 @@ mod tests {
             key: "a".into(),
             record: record(0, u64::MAX),
             derived: false,
-            emits: vec![event("c")],
+            emits: vec![crate::store::EmitRecord::new(&event("c"))],
             parked: false,
             state: Vec::new(),
             timers: Vec::new(),
