@@ -75,6 +75,40 @@ pub(super) const DERIVED_SINCE: TableDefinition<'_, &str, u64> = TableDefinition
 /// found the other way, through their inputs).
 pub(super) const DELETED: TableDefinition<'_, &str, u64> = TableDefinition::new("deleted_subscriptions");
 
+/// `"until"` → the latest expiry of the ingest claims whose keys have the
+/// form of a host-derived key ([`split_host_key`]): producers' keys that
+/// look like an emit's, nearly always none. While none of them lives, a
+/// host-keyed emit cannot share its key with a claimed event, and its
+/// dedupe skips the ingest index (a tree search per chained event). A
+/// store that predates the table starts it at the latest expiry of any
+/// claim, as any of them may have the form.
+pub(super) const HOST_FORM_CLAIMS: TableDefinition<'_, &str, u64> = TableDefinition::new("host_form_claims");
+const UNTIL: &str = "until";
+
+/// Start [`HOST_FORM_CLAIMS`] in a store being opened, if it lacks its row.
+pub(super) fn init(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(HOST_FORM_CLAIMS).map_err(storage)?;
+    if table.get(UNTIL).map_err(storage)?.is_none() {
+        let expiry = txn.open_table(super::ingest::INGEST_EXPIRY).map_err(storage)?;
+        let latest = expiry.last().map_err(storage)?.map_or(0, |(k, _)| k.value().0);
+        table.insert(UNTIL, latest).map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Note, in the claiming transaction, that `key` was claimed until `expires`
+/// when it has the form of a host-derived key.
+pub(super) fn note_claim(w: &Writes<'_>, key: &str, expires: u64) -> Result<(), Fatal> {
+    if split_host_key(key).is_none() {
+        return Ok(());
+    }
+    let mut table = w.txn.open_table(HOST_FORM_CLAIMS)?;
+    if table.get(UNTIL)?.is_none_or(|until| until.value() < expires) {
+        table.insert(UNTIL, expires)?;
+    }
+    Ok(())
+}
+
 /// What a subscription's dedupe knows of one event before handling it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Seen {
@@ -112,13 +146,16 @@ pub(super) struct Lookup<'a> {
     /// [`DELETED`], opened at the first host-keyed emit; `None` inside
     /// when it is empty (as it nearly always is).
     deleted: Option<Option<ReadOnlyTable<&'static str, u64>>>,
+    /// Whether a claim of a key of the host's form may live
+    /// ([`HOST_FORM_CLAIMS`]), read at the first host-keyed emit.
+    host_form_claims: Option<bool>,
     now: u64,
 }
 
 impl<'a> Lookup<'a> {
     pub(super) fn new(read: &'a ReadTransaction, subscription: &'a str) -> Result<Self, StoreError> {
         let ingest = read.open_table(INGEST).map_err(storage)?;
-        Ok(Self { read, subscription, ingest, since: None, deleted: None, now: now_ms() })
+        Ok(Self { read, subscription, ingest, since: None, deleted: None, host_form_claims: None, now: now_ms() })
     }
 
     /// The live claim of `key`: the seq and id of the event holding it,
@@ -152,7 +189,9 @@ impl<'a> Lookup<'a> {
             Some((until, source)) if !self.emitted_after_deletion(source, seq)? => Some(until),
             _ => None,
         };
-        let claim = self.claim(key)?;
+        // A host-keyed emit holds no claim; another event's claim on its
+        // key can only be a producer's key of the host's form.
+        let claim = if window.is_some() && !self.host_form_claims()? { None } else { self.claim(key)? };
         if let Some((holder, _, _)) = claim
             && holder < seq
             && self.handled(holder, reads)?
@@ -175,6 +214,17 @@ impl<'a> Lookup<'a> {
             (_, Some(until)) if until > self.now => Seen::Claimed(until),
             _ => Seen::Free,
         })
+    }
+
+    /// Whether a claim of a key of the host's form may still live.
+    fn host_form_claims(&mut self) -> Result<bool, StoreError> {
+        if let Some(known) = self.host_form_claims {
+            return Ok(known);
+        }
+        let table = self.read.open_table(HOST_FORM_CLAIMS).map_err(storage)?;
+        // No row: a store this Weir did not open for writing; assume so.
+        let live = table.get(UNTIL).map_err(storage)?.is_none_or(|until| until.value() > self.now);
+        Ok(*self.host_form_claims.insert(live))
     }
 
     /// Whether the host-keyed emit at `seq` from `source` was emitted after
@@ -654,6 +704,58 @@ mod tests {
         assert_eq!(seen(&store, "orders/other", 6, &again), Seen::Free);
         // Its emits from before the deletion still are.
         assert_eq!(seen(&store, "orders/other", 1, &e), Seen::Claimed(FAR));
+    }
+
+    /// The latest expiry of host-form producer claims, as stored.
+    fn host_form_until(store: &Store) -> Option<u64> {
+        let read = store.shared.begin_read().unwrap();
+        let table = read.open_table(super::HOST_FORM_CLAIMS).unwrap();
+        table.get(super::UNTIL).unwrap().map(|v| v.value())
+    }
+
+    /// A host-keyed emit skips the ingest index while no producer's key of
+    /// the host's form is claimed, and looks there again once one is: a
+    /// producer that published the emit's key first still makes the emit a
+    /// duplicate where it handled its own event. A store opened without
+    /// the table assumes any claim may have the form.
+    #[test]
+    fn a_producers_claim_of_a_host_key_is_still_found_before_the_emit() {
+        let (_dir, store, a) = store_with_a();
+        assert_eq!(host_form_until(&store), Some(0), "only ordinary keys claimed");
+        let e = host_keyed(&a, "orders/emitter", 0xe1, FAR);
+        assert_eq!(seen(&store, SUB, 5, &e), Seen::Claimed(FAR));
+
+        // A producer publishes the key the emit will have (seq 1), and SUB
+        // handles it, its record derived from the claim.
+        let forged = weir_abi::Event { id: EventId([0xf0; 16]), ..event("a/orders/emitter#0") };
+        assert_eq!(store.publish_blocking(vec![forged.clone()]).unwrap()[0].seq, 1);
+        let until = host_form_until(&store).unwrap();
+        assert!(until > super::now_ms(), "the claim's expiry is noted");
+        assert!(matches!(seen(&store, SUB, 1, &forged), Seen::Claimed(u) if u == until));
+        submit(&store, SUB, vec![handled(1, &forged.idempotency_key, true, Vec::new())], Some(2));
+
+        // The emitter handles `a` and emits that key (seq 2): a duplicate
+        // for SUB, through the producer's claim.
+        submit(&store, "orders/emitter", vec![handled(0, "a", true, vec![e])], Some(1));
+        let e = store.event(2).unwrap().unwrap();
+        assert_eq!(e.idempotency_key, forged.idempotency_key);
+        assert_eq!(seen(&store, SUB, 2, &e), Seen::Derived(1));
+        assert_eq!(seen(&store, "orders/other", 2, &e), Seen::Claimed(FAR));
+
+        // A store of an older Weir has no row: opened, it starts at the
+        // latest expiry of any claim.
+        let latest = {
+            let read = store.shared.begin_read().unwrap();
+            let expiry = read.open_table(super::super::ingest::INGEST_EXPIRY).unwrap();
+            redb::ReadableTable::last(&expiry).unwrap().unwrap().0.value().0
+        };
+        let db = store.shared.database().unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(super::HOST_FORM_CLAIMS).unwrap().remove(super::UNTIL).unwrap();
+        super::init(&txn).unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        assert_eq!(host_form_until(&store), Some(latest));
     }
 
     /// A key of the host's form is followed at most `CHASE_DEPTH` host keys

@@ -31,6 +31,7 @@ pub(super) fn claim(w: &mut Writes<'_>, key: &str, id: EventId) -> Result<Option
         w.ingest.insert(key, old)?;
         return Ok(Some(Published { id: EventId(id), seq, duplicate: true }));
     }
+    super::derived::note_claim(w, key, w.expires)?;
     Ok(None)
 }
 

@@ -337,6 +337,8 @@ impl Store {
             txn.open_table(source::SOURCES).map_err(incompatible)?;
             txn.open_table(derived::DERIVED_SINCE).map_err(incompatible)?;
             txn.open_table(derived::DELETED).map_err(incompatible)?;
+            txn.open_table(derived::HOST_FORM_CLAIMS).map_err(incompatible)?;
+            derived::init(&txn)?;
             // Durable timers, also without a format change (`timer.rs`).
             timer::create(&txn).map_err(incompatible)?;
         }
