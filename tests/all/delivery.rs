@@ -243,6 +243,40 @@ fn a_chain_writes_no_records_and_an_event_forging_a_host_key_is_a_duplicate() {
     rt.shutdown().unwrap();
 }
 
+/// A handler is given an event's headers but the host's bookkeeping: the
+/// audit logger, watching the validator's host-keyed emits, sees their
+/// `weir-plugin-version` and not their `weir-key-window`, which is in the
+/// log (docs/abi.md, reserved headers).
+#[test]
+fn a_handler_is_not_given_the_hosts_bookkeeping_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{FAN_OUT}\n[[pipelines]]\nname = \"watch\"\ntopics = [\"orders.order.validated\"]\n\
+         [[pipelines.handlers]]\nname = \"audit\"\nplugin = \"{{AUDIT_LOGGER}}\"\n"
+    );
+    let rt = Runtime::start(&config(dir.path(), &toml)).unwrap();
+    rt.publish_blocking((0..5).map(|i| order(&format!("o-{i}"), "EUR")).collect()).unwrap();
+    assert!(rt.wait_idle(IDLE));
+    let events = log(&rt);
+    let validated = by_topic(&events, "orders.order.validated");
+    assert_eq!(validated.len(), 5);
+    assert!(validated.iter().all(|v| v.header(weir_runtime::HOST_KEY_HEADER).is_some()), "stored with the window");
+    let ids: Vec<String> = validated.iter().map(|v| v.id.to_string()).collect();
+    let mut seen = 0;
+    for audit in by_topic(&events, "audit.event.recorded") {
+        let record: Value = serde_json::from_slice(&audit.payload).unwrap();
+        if !ids.iter().any(|id| record["event_id"] == id.as_str()) {
+            continue;
+        }
+        seen += 1;
+        let names: Vec<&str> = record["headers"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert!(names.contains(&weir_runtime::VERSION_HEADER), "{names:?}");
+        assert!(!names.contains(&weir_runtime::HOST_KEY_HEADER), "{names:?}");
+    }
+    assert_eq!(seen, 5, "the watcher audited every validated event");
+    rt.shutdown().unwrap();
+}
+
 #[test]
 fn a_republished_producer_key_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -209,6 +209,11 @@ fn text(bytes: &[u8]) -> Result<&str, DecodeError> {
 /// Append `event`'s encoding to `out`: the bytes
 /// [`encoding::encode_into`](crate::encoding::encode_into) writes for it.
 pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) {
+    put_event(out, event, &|_| false);
+}
+
+/// The encoding of `event` with the headers `hide` names left out.
+fn put_event(out: &mut Vec<u8>, event: &Event, hide: &dyn Fn(&str) -> bool) {
     out.extend_from_slice(&event.id.0);
     put_str(out, &event.topic);
     put_str(out, &event.source);
@@ -217,8 +222,9 @@ pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) {
     // Zigzag, as bincode writes signed integers.
     put_varint(out, ((event.time << 1) ^ (event.time >> 63)) as u64);
     put_str(out, &event.content_type);
-    put_varint(out, event.headers.len() as u64);
-    for header in &event.headers {
+    let shown = || event.headers.iter().filter(|h| !hide(&h.name));
+    put_varint(out, shown().count() as u64);
+    for header in shown() {
         put_str(out, &header.name);
         put_str(out, &header.value);
     }
@@ -231,7 +237,15 @@ pub fn encode_event_into(event: &Event, out: &mut Vec<u8>) {
 /// Append `delivery`'s encoding to `out`: the bytes
 /// [`encoding::encode_into`](crate::encoding::encode_into) writes for it.
 pub fn encode_delivery_into(delivery: DeliveryRef<'_>, out: &mut Vec<u8>) {
-    encode_event_into(delivery.event, out);
+    encode_delivery_hiding(delivery, out, &|_| false);
+}
+
+/// Append `delivery`'s encoding to `out` with the event's headers `hide`
+/// names left out: the bytes of the delivery of the event without them,
+/// written without copying the event (the host keeps its own bookkeeping
+/// headers from handlers this way).
+pub fn encode_delivery_hiding(delivery: DeliveryRef<'_>, out: &mut Vec<u8>, hide: &dyn Fn(&str) -> bool) {
+    put_event(out, delivery.event, hide);
     put_str(out, delivery.subscription);
     put_varint(out, u64::from(delivery.attempt));
 }
@@ -353,6 +367,15 @@ mod tests {
             let borrowed = DeliveryRef { event: &d.event, subscription: &d.subscription, attempt: d.attempt };
             encode_delivery_into(borrowed, &mut delivery);
             prop_assert_eq!(delivery, encode(&d).unwrap());
+            // Hiding headers by name writes the delivery of the event
+            // without them.
+            let hidden = d.event.headers.first().map(|h| h.name.clone());
+            let hide = |name: &str| hidden.as_deref() == Some(name);
+            let mut without = d.clone();
+            without.event.headers.retain(|h| !hide(&h.name));
+            let mut delivery = Vec::new();
+            encode_delivery_hiding(borrowed, &mut delivery, &hide);
+            prop_assert_eq!(delivery, encode(&without).unwrap());
         }
 
         /// Truncated or corrupted encodings: both decoders refuse the same

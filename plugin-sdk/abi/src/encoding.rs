@@ -59,7 +59,8 @@ impl DecodeError {
 }
 
 pub use crate::delivery::{
-    decode_delivery, decode_event, encode_delivery_into, encode_event_into, event_topic, event_topic_and_key,
+    decode_delivery, decode_event, encode_delivery_hiding, encode_delivery_into, encode_event_into, event_topic,
+    event_topic_and_key,
 };
 
 /// Encode `value` into a new buffer.

@@ -18,6 +18,10 @@ pub struct Recorded {
     pub bytes: usize,
     /// The delivery attempt that recorded it.
     pub attempt: u32,
+    /// The names of its headers, in order (the values stay out, as the
+    /// payload does).
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// Record one event.
@@ -30,6 +34,7 @@ pub fn handle(event: &Event, ctx: &mut Context) -> Result<Vec<Emit>, HandlerErro
         key: event.key.clone(),
         bytes: event.payload.len(),
         attempt: ctx.attempt(),
+        headers: event.headers.iter().map(|h| h.name.clone()).collect(),
     };
     Ok(vec![event.emit("audit.event.recorded").idempotency_key(format!("audit:{}", event.id)).json(&record)?])
 }
@@ -43,11 +48,17 @@ mod tests {
 
     #[test]
     fn logs_and_records_without_the_payload() {
-        let event = testing::event("orders.order.created").key("k").bytes(b"secret".to_vec()).build();
+        let event = testing::event("orders.order.created")
+            .key("k")
+            .header("trace", "secret-too")
+            .bytes(b"secret".to_vec())
+            .build();
         let out = handle(&event, &mut Context::new("audit/log", 2)).unwrap();
         let record: Recorded = out[0].payload_json().unwrap();
         assert_eq!(record.bytes, 6);
         assert_eq!(record.attempt, 2);
+        assert_eq!(record.headers, ["trace"]);
+        assert!(!String::from_utf8_lossy(out[0].payload()).contains("secret-too"));
         assert!(!String::from_utf8_lossy(out[0].payload()).contains("secret"));
         let logs = weir_sdk::log::take_captured();
         assert_eq!(logs.len(), 1);

@@ -165,17 +165,6 @@ pub(crate) fn gated(sink: Box<dyn Invoke>, gate: Option<&Arc<Gate>>) -> Box<dyn 
     }
 }
 
-/// `event` without the cluster's host headers, when it has any: what a
-/// handler is given, so that reading an input again is invisible to it.
-pub(crate) fn without_marks(event: &Event) -> Option<Event> {
-    if !event.headers.iter().any(|h| is_mark(&h.name)) {
-        return None;
-    }
-    let mut clean = event.clone();
-    clean.headers.retain(|h| !is_mark(&h.name));
-    Some(clean)
-}
-
 fn is_mark(name: &str) -> bool {
     name == PARTITION_HEADER
 }

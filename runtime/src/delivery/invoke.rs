@@ -203,10 +203,8 @@ impl From<TimerCall> for TimerOp {
 
 impl Invoke for Handler {
     fn invoke(&mut self, delivery: DeliveryRef<'_>) -> Attempt {
-        // A cluster's host header is not the handler's to see (cluster/).
-        if let Some(event) = crate::cluster::without_marks(delivery.event) {
-            return Handler::invoke(self, DeliveryRef { event: &event, ..delivery }).into();
-        }
+        // The host's bookkeeping headers are left out of the encoding
+        // (engine/handler.rs): not the handler's to see.
         Handler::invoke(self, delivery).into()
     }
 
@@ -219,11 +217,6 @@ impl Invoke for Handler {
         delivery: DeliveryRef<'_>,
         state: Box<dyn StateAccess>,
     ) -> (Attempt, Option<Box<dyn StateAccess>>) {
-        let clean = crate::cluster::without_marks(delivery.event);
-        let delivery = match &clean {
-            Some(event) => DeliveryRef { event, ..delivery },
-            None => delivery,
-        };
         let (invocation, state) = Handler::invoke_with_state(self, delivery, Some(state));
         (invocation.into(), state)
     }

@@ -152,6 +152,16 @@ impl Live {
     }
 }
 
+/// The host's own bookkeeping headers, which a handler is not given: the
+/// window of a host-keyed emit (`delivery/`) and a cluster's partition
+/// mark (`cluster/`). Both are set by the host alone and mean nothing to
+/// the handler, and the window's value depends on when the input was
+/// handled, so a handler that read it would not be deterministic. Left out
+/// while the delivery is encoded, so hiding them copies nothing.
+fn is_host_bookkeeping(name: &str) -> bool {
+    name == crate::delivery::HOST_KEY_HEADER || name == crate::cluster::PARTITION_HEADER
+}
+
 /// A plugin instantiated with its limits and configuration: call
 /// [`invoke`](Handler::invoke) once per delivery, from one thread at a time.
 ///
@@ -240,7 +250,7 @@ impl Handler {
         state: Option<Box<dyn StateAccess>>,
     ) -> (Invocation, Option<Box<dyn StateAccess>>) {
         self.encoded.clear();
-        encoding::encode_delivery_into(delivery, &mut self.encoded);
+        encoding::encode_delivery_hiding(delivery, &mut self.encoded, &is_host_bookkeeping);
         let mut live = match self.live.take() {
             Some(live) => live,
             None => match self.start() {
