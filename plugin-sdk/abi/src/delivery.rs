@@ -387,36 +387,45 @@ mod tests {
             flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
             flips_again in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         ) {
-            let mut bytes = encode(&d).unwrap();
-            for (at, value) in flips {
-                let i = at.index(bytes.len());
-                bytes[i] = value;
-            }
-            let truncated = &bytes[..cut.index(bytes.len() + 1)];
-            for input in [&bytes[..], truncated] {
-                let serde = decode::<Delivery>(input);
-                let fast = decode_delivery(input);
-                prop_assert_eq!(serde.is_ok(), fast.is_ok(), "serde {:?} fast {:?}", serde.as_ref().err(), fast.as_ref().err());
-                if let (Ok(a), Ok(b)) = (serde, fast) {
-                    prop_assert_eq!(a, b);
-                }
-            }
+            let bytes = damaged(encode(&d).unwrap(), &flips);
+            agree(&bytes, cut, decode::<Delivery>, decode_delivery)?;
             // The event alone: its encoding is the delivery's prefix.
-            let mut event = encode(&d.event).unwrap();
-            for (at, value) in flips_again {
-                let i = at.index(event.len());
-                event[i] = value;
-            }
-            let truncated = &event[..cut.index(event.len() + 1)];
-            for input in [&event[..], truncated] {
-                let serde = decode::<Event>(input);
-                let fast = decode_event(input);
-                prop_assert_eq!(serde.is_ok(), fast.is_ok(), "serde {:?} fast {:?}", serde.as_ref().err(), fast.as_ref().err());
-                if let (Ok(a), Ok(b)) = (serde, fast) {
-                    prop_assert_eq!(a, b);
-                }
+            let event = damaged(encode(&d.event).unwrap(), &flips_again);
+            agree(&event, cut, decode::<Event>, decode_event)?;
+        }
+    }
+
+    /// `bytes` with the bytes `flips` picks set to its values.
+    fn damaged(mut bytes: Vec<u8>, flips: &[(prop::sample::Index, u8)]) -> Vec<u8> {
+        for (at, value) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] = *value;
+        }
+        bytes
+    }
+
+    /// On `bytes` and on its prefix `cut` picks, serde's decoder and the
+    /// hand-written one refuse the same inputs and agree where both accept.
+    fn agree<T: PartialEq + core::fmt::Debug>(
+        bytes: &[u8],
+        cut: prop::sample::Index,
+        serde: impl Fn(&[u8]) -> Result<T, DecodeError>,
+        fast: impl Fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<(), TestCaseError> {
+        for input in [bytes, &bytes[..cut.index(bytes.len() + 1)]] {
+            let (serde, fast) = (serde(input), fast(input));
+            prop_assert_eq!(
+                serde.is_ok(),
+                fast.is_ok(),
+                "serde {:?} fast {:?}",
+                serde.as_ref().err(),
+                fast.as_ref().err()
+            );
+            if let (Ok(a), Ok(b)) = (serde, fast) {
+                prop_assert_eq!(a, b);
             }
         }
+        Ok(())
     }
 
     #[test]
