@@ -5,9 +5,12 @@
 //! rebuilds a projection.
 //!
 //! The HTTP API is served in this process as `weir run` serves it (see
-//! `read_side::Served`); the clients are blocking `ureq` agents, one thread
-//! each, one request at a time, sharing the machine's two cores with the
-//! server. Each request is durable before its answer (fsync'd group commit).
+//! `read_side::Served`); the clients are blocking, one thread each, one
+//! request at a time, sharing the machine's two cores with the server:
+//! `ureq` agents, except for the commands' deposits and withdrawals, which
+//! a minimal kept-alive HTTP/1.1 client ([`Raw`]) sends so that the
+//! harness's own CPU does not set the rate. Each request is durable before
+//! its answer (fsync'd group commit).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,20 +43,33 @@ pub(crate) struct Requests {
 /// `request(client, i, agent)` sends one. Answers the latencies' summary.
 fn run_clients<F>(clients: usize, per_client: usize, request: F) -> anyhow::Result<Requests>
 where
-    F: Fn(usize, usize, &ureq::Agent) -> anyhow::Result<()> + Send + Sync + 'static,
+    F: Fn(usize, usize, &mut ureq::Agent) -> anyhow::Result<()> + Send + Sync + 'static,
 {
+    run_clients_with(clients, per_client, || Ok(agent(Duration::from_secs(60))), request)
+}
+
+/// As [`run_clients`], each client thread with a connection `connect`
+/// makes (before the clock starts).
+fn run_clients_with<C, M, F>(clients: usize, per_client: usize, connect: M, request: F) -> anyhow::Result<Requests>
+where
+    C: Send + 'static,
+    M: Fn() -> anyhow::Result<C>,
+    F: Fn(usize, usize, &mut C) -> anyhow::Result<()> + Send + Sync + 'static,
+{
+    let connections = (0..clients).map(|_| connect()).collect::<anyhow::Result<Vec<C>>>()?;
     let request = Arc::new(request);
     let cpu0 = process_cpu();
     let started = Instant::now();
-    let threads: Vec<std::thread::JoinHandle<anyhow::Result<Vec<u64>>>> = (0..clients)
-        .map(|c| {
+    let threads: Vec<std::thread::JoinHandle<anyhow::Result<Vec<u64>>>> = connections
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut connection)| {
             let request = Arc::clone(&request);
             std::thread::spawn(move || {
-                let agent = agent(Duration::from_secs(60));
                 let mut latencies = Vec::with_capacity(per_client);
                 for i in 0..per_client {
                     let sent = Instant::now();
-                    request(c, i, &agent)?;
+                    request(c, i, &mut connection)?;
                     latencies.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 }
                 Ok(latencies)
@@ -79,6 +95,65 @@ where
         p999_ms: pct(0.999),
         process_cpu_secs,
     })
+}
+
+/// A minimal HTTP/1.1 client over one kept-alive connection, for the
+/// commands scenario's load: a request is one `write` and usually one
+/// `read`, where a `ureq` agent spent ~125 µs of CPU per request on the
+/// same two cores as the server (benchmarks.md, "where the time goes:
+/// `commands`"), a third of the process's CPU.
+struct Raw {
+    stream: std::net::TcpStream,
+    host: String,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(url: &str) -> anyhow::Result<Self> {
+        let host = url.strip_prefix("http://").context("an http:// URL")?.trim_end_matches('/').to_owned();
+        let stream = std::net::TcpStream::connect(&host).with_context(|| format!("connecting to {host}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Self { stream, host, request: Vec::with_capacity(512), buf: Vec::with_capacity(4096) })
+    }
+
+    /// POST `body` (JSON) to `path`; answers the status (the body is read
+    /// and checked for length only).
+    fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+        use std::io::{Read as _, Write as _};
+        self.request.clear();
+        write!(
+            self.request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )?;
+        self.request.extend_from_slice(body);
+        self.stream.write_all(&self.request)?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.stream.read(&mut chunk)?;
+            ensure!(n > 0, "the server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = std::str::from_utf8(&self.buf[..end]).context("a UTF-8 response head")?;
+            let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).context("a status line")?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .context("a content-length")?;
+            while self.buf.len() < end + 4 + length {
+                let n = self.stream.read(&mut chunk)?;
+                ensure!(n > 0, "the server closed the connection mid-body");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            ensure!(self.buf.len() == end + 4 + length, "more than one answer");
+            return Ok(status);
+        }
+    }
 }
 
 /// The commands scenario: opening every account, then deposits and
@@ -114,20 +189,16 @@ pub(crate) fn commands(accounts: usize, n: usize, clients: usize) -> anyhow::Res
     let per_client = n / clients;
     let base = Arc::clone(&url);
     let (commits0, commands0) = served.rt.store().commit_stats();
-    let moves = run_clients(clients, per_client, move |c, i, agent| {
+    let connect = || Raw::connect(&base);
+    let moves = run_clients_with(clients, per_client, connect, move |c, i, client| {
         let k = c * per_client + i;
         let account = rand::random_range(0..accounts);
         // Withdrawals of 1 after at least one deposit of 100 never overdraw
         // unless the account is new: a refusal (422) counts as answered.
         let (command, amount) = if k % 10 == 9 { ("withdraw", 1) } else { ("deposit", 100) };
-        let body = json!({"command": command, "payload": {"amount": amount}, "idempotency_key": format!("move-{k}")});
-        let url = format!("{base}/v1/commands/{TYPE}/acct-{account}");
-        let response = agent.post(&url).header("content-type", "application/json").send(body.to_string().as_bytes());
-        let status = response.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-        if status == 422 {
-            return Ok(());
-        }
-        ok_body(response, &url)?;
+        let body = format!(r#"{{"command":"{command}","payload":{{"amount":{amount}}},"idempotency_key":"move-{k}"}}"#);
+        let status = client.post(&format!("/v1/commands/{TYPE}/acct-{account}"), body.as_bytes())?;
+        ensure!(matches!(status, 200 | 201 | 422), "a command answered {status}");
         Ok(())
     })?;
     let (commits1, commands1) = served.rt.store().commit_stats();
