@@ -84,8 +84,7 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, DecodeError> {
-        let bytes = self.bytes()?;
-        core::str::from_utf8(bytes).map(str::to_owned).map_err(|e| err(&format!("invalid UTF-8: {e}")))
+        text(self.bytes()?).map(str::to_owned)
     }
 
     fn is_some(&mut self) -> Result<bool, DecodeError> {
@@ -183,8 +182,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
 pub fn event_topic(bytes: &[u8]) -> Result<&str, DecodeError> {
     let mut r = Reader { bytes };
     r.take(16)?;
-    let topic = r.bytes()?;
-    core::str::from_utf8(topic).map_err(|e| err(&format!("invalid UTF-8: {e}")))
+    text(r.bytes()?)
 }
 
 /// The topic and key of an encoded [`Event`], borrowed, without decoding

@@ -165,7 +165,9 @@ pub(crate) fn gated(sink: Box<dyn Invoke>, gate: Option<&Arc<Gate>>) -> Box<dyn 
     }
 }
 
-fn is_mark(name: &str) -> bool {
+/// Whether `name` is one of the cluster's host headers (never given to a
+/// handler: `engine/handler.rs`).
+pub(crate) fn is_mark(name: &str) -> bool {
     name == PARTITION_HEADER
 }
 

@@ -159,7 +159,7 @@ impl Live {
 /// handled, so a handler that read it would not be deterministic. Left out
 /// while the delivery is encoded, so hiding them copies nothing.
 fn is_host_bookkeeping(name: &str) -> bool {
-    name == crate::delivery::HOST_KEY_HEADER || name == crate::cluster::PARTITION_HEADER
+    name == crate::delivery::HOST_KEY_HEADER || crate::cluster::is_mark(name)
 }
 
 /// A plugin instantiated with its limits and configuration: call

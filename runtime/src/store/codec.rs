@@ -48,11 +48,21 @@ pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StoreE
 
 /// Append `value` as a record to `out`. On error `out` is left as it was.
 fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), StoreError> {
+    framed(out, |out| {
+        bincode::serde::encode_into_std_write(value, out, config())
+            .map(drop)
+            .map_err(|e| StoreError::Decode(format!("cannot encode a record: {e}")))
+    })
+}
+
+/// Append a record to `out`: the header, then the body `body` writes, then
+/// the body's checksum into the header. On error `out` is left as it was.
+fn framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>) -> Result<(), StoreError> {
     let start = out.len();
     out.extend_from_slice(&[RECORD_VERSION, 0, 0, 0, 0]);
-    if let Err(e) = bincode::serde::encode_into_std_write(value, out, config()) {
+    if let Err(e) = body(out) {
         out.truncate(start);
-        return Err(StoreError::Decode(format!("cannot encode a record: {e}")));
+        return Err(e);
     }
     let crc = crc32fast::hash(&out[start + HEADER..]);
     out[start + 1..start + HEADER].copy_from_slice(&crc.to_le_bytes());
@@ -63,11 +73,11 @@ fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<()
 /// hand-written encoder: the same bytes as [`encode_into`] writes, at a
 /// fraction of serde's per-field cost (events are the per-event records).
 fn encode_event_into(out: &mut Vec<u8>, event: &Event) {
-    let start = out.len();
-    out.extend_from_slice(&[RECORD_VERSION, 0, 0, 0, 0]);
-    weir_abi::encoding::encode_event_into(event, out);
-    let crc = crc32fast::hash(&out[start + HEADER..]);
-    out[start + 1..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    // Infallible: the hand-written encoder cannot fail.
+    let _ = framed(out, |out| {
+        weir_abi::encoding::encode_event_into(event, out);
+        Ok(())
+    });
 }
 
 /// Decode an event record, verifying its version and checksum (as
