@@ -34,7 +34,7 @@ fn cloudevent(source: &str, id: &str, key: &str) -> weir_abi::Event {
 
 #[test]
 fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
-    assert_eq!(FORMAT_VERSION, 4, "add a fixture for the new format and extend this test");
+    assert_eq!(FORMAT_VERSION, 5, "add a fixture for the new format and extend this test");
     let (_dir, path) = copy_of("store-format-1.redb");
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     // Everything the format 1 release wrote is read back.
@@ -97,7 +97,7 @@ fn a_store_of_a_newer_format_is_refused() {
     }
     let err = Store::open(&path, StoreOptions::default()).unwrap_err();
     assert_eq!(err.code(), "store_corrupt");
-    assert!(err.to_string().contains("store format 99, this Weir reads format 4"), "{err}");
+    assert!(err.to_string().contains("store format 99, this Weir reads format 5"), "{err}");
 }
 
 /// Every event of `log` is found by its id (the first event with an id
@@ -241,5 +241,109 @@ fn a_format_3_store_written_by_its_release_is_upgraded_and_its_entity_streams_bu
     let (_, dlq) = server.get("/v1/dlq");
     assert_eq!(dlq["entries"].as_array().map(Vec::len), Some(1), "{dlq}");
     drop(server);
-    assert_eq!(format(&path), 4, "upgraded in place");
+    assert_eq!(format(&path), FORMAT_VERSION, "upgraded in place");
+}
+
+/// The `format` of the store at `path`.
+fn format_of(path: &std::path::Path) -> u64 {
+    let db = redb::Database::open(path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+    meta.get("format").unwrap().unwrap().value()
+}
+
+#[test]
+fn a_format_4_store_written_by_its_release_keeps_its_commands_and_snapshots() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let path = dir.path().join("data").join("weir.redb");
+    std::fs::copy(fixture("store-format-4.redb"), &path).unwrap();
+    assert_eq!(format_of(&path), 4, "the fixture is a format 4 store");
+    let config = "[idempotency]\nretention = \"36500days\"\n[[entities]]\ntype = \"accounts.account\"\naggregate = \"{BANK_ACCOUNT}\"\n";
+    let server = weir_tests::Server::start(dir.path(), config);
+    // The stream index as the format 4 release wrote it.
+    let topic = |t: &str| format!("accounts.account.{t}");
+    let a1 = [(0, topic("opened")), (1, topic("deposited")), (2, topic("withdrew"))];
+    assert_eq!(stream(&server, "accounts.account/a1"), a1);
+    assert_eq!(stream(&server, "accounts.account/a2"), [(0, topic("opened"))]);
+    // The audit trail as the format 4 release recorded it, in order.
+    let (status, page) = server.get("/v1/commands/accounts.account/a1");
+    assert_eq!(status, 200, "{page}");
+    let trail: Vec<(u64, String, String, String)> = page["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let field = |f: &str| c[f].as_str().unwrap().to_owned();
+            (c["ordinal"].as_u64().unwrap(), field("idempotency_key"), field("command"), field("result"))
+        })
+        .collect();
+    let entry = |o: u64, k: &str, c: &str, r: &str| (o, k.to_owned(), c.to_owned(), r.to_owned());
+    assert_eq!(
+        trail,
+        [
+            entry(0, "open-a1", "open", "accepted"),
+            entry(1, "dep-1", "deposit", "accepted"),
+            entry(2, "wd-big", "withdraw", "rejected"),
+            entry(3, "wd-1", "withdraw", "accepted"),
+        ],
+        "{page}"
+    );
+    // A page from an ordinal, and one command by its idempotency key.
+    let (_, page) = server.get("/v1/commands/accounts.account/a1?from=2&limit=1");
+    assert_eq!(page["commands"][0]["idempotency_key"], "wd-big", "{page}");
+    assert_eq!(page["next"].as_u64(), Some(3), "{page}");
+    let (status, one) = server.get("/v1/commands/accounts.account/a2?idempotency_key=open-a2");
+    assert_eq!((status, one["commands"][0]["result"].as_str()), (200, Some("accepted")), "{one}");
+    // Retried, the format 4 release's commands answer their first result.
+    let send = |id: &str, name: &str, payload: serde_json::Value, key: &str| {
+        server.post(
+            &format!("/v1/commands/accounts.account/{id}"),
+            &json!({"command": name, "payload": payload, "idempotency_key": key}),
+        )
+    };
+    let (status, again) = send("a1", "deposit", json!({"amount": 100}), "dep-1");
+    assert_eq!(
+        (status, again["duplicate"].as_bool(), again["revision"].as_u64()),
+        (200, Some(true), Some(1)),
+        "{again}"
+    );
+    let (status, again) = send("a1", "withdraw", json!({"amount": 500}), "wd-big");
+    assert_eq!((status, again["error"]["code"].as_str()), (422, Some("command_rejected")), "{again}");
+    // New commands go on from where it stopped: the next ordinal, the next
+    // revision, the balance it left (100 - 30 + 5).
+    let (status, next) = send("a1", "deposit", json!({"amount": 5}), "dep-2");
+    assert_eq!((status, next["revision"].as_u64()), (200, Some(3)), "{next}");
+    let (_, one) = server.get("/v1/commands/accounts.account/a1?idempotency_key=dep-2");
+    assert_eq!(one["commands"][0]["ordinal"].as_u64(), Some(4), "{one}");
+    let (_, state) = server.get("/v1/streams/accounts.account/a1/state");
+    assert_eq!(state["state"]["balance"].as_u64(), Some(75), "{state}");
+    assert_eq!(stream(&server, "accounts.account/a1").last(), Some(&(3, topic("deposited"))));
+    let (status, over) = send("a2", "withdraw", json!({"amount": 1}), "wd-a2");
+    assert_eq!((status, over["error"]["code"].as_str()), (422, Some("command_rejected")), "{over}");
+    drop(server);
+    assert_eq!(format_of(&path), FORMAT_VERSION, "upgraded in place");
+    // Format 5's layout: the records in `entities`, format 4's tables gone.
+    let db = redb::Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_owned()).collect();
+    for old in ["aggregate_snapshots", "commands", "command_log"] {
+        assert!(!names.iter().any(|n| n == old), "{old} is still there: {names:?}");
+    }
+    let entities = txn.open_table(redb::TableDefinition::<(&str, &str, &[u8]), &[u8]>::new("entities")).unwrap();
+    use redb::ReadableTable as _;
+    for id in ["a1", "a2"] {
+        assert!(entities.get(("accounts.account", id, b"s".as_slice())).unwrap().is_some(), "{id}'s snapshot");
+    }
+    let a1_commands = entities
+        .range(("accounts.account", "a1", b"c".as_slice())..("accounts.account", "a1", b"d".as_slice()))
+        .unwrap()
+        .count();
+    assert_eq!(a1_commands, 5, "a1's four commands of format 4 and the one after");
+    let a1_revisions = entities
+        .range(("accounts.account", "a1", b"r".as_slice())..("accounts.account", "a1", b"s".as_slice()))
+        .unwrap()
+        .count();
+    assert_eq!(a1_revisions, 4, "a1's three events of format 4 and the one after");
 }

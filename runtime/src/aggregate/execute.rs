@@ -10,7 +10,7 @@ use super::{AggregateError, Aggregates, Loaded, MAX_ATTEMPTS};
 use crate::engine::Handler;
 use crate::ids::IdGenerator;
 use crate::schema::Schemas;
-use crate::store::{CommandRecord, DecidedCommand, ExecuteOutcome, Store, Verdict, entity_type};
+use crate::store::{Before, CommandRecord, DecidedCommand, ExecuteOutcome, Snapshot, Store, Verdict, entity_type};
 
 /// Header of a command's events: the command's name.
 pub(crate) const COMMAND_HEADER: &str = "weir-command";
@@ -53,10 +53,13 @@ impl Aggregates {
     ) -> Result<Executed, AggregateError> {
         let loaded = self.get(&request.ty)?;
         let _entity = self.lock(&request.ty, &request.key);
-        if let Some(record) = store.command_record(&request.ty, &request.key, &request.idempotency_key)? {
-            return Ok(Executed { record, replayed: true });
+        // One read for the retry check and the state to decide on.
+        match store.before_command(&request.ty, &request.key, &request.idempotency_key)? {
+            Before::Recorded(record) => Ok(Executed { record, replayed: true }),
+            Before::Decide(snapshot, current) => {
+                attempts(store, ids, (max_payload_bytes, schemas), &loaded, &request, (snapshot, current))
+            }
         }
-        attempts(store, ids, (max_payload_bytes, schemas), &loaded, &request)
     }
 }
 
@@ -66,14 +69,18 @@ fn attempts(
     limits: (usize, &Schemas),
     loaded: &Loaded,
     request: &CommandRequest,
+    first: (Option<Snapshot>, Option<u64>),
 ) -> Result<Executed, AggregateError> {
     let (ty, key) = (request.ty.as_str(), request.key.as_str());
+    // The first attempt decides on what the caller read; one after a
+    // conflict reads again.
+    let mut read = Some(first);
     for _ in 0..MAX_ATTEMPTS {
         // An instance only while loading and deciding: it goes back to the
         // pool before the commit is waited for, so commands waiting for
         // their fsync hold none.
         let mut handler = loaded.take()?;
-        let decided = fold::current(store, loaded, &mut handler, ty, key)
+        let decided = fold::current(store, loaded, &mut handler, (ty, key), read.take())
             .and_then(|at| Ok((decide(ids, limits, loaded, &mut handler, request, &at)?, at)));
         loaded.give(handler);
         let (verdict, at) = decided?;

@@ -6,7 +6,7 @@ use weir_abi::EvolveRef;
 
 use super::{AggregateError, Aggregates, Loaded};
 use crate::engine::Handler;
-use crate::store::Store;
+use crate::store::{Snapshot, Store};
 
 /// Events read from the stream per page while folding.
 const FOLD_PAGE: usize = 1024;
@@ -88,14 +88,19 @@ pub(super) fn fold(
 /// The state of `ty`/`key` after its last event: the snapshot when it was
 /// made by `loaded`'s module and is not ahead of the stream, then the
 /// events after it (`folded` > 0: the snapshot was missing or stale).
+/// `read` is the snapshot and the current revision when the caller read
+/// them already.
 pub(super) fn current(
     store: &Store,
     loaded: &Loaded,
     handler: &mut Handler,
-    ty: &str,
-    key: &str,
+    (ty, key): (&str, &str),
+    read: Option<(Option<Snapshot>, Option<u64>)>,
 ) -> Result<StateAt, AggregateError> {
-    let (snapshot, current) = store.snapshot(ty, key)?;
+    let (snapshot, current) = match read {
+        Some(read) => read,
+        None => store.snapshot(ty, key)?,
+    };
     let start = match snapshot {
         Some(s) if s.aggregate == loaded.sha256() && s.revision <= current => {
             StateAt { revision: s.revision, state: s.revision.map(|_| s.state), current, folded: 0 }

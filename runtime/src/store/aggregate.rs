@@ -1,4 +1,4 @@
-//! Aggregates' tables (docs/event-sourcing.md, "Aggregates and commands"):
+//! Aggregates' table (docs/event-sourcing.md, "Aggregates and commands"):
 //! each entity's snapshot, and the record of every command it was sent.
 //!
 //! A command's effects commit in one store command, [`Execute`], inside
@@ -9,16 +9,14 @@
 //! that retries with the same idempotency key gets the recorded result, or
 //! a fresh decision when nothing was stored.
 //!
-//! - `aggregate_snapshots`: (entity type, key) → [`Snapshot`] — the state
-//!   after revision `revision`, as the aggregate whose module has the
-//!   sha256 `aggregate` folded it. A snapshot of another module, or behind
-//!   the stream (someone appended with `POST /v1/streams`), is folded on
-//!   from the stream, never trusted.
-//! - `commands`: (entity type, key, idempotency key) → [`CommandRecord`]:
-//!   the audit trail and the command idempotency index. Kept forever,
-//!   like the streams.
-//! - `command_log`: (entity type, key, ordinal) → idempotency key: the
-//!   entity's commands in the order they were decided.
+//! Its records are in `entities` (`entities.rs`), beside the entity's
+//! stream index: slot `s` holds the [`Snapshot`], the state after revision
+//! `revision`, as the aggregate whose module has the sha256 `aggregate`
+//! folded it (a snapshot of another module, or behind the stream because
+//! someone appended with `POST /v1/streams`, is folded on from the stream,
+//! never trusted); slots `c` + ordinal hold the [`CommandRecord`]s, the
+//! audit trail, kept forever like the streams; slots `i` + idempotency key
+//! the command idempotency index.
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -26,16 +24,68 @@ use weir_abi::Event;
 
 use super::codec::{Encoded, Records, decode, encode};
 use super::command::{Apply, Command, Failure, Fatal, Order, next_record};
-use super::stream::{AppendOutcome, Decided, ExpectedRevision, STREAMS, StreamAppend, current};
+use super::entities::{COMMAND, ENTITIES, EntityKey, IDEMPOTENCY, SNAPSHOT, number, slot, slot_number, slots};
+use super::stream::{AppendOutcome, Decided, ExpectedRevision, StreamAppend, current};
 use super::writer::Writes;
 use super::{Store, StoreError, storage};
 
-/// (entity type, key) → encoded [`Snapshot`].
-pub(super) const SNAPSHOTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("aggregate_snapshots");
-/// (entity type, key, idempotency key) → encoded [`CommandRecord`].
-pub(super) const COMMANDS: TableDefinition<'_, (&str, &str, &str), &[u8]> = TableDefinition::new("commands");
-/// (entity type, key, ordinal) → idempotency key.
-pub(super) const COMMAND_LOG: TableDefinition<'_, (&str, &str, u64), &str> = TableDefinition::new("command_log");
+/// Format 4's tables, read once by the migration to format 5
+/// (`migrate::v4_to_v5`) and then deleted: (entity type, key) → encoded
+/// [`Snapshot`].
+pub(super) const OLD_SNAPSHOTS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("aggregate_snapshots");
+/// Format 4: (entity type, key, idempotency key) → encoded [`CommandRecord`].
+pub(super) const OLD_COMMANDS: TableDefinition<'_, (&str, &str, &str), &[u8]> = TableDefinition::new("commands");
+/// Format 4: (entity type, key, ordinal) → idempotency key.
+pub(super) const OLD_COMMAND_LOG: TableDefinition<'_, (&str, &str, u64), &str> = TableDefinition::new("command_log");
+
+/// The slot of the command whose idempotency key is `key`.
+pub(super) fn idempotency_slot(key: &str) -> Vec<u8> {
+    let mut slot = Vec::with_capacity(1 + key.len());
+    slot.push(IDEMPOTENCY);
+    slot.extend_from_slice(key.as_bytes());
+    slot
+}
+
+/// The record of `ty`/`key`'s command whose idempotency key is `idem`.
+fn find_command(
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
+    ty: &str,
+    key: &str,
+    idem: &str,
+) -> Result<Option<CommandRecord>, Failure> {
+    let what = || format!("command {ty}/{key} {idem:?}");
+    let Some(ordinal) = table.get((ty, key, idempotency_slot(idem).as_slice()))? else { return Ok(None) };
+    let ordinal = number(ordinal.value(), what)?;
+    let Some(bytes) = table.get((ty, key, slot(COMMAND, ordinal).as_slice()))? else {
+        return Err(Failure::Refused(StoreError::RecordCorrupt {
+            record: what(),
+            reason: format!("indexed as command {ordinal}, which is not recorded"),
+        }));
+    };
+    Ok(Some(decode(bytes.value(), what)?))
+}
+
+/// The ordinal `ty`/`key`'s next command gets.
+fn next_ordinal(table: &impl ReadableTable<EntityKey, &'static [u8]>, ty: &str, key: &str) -> Result<u64, Failure> {
+    let (low, high) = slots(COMMAND, 0, u64::MAX);
+    let last = table.range((ty, key, low.as_slice())..=(ty, key, high.as_slice()))?.next_back().transpose()?;
+    match last {
+        None => Ok(0),
+        Some((k, _)) => Ok(slot_number(k.value().2, || format!("command slot of {ty}/{key}"))? + 1),
+    }
+}
+
+/// The snapshot of `ty`/`key`, if any.
+fn find_snapshot(
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
+    ty: &str,
+    key: &str,
+) -> Result<Option<Snapshot>, Failure> {
+    match table.get((ty, key, SNAPSHOT))? {
+        Some(bytes) => Ok(Some(decode(bytes.value(), || format!("snapshot of {ty}/{key}"))?)),
+        None => Ok(None),
+    }
+}
 
 /// An entity's state after one revision of its stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,19 +207,11 @@ impl Apply for Execute {
     fn check(&self, w: &Writes<'_>, encoded: &mut Encoded) -> Result<Checked, Failure> {
         let c = &self.command;
         let (ty, key) = (c.ty.as_str(), c.key.as_str());
-        {
-            let commands = w.txn.open_table(COMMANDS)?;
-            if let Some(bytes) = commands.get((ty, key, c.idempotency_key.as_str()))? {
-                let what = || format!("command {ty}/{key} {:?}", c.idempotency_key);
-                return Ok(Checked::Replay(decode(bytes.value(), what)?));
-            }
+        if let Some(record) = find_command(&w.entities, ty, key, &c.idempotency_key)? {
+            return Ok(Checked::Replay(record));
         }
-        let ordinal = {
-            let log = w.txn.open_table(COMMAND_LOG)?;
-            let last = log.range((ty, key, 0)..=(ty, key, u64::MAX))?.next_back().transpose()?;
-            last.map_or(0, |(k, _)| k.value().2 + 1)
-        };
-        let now = w.streams.current(ty, key)?;
+        let ordinal = next_ordinal(&w.entities, ty, key)?;
+        let now = w.streams.current(&w.entities, ty, key)?;
         let snapshot = match &self.state {
             Some(state) => {
                 // Before the append's records: the write takes it first. The
@@ -232,7 +274,7 @@ impl Apply for Execute {
             _ => CommandResult::Accepted { events: Vec::new(), revision: c.decided_at },
         };
         if let Some(bytes) = snapshot {
-            w.txn.open_table(SNAPSHOTS)?.insert((ty, key), bytes)?;
+            w.entities.insert((ty, key, SNAPSHOT), bytes)?;
         }
         let record = CommandRecord {
             ordinal,
@@ -247,8 +289,9 @@ impl Apply for Execute {
             result,
         };
         let bytes = encode(&record).map_err(Fatal)?;
-        w.txn.open_table(COMMANDS)?.insert((ty, key, record.idempotency_key.as_str()), bytes.as_slice())?;
-        w.txn.open_table(COMMAND_LOG)?.insert((ty, key, ordinal), record.idempotency_key.as_str())?;
+        w.entities.insert((ty, key, slot(COMMAND, ordinal).as_slice()), bytes.as_slice())?;
+        let idem = idempotency_slot(&record.idempotency_key);
+        w.entities.insert((ty, key, idem.as_slice()), ordinal.to_be_bytes().as_slice())?;
         Ok(ExecuteOutcome::Done(record))
     }
 }
@@ -299,14 +342,26 @@ impl Store {
     /// Storage errors; a damaged snapshot as [`StoreError::RecordCorrupt`].
     pub(crate) fn snapshot(&self, ty: &str, key: &str) -> Result<(Option<Snapshot>, Option<u64>), StoreError> {
         let read = self.shared.begin_read()?;
-        let streams = read.open_table(STREAMS).map_err(storage)?;
-        let revision = current(&streams, ty, key).map_err(storage)?;
-        let snapshots = read.open_table(SNAPSHOTS).map_err(storage)?;
-        let snapshot = match snapshots.get((ty, key)).map_err(storage)? {
-            Some(bytes) => Some(decode(bytes.value(), || format!("snapshot of {ty}/{key}"))?),
-            None => None,
-        };
-        Ok((snapshot, revision))
+        let entities = read.open_table(ENTITIES).map_err(storage)?;
+        let revision = current(&entities, ty, key)?;
+        Ok((find_snapshot(&entities, ty, key).map_err(Failure::into_error)?, revision))
+    }
+
+    /// What a command finds before it is decided, in one read: the record
+    /// of its idempotency key if it was recorded (a retry), else the
+    /// entity's snapshot and its stream's current revision.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors; a damaged record as [`StoreError::RecordCorrupt`].
+    pub(crate) fn before_command(&self, ty: &str, key: &str, idempotency_key: &str) -> Result<Before, StoreError> {
+        let read = self.shared.begin_read()?;
+        let entities = read.open_table(ENTITIES).map_err(storage)?;
+        if let Some(record) = find_command(&entities, ty, key, idempotency_key).map_err(Failure::into_error)? {
+            return Ok(Before::Recorded(record));
+        }
+        let snapshot = find_snapshot(&entities, ty, key).map_err(Failure::into_error)?;
+        Ok(Before::Decide(snapshot, current(&entities, ty, key)?))
     }
 
     /// The record of the command `idempotency_key` sent to `ty`/`key`.
@@ -321,11 +376,8 @@ impl Store {
         idempotency_key: &str,
     ) -> Result<Option<CommandRecord>, StoreError> {
         let read = self.shared.begin_read()?;
-        let commands = read.open_table(COMMANDS).map_err(storage)?;
-        match commands.get((ty, key, idempotency_key)).map_err(storage)? {
-            Some(bytes) => Ok(Some(decode(bytes.value(), || format!("command {ty}/{key} {idempotency_key:?}"))?)),
-            None => Ok(None),
-        }
+        let entities = read.open_table(ENTITIES).map_err(storage)?;
+        find_command(&entities, ty, key, idempotency_key).map_err(Failure::into_error)
     }
 
     /// Up to `limit` commands of `ty`/`key` from ordinal `from` on, in the
@@ -342,29 +394,25 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<CommandRecord>, StoreError> {
         let read = self.shared.begin_read()?;
-        let log = read.open_table(COMMAND_LOG).map_err(storage)?;
-        let commands = read.open_table(COMMANDS).map_err(storage)?;
+        let entities = read.open_table(ENTITIES).map_err(storage)?;
+        let (low, high) = slots(COMMAND, from, u64::MAX);
         let mut out = Vec::new();
-        for entry in log.range((ty, key, from)..=(ty, key, u64::MAX)).map_err(storage)?.take(limit) {
-            let (_, idem) = entry.map_err(storage)?;
-            let idem = idem.value();
-            let what = || format!("command {ty}/{key} {idem:?}");
-            let Some(bytes) = commands.get((ty, key, idem)).map_err(storage)? else {
-                return Err(StoreError::RecordCorrupt {
-                    record: what(),
-                    reason: "in the command log, not recorded".into(),
-                });
-            };
-            out.push(decode(bytes.value(), what)?);
+        for entry in
+            entities.range((ty, key, low.as_slice())..=(ty, key, high.as_slice())).map_err(storage)?.take(limit)
+        {
+            let (k, bytes) = entry.map_err(storage)?;
+            let (_, _, slot) = k.value();
+            out.push(decode(bytes.value(), || format!("command {ty}/{key} slot {slot:?}"))?);
         }
         Ok(out)
     }
 }
 
-/// Create the tables (at open), so readers never meet a missing one.
-pub(super) fn create(txn: &redb::WriteTransaction) -> Result<(), redb::TableError> {
-    txn.open_table(SNAPSHOTS)?;
-    txn.open_table(COMMANDS)?;
-    txn.open_table(COMMAND_LOG)?;
-    Ok(())
+/// What [`Store::before_command`] found.
+#[derive(Debug)]
+pub(crate) enum Before {
+    /// The command was recorded before: answer its record.
+    Recorded(CommandRecord),
+    /// Decide it: the entity's snapshot, and its stream's current revision.
+    Decide(Option<Snapshot>, Option<u64>),
 }

@@ -122,6 +122,15 @@ fatal_from_redb!(
     redb::CommitError
 );
 
+impl Failure {
+    /// The error inside, for a reader that shares a check's lookups.
+    pub(super) fn into_error(self) -> StoreError {
+        match self {
+            Self::Refused(e) | Self::Fatal(Fatal(e)) => e,
+        }
+    }
+}
+
 impl From<Fatal> for Failure {
     fn from(e: Fatal) -> Self {
         Self::Fatal(e)

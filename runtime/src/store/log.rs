@@ -144,7 +144,7 @@ pub(super) fn append(w: &mut Writes<'_>, record: &[u8], event: &Event) -> Result
     let seq = w.head;
     w.log.insert(seq, record)?;
     index(&mut w.event_ids, &mut w.caused, seq, event)?;
-    w.streams.index(seq, event)?;
+    w.streams.index(&mut w.entities, seq, event)?;
     w.head += 1;
     Ok(seq)
 }
@@ -157,7 +157,7 @@ pub(super) fn append_emit(w: &mut Writes<'_>, emit: &EmitRecord) -> Result<u64, 
     index_ids(&mut w.event_ids, &mut w.caused, seq, emit.id, emit.causation_id)?;
     if w.streams.is_on() {
         let (topic, key) = emit.topic_and_key().map_err(|e| Fatal(StoreError::Decode(e.to_string())))?;
-        w.streams.index_as(seq, topic, key)?;
+        w.streams.index_as(&mut w.entities, seq, topic, key)?;
     }
     w.head += 1;
     Ok(seq)

@@ -21,6 +21,12 @@
 //! created empty. The streams of the declared entity types are then built
 //! from the log by `stream::backfill`, which runs at every open (a type
 //! declared later is indexed the same way), in bounded transactions.
+//!
+//! Format 4 → 5: the stream index (`streams`) and the aggregates' records
+//! (`aggregate_snapshots`, `commands`, `command_log`) move into one table,
+//! `entities`, where an entity's records sit side by side (`entities.rs`);
+//! the four are deleted. Records are copied as they are stored, never
+//! re-encoded.
 
 use std::time::Instant;
 
@@ -99,10 +105,87 @@ pub(super) fn v2_to_v3(txn: &WriteTransaction) -> Result<u64, StoreError> {
 /// Migrate a format 3 store to format 4 within `txn`: create the entity
 /// stream tables (their contents come from `stream::backfill`).
 pub(super) fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(super::stream::STREAMS).map_err(storage)?;
+    txn.open_table(super::stream::OLD_STREAMS).map_err(storage)?;
     txn.open_table(super::stream::STREAM_TYPES).map_err(storage)?;
     tracing::info!("migrated the store from format 3 to format 4 (entity stream index)");
     Ok(())
+}
+
+/// Migrate a format 4 store to format 5 within `txn`: move the stream
+/// index, the aggregates' snapshots and their command records into
+/// `entities`. Answers how many records it moved.
+pub(super) fn v4_to_v5(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    use super::aggregate::{CommandRecord, OLD_COMMAND_LOG, OLD_COMMANDS, OLD_SNAPSHOTS, idempotency_slot};
+    use super::entities::{COMMAND, ENTITIES, REVISION, SNAPSHOT, slot};
+    let started = Instant::now();
+    let mut moved = 0;
+    {
+        let mut entities = txn.open_table(ENTITIES).map_err(storage)?;
+        let streams = txn.open_table(super::stream::OLD_STREAMS).map_err(storage)?;
+        for entry in streams.iter().map_err(storage)? {
+            let (k, seq) = entry.map_err(storage)?;
+            let (ty, key, revision) = k.value();
+            let at = slot(REVISION, revision);
+            entities.insert((ty, key, at.as_slice()), seq.value().to_be_bytes().as_slice()).map_err(storage)?;
+            moved += 1;
+        }
+        let snapshots = txn.open_table(OLD_SNAPSHOTS).map_err(storage)?;
+        for entry in snapshots.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (ty, key) = k.value();
+            entities.insert((ty, key, SNAPSHOT), v.value()).map_err(storage)?;
+            moved += 1;
+        }
+        // The command log gives each record its ordinal; a record it does
+        // not name (none should exist: both were written in one commit)
+        // takes the ordinal it holds itself.
+        let log = txn.open_table(OLD_COMMAND_LOG).map_err(storage)?;
+        let commands = txn.open_table(OLD_COMMANDS).map_err(storage)?;
+        for entry in log.iter().map_err(storage)? {
+            let (k, idem) = entry.map_err(storage)?;
+            let ((ty, key, ordinal), idem) = (k.value(), idem.value());
+            if let Some(record) = commands.get((ty, key, idem)).map_err(storage)? {
+                entities.insert((ty, key, slot(COMMAND, ordinal).as_slice()), record.value()).map_err(storage)?;
+                let slot = idempotency_slot(idem);
+                entities.insert((ty, key, slot.as_slice()), ordinal.to_be_bytes().as_slice()).map_err(storage)?;
+                moved += 1;
+            }
+        }
+        for entry in commands.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (ty, key, idem) = k.value();
+            let indexed = idempotency_slot(idem);
+            if entities.get((ty, key, indexed.as_slice())).map_err(storage)?.is_some() {
+                continue;
+            }
+            match super::codec::decode::<CommandRecord>(v.value(), || format!("command {ty}/{key} {idem:?}")) {
+                Ok(record) => {
+                    let ordinal = record.ordinal;
+                    entities.insert((ty, key, slot(COMMAND, ordinal).as_slice()), v.value()).map_err(storage)?;
+                    entities
+                        .insert((ty, key, indexed.as_slice()), ordinal.to_be_bytes().as_slice())
+                        .map_err(storage)?;
+                    moved += 1;
+                }
+                Err(e) => {
+                    return Err(StoreError::RecordCorrupt {
+                        record: format!("command {ty}/{key} {idem:?}"),
+                        reason: format!("not in the command log and its record does not decode ({e}): not migrated"),
+                    });
+                }
+            }
+        }
+    }
+    txn.delete_table(super::stream::OLD_STREAMS).map_err(storage)?;
+    txn.delete_table(OLD_SNAPSHOTS).map_err(storage)?;
+    txn.delete_table(OLD_COMMANDS).map_err(storage)?;
+    txn.delete_table(OLD_COMMAND_LOG).map_err(storage)?;
+    tracing::info!(
+        records = moved,
+        elapsed_ms = started.elapsed().as_millis(),
+        "migrated the store from format 4 to format 5 (an entity's stream index and aggregate records in one table)"
+    );
+    Ok(moved)
 }
 
 /// Copy `table` into a new table with every value re-framed, then put the

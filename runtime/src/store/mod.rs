@@ -32,13 +32,16 @@
 //!   from the ingest claims instead of writing them.
 //! - `registry.rs`: `modules`, `versions` and `active`; the deploy command.
 //! - `stats.rs`: `stats`, the per-subscription counters.
-//! - `stream.rs`: `streams` ((entity type, key, revision) → seq), written
-//!   with each append of a declared entity type, and `stream_types` (how
-//!   far each type is indexed); the stream append command and the
-//!   backfill of a newly declared type.
-//! - `aggregate.rs`: `aggregate_snapshots`, `commands` and `command_log`,
-//!   an aggregate's snapshot per entity and the record of every command;
-//!   the command that stores a decided command with its events.
+//! - `entities.rs`: `entities`, everything kept per entity of a declared
+//!   type, side by side: its stream index entries, its aggregate's snapshot
+//!   and its command records (the slots' layout).
+//! - `stream.rs`: the stream index ((entity type, key, revision) → seq, in
+//!   `entities`), written with each append of a declared entity type, and
+//!   `stream_types` (how far each type is indexed); the stream append
+//!   command and the backfill of a newly declared type.
+//! - `aggregate.rs`: an aggregate's snapshot per entity and the record of
+//!   every command (in `entities`); the command that stores a decided
+//!   command with its events.
 //! - `timer.rs`: `timers`, `timer_due` and `timer_counts`, the durable
 //!   timers; applied with a subscription's results, fired by the `Fire`
 //!   command.
@@ -50,7 +53,7 @@
 //! implements, and which failures fail one command or the whole group),
 //! `gc.rs` (expired idempotency records and ingest keys), `codec.rs` (the
 //! record format: a version byte and a CRC-32 before every value),
-//! `migrate.rs` (format 1 → 2 → 3 → 4), `open.rs` (opening a file without trusting
+//! `migrate.rs` (format 1 → 2 → 3 → 4 → 5), `open.rs` (opening a file without trusting
 //! it), `error.rs` and `types.rs` (the records callers see).
 //!
 //! # Threads
@@ -75,6 +78,7 @@ mod codec;
 mod command;
 pub(crate) mod consumer;
 mod derived;
+mod entities;
 mod error;
 mod fuzz;
 mod gc;
@@ -107,7 +111,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-pub(crate) use aggregate::{CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Verdict};
+pub(crate) use aggregate::{Before, CommandRecord, CommandResult, DecidedCommand, ExecuteOutcome, Snapshot, Verdict};
 pub(crate) use codec::EmitRecord;
 pub(crate) use command::Reply;
 pub(crate) use derived::Seen;
@@ -145,10 +149,11 @@ use writer::writer_loop;
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// The store layout this build reads and writes. Format 1 (no record
 /// checksums, ambiguous CloudEvents keys) and format 2 (no event id and
-/// causation indexes) are migrated on open, and so is format 3 (no entity
+/// causation indexes) are migrated on open, and so are format 3 (no entity
 /// stream index; an older build must not append to a store whose streams
-/// this one indexes, so the format changes).
-pub const FORMAT_VERSION: u64 = 4;
+/// this one indexes, so the format changes) and format 4 (aggregates'
+/// records in three tables, not one).
+pub const FORMAT_VERSION: u64 = 5;
 
 /// Default idempotency and ingest de-duplication window.
 pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -279,19 +284,17 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(incompatible)?;
             let found = meta.get("format").map_err(storage)?.map(|v| v.value());
             match found {
-                Some(1) => {
-                    migrate::v1_to_v2(&txn)?;
-                    migrate::v2_to_v3(&txn)?;
-                    migrate::v3_to_v4(&txn)?;
-                    meta.insert("format", FORMAT_VERSION).map_err(storage)?;
-                }
-                Some(2) => {
-                    migrate::v2_to_v3(&txn)?;
-                    migrate::v3_to_v4(&txn)?;
-                    meta.insert("format", FORMAT_VERSION).map_err(storage)?;
-                }
-                Some(3) => {
-                    migrate::v3_to_v4(&txn)?;
+                Some(v @ 1..=4) => {
+                    if v == 1 {
+                        migrate::v1_to_v2(&txn)?;
+                    }
+                    if v <= 2 {
+                        migrate::v2_to_v3(&txn)?;
+                    }
+                    if v <= 3 {
+                        migrate::v3_to_v4(&txn)?;
+                    }
+                    migrate::v4_to_v5(&txn)?;
                     meta.insert("format", FORMAT_VERSION).map_err(storage)?;
                 }
                 Some(v) if v != FORMAT_VERSION => {
@@ -323,11 +326,10 @@ impl Store {
             txn.open_table(MODULES).map_err(incompatible)?;
             txn.open_table(VERSIONS).map_err(incompatible)?;
             txn.open_table(ACTIVE).map_err(incompatible)?;
-            txn.open_table(stream::STREAMS).map_err(incompatible)?;
             txn.open_table(stream::STREAM_TYPES).map_err(incompatible)?;
             txn.open_table(state::STATE).map_err(incompatible)?;
             txn.open_table(state::STATE_GENERATIONS).map_err(incompatible)?;
-            aggregate::create(&txn).map_err(incompatible)?;
+            entities::create(&txn).map_err(incompatible)?;
             // Added without a format change: absent, they start empty (the
             // time index then covers what is appended from now on).
             txn.open_table(retention::LOG_TIME).map_err(incompatible)?;
@@ -489,8 +491,9 @@ impl Store {
 
     /// Entries per table: `log`, `parked`, `dlq`, `idempotency`,
     /// `idempotency_expiry`, `ingest_dedup`, `ingest_expiry`, `modules`,
-    /// `versions`, and the log's indexes `event_ids`, `caused` and
-    /// `streams` (one entry per event of an entity stream), and `state`
+    /// `versions`, the log's indexes `event_ids` and `caused`, `entities`
+    /// (one entry per event of an entity stream, plus an aggregate's
+    /// snapshot and command records), and `state`
     /// (one entry per key of handler state). Each is
     /// a count redb keeps, read without walking the
     /// table (the `weir_store_table_entries` gauge).
@@ -512,7 +515,7 @@ impl Store {
             ("versions", read.open_table(VERSIONS).map_err(storage)?.len().map_err(storage)?),
             ("event_ids", read.open_table(EVENT_IDS).map_err(storage)?.len().map_err(storage)?),
             ("caused", read.open_table(CAUSED).map_err(storage)?.len().map_err(storage)?),
-            ("streams", read.open_table(stream::STREAMS).map_err(storage)?.len().map_err(storage)?),
+            ("entities", read.open_table(entities::ENTITIES).map_err(storage)?.len().map_err(storage)?),
             ("state", read.open_table(state::STATE).map_err(storage)?.len().map_err(storage)?),
         ])
     }

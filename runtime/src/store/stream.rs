@@ -4,13 +4,13 @@
 //!
 //! # The index
 //!
-//! `streams` maps (entity type, key, revision) → seq. redb orders tuple keys
-//! element by element, each string by its bytes with its length kept apart,
-//! so one stream's entries are one contiguous range that no other stream's
-//! key can fall into (`a` and `a\0` or `ab` are different first elements),
-//! and a stream's current revision is the last entry of its range: one range
-//! lookup. An append of an event of a declared type with a key writes its
-//! entry in the transaction that appends the event ([`Streams::index`],
+//! The index is part of `entities` (`entities.rs`): (entity type, key, `r` +
+//! revision) → seq, beside the entity's aggregate records. One stream's
+//! entries are one contiguous range that no other stream's key can fall
+//! into, and a stream's current revision is the last entry of its range:
+//! one range lookup. (Format 4 kept it in a table of its own, `streams`.)
+//! An append of an event of a declared type with a key writes its entry in
+//! the transaction that appends the event ([`Streams::index`],
 //! called from `log::append`), whatever the path: ingest, a handler's emits
 //! or a stream append. Events of other topics pay one string comparison per
 //! declared type; with no type declared, nothing.
@@ -24,17 +24,19 @@
 
 use std::time::Instant;
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use weir_abi::{Event, EventId};
 
 use super::codec::{Encoded, Records, decode_event};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
+use super::entities::{ENTITIES, EntityKey, REVISION, number, slot, slot_number, slots};
 use super::log::{Admitted, LOG, append};
 use super::writer::Writes;
 use super::{Store, StoreError, ingest, storage};
 
-/// (entity type, key, revision) → seq.
-pub(super) const STREAMS: TableDefinition<'_, (&str, &str, u64), u64> = TableDefinition::new("streams");
+/// Format 4's stream index, (entity type, key, revision) → seq: moved into
+/// `entities` by the migration to format 5 and deleted.
+pub(super) const OLD_STREAMS: TableDefinition<'_, (&str, &str, u64), u64> = TableDefinition::new("streams");
 /// entity type → [`LIVE`], or the seq up to which (exclusive) its events are
 /// indexed.
 pub(super) const STREAM_TYPES: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_types");
@@ -50,23 +52,24 @@ pub(crate) fn entity_type(topic: &str) -> Option<&str> {
     topic.rsplit_once('.').map(|(t, _)| t)
 }
 
-/// The stream index as one group writes it: the declared types, and the
-/// table, open for the group when any type is declared.
+/// The stream index as one group writes it: the declared types. Its
+/// entries are written into the group's `entities` table (`Writes`).
 pub(super) struct Streams<'t> {
     types: &'t [String],
-    table: Option<Table<'t, (&'static str, &'static str, u64), u64>>,
 }
+
+/// The group's handle of `entities`.
+type Entities<'t> = Table<'t, EntityKey, &'static [u8]>;
 
 impl<'t> Streams<'t> {
     /// No type declared: appends index nothing.
     pub(super) fn none() -> Self {
-        Self { types: &[], table: None }
+        Self { types: &[] }
     }
 
-    /// For a group of `txn`, with `types` declared.
-    pub(super) fn open(txn: &'t WriteTransaction, types: &'t [String]) -> Result<Self, Fatal> {
-        let table = if types.is_empty() { None } else { Some(txn.open_table(STREAMS)?) };
-        Ok(Self { types, table })
+    /// For a group with `types` declared.
+    pub(super) fn new(types: &'t [String]) -> Self {
+        Self { types }
     }
 
     fn declared(&self, ty: &str) -> bool {
@@ -75,51 +78,79 @@ impl<'t> Streams<'t> {
 
     /// Give the event appended at `seq` its revision, if it belongs to a
     /// stream: its topic is of a declared type and it has a key.
-    pub(super) fn index(&mut self, seq: u64, event: &Event) -> Result<(), Fatal> {
-        self.index_as(seq, &event.topic, event.key.as_deref())
+    pub(super) fn index(&self, table: &mut Entities<'_>, seq: u64, event: &Event) -> Result<(), Fatal> {
+        self.index_as(table, seq, &event.topic, event.key.as_deref())
     }
 
     /// Whether any type is declared (else [`Self::index`] does nothing).
     pub(super) fn is_on(&self) -> bool {
-        self.table.is_some()
+        !self.types.is_empty()
     }
 
     /// [`Self::index`] for an event of `topic` and `key`.
-    pub(super) fn index_as(&mut self, seq: u64, topic: &str, key: Option<&str>) -> Result<(), Fatal> {
-        let Some(table) = &mut self.table else { return Ok(()) };
+    pub(super) fn index_as(
+        &self,
+        table: &mut Entities<'_>,
+        seq: u64,
+        topic: &str,
+        key: Option<&str>,
+    ) -> Result<(), Fatal> {
         let (Some(key), Some(ty)) = (key, entity_type(topic)) else { return Ok(()) };
-        if !self.types.iter().any(|t| t == ty) {
+        if !self.declared(ty) {
             return Ok(());
         }
-        let next = current(table, ty, key)?.map_or(0, |r| r + 1);
-        table.insert((ty, key, next), seq)?;
+        let next = current(table, ty, key).map_err(Fatal)?.map_or(0, |r| r + 1);
+        put(table, ty, key, next, seq)?;
         Ok(())
     }
 
     /// The stream's last revision as this group sees it.
-    pub(super) fn current(&self, ty: &str, key: &str) -> Result<Option<u64>, Fatal> {
-        match &self.table {
-            Some(table) => Ok(current(table, ty, key)?),
-            None => Ok(None),
-        }
+    pub(super) fn current(&self, table: &Entities<'_>, ty: &str, key: &str) -> Result<Option<u64>, Fatal> {
+        if self.is_on() { current(table, ty, key).map_err(Fatal) } else { Ok(None) }
     }
 
-    fn revision_of(&self, ty: &str, key: &str, seq: u64) -> Result<Option<u64>, Fatal> {
-        match &self.table {
-            Some(table) => Ok(revision_of(table, ty, key, seq)?),
-            None => Ok(None),
-        }
+    fn revision_of(&self, table: &Entities<'_>, ty: &str, key: &str, seq: u64) -> Result<Option<u64>, Fatal> {
+        if self.is_on() { revision_of(table, ty, key, seq).map_err(Fatal) } else { Ok(None) }
     }
+}
+
+/// Index the event at `seq` as revision `revision` of `ty`/`key`.
+pub(super) fn put(
+    table: &mut Table<'_, EntityKey, &'static [u8]>,
+    ty: &str,
+    key: &str,
+    revision: u64,
+    seq: u64,
+) -> Result<(), redb::StorageError> {
+    table.insert((ty, key, slot(REVISION, revision).as_slice()), seq.to_be_bytes().as_slice())?;
+    Ok(())
 }
 
 /// The last revision of the stream `ty`/`key`, `None` when it is empty.
 pub(super) fn current(
-    table: &impl ReadableTable<(&'static str, &'static str, u64), u64>,
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
     ty: &str,
     key: &str,
-) -> Result<Option<u64>, redb::StorageError> {
-    match table.range((ty, key, 0)..=(ty, key, u64::MAX))?.next_back() {
-        Some(entry) => Ok(Some(entry?.0.value().2)),
+) -> Result<Option<u64>, StoreError> {
+    let (low, high) = slots(REVISION, 0, u64::MAX);
+    match table.range((ty, key, low.as_slice())..=(ty, key, high.as_slice())).map_err(storage)?.next_back() {
+        Some(entry) => {
+            let (k, _) = entry.map_err(storage)?;
+            Ok(Some(slot_number(k.value().2, || format!("stream {ty}/{key}'s last index entry"))?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The log seq of revision `revision` of `ty`/`key`, if it has one.
+fn seq_at(
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
+    ty: &str,
+    key: &str,
+    revision: u64,
+) -> Result<Option<u64>, StoreError> {
+    match table.get((ty, key, slot(REVISION, revision).as_slice())).map_err(storage)? {
+        Some(v) => Ok(Some(number(v.value(), || format!("stream {ty}/{key} revision {revision}'s seq"))?)),
         None => Ok(None),
     }
 }
@@ -127,16 +158,16 @@ pub(super) fn current(
 /// The revision of the event at `seq` in the stream `ty`/`key`, if it is
 /// one of its events. Seqs grow with revisions, so a binary search finds it.
 fn revision_of(
-    table: &impl ReadableTable<(&'static str, &'static str, u64), u64>,
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
     ty: &str,
     key: &str,
     seq: u64,
-) -> Result<Option<u64>, redb::StorageError> {
+) -> Result<Option<u64>, StoreError> {
     let Some(last) = current(table, ty, key)? else { return Ok(None) };
     let (mut low, mut high) = (0u64, last);
     while low <= high {
         let mid = low + (high - low) / 2;
-        let Some(at) = table.get((ty, key, mid))?.map(|v| v.value()) else { return Ok(None) };
+        let Some(at) = seq_at(table, ty, key, mid)? else { return Ok(None) };
         match at.cmp(&seq) {
             std::cmp::Ordering::Equal => return Ok(Some(mid)),
             std::cmp::Ordering::Less => low = mid + 1,
@@ -280,11 +311,11 @@ impl Apply for StreamAppend {
             let entry = w.ingest.get(event.idempotency_key.as_str())?.map(|v| v.value());
             known.push(entry.filter(|(_, _, expires)| *expires > w.now).map(|(id, seq, _)| (EventId(id), seq)));
         }
-        let current = w.streams.current(ty, key)?;
+        let current = w.streams.current(&w.entities, ty, key)?;
         if !known.is_empty() && known.iter().all(Option::is_some) {
             let mut events = Vec::with_capacity(known.len());
             for (id, seq) in known.into_iter().flatten() {
-                events.push(StreamPublished { id, seq, revision: w.streams.revision_of(ty, key, seq)? });
+                events.push(StreamPublished { id, seq, revision: w.streams.revision_of(&w.entities, ty, key, seq)? });
             }
             return Ok(Decided::Answer(AppendOutcome::Duplicate { events, revision: current }));
         }
@@ -401,14 +432,16 @@ impl Store {
         max_bytes: usize,
     ) -> Result<StreamPage, StoreError> {
         let read = self.shared.begin_read()?;
-        let streams = read.open_table(STREAMS).map_err(storage)?;
+        let entities = read.open_table(ENTITIES).map_err(storage)?;
         let log = read.open_table(LOG).map_err(storage)?;
-        let revision = current(&streams, ty, key).map_err(storage)?;
-        let range: Box<dyn Iterator<Item = _>> = if backward {
-            Box::new(streams.range((ty, key, 0)..=(ty, key, from.unwrap_or(u64::MAX))).map_err(storage)?.rev())
+        let revision = current(&entities, ty, key)?;
+        let (low, high) = if backward {
+            slots(REVISION, 0, from.unwrap_or(u64::MAX))
         } else {
-            Box::new(streams.range((ty, key, from.unwrap_or(0))..=(ty, key, u64::MAX)).map_err(storage)?)
+            slots(REVISION, from.unwrap_or(0), u64::MAX)
         };
+        let range = entities.range((ty, key, low.as_slice())..=(ty, key, high.as_slice())).map_err(storage)?;
+        let range: Box<dyn Iterator<Item = _>> = if backward { Box::new(range.rev()) } else { Box::new(range) };
         let mut events = Vec::new();
         let mut bytes_read = 0usize;
         for entry in range.take(limit) {
@@ -416,7 +449,8 @@ impl Store {
                 break;
             }
             let (k, v) = entry.map_err(storage)?;
-            let (rev, seq) = (k.value().2, v.value());
+            let rev = slot_number(k.value().2, || format!("an index entry of stream {ty}/{key}"))?;
+            let seq = number(v.value(), || format!("stream {ty}/{key} revision {rev}'s seq"))?;
             let what = || format!("stream {ty}/{key} revision {rev} (log seq {seq})");
             let Some(bytes) = log.get(seq).map_err(storage)? else {
                 return Err(StoreError::RecordCorrupt { record: what(), reason: "the event is not in the log".into() });
@@ -435,10 +469,11 @@ impl Store {
     /// Storage errors.
     pub fn stream_count(&self) -> Result<u64, StoreError> {
         let read = self.shared.begin_read()?;
-        let streams = read.open_table(STREAMS).map_err(storage)?;
+        let entities = read.open_table(ENTITIES).map_err(storage)?;
+        let first = slot(REVISION, 0);
         let mut count = 0;
-        for entry in streams.iter().map_err(storage)? {
-            if entry.map_err(storage)?.0.value().2 == 0 {
+        for entry in entities.iter().map_err(storage)? {
+            if entry.map_err(storage)?.0.value().2 == first.as_slice() {
                 count += 1;
             }
         }
@@ -495,7 +530,7 @@ pub(super) fn backfill(db: &Database, types: &[String]) -> Result<(), StoreError
         let mut next = from;
         {
             let log = txn.open_table(LOG).map_err(storage)?;
-            let mut streams = txn.open_table(STREAMS).map_err(storage)?;
+            let mut entities = txn.open_table(ENTITIES).map_err(storage)?;
             for entry in log.range(from..head).map_err(storage)?.take(BACKFILL_BATCH) {
                 let (k, v) = entry.map_err(storage)?;
                 let seq = k.value();
@@ -509,8 +544,8 @@ pub(super) fn backfill(db: &Database, types: &[String]) -> Result<(), StoreError
                 };
                 let (Some(key), Some(ty)) = (event.key.as_deref(), entity_type(&event.topic)) else { continue };
                 if pending.iter().any(|(t, f)| t == ty && *f <= seq) {
-                    let rev = current(&streams, ty, key).map_err(storage)?.map_or(0, |r| r + 1);
-                    streams.insert((ty, key, rev), seq).map_err(storage)?;
+                    let rev = current(&entities, ty, key)?.map_or(0, |r| r + 1);
+                    put(&mut entities, ty, key, rev, seq).map_err(storage)?;
                     indexed += 1;
                 }
             }

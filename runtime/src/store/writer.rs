@@ -47,6 +47,9 @@ pub(super) struct Writes<'t> {
     pub(super) ingest: Table<'t, &'static str, IngestEntry>,
     pub(super) ingest_expiry: Table<'t, (u64, u64), &'static [u8]>,
     pub(super) stats: Table<'t, (&'static str, &'static str), u64>,
+    /// Per entity: the stream index, aggregates' snapshots and command
+    /// records ([`super::entities`]).
+    pub(super) entities: Table<'t, (&'static str, &'static str, &'static [u8]), &'static [u8]>,
     /// When the group started (ms since the Unix epoch).
     pub(super) now: u64,
     /// When ingest keys indexed by this group expire.
@@ -99,6 +102,7 @@ impl<'t> Writes<'t> {
             ingest: txn.open_table(INGEST)?,
             ingest_expiry: txn.open_table(INGEST_EXPIRY)?,
             stats: txn.open_table(STATS)?,
+            entities: txn.open_table(super::entities::ENTITIES)?,
             now,
             expires: now.saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX)),
             head,
@@ -241,7 +245,7 @@ fn commit_group(
     let now = now_ms();
     let mut w = Writes::open(&txn, &shared.batches, start, now, options.retention)?;
     w.generation = shared.generation.load(Ordering::Acquire);
-    w.streams = super::stream::Streams::open(&txn, &options.entity_types)?;
+    w.streams = super::stream::Streams::new(&options.entity_types);
     for order in orders.iter_mut() {
         order.apply(&mut w, encoded)?;
     }

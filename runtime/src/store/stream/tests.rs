@@ -37,13 +37,13 @@ fn the_index_keeps_streams_apart_even_when_one_key_is_a_prefix_of_another() {
     let db = Database::create(dir.path().join("index.redb")).unwrap();
     let txn = db.begin_write().unwrap();
     {
-        let mut t = txn.open_table(STREAMS).unwrap();
+        let mut t = txn.open_table(ENTITIES).unwrap();
         // Keys that share prefixes, a NUL, and types that share a prefix.
         for (i, (ty, key)) in
             [("a.b", "k"), ("a.b", "k\0"), ("a.b", "kk"), ("a.bc", "k"), ("a.b", "")].iter().enumerate()
         {
             for rev in 0..=i as u64 {
-                t.insert((*ty, *key, rev), rev * 100 + i as u64).unwrap();
+                put(&mut t, ty, key, rev, rev * 100 + i as u64).unwrap();
             }
         }
         assert_eq!(current(&t, "a.b", "k").unwrap(), Some(0));
@@ -55,7 +55,7 @@ fn the_index_keeps_streams_apart_even_when_one_key_is_a_prefix_of_another() {
         assert_eq!(current(&t, "a", "b.k").unwrap(), None);
         // Revisions sort as numbers, not as text (10 after 9).
         for rev in 5..=12 {
-            t.insert(("a.b", "", rev), 10_000 + rev).unwrap();
+            put(&mut t, "a.b", "", rev, 10_000 + rev).unwrap();
         }
         assert_eq!(current(&t, "a.b", "").unwrap(), Some(12));
         assert_eq!(revision_of(&t, "a.b", "", 10_010).unwrap(), Some(10));
@@ -63,10 +63,19 @@ fn the_index_keeps_streams_apart_even_when_one_key_is_a_prefix_of_another() {
         assert_eq!(revision_of(&t, "a.b", "", 4).unwrap(), Some(0));
         assert_eq!(revision_of(&t, "a.b", "", 5).unwrap(), None);
         assert_eq!(revision_of(&t, "a.b", "x", 5).unwrap(), None);
+        // An entity's aggregate records sit beside its index entries, before
+        // and after them in slot order: the stream does not see them.
+        use super::super::entities::{COMMAND, IDEMPOTENCY, SNAPSHOT};
+        t.insert(("a.b", "kk", slot(COMMAND, 7).as_slice()), b"a record".as_slice()).unwrap();
+        t.insert(("a.b", "kk", [IDEMPOTENCY, b'x'].as_slice()), 7u64.to_be_bytes().as_slice()).unwrap();
+        t.insert(("a.b", "kk", SNAPSHOT), b"a snapshot".as_slice()).unwrap();
+        t.insert(("a.b", "x", SNAPSHOT), b"a snapshot".as_slice()).unwrap();
+        assert_eq!(current(&t, "a.b", "kk").unwrap(), Some(2));
+        assert_eq!(current(&t, "a.b", "x").unwrap(), None);
     }
     txn.commit().unwrap();
     let read = db.begin_read().unwrap();
-    let t = read.open_table(STREAMS).unwrap();
+    let t = read.open_table(ENTITIES).unwrap();
     assert_eq!(current(&t, "a.b", "kk").unwrap(), Some(2));
 }
 
