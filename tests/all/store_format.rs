@@ -80,7 +80,7 @@ fn a_format_1_store_is_migrated_and_keeps_its_events_and_duplicates() {
     let db = redb::Database::open(&path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
-    assert_eq!(meta.get("format").unwrap().unwrap().value(), 4);
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT_VERSION);
     for table in ["log.migrating", "dlq.migrating", "parked.migrating"] {
         assert!(txn.open_table(redb::TableDefinition::<u64, &[u8]>::new(table)).is_err(), "{table} is left behind");
     }
@@ -178,7 +178,7 @@ fn a_format_2_store_written_by_its_release_gets_its_indexes_and_keeps_everything
     let db = redb::Database::open(&path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
     let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
-    assert_eq!(meta.get("format").unwrap().unwrap().value(), 4);
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), FORMAT_VERSION);
 }
 
 /// The stream topics of `<type>/<key>` read over HTTP: (revision, topic).
@@ -327,7 +327,7 @@ fn a_format_4_store_written_by_its_release_keeps_its_commands_and_snapshots() {
     // Format 5's layout: the records in `entities`, format 4's tables gone.
     let db = redb::Database::open(&path).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-    let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_owned()).collect();
+    let names: Vec<String> = txn.list_tables().unwrap().map(|t| redb::TableHandle::name(&t).to_owned()).collect();
     for old in ["aggregate_snapshots", "commands", "command_log"] {
         assert!(!names.iter().any(|n| n == old), "{old} is still there: {names:?}");
     }
