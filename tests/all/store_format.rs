@@ -332,7 +332,6 @@ fn a_format_4_store_written_by_its_release_keeps_its_commands_and_snapshots() {
         assert!(!names.iter().any(|n| n == old), "{old} is still there: {names:?}");
     }
     let entities = txn.open_table(redb::TableDefinition::<(&str, &str, &[u8]), &[u8]>::new("entities")).unwrap();
-    use redb::ReadableTable as _;
     for id in ["a1", "a2"] {
         assert!(entities.get(("accounts.account", id, b"s".as_slice())).unwrap().is_some(), "{id}'s snapshot");
     }

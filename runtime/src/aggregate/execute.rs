@@ -6,11 +6,13 @@
 use weir_abi::{CommandMsg, Decide, Decision, Emit, Event, EvolveRef, Header};
 
 use super::fold::{self, StateAt};
+use std::sync::Arc;
+
 use super::{AggregateError, Aggregates, Loaded, MAX_ATTEMPTS};
 use crate::engine::Handler;
 use crate::ids::IdGenerator;
 use crate::schema::Schemas;
-use crate::store::{Before, CommandRecord, DecidedCommand, ExecuteOutcome, Snapshot, Store, Verdict, entity_type};
+use crate::store::{Before, CommandRecord, DecidedCommand, ExecuteOutcome, Store, StoreError, Verdict, entity_type};
 
 /// Header of a command's events: the command's name.
 pub(crate) const COMMAND_HEADER: &str = "weir-command";
@@ -36,75 +38,105 @@ pub(crate) struct Executed {
     pub(crate) replayed: bool,
 }
 
+/// What a command comes to before its commit: answered from its record,
+/// or decided and ready to store.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// Its idempotency key was recorded before (a retry).
+    Recorded(CommandRecord),
+    /// Decided: store it ([`Store::execute_command`]).
+    Decided(DecidedCommand),
+}
+
 impl Aggregates {
-    /// Execute `request`: blocks (a blocking thread) for the entity's lock,
-    /// the aggregate's calls and the commit.
+    /// Execute `request`: the entity's lock, then on a blocking thread the
+    /// retry check, the state and the aggregate's calls, then the commit,
+    /// awaited; decided again when the stream moved meanwhile.
     ///
     /// # Errors
     ///
     /// See [`AggregateError`]; a rejection is not an error but a result.
-    pub(crate) fn execute(
-        &self,
-        store: &Store,
-        ids: &IdGenerator,
-        max_payload_bytes: usize,
-        schemas: &Schemas,
+    pub(crate) async fn execute(
+        rt: &Arc<crate::runtime::Runtime>,
         request: CommandRequest,
     ) -> Result<Executed, AggregateError> {
-        let loaded = self.get(&request.ty)?;
-        let _entity = self.lock(&request.ty, &request.key);
-        // One read for the retry check and the state to decide on.
-        match store.before_command(&request.ty, &request.key, &request.idempotency_key)? {
-            Before::Recorded(record) => Ok(Executed { record, replayed: true }),
-            Before::Decide(snapshot, current) => {
-                attempts(store, ids, (max_payload_bytes, schemas), &loaded, &request, (snapshot, current))
+        let loaded = rt.aggregates().get(&request.ty)?;
+        let _entity = rt.aggregates().lock(&request.ty, &request.key).await;
+        let request = Arc::new(request);
+        for attempt in 0..MAX_ATTEMPTS {
+            let (on, loaded, asked) = (Arc::clone(rt), Arc::clone(&loaded), Arc::clone(&request));
+            let prepared = tokio::task::spawn_blocking(move || {
+                let max = on.config().max_payload_bytes;
+                prepare(on.store(), on.ids(), (max, &on.config().schemas), &loaded, &asked, attempt == 0)
+            })
+            .await
+            .map_err(|e| AggregateError::Start(format!("the command's thread failed: {e}")))??;
+            let command = match prepared {
+                Prepared::Recorded(record) => return Ok(Executed { record, replayed: true }),
+                Prepared::Decided(command) => command,
+            };
+            let decided_at = command.decided_at;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            rt.store().execute_command(command, Box::new(move |outcome| drop(tx.send(outcome))));
+            match rx.await.map_err(|_| StoreError::Closed)?? {
+                ExecuteOutcome::Done(record) => return Ok(Executed { record, replayed: false }),
+                ExecuteOutcome::Replayed(record) => return Ok(Executed { record, replayed: true }),
+                ExecuteOutcome::Conflict { actual } => {
+                    let (ty, key) = (request.ty.as_str(), request.key.as_str());
+                    tracing::debug!(
+                        entity_type = ty,
+                        key,
+                        ?actual,
+                        ?decided_at,
+                        "command's stream moved; deciding again"
+                    );
+                }
             }
         }
+        Err(AggregateError::Conflict { attempts: MAX_ATTEMPTS })
     }
 }
 
-fn attempts(
+/// One attempt up to its commit (a blocking thread): on the first, the
+/// retry check and the state in one read; on a later one (the stream
+/// moved), the state read again. Then the aggregate decides.
+fn prepare(
     store: &Store,
     ids: &IdGenerator,
     limits: (usize, &Schemas),
     loaded: &Loaded,
     request: &CommandRequest,
-    first: (Option<Snapshot>, Option<u64>),
-) -> Result<Executed, AggregateError> {
+    first: bool,
+) -> Result<Prepared, AggregateError> {
     let (ty, key) = (request.ty.as_str(), request.key.as_str());
-    // The first attempt decides on what the caller read; one after a
-    // conflict reads again.
-    let mut read = Some(first);
-    for _ in 0..MAX_ATTEMPTS {
-        // An instance only while loading and deciding: it goes back to the
-        // pool before the commit is waited for, so commands waiting for
-        // their fsync hold none.
-        let mut handler = loaded.take()?;
-        let decided = fold::current(store, loaded, &mut handler, (ty, key), read.take())
-            .and_then(|at| Ok((decide(ids, limits, loaded, &mut handler, request, &at)?, at)));
-        loaded.give(handler);
-        let (verdict, at) = decided?;
-        let command = DecidedCommand {
-            ty: request.ty.clone(),
-            key: request.key.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-            name: request.name.clone(),
-            payload: request.payload.clone(),
-            content_type: "application/json".into(),
-            aggregate: loaded.sha256().to_owned(),
-            decided_at: at.revision,
-            folded: at.folded,
-            verdict,
-        };
-        match store.execute_command_blocking(command)? {
-            ExecuteOutcome::Done(record) => return Ok(Executed { record, replayed: false }),
-            ExecuteOutcome::Replayed(record) => return Ok(Executed { record, replayed: true }),
-            ExecuteOutcome::Conflict { actual } => {
-                tracing::debug!(entity_type = ty, key, ?actual, decided_at = ?at.revision, "command's stream moved; deciding again");
-            }
+    let read = if first {
+        match store.before_command(ty, key, &request.idempotency_key)? {
+            Before::Recorded(record) => return Ok(Prepared::Recorded(record)),
+            Before::Decide(snapshot, current) => Some((snapshot, current)),
         }
-    }
-    Err(AggregateError::Conflict { attempts: MAX_ATTEMPTS })
+    } else {
+        None
+    };
+    // An instance only while loading and deciding: it goes back to the pool
+    // before the commit is awaited, so commands waiting for their fsync
+    // hold none.
+    let mut handler = loaded.take()?;
+    let decided = fold::current(store, loaded, &mut handler, (ty, key), read)
+        .and_then(|at| Ok((decide(ids, limits, loaded, &mut handler, request, &at)?, at)));
+    loaded.give(handler);
+    let (verdict, at) = decided?;
+    Ok(Prepared::Decided(DecidedCommand {
+        ty: request.ty.clone(),
+        key: request.key.clone(),
+        idempotency_key: request.idempotency_key.clone(),
+        name: request.name.clone(),
+        payload: request.payload.clone(),
+        content_type: "application/json".into(),
+        aggregate: loaded.sha256().to_owned(),
+        decided_at: at.revision,
+        folded: at.folded,
+        verdict,
+    }))
 }
 
 /// Ask the aggregate; for an accept, build the events and fold them into

@@ -16,8 +16,11 @@
 //! Commands to one entity are serialized: a command holds its entity's lock
 //! (one of [`LOCK_STRIPES`] mutexes, chosen by hashing type and key) from
 //! reading the state to the commit, so two commands never decide on the
-//! same state. The lock is taken on a blocking thread, never on an I/O
-//! thread. An append through `POST /v1/streams` (or a handler's emit of the
+//! same state. The lock is a `tokio` mutex, awaited by the command's task
+//! (a command waiting for its entity holds no thread); the state is read
+//! and the aggregate called on a blocking thread, never on an I/O thread,
+//! and the commit is awaited by the task too, so a command waiting for its
+//! fsync holds no thread either. An append through `POST /v1/streams` (or a handler's emit of the
 //! type) does not take the lock: a command whose stream moved meanwhile
 //! meets the store's revision check, reloads and decides again, up to
 //! [`MAX_ATTEMPTS`] times, then answers `409 command_conflict`.
@@ -28,7 +31,7 @@ mod fold;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 pub(crate) use execute::CommandRequest;
 pub(crate) use fold::At;
@@ -105,7 +108,7 @@ pub(crate) struct Aggregates {
     declared: Vec<String>,
     /// Held through a deploy, so two deploys of one type do not interleave.
     deploying: Mutex<()>,
-    locks: Box<[Mutex<()>]>,
+    locks: Box<[Arc<tokio::sync::Mutex<()>>]>,
 }
 
 impl std::fmt::Debug for Aggregates {
@@ -135,7 +138,7 @@ impl Aggregates {
             types,
             declared: entities.iter().map(|e| e.entity_type.clone()).collect(),
             deploying: Mutex::new(()),
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES).map(|_| Arc::new(tokio::sync::Mutex::new(()))).collect(),
         })
     }
 
@@ -161,12 +164,13 @@ impl Aggregates {
         Ok(std::mem::replace(&mut *current, Arc::new(loaded)))
     }
 
-    /// The command lock of entity `ty`/`key`.
-    pub(crate) fn lock(&self, ty: &str, key: &str) -> MutexGuard<'_, ()> {
+    /// The command lock of entity `ty`/`key`, owned so it can be held
+    /// across the command's awaits.
+    pub(crate) async fn lock(&self, ty: &str, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (ty, key).hash(&mut hasher);
         let stripe = (hasher.finish() % LOCK_STRIPES as u64) as usize;
-        self.locks[stripe].lock().unwrap_or_else(PoisonError::into_inner)
+        Arc::clone(&self.locks[stripe]).lock_owned().await
     }
 }
 

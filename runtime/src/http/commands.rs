@@ -7,7 +7,8 @@
 //! aggregate up to a revision or a time (`read`); `POST
 //! /v1/entities/{type}/aggregate` deploys another version of the aggregate
 //! (`admin`).
-//! The aggregate runs on the blocking pool, never on an I/O thread.
+//! The aggregate runs on the blocking pool, never on an I/O thread; the
+//! commit is awaited.
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use super::models::{
     CommandQuery, CommandRequestBody, EntityStateResponse, MAX_COMMAND_KEY_BYTES, MAX_COMMAND_NAME_BYTES, StateQuery,
 };
 use super::{ApiError, AppState, blocking};
-use crate::aggregate::{AggregateError, At, CommandRequest};
+use crate::aggregate::{AggregateError, Aggregates, At, CommandRequest};
 use crate::config::Scope;
 use crate::ingest::MAX_KEY_BYTES;
 use crate::store::{CommandRecord, CommandResult};
@@ -153,15 +154,13 @@ async fn send(
 ) -> Result<Response, ApiError> {
     let rt = Arc::clone(&state.runtime);
     let stream = format!("{ty}/{key}");
-    let executed = blocking(move || {
-        let max = rt.config().max_payload_bytes;
-        // The type first: a command to an unknown type is a 404 whatever
-        // its body.
-        rt.aggregates().get(&ty)?;
-        let request = parse(&ty, &key, &body, max)?;
-        rt.aggregates().execute(rt.store(), rt.ids(), max, &rt.config().schemas, request).map_err(ApiError::from)
-    })
-    .await?;
+    // The type first: a command to an unknown type is a 404 whatever its
+    // body.
+    rt.aggregates().get(&ty)?;
+    let request = parse(&ty, &key, &body, rt.config().max_payload_bytes)?;
+    // A task of its own: a client that goes away mid-command does not cut
+    // it short, so the entity's lock is held until its commit is answered.
+    let executed = tokio::spawn(async move { Aggregates::execute(&rt, request).await }).await??;
     let record = &executed.record;
     Ok(match &record.result {
         CommandResult::Accepted { revision, .. } => {

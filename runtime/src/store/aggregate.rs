@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use weir_abi::Event;
 
 use super::codec::{Encoded, Records, decode, encode};
-use super::command::{Apply, Command, Failure, Fatal, Order, next_record};
+use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
 use super::entities::{COMMAND, ENTITIES, EntityKey, IDEMPOTENCY, SNAPSHOT, number, slot, slot_number, slots};
 use super::stream::{AppendOutcome, Decided, ExpectedRevision, StreamAppend, current};
 use super::writer::Writes;
@@ -232,7 +232,7 @@ impl Apply for Execute {
             }
             return Ok(Checked::Store { append: None, ordinal, snapshot });
         };
-        match append.check(w, encoded)? {
+        match append.check_at(w, encoded, Some(now))? {
             Decided::Append(first) => Ok(Checked::Store { append: Some(Decided::Append(first)), ordinal, snapshot }),
             Decided::Answer(AppendOutcome::WrongExpectedRevision { actual }) => Ok(Checked::Conflict(actual)),
             Decided::Answer(other) => Err(Failure::Refused(StoreError::Storage(format!(
@@ -252,7 +252,7 @@ impl Apply for Execute {
         let (ty, key) = (c.ty.as_str(), c.key.as_str());
         let snapshot = if has_snapshot { Some(next_record(&mut records)?) } else { None };
         let result = match (self.append, decided, self.reason) {
-            (Some(append), Some(decided), _) => match (*append).write(decided, w, records)? {
+            (Some(append), Some(decided), _) => match (*append).write_checked(decided, w, records)? {
                 AppendOutcome::Appended { events, revision } => CommandResult::Accepted {
                     events: events
                         .iter()
@@ -300,13 +300,9 @@ impl Store {
     /// Store a decided command in one commit: its events at the revision
     /// it was decided on, the snapshot and its record; or answer the
     /// record of its idempotency key, or the conflict when the stream
-    /// moved. Blocks until the commit.
-    ///
-    /// # Errors
-    ///
-    /// The commit's error; [`StoreError::Overloaded`] when the writer's
-    /// queue is full.
-    pub(crate) fn execute_command_blocking(&self, command: DecidedCommand) -> Result<ExecuteOutcome, StoreError> {
+    /// moved. `reply` runs after the commit, with the commit's error, or
+    /// [`StoreError::Overloaded`] at once when the writer's queue is full.
+    pub(crate) fn execute_command(&self, command: DecidedCommand, reply: Reply<ExecuteOutcome>) {
         let events_len = match &command.verdict {
             Verdict::Accept { events, .. } => events.len() as u64,
             Verdict::Reject { .. } => 0,
@@ -314,7 +310,10 @@ impl Store {
         let (append, state, reason) = match &command.verdict {
             Verdict::Accept { events, state } if events.is_empty() => (None, Some(state.clone()), None),
             Verdict::Accept { events, state } => {
-                let admitted = self.admit(events)?;
+                let admitted = match self.admit(events) {
+                    Ok(admitted) => admitted,
+                    Err(refused) => return reply(Err(refused)),
+                };
                 let expected = match command.decided_at {
                     None => ExpectedRevision::NoStream,
                     Some(r) => ExpectedRevision::Exactly(r),
@@ -331,7 +330,7 @@ impl Store {
             Verdict::Reject { reason, state } => (None, state.clone(), Some(reason.clone())),
         };
         let execute = Execute { command: Box::new(command), append, events: events_len, state, reason };
-        self.ask(|reply| Command::Execute(Order::new(execute, reply)))
+        self.send(Command::Execute(Order::new(execute, reply)));
     }
 
     /// The snapshot of `ty`/`key` and the stream's current revision, read

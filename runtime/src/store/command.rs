@@ -238,7 +238,7 @@ pub(super) enum Command {
     Deploy(Order<Deploy>),
     /// Append to an entity stream at an expected revision: [`Store::append_stream`](super::Store::append_stream).
     StreamAppend(Order<StreamAppend>),
-    /// A command an aggregate decided: [`Store::execute_command_blocking`](super::Store::execute_command_blocking).
+    /// A command an aggregate decided: [`Store::execute_command`](super::Store::execute_command).
     Execute(Order<Execute>),
     /// A source's batch with its positions: [`Store::source_append`](super::Store::source_append).
     SourceAppend(Order<SourceAppend>),

@@ -149,6 +149,23 @@ pub(super) fn append(w: &mut Writes<'_>, record: &[u8], event: &Event) -> Result
     Ok(seq)
 }
 
+/// [`append`] for an event a stream append checked: it is revision
+/// `revision` of the stream `ty`/`key`, indexed as such without looking
+/// the stream's last revision up again.
+pub(super) fn append_at(
+    w: &mut Writes<'_>,
+    record: &[u8],
+    event: &Event,
+    (ty, key, revision): (&str, &str, u64),
+) -> Result<u64, Fatal> {
+    let seq = w.head;
+    w.log.insert(seq, record)?;
+    index(&mut w.event_ids, &mut w.caused, seq, event)?;
+    super::stream::put(&mut w.entities, ty, key, revision, seq)?;
+    w.head += 1;
+    Ok(seq)
+}
+
 /// Append an emitted event the worker encoded ([`EmitRecord`]) at the head
 /// of the log and index it, as [`append`]; answers its seq.
 pub(super) fn append_emit(w: &mut Writes<'_>, emit: &EmitRecord) -> Result<u64, Fatal> {

@@ -30,7 +30,7 @@ use weir_abi::{Event, EventId};
 use super::codec::{Encoded, Records, decode_event};
 use super::command::{Apply, Command, Failure, Fatal, Order, Reply, next_record};
 use super::entities::{ENTITIES, EntityKey, REVISION, number, slot, slot_number, slots};
-use super::log::{Admitted, LOG, append};
+use super::log::{Admitted, LOG, append_at};
 use super::writer::Writes;
 use super::{Store, StoreError, ingest, storage};
 
@@ -295,6 +295,23 @@ impl Apply for StreamAppend {
     type Checked = Decided;
 
     fn check(&self, w: &Writes<'_>, encoded: &mut Encoded) -> Result<Decided, Failure> {
+        self.check_at(w, encoded, None)
+    }
+
+    fn write(self, decided: Decided, w: &mut Writes<'_>, records: Records<'_>) -> Result<AppendOutcome, Fatal> {
+        self.write_checked(decided, w, records)
+    }
+}
+
+impl StreamAppend {
+    /// [`Apply::check`], with the stream's current revision when the caller
+    /// looked it up in this group already (`Some(current)`).
+    pub(super) fn check_at(
+        &self,
+        w: &Writes<'_>,
+        encoded: &mut Encoded,
+        known_current: Option<Option<u64>>,
+    ) -> Result<Decided, Failure> {
         let (ty, key) = (self.ty.as_str(), self.key.as_str());
         if !w.streams.declared(ty) {
             return Ok(Decided::Answer(AppendOutcome::NotOfStream { index: None }));
@@ -311,7 +328,10 @@ impl Apply for StreamAppend {
             let entry = w.ingest.get(event.idempotency_key.as_str())?.map(|v| v.value());
             known.push(entry.filter(|(_, _, expires)| *expires > w.now).map(|(id, seq, _)| (EventId(id), seq)));
         }
-        let current = w.streams.current(&w.entities, ty, key)?;
+        let current = match known_current {
+            Some(current) => current,
+            None => w.streams.current(&w.entities, ty, key)?,
+        };
         if !known.is_empty() && known.iter().all(Option::is_some) {
             let mut events = Vec::with_capacity(known.len());
             for (id, seq) in known.into_iter().flatten() {
@@ -331,7 +351,14 @@ impl Apply for StreamAppend {
         Ok(Decided::Append(current.map_or(0, |c| c + 1)))
     }
 
-    fn write(self, decided: Decided, w: &mut Writes<'_>, mut records: Records<'_>) -> Result<AppendOutcome, Fatal> {
+    /// [`Apply::write`] of a checked append: each event is indexed at the
+    /// revision the check gave it.
+    pub(super) fn write_checked(
+        self,
+        decided: Decided,
+        w: &mut Writes<'_>,
+        mut records: Records<'_>,
+    ) -> Result<AppendOutcome, Fatal> {
         let first = match decided {
             Decided::Answer(outcome) => return Ok(outcome),
             Decided::Append(first) => first,
@@ -348,7 +375,7 @@ impl Apply for StreamAppend {
                         .into(),
                 )));
             }
-            let seq = append(w, bytes, &event)?;
+            let seq = append_at(w, bytes, &event, (&self.ty, &self.key, first + i as u64))?;
             w.published += 1;
             if self.dedup {
                 w.ingested.push(event.idempotency_key);
