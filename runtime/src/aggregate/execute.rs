@@ -48,6 +48,14 @@ pub(crate) enum Prepared {
     Decided(DecidedCommand),
 }
 
+/// How one attempt ended.
+enum Step {
+    /// Answered from its record.
+    Recorded(CommandRecord),
+    /// Sent to the store, decided on this revision: the store's answer.
+    Stored(ExecuteOutcome, Option<u64>),
+}
+
 impl Aggregates {
     /// Execute `request`: the entity's lock, then on a blocking thread the
     /// retry check, the state and the aggregate's calls, then the commit,
@@ -65,23 +73,32 @@ impl Aggregates {
         let request = Arc::new(request);
         for attempt in 0..MAX_ATTEMPTS {
             let (on, loaded, asked) = (Arc::clone(rt), Arc::clone(&loaded), Arc::clone(&request));
-            let prepared = tokio::task::spawn_blocking(move || {
+            let (tx, rx) = tokio::sync::oneshot::channel::<Result<Step, AggregateError>>();
+            // Not awaited: the blocking thread hands the decided command
+            // straight to the writer, whose answer wakes this task, one
+            // wake-up fewer than awaiting the thread and then the commit.
+            // Dropped unrun (the runtime stopping), it drops `tx`: answered
+            // below as a failure.
+            drop(tokio::task::spawn_blocking(move || {
                 let max = on.config().max_payload_bytes;
-                prepare(on.store(), on.ids(), (max, &on.config().schemas), &loaded, &asked, attempt == 0)
-            })
-            .await
-            .map_err(|e| AggregateError::Start(format!("the command's thread failed: {e}")))??;
-            let command = match prepared {
-                Prepared::Recorded(record) => return Ok(Executed { record, replayed: true }),
-                Prepared::Decided(command) => command,
-            };
-            let decided_at = command.decided_at;
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            rt.store().execute_command(command, Box::new(move |outcome| drop(tx.send(outcome))));
-            match rx.await.map_err(|_| StoreError::Closed)?? {
-                ExecuteOutcome::Done(record) => return Ok(Executed { record, replayed: false }),
-                ExecuteOutcome::Replayed(record) => return Ok(Executed { record, replayed: true }),
-                ExecuteOutcome::Conflict { actual } => {
+                match prepare(on.store(), on.ids(), (max, &on.config().schemas), &loaded, &asked, attempt == 0) {
+                    Ok(Prepared::Recorded(record)) => drop(tx.send(Ok(Step::Recorded(record)))),
+                    Ok(Prepared::Decided(command)) => {
+                        let decided_at = command.decided_at;
+                        let reply = move |outcome: Result<ExecuteOutcome, StoreError>| {
+                            drop(tx.send(outcome.map(|o| Step::Stored(o, decided_at)).map_err(AggregateError::from)));
+                        };
+                        on.store().execute_command(command, Box::new(reply));
+                    }
+                    Err(e) => drop(tx.send(Err(e))),
+                }
+            }));
+            let stopped = || AggregateError::Start("the command stopped before it was answered".into());
+            match rx.await.map_err(|_| stopped())?? {
+                Step::Recorded(record) => return Ok(Executed { record, replayed: true }),
+                Step::Stored(ExecuteOutcome::Done(record), _) => return Ok(Executed { record, replayed: false }),
+                Step::Stored(ExecuteOutcome::Replayed(record), _) => return Ok(Executed { record, replayed: true }),
+                Step::Stored(ExecuteOutcome::Conflict { actual }, decided_at) => {
                     let (ty, key) = (request.ty.as_str(), request.key.as_str());
                     tracing::debug!(
                         entity_type = ty,
