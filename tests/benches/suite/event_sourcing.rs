@@ -80,8 +80,11 @@ where
     for t in threads {
         all.extend(t.join().map_err(|_| anyhow!("a client thread panicked"))??);
     }
-    let secs = started.elapsed().as_secs_f64();
-    let process_cpu_secs = process_cpu() - cpu0;
+    summarize(clients, all, started.elapsed().as_secs_f64(), process_cpu() - cpu0)
+}
+
+/// The summary of a run's latencies (ns).
+fn summarize(clients: usize, mut all: Vec<u64>, secs: f64, process_cpu_secs: f64) -> anyhow::Result<Requests> {
     ensure!(!all.is_empty(), "no requests were sent");
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1e6;
@@ -97,63 +100,104 @@ where
     })
 }
 
-/// A minimal HTTP/1.1 client over one kept-alive connection, for the
-/// commands scenario's load: a request is one `write` and usually one
-/// `read`, where a `ureq` agent spent ~125 µs of CPU per request on the
-/// same two cores as the server (benchmarks.md, "where the time goes:
-/// `commands`"), a third of the process's CPU.
-struct Raw {
-    stream: std::net::TcpStream,
-    host: String,
-    request: Vec<u8>,
-    buf: Vec<u8>,
+/// `clients` connections to `url`'s host, all driven by one thread (a
+/// current-thread tokio runtime, as wrk drives its connections), each
+/// sending `per_client` POSTs one at a time: `request(client, i)` gives the
+/// path and the JSON body of one, and every answer's status must be one of
+/// `accept`. A thread per client, blocked in `read` between requests, cost
+/// the server's two cores ~14 µs of CPU per request in scheduler work and
+/// context switches (benchmarks.md, "The bench's own clients"); here one
+/// thread answers whichever connections are ready.
+fn run_clients_multiplexed<F>(
+    url: &str,
+    clients: usize,
+    per_client: usize,
+    accept: &'static [u16],
+    request: F,
+) -> anyhow::Result<Requests>
+where
+    F: Fn(usize, usize) -> (String, String) + Send + Sync + 'static,
+{
+    let host = url.strip_prefix("http://").context("an http:// URL")?.trim_end_matches('/').to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let request = Arc::new(request);
+    runtime.block_on(async move {
+        let mut connections = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            let stream =
+                tokio::net::TcpStream::connect(&host).await.with_context(|| format!("connecting to {host}"))?;
+            stream.set_nodelay(true)?;
+            connections.push(stream);
+        }
+        let cpu0 = process_cpu();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (c, stream) in connections.into_iter().enumerate() {
+            let (request, host) = (Arc::clone(&request), host.clone());
+            tasks.spawn(async move { one_client(stream, &host, per_client, accept, |i| request(c, i)).await });
+        }
+        let mut all = Vec::with_capacity(clients * per_client);
+        while let Some(done) = tasks.join_next().await {
+            all.extend(done.map_err(|_| anyhow!("a client task panicked"))??);
+        }
+        summarize(clients, all, started.elapsed().as_secs_f64(), process_cpu() - cpu0)
+    })
 }
 
-impl Raw {
-    fn connect(url: &str) -> anyhow::Result<Self> {
-        let host = url.strip_prefix("http://").context("an http:// URL")?.trim_end_matches('/').to_owned();
-        let stream = std::net::TcpStream::connect(&host).with_context(|| format!("connecting to {host}"))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Self { stream, host, request: Vec::with_capacity(512), buf: Vec::with_capacity(4096) })
-    }
-
-    /// POST `body` (JSON) to `path`; answers the status (the body is read
-    /// and checked for length only).
-    fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
-        use std::io::{Read as _, Write as _};
-        self.request.clear();
+/// One connection of [`run_clients_multiplexed`]: its requests' latencies.
+async fn one_client(
+    mut stream: tokio::net::TcpStream,
+    host: &str,
+    per_client: usize,
+    accept: &[u16],
+    request: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<Vec<u64>> {
+    use std::io::Write as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut out, mut buf) = (Vec::with_capacity(512), Vec::with_capacity(4096));
+    let mut latencies = Vec::with_capacity(per_client);
+    for i in 0..per_client {
+        let (path, body) = request(i);
+        out.clear();
         write!(
-            self.request,
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            self.host,
+            out,
+            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )?;
-        self.request.extend_from_slice(body);
-        self.stream.write_all(&self.request)?;
-        self.buf.clear();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = self.stream.read(&mut chunk)?;
+        let sent = Instant::now();
+        stream.write_all(&out).await?;
+        buf.clear();
+        let status = loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
             ensure!(n > 0, "the server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-            let head = std::str::from_utf8(&self.buf[..end]).context("a UTF-8 response head")?;
-            let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).context("a status line")?;
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .context("a content-length")?;
-            while self.buf.len() < end + 4 + length {
-                let n = self.stream.read(&mut chunk)?;
-                ensure!(n > 0, "the server closed the connection mid-body");
-                self.buf.extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(answer) = complete_answer(&buf)? {
+                break answer;
             }
-            ensure!(self.buf.len() == end + 4 + length, "more than one answer");
-            return Ok(status);
-        }
+        };
+        latencies.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        ensure!(accept.contains(&status), "a request answered {status}");
     }
+    Ok(latencies)
+}
+
+/// The status of the HTTP/1.1 answer in `buf` once all of it (head and
+/// `content-length` bytes of body) is there; `None` while it is not.
+fn complete_answer(buf: &[u8]) -> anyhow::Result<Option<u16>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&buf[..end]).context("a UTF-8 response head")?;
+    let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).context("a status line")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .context("a content-length")?;
+    if buf.len() < end + 4 + length {
+        return Ok(None);
+    }
+    ensure!(buf.len() == end + 4 + length, "more than one answer");
+    Ok(Some(status))
 }
 
 /// The commands scenario: opening every account, then deposits and
@@ -189,17 +233,14 @@ pub(crate) fn commands(accounts: usize, n: usize, clients: usize) -> anyhow::Res
     let per_client = n / clients;
     let base = Arc::clone(&url);
     let (commits0, commands0) = served.rt.store().commit_stats();
-    let connect = || Raw::connect(&base);
-    let moves = run_clients_with(clients, per_client, connect, move |c, i, client| {
+    let moves = run_clients_multiplexed(&base, clients, per_client, &[200, 201, 422], move |c, i| {
         let k = c * per_client + i;
         let account = rand::random_range(0..accounts);
         // Withdrawals of 1 after at least one deposit of 100 never overdraw
         // unless the account is new: a refusal (422) counts as answered.
         let (command, amount) = if k % 10 == 9 { ("withdraw", 1) } else { ("deposit", 100) };
         let body = format!(r#"{{"command":"{command}","payload":{{"amount":{amount}}},"idempotency_key":"move-{k}"}}"#);
-        let status = client.post(&format!("/v1/commands/{TYPE}/acct-{account}"), body.as_bytes())?;
-        ensure!(matches!(status, 200 | 201 | 422), "a command answered {status}");
-        Ok(())
+        (format!("/v1/commands/{TYPE}/acct-{account}"), body)
     })?;
     let (commits1, commands1) = served.rt.store().commit_stats();
     served.finish()?;
