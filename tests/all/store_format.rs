@@ -196,17 +196,8 @@ fn stream(server: &weir_tests::Server, path: &str) -> Vec<(u64, String)> {
 #[test]
 fn a_format_3_store_written_by_its_release_is_upgraded_and_its_entity_streams_built() {
     use serde_json::json;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    let path = dir.path().join("data").join("weir.redb");
-    std::fs::copy(fixture("store-format-3.redb"), &path).unwrap();
-    let format = |path: &std::path::Path| {
-        let db = redb::Database::open(path).unwrap();
-        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-        let meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
-        meta.get("format").unwrap().unwrap().value()
-    };
-    assert_eq!(format(&path), 3, "the fixture is a format 3 store");
+    let (dir, path) = in_data_dir("store-format-3.redb");
+    assert_eq!(format_of(&path), 3, "the fixture is a format 3 store");
     // The real binary, with two entity types the fixture's events are of.
     let config = format!(
         "[idempotency]\nretention = \"36500days\"\n{}\n[[entities]]\ntype = \"accounts.account\"\n[[entities]]\ntype = \"orders.order\"\n",
@@ -241,7 +232,17 @@ fn a_format_3_store_written_by_its_release_is_upgraded_and_its_entity_streams_bu
     let (_, dlq) = server.get("/v1/dlq");
     assert_eq!(dlq["entries"].as_array().map(Vec::len), Some(1), "{dlq}");
     drop(server);
-    assert_eq!(format(&path), FORMAT_VERSION, "upgraded in place");
+    assert_eq!(format_of(&path), FORMAT_VERSION, "upgraded in place");
+}
+
+/// A copy of a fixture as the store of a data directory (`<dir>/data`),
+/// for the real binary to start on.
+fn in_data_dir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let path = dir.path().join("data").join("weir.redb");
+    std::fs::copy(fixture(name), &path).unwrap();
+    (dir, path)
 }
 
 /// The `format` of the store at `path`.
@@ -255,10 +256,7 @@ fn format_of(path: &std::path::Path) -> u64 {
 #[test]
 fn a_format_4_store_written_by_its_release_keeps_its_commands_and_snapshots() {
     use serde_json::json;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("data")).unwrap();
-    let path = dir.path().join("data").join("weir.redb");
-    std::fs::copy(fixture("store-format-4.redb"), &path).unwrap();
+    let (dir, path) = in_data_dir("store-format-4.redb");
     assert_eq!(format_of(&path), 4, "the fixture is a format 4 store");
     let config = "[idempotency]\nretention = \"36500days\"\n[[entities]]\ntype = \"accounts.account\"\naggregate = \"{BANK_ACCOUNT}\"\n";
     let server = weir_tests::Server::start(dir.path(), config);
