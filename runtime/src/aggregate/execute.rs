@@ -3,11 +3,11 @@
 //! events folded into the new state, and all of it stored in one commit;
 //! decided again when the stream moved meanwhile.
 
+use std::sync::Arc;
+
 use weir_abi::{CommandMsg, Decide, Decision, Emit, Event, EvolveRef, Header};
 
 use super::fold::{self, StateAt};
-use std::sync::Arc;
-
 use super::{AggregateError, Aggregates, Loaded, MAX_ATTEMPTS};
 use crate::engine::Handler;
 use crate::ids::IdGenerator;
@@ -41,7 +41,7 @@ pub(crate) struct Executed {
 /// What a command comes to before its commit: answered from its record,
 /// or decided and ready to store.
 #[derive(Debug)]
-pub(crate) enum Prepared {
+enum Prepared {
     /// Its idempotency key was recorded before (a retry).
     Recorded(CommandRecord),
     /// Decided: store it ([`Store::execute_command`]).
