@@ -301,6 +301,18 @@ fn the_engine_hands_back_a_wasm_handlers_timers_and_bounds_them() {
     assert_eq!(weir_tests::code(&burst), "timer_limit");
     let fits = weir_tests::invoke(&mut bounded, &task("tasks.task.created", "b", json!({ "burst": 3 })));
     assert_eq!((weir_tests::code(&fits), fits.timers.len()), ("ok", 3));
+    // The scheduled events of one invocation share the output budget
+    // (`max_output_bytes`): a burst of 40 reminders (well under the 64
+    // operations allowed) is over 2 KiB of them and fails at the first
+    // one over; 3 fit.
+    let limits = weir_runtime::Limits::builder().max_output_bytes(2048).build();
+    let mut small = weir_tests::handler(&engine, weir_tests::plugins::REMINDER, limits);
+    let heavy = weir_tests::invoke(&mut small, &task("tasks.task.created", "h", json!({ "burst": 40 })));
+    assert_eq!(weir_tests::code(&heavy), "timer_limit");
+    let reason = heavy.result.as_ref().unwrap_err().to_string();
+    assert!(reason.contains("bytes of scheduled events in one invocation, over max_output_bytes = 2048"), "{reason}");
+    let light = weir_tests::invoke(&mut small, &task("tasks.task.created", "h", json!({ "burst": 3 })));
+    assert_eq!((weir_tests::code(&light), light.timers.len()), ("ok", 3));
     // The engine gives the timers of a failed invocation back too; the
     // worker drops them (`a_failed_wasm_attempt_…` below).
     let rejected = weir_tests::invoke(&mut handler, &task("tasks.task.created", "reject-1", json!({})));
