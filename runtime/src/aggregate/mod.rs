@@ -20,10 +20,11 @@
 //! (a command waiting for its entity holds no thread); the state is read
 //! and the aggregate called on a blocking thread, never on an I/O thread,
 //! and the commit is awaited by the task too, so a command waiting for its
-//! fsync holds no thread either. An append through `POST /v1/streams` (or a handler's emit of the
-//! type) does not take the lock: a command whose stream moved meanwhile
-//! meets the store's revision check, reloads and decides again, up to
-//! [`MAX_ATTEMPTS`] times, then answers `409 command_conflict`.
+//! fsync holds no thread either. An append through `POST /v1/streams` (or
+//! a handler's emit of the type) does not take the lock: a command whose
+//! stream moved meanwhile meets the store's revision check, reloads and
+//! decides again, up to [`MAX_ATTEMPTS`] times, then answers `409
+//! command_conflict`.
 
 mod deploy;
 mod execute;

@@ -18,7 +18,7 @@
 //! audit trail, kept forever like the streams; slots `i` + idempotency key
 //! the command idempotency index.
 
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 use weir_abi::Event;
 
@@ -39,11 +39,34 @@ pub(super) const OLD_COMMANDS: TableDefinition<'_, (&str, &str, &str), &[u8]> = 
 pub(super) const OLD_COMMAND_LOG: TableDefinition<'_, (&str, &str, u64), &str> = TableDefinition::new("command_log");
 
 /// The slot of the command whose idempotency key is `key`.
-pub(super) fn idempotency_slot(key: &str) -> Vec<u8> {
+fn idempotency_slot(key: &str) -> Vec<u8> {
     let mut slot = Vec::with_capacity(1 + key.len());
     slot.push(IDEMPOTENCY);
     slot.extend_from_slice(key.as_bytes());
     slot
+}
+
+/// Store the encoded record of `ty`/`key`'s command number `ordinal`,
+/// whose idempotency key is `idem`, and index it by that key.
+pub(super) fn put_command(
+    table: &mut Table<'_, EntityKey, &'static [u8]>,
+    (ty, key): (&str, &str),
+    ordinal: u64,
+    idem: &str,
+    record: &[u8],
+) -> Result<(), redb::StorageError> {
+    table.insert((ty, key, slot(COMMAND, ordinal).as_slice()), record)?;
+    table.insert((ty, key, idempotency_slot(idem).as_slice()), ordinal.to_be_bytes().as_slice())?;
+    Ok(())
+}
+
+/// Whether `ty`/`key` has a command of idempotency key `idem`.
+pub(super) fn has_command(
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
+    (ty, key): (&str, &str),
+    idem: &str,
+) -> Result<bool, redb::StorageError> {
+    Ok(table.get((ty, key, idempotency_slot(idem).as_slice()))?.is_some())
 }
 
 /// The record of `ty`/`key`'s command whose idempotency key is `idem`.
@@ -73,6 +96,15 @@ fn next_ordinal(table: &impl ReadableTable<EntityKey, &'static [u8]>, ty: &str, 
         None => Ok(0),
         Some((k, _)) => Ok(slot_number(k.value().2, || format!("command slot of {ty}/{key}"))? + 1),
     }
+}
+
+/// The snapshot of `ty`/`key` and its stream's current revision.
+fn state_in(
+    table: &impl ReadableTable<EntityKey, &'static [u8]>,
+    ty: &str,
+    key: &str,
+) -> Result<(Option<Snapshot>, Option<u64>), StoreError> {
+    Ok((find_snapshot(table, ty, key).map_err(Failure::into_error)?, current(table, ty, key)?))
 }
 
 /// The snapshot of `ty`/`key`, if any.
@@ -289,9 +321,7 @@ impl Apply for Execute {
             result,
         };
         let bytes = encode(&record).map_err(Fatal)?;
-        w.entities.insert((ty, key, slot(COMMAND, ordinal).as_slice()), bytes.as_slice())?;
-        let idem = idempotency_slot(&record.idempotency_key);
-        w.entities.insert((ty, key, idem.as_slice()), ordinal.to_be_bytes().as_slice())?;
+        put_command(&mut w.entities, (ty, key), ordinal, &record.idempotency_key, &bytes)?;
         Ok(ExecuteOutcome::Done(record))
     }
 }
@@ -341,9 +371,7 @@ impl Store {
     /// Storage errors; a damaged snapshot as [`StoreError::RecordCorrupt`].
     pub(crate) fn snapshot(&self, ty: &str, key: &str) -> Result<(Option<Snapshot>, Option<u64>), StoreError> {
         let read = self.shared.begin_read()?;
-        let entities = read.open_table(ENTITIES).map_err(storage)?;
-        let revision = current(&entities, ty, key)?;
-        Ok((find_snapshot(&entities, ty, key).map_err(Failure::into_error)?, revision))
+        state_in(&read.open_table(ENTITIES).map_err(storage)?, ty, key)
     }
 
     /// What a command finds before it is decided, in one read: the record
@@ -359,8 +387,8 @@ impl Store {
         if let Some(record) = find_command(&entities, ty, key, idempotency_key).map_err(Failure::into_error)? {
             return Ok(Before::Recorded(record));
         }
-        let snapshot = find_snapshot(&entities, ty, key).map_err(Failure::into_error)?;
-        Ok(Before::Decide(snapshot, current(&entities, ty, key)?))
+        let (snapshot, revision) = state_in(&entities, ty, key)?;
+        Ok(Before::Decide(snapshot, revision))
     }
 
     /// The record of the command `idempotency_key` sent to `ty`/`key`.

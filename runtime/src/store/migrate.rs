@@ -115,8 +115,8 @@ pub(super) fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// index, the aggregates' snapshots and their command records into
 /// `entities`. Answers how many records it moved.
 pub(super) fn v4_to_v5(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    use super::aggregate::{CommandRecord, OLD_COMMAND_LOG, OLD_COMMANDS, OLD_SNAPSHOTS, idempotency_slot};
-    use super::entities::{COMMAND, ENTITIES, REVISION, SNAPSHOT, slot};
+    use super::aggregate::{CommandRecord, OLD_COMMAND_LOG, OLD_COMMANDS, OLD_SNAPSHOTS, has_command, put_command};
+    use super::entities::{ENTITIES, REVISION, SNAPSHOT, slot};
     let started = Instant::now();
     let mut moved = 0;
     {
@@ -145,26 +145,19 @@ pub(super) fn v4_to_v5(txn: &WriteTransaction) -> Result<u64, StoreError> {
             let (k, idem) = entry.map_err(storage)?;
             let ((ty, key, ordinal), idem) = (k.value(), idem.value());
             if let Some(record) = commands.get((ty, key, idem)).map_err(storage)? {
-                entities.insert((ty, key, slot(COMMAND, ordinal).as_slice()), record.value()).map_err(storage)?;
-                let slot = idempotency_slot(idem);
-                entities.insert((ty, key, slot.as_slice()), ordinal.to_be_bytes().as_slice()).map_err(storage)?;
+                put_command(&mut entities, (ty, key), ordinal, idem, record.value()).map_err(storage)?;
                 moved += 1;
             }
         }
         for entry in commands.iter().map_err(storage)? {
             let (k, v) = entry.map_err(storage)?;
             let (ty, key, idem) = k.value();
-            let indexed = idempotency_slot(idem);
-            if entities.get((ty, key, indexed.as_slice())).map_err(storage)?.is_some() {
+            if has_command(&entities, (ty, key), idem).map_err(storage)? {
                 continue;
             }
             match super::codec::decode::<CommandRecord>(v.value(), || format!("command {ty}/{key} {idem:?}")) {
                 Ok(record) => {
-                    let ordinal = record.ordinal;
-                    entities.insert((ty, key, slot(COMMAND, ordinal).as_slice()), v.value()).map_err(storage)?;
-                    entities
-                        .insert((ty, key, indexed.as_slice()), ordinal.to_be_bytes().as_slice())
-                        .map_err(storage)?;
+                    put_command(&mut entities, (ty, key), record.ordinal, idem, v.value()).map_err(storage)?;
                     moved += 1;
                 }
                 Err(e) => {

@@ -45,18 +45,7 @@ fn run_clients<F>(clients: usize, per_client: usize, request: F) -> anyhow::Resu
 where
     F: Fn(usize, usize, &mut ureq::Agent) -> anyhow::Result<()> + Send + Sync + 'static,
 {
-    run_clients_with(clients, per_client, || Ok(agent(Duration::from_secs(60))), request)
-}
-
-/// As [`run_clients`], each client thread with a connection `connect`
-/// makes (before the clock starts).
-fn run_clients_with<C, M, F>(clients: usize, per_client: usize, connect: M, request: F) -> anyhow::Result<Requests>
-where
-    C: Send + 'static,
-    M: Fn() -> anyhow::Result<C>,
-    F: Fn(usize, usize, &mut C) -> anyhow::Result<()> + Send + Sync + 'static,
-{
-    let connections = (0..clients).map(|_| connect()).collect::<anyhow::Result<Vec<C>>>()?;
+    let connections: Vec<ureq::Agent> = (0..clients).map(|_| agent(Duration::from_secs(60))).collect();
     let request = Arc::new(request);
     let cpu0 = process_cpu();
     let started = Instant::now();
